@@ -1,0 +1,12 @@
+"""slicer: initialize a small model from a large checkpoint by weight selection.
+
+Streaming and bit-exact: ``plan`` reads headers only; ``shrink`` writes the student
+with bounded memory. See README.md.
+"""
+__version__ = "0.1.0"
+
+from .api import Summary, plan, shrink  # noqa: E402
+from .errors import SlicerError  # noqa: E402
+from .plan import Plan  # noqa: E402
+
+__all__ = ["Plan", "SlicerError", "Summary", "plan", "shrink", "__version__"]

@@ -1,0 +1,157 @@
+"""The Python API: ``plan`` (headers only) and ``shrink`` (plan, then write)."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import manifest
+from .backends import choose
+from .checkpoint import Checkpoint
+from .engine import DEFAULT_CHUNK_BYTES, Engine
+from .errors import SlicerError
+from .memory import PeakSampler
+from .plan import Options, Plan, build_plan, parse_size
+from .selection import Selector
+from .student import StudentSpec, from_template
+from .writer import INDEX_NAME, OutputDir, index_json
+
+log = logging.getLogger("slicer")
+
+
+@dataclass
+class Summary:
+    out: str
+    tensors_written: int
+    tensors_skipped: int  # teacher tensors the student does not use
+    tensors_excluded: int  # student tensors dropped by exclude patterns
+    shards: int
+    bytes_read: int  # teacher bytes in the rows that were kept
+    bytes_written: int
+    seconds: float
+    peak_memory_bytes: int  # RssAnon + RssShmem, sampled
+    backend: str
+    device: str
+
+    @property
+    def gb_per_s(self) -> float:
+        return (self.bytes_read + self.bytes_written) / 1e9 / max(self.seconds, 1e-9)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "gb_per_s": round(self.gb_per_s, 3)}
+
+
+def plan(
+    teacher: str | Path,
+    *,
+    template: str | Path,
+    method: str = "uniform",
+    seed: int = 0,
+    layer_selection: str = "first",
+    exclude: Iterable[str] = (),
+    dtype: str = "keep",
+    max_shard_size: int | str = "5GB",
+) -> Plan:
+    """Plan a student without reading tensor data: sources, index sets, shards."""
+    options = Options(method, seed, layer_selection, tuple(exclude), dtype, parse_size(max_shard_size))
+    return _plan(teacher, from_template(template), options)
+
+
+def _plan(teacher: str | Path, student: StudentSpec, options: Options) -> Plan:
+    ckpt = Checkpoint.open(teacher, role="teacher")
+    return build_plan(ckpt, student.tensors, options, Selector(options.method, options.seed))
+
+
+def shrink(
+    teacher: str | Path,
+    out: str | Path,
+    *,
+    template: str | Path,
+    method: str = "uniform",
+    seed: int = 0,
+    layer_selection: str = "first",
+    exclude: Iterable[str] = (),
+    dtype: str = "keep",
+    max_shard_size: int | str = "5GB",
+    device: str = "auto",
+    backend: str = "auto",
+    overwrite: bool = False,
+    progress: bool = False,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> Summary:
+    """Write the student selected from ``teacher`` into the folder ``out``.
+
+    Everything is checked (paths, headers, shapes) before anything is written; on any
+    error nothing is left in ``out`` and the inputs are untouched.
+    """
+    options = Options(method, seed, layer_selection, tuple(exclude), dtype, parse_size(max_shard_size))
+    student = from_template(template)
+    return run(teacher, out, student, options, device=device, backend=backend, overwrite=overwrite,
+               progress=progress, chunk_bytes=chunk_bytes)
+
+
+def run(teacher, out, student: StudentSpec, options: Options, *, device="auto", backend="auto",
+        overwrite=False, progress=False, chunk_bytes=DEFAULT_CHUNK_BYTES) -> Summary:
+    """Shared by every route to a student spec (template, config)."""
+    start = time.perf_counter()
+    the_plan = _plan(teacher, student, options)
+    out = Path(out)
+    _check_out(out, the_plan.teacher, student)
+    chosen = choose(device, backend)
+    output = OutputDir(out, overwrite)
+    engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
+    bar = _progress_bar(the_plan, progress)
+    output.open()
+    try:
+        with PeakSampler() as memory:
+            bytes_read = engine.run(the_plan, output, bar.update if bar else lambda n: None)
+            extra = dict(student.files)
+            if the_plan.is_sharded:
+                shards = [(s.filename, [j.name for j in s.jobs]) for s in the_plan.shards]
+                extra[INDEX_NAME] = index_json(shards, sum(j.nbytes for j in the_plan.jobs))
+            run_info = {"device": chosen.device, "backend": chosen.name}
+            output.finish([s.filename for s in the_plan.shards], extra, manifest.build(the_plan, student.origin, run_info))
+    except BaseException:
+        output.abort()
+        raise
+    finally:
+        if bar:
+            bar.close()
+    summary = Summary(
+        out=str(out),
+        tensors_written=len(the_plan.jobs),
+        tensors_skipped=len(the_plan.skipped),
+        tensors_excluded=len(the_plan.excluded),
+        shards=len(the_plan.shards),
+        bytes_read=bytes_read,
+        bytes_written=the_plan.bytes_to_write,
+        seconds=time.perf_counter() - start,
+        peak_memory_bytes=memory.peak,
+        backend=chosen.name,
+        device=chosen.device,
+    )
+    log.info("wrote %s", summary)
+    return summary
+
+
+def _check_out(out: Path, teacher: Checkpoint, student: StudentSpec) -> None:
+    """OUT must not be, or be inside, an input's folder: inputs stay untouched."""
+    target = out.resolve()
+    for role, folder in (("teacher", teacher.folder), ("template", student.folder)):
+        if folder is None:
+            continue
+        folder = folder.resolve()
+        if target == folder or folder in target.parents:
+            raise SlicerError(f"{out}: output folder is {'' if target == folder else 'inside '}the {role}'s folder {folder}; choose another OUT")
+
+
+def _progress_bar(the_plan: Plan, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=the_plan.bytes_to_write, unit="B", unit_scale=True, unit_divisor=1000,
+                desc=f"{len(the_plan.jobs)} tensors", file=sys.stderr, dynamic_ncols=True)

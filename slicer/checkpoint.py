@@ -1,0 +1,109 @@
+"""Find a checkpoint's files and the tensors in them (headers only).
+
+Accepted paths, as Hugging Face lays checkpoints out:
+- a ``.safetensors`` file;
+- a ``model.safetensors.index.json`` file (its shards sit beside it);
+- a folder holding ``model.safetensors.index.json``, ``model.safetensors``, or exactly
+  one ``*.safetensors`` file.
+
+An index may only name files inside its own folder: a checkpoint never makes us
+read anything else.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SlicerError
+from .safetensors_format import Header, TensorInfo, read_header
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The tensors of a (possibly sharded) safetensors checkpoint."""
+
+    path: Path  # what the user named
+    folder: Path  # where config.json and friends would be
+    files: tuple[Path, ...]
+    tensors: dict[str, TensorInfo]  # in file order, then offset order
+
+    @classmethod
+    def open(cls, path: str | Path, role: str = "checkpoint") -> "Checkpoint":
+        path = Path(path)
+        if not path.exists():
+            raise SlicerError(f"{path}: {role} not found")
+        if path.is_dir():
+            return cls._open_folder(path, role)
+        if path.name.endswith(".index.json"):
+            return cls._open_index(path, path, role)
+        if path.suffix == ".safetensors":
+            return cls._from_headers(path, path.parent, [read_header(path)])
+        raise SlicerError(f"{path}: {role} is not a checkpoint (expected a .safetensors file, an index .json or a folder)")
+
+    @classmethod
+    def _open_folder(cls, folder: Path, role: str) -> "Checkpoint":
+        if (folder / INDEX_NAME).is_file():
+            return cls._open_index(folder, folder / INDEX_NAME, role)
+        if (folder / SINGLE_NAME).is_file():
+            return cls._from_headers(folder, folder, [read_header(folder / SINGLE_NAME)])
+        candidates = sorted(folder.glob("*.safetensors"))
+        if len(candidates) == 1:
+            return cls._from_headers(folder, folder, [read_header(candidates[0])])
+        if not candidates:
+            raise SlicerError(f"{folder}: {role} folder has no {INDEX_NAME}, {SINGLE_NAME} or other .safetensors file")
+        names = ", ".join(c.name for c in candidates[:4])
+        raise SlicerError(f"{folder}: {role} folder has several .safetensors files ({names}) but no {INDEX_NAME}; name the file or add the index")
+
+    @classmethod
+    def _open_index(cls, named: Path, index_path: Path, role: str) -> "Checkpoint":
+        folder = index_path.parent
+        try:
+            obj = json.loads(index_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SlicerError(f"{index_path}: {role} index is not valid JSON ({e})") from e
+        except OSError as e:
+            raise SlicerError(f"{index_path}: cannot read: {e.strerror or e}") from e
+        weight_map = obj.get("weight_map") if isinstance(obj, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise SlicerError(f"{index_path}: index has no \"weight_map\" object of tensor name -> shard file")
+        shard_names = list(dict.fromkeys(weight_map.values()))  # unique, first-seen order
+        headers = []
+        for shard in shard_names:
+            shard_path = folder / shard
+            # Refuse before opening: an index must never make us read outside its folder.
+            # The check is on the name, not the resolved path, so the symlinks of a
+            # Hugging Face cache snapshot (which point into ../../blobs) still work.
+            if os.path.isabs(shard) or os.path.normpath(shard).split(os.sep)[0] in ("..", ""):
+                raise SlicerError(f"{index_path}: shard {shard!r} is outside the checkpoint's folder; refusing to read it")
+            if not shard_path.is_file():
+                raise SlicerError(f"{index_path}: shard {shard!r} named by the index is missing")
+            headers.append(read_header(shard_path))
+        ckpt = cls._from_headers(named, folder, headers)
+        for name, shard in weight_map.items():
+            info = ckpt.tensors.get(name)
+            if info is None or info.path.name != Path(shard).name:
+                raise SlicerError(f"{index_path}: index puts tensor {name!r} in {shard!r}, but that shard does not hold it")
+        return ckpt
+
+    @classmethod
+    def _from_headers(cls, named: Path, folder: Path, headers: list[Header]) -> "Checkpoint":
+        tensors: dict[str, TensorInfo] = {}
+        for header in headers:
+            for info in sorted(header.tensors.values(), key=lambda i: i.offset):
+                if info.name in tensors:
+                    raise SlicerError(f"{header.path}: tensor {info.name!r} also appears in {tensors[info.name].path.name}")
+                tensors[info.name] = info
+        return cls(named, folder, tuple(h.path for h in headers), tensors)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(i.nbytes for i in self.tensors.values())
+
+    def config_path(self) -> Path | None:
+        p = self.folder / "config.json"
+        return p if p.is_file() else None

@@ -1,0 +1,163 @@
+"""Command line: ``slicer shrink | plan | demo``. Owns the terminal and exit codes.
+
+Exit codes: 0 done; 2 bad input or environment (one line ``slicer: error: ...``,
+nothing written); 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import textwrap
+
+from . import __version__
+from .errors import SlicerError
+from .plan import DTYPE_CHOICES, Plan
+from .report import format_plan, format_summary
+from .selection import LAYER_SELECTIONS, METHODS
+
+EPILOG = textwrap.dedent(
+    """\
+    examples:
+      slicer demo                                   # build a small teacher, shrink it, show everything
+      slicer plan  teacher/ --template student/     # dry run: what would be selected, headers only
+      slicer shrink teacher/ out/ --template student/
+      slicer shrink vit-s.safetensors vit-t/ --template vit-t-init.safetensors --exclude '^head\\.'
+
+    TEACHER and --template take a .safetensors file, a model.safetensors.index.json,
+    or a folder holding either (the Hugging Face layout). Only the template's headers
+    (names, shapes) are read; the student keeps its tensor names.
+    """
+)
+
+
+def _add_selection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("teacher", metavar="TEACHER", help="the large pretrained checkpoint")
+    p.add_argument("--template", required=True, metavar="STUDENT",
+                   help="a checkpoint with the student's tensor names and shapes (e.g. a randomly initialized student)")
+    sel = p.add_argument_group("selection")
+    sel.add_argument("--method", choices=METHODS, default="uniform",
+                     help="element selection per dimension: uniform (evenly spaced, the paper's default), "
+                          "consecutive (the first s), random (one sorted subset per (t, s), consistent across tensors), "
+                          "random-inconsistent (a subset per tensor dimension; an ablation). Default: uniform")
+    sel.add_argument("--seed", type=int, default=0, help="seed of the random methods (default 0)")
+    sel.add_argument("--layer-selection", choices=LAYER_SELECTIONS, default="first",
+                     help="which teacher layers feed the student's where depths differ: first (student layer j <- "
+                          "teacher layer j) or uniform (evenly spaced); per stage in hierarchical models. Default: first")
+    sel.add_argument("--exclude", action="append", default=[], metavar="REGEX",
+                     help="skip template tensors whose name matches (re.search); repeatable, e.g. '^head\\.'")
+    out = p.add_argument_group("output")
+    out.add_argument("--dtype", choices=DTYPE_CHOICES, default="keep",
+                     help="cast floating tensors (integer and bool tensors keep theirs). Default: keep the teacher's")
+    out.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
+                     help="largest shard, decimal units as Hugging Face uses them (5GB, 500MB, or bytes). Default: 5GB")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slicer",
+        description="Initialize a small model from a large one by weight selection "
+                    "(Xu et al., ICLR 2024): streaming, bit-exact, bounded memory.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"slicer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    shrink = sub.add_parser("shrink", help="write the student selected from the teacher",
+                            description="Select every student tensor from the teacher and write the student to OUT "
+                                        "(sharded safetensors + index, config.json, slicer_manifest.json).")
+    _add_selection_args(shrink)
+    shrink.add_argument("out", metavar="OUT", help="folder to write the student into (created; must be empty unless --overwrite)")
+    run = shrink.add_argument_group("run")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to gather (default: cuda if available)")
+    run.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto",
+                     help="torch ops or the Triton kernel (on the CPU it runs in Triton's interpreter: exact but slow)")
+    run.add_argument("--chunk-mb", type=int, default=32, help="memory per chunk in flight, MB (default 32; 3 in flight)")
+    run.add_argument("--overwrite", action="store_true", help="replace the student files in a non-empty OUT")
+    _add_output_flags(run)
+
+    plan = sub.add_parser("plan", help="dry run: show what shrink would do, reading headers only",
+                          description="Show every student tensor's source, shapes, shards and the bytes to read and "
+                                      "write, without reading any tensor data.")
+    _add_selection_args(plan)
+    plan.add_argument("--json", action="store_true", help="the plan (the manifest shrink would write) as JSON")
+    plan.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    demo = sub.add_parser("demo", help="build a small Llama-shaped teacher, shrink it, show plan and summary",
+                          description="Runs the whole job on an embedded default in a temporary folder.")
+    demo.add_argument("--keep", metavar="DIR", help="build in DIR and keep the files (default: a temporary folder)")
+    _add_output_flags(demo)
+    return parser
+
+
+def _add_output_flags(group) -> None:
+    group.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    group.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    group.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="slicer: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except SlicerError as e:
+        if args.debug:
+            raise
+        print(f"slicer: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("slicer: interrupted; nothing was left in OUT", file=sys.stderr)
+        return 130
+
+
+def _selection_kwargs(args) -> dict:
+    return dict(template=args.template, method=args.method, seed=args.seed, layer_selection=args.layer_selection,
+                exclude=args.exclude, dtype=args.dtype, max_shard_size=args.max_shard_size)
+
+
+def cmd_plan(args) -> int:
+    from . import api, manifest
+
+    the_plan: Plan = api.plan(args.teacher, **_selection_kwargs(args))
+    if args.json:
+        print(json.dumps(manifest.build(the_plan, {"template": args.template}, {"dry_run": True}), indent=1))
+    else:
+        print(format_plan(the_plan))
+    return 0
+
+
+def cmd_shrink(args) -> int:
+    from . import api
+
+    summary = api.shrink(args.teacher, args.out, **_selection_kwargs(args), device=args.device, backend=args.backend,
+                         overwrite=args.overwrite, progress=_show_progress(args), chunk_bytes=args.chunk_mb << 20)
+    _print_summary(args, summary)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(keep=args.keep, progress=_show_progress(args), quiet=args.quiet or args.json,
+                    on_summary=lambda s: _print_summary(args, s))
+
+
+def _show_progress(args) -> bool:
+    return not args.quiet and not args.json and sys.stderr.isatty()
+
+
+def _print_summary(args, summary) -> None:
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+    elif not args.quiet:
+        print(format_summary(summary))
+
+
+COMMANDS = {"plan": cmd_plan, "shrink": cmd_shrink, "demo": cmd_demo}

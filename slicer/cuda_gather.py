@@ -1,0 +1,50 @@
+"""The GPU path for one chunk: copy the kept rows up, gather on the device, copy back.
+
+Only the rows that dimension 0 keeps cross the bus: they are gathered on the host
+into a pinned staging buffer (a strided or indexed copy of whole rows), copied to
+the device, and the device kernel selects the other dimensions (and casts, if
+asked) into a device buffer that is copied back into the caller's output.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .engine import Gather
+from .errors import SlicerError
+
+
+def make_cuda_gather(kernel: Gather, device: str = "cuda") -> Gather:
+    staging: dict[str, torch.Tensor] = {}
+
+    def pinned(name: str, nbytes: int) -> torch.Tensor:
+        buf = staging.get(name)
+        if buf is None or buf.numel() < nbytes:
+            buf = staging[name] = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        return buf[:nbytes]
+
+    def gather(src: torch.Tensor, index: Sequence, out: torch.Tensor) -> torch.Tensor:
+        rows = index[0] if index else None
+        if rows is None:
+            host = src
+        elif isinstance(rows, range):
+            host = src[rows.start:rows.stop:rows.step]
+        else:
+            host = src.index_select(0, rows)
+        up = pinned("up", host.numel() * host.element_size()).view(host.dtype).view(host.shape)
+        up.copy_(host)
+        try:
+            dev_src = up.to(device, non_blocking=True)
+            dev_out = torch.empty(out.shape, dtype=out.dtype, device=device)
+            rest = [range(0, len(rows), 1)] if rows is not None else []
+            rest += [ix if isinstance(ix, range) else ix.to(device, non_blocking=True) for ix in index[1:]]
+            kernel(dev_src, rest, dev_out)
+            down = pinned("down", out.numel() * out.element_size()).view(out.dtype).view(out.shape)
+            down.copy_(dev_out)  # synchronizes: `up` and `down` are free again after this
+        except torch.cuda.OutOfMemoryError as e:
+            raise SlicerError("CUDA out of memory; lower the chunk size (--chunk-mb) or use --device cpu") from e
+        out.copy_(down)
+        return out
+
+    return gather

@@ -1,0 +1,236 @@
+"""Execute a plan: chunk every tensor, gather, and stream the bytes into the shards.
+
+Two stages overlap: the calling thread maps teacher spans and gathers chunks (torch
+ops and kernel launches release the GIL), a writer thread appends finished chunks to
+the shard files. A fixed pool of output buffers bounds the memory in flight:
+``depth`` buffers of ``chunk_bytes`` each, whatever the size of the model or of its
+largest tensor.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .errors import SlicerError
+from .plan import Plan, TensorJob
+from .reader import TeacherReader
+from .safetensors_format import BITS_DTYPE, DTYPES
+from .selection import IndexSet
+from .writer import OutputDir, ShardWriter
+
+DEFAULT_CHUNK_BYTES = 32 << 20
+PIPELINE_DEPTH = 3
+
+Gather = Callable[[torch.Tensor, Sequence, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A block of one tensor: a span of teacher elements and what to take from it."""
+
+    first: int  # first teacher element of the span
+    span_shape: tuple[int, ...]  # the span viewed as a tensor
+    index: tuple[range | tuple[int, ...], ...]  # per span dimension, relative to the span
+    out_shape: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.span_shape)
+
+    @property
+    def dense(self) -> bool:
+        """Most of the span is wanted: worth asking the kernel to read it ahead."""
+        return self.span_shape[0] <= 4 * self.out_shape[0] if self.out_shape else True
+
+
+def chunks(job: TensorJob, budget: int) -> Iterator[Chunk]:
+    """Split a job into chunks whose teacher rows and output each fit in ``budget`` bytes.
+
+    Chunks follow the output's row-major order, so their outputs are written back to
+    back. Usually the split is along dimension 0; a tensor whose single rows are
+    larger than the budget is split along the first dimension where they fit, the
+    leading dimensions walked one index at a time.
+    """
+    tshape, sshape, index = job.source.shape, job.shape, job.index
+    if math.prod(sshape) == 0:
+        return
+    if not sshape:  # a scalar
+        yield Chunk(0, (), (), ())
+        return
+    rank = len(sshape)
+    in_size, out_size = job.source.itemsize, DTYPES[job.dtype].itemsize
+    tstrides = [math.prod(tshape[d + 1:]) for d in range(rank)]
+    k = next(d for d in range(rank) if max(tstrides[d] * in_size, math.prod(sshape[d + 1:]) * out_size) <= budget or d == rank - 1)
+    row_bytes = max(tstrides[k] * in_size, math.prod(sshape[k + 1:]) * out_size, 1)
+    rows = max(1, budget // row_bytes)
+    inner = tuple(ix.part(0, ix.s) for ix in index[k + 1:])
+    for lead in itertools.product(*(range(sshape[d]) for d in range(k))):
+        base = sum(index[d].part(i, i + 1)[0] * tstrides[d] for d, i in enumerate(lead))
+        for a in range(0, sshape[k], rows):
+            b = min(a + rows, sshape[k])
+            part = index[k].part(a, b)
+            lo, hi = part[0], part[-1]
+            rel = range(part.start - lo, part.stop - lo, part.step) if isinstance(part, range) else tuple(i - lo for i in part)
+            yield Chunk(base + lo * tstrides[k], (hi - lo + 1, *tshape[k + 1:]), (rel, *inner), (b - a, *sshape[k + 1:]))
+
+
+class Engine:
+    def __init__(self, gather: Gather, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, depth: int = PIPELINE_DEPTH, device: str = "cpu"):
+        self.gather = gather
+        self.chunk_bytes = chunk_bytes
+        self.depth = depth
+        self.device = device
+        self._index_tensors: dict[tuple[str, int, int], torch.Tensor] = {}
+
+    def run(self, plan: Plan, output: OutputDir, on_bytes: Callable[[int], None] = lambda n: None) -> int:
+        """Write every shard of the plan into ``output``'s staging folder. Returns bytes read."""
+        free: queue.Queue = queue.Queue()
+        for _ in range(self.depth):
+            free.put(torch.empty(self.chunk_bytes, dtype=torch.uint8))
+        work: queue.Queue = queue.Queue(maxsize=self.depth)
+        writer = _WriterThread(work, free, on_bytes)
+        writer.start()
+        bytes_read = 0
+        try:
+            with TeacherReader() as reader:
+                for shard in plan.shards:
+                    out = output.shard(shard.filename, shard.size)
+                    writer.submit(("open", out))
+                    writer.submit(("bytes", shard.header, None))
+                    for job in shard.jobs:
+                        bytes_read += self._run_job(job, reader, writer, free)
+                    writer.submit(("finish", out))
+                writer.submit(None)
+                writer.join()
+        finally:
+            writer.stop()
+        writer.raise_error()
+        return bytes_read
+
+    def _run_job(self, job: TensorJob, reader: TeacherReader, writer: "_WriterThread", free: queue.Queue) -> int:
+        if job.is_copy:
+            writer.submit(("copy", reader.fd(job.source.path), job.source.offset, job.nbytes))
+            return job.nbytes
+        cast = job.dtype != job.source.dtype
+        src_dtype = _torch_dtype(job.source.dtype) if cast else BITS_DTYPE[job.source.itemsize]
+        out_dtype = _torch_dtype(job.dtype) if cast else src_dtype
+        out_size = DTYPES[job.dtype].itemsize
+        touched = 0
+        for chunk in chunks(job, self.chunk_bytes):
+            span = reader.span(job.source, chunk.first, chunk.count, src_dtype, prefetch=chunk.dense).view(chunk.span_shape)
+            buf = writer.take(free)
+            nbytes = math.prod(chunk.out_shape) * out_size
+            out = buf[:nbytes].view(out_dtype).view(chunk.out_shape)
+            try:
+                self.gather(span, self._index(job, chunk), out)
+            except SlicerError:
+                raise
+            except (RuntimeError, ValueError) as e:
+                raise SlicerError(f"{job.source.path}: selecting tensor {job.source.name!r} failed: {e}") from e
+            touched += chunk.out_shape[0] * math.prod(chunk.span_shape[1:]) * job.source.itemsize if chunk.out_shape else out_size
+            del span  # unmaps the teacher span before the next one is mapped
+            writer.submit(("bytes", buf, nbytes))
+        return touched
+
+    def _index(self, job: TensorJob, chunk: Chunk) -> list[range | torch.Tensor]:
+        out: list[range | torch.Tensor] = []
+        k = len(job.index) - len(chunk.index)  # the chunked dimension; those after it are whole
+        for d, part in enumerate(chunk.index):
+            if isinstance(part, range):
+                out.append(part)
+            elif d == 0:
+                out.append(torch.tensor(part, dtype=torch.int64))
+            else:
+                out.append(self._full_index(job.index[k + d]))
+        return out
+
+    def _full_index(self, ix: IndexSet) -> torch.Tensor:
+        key = (ix.key, ix.t, ix.s)
+        t = self._index_tensors.get(key)
+        if t is None:
+            t = self._index_tensors[key] = torch.tensor(ix.indices(), dtype=torch.int64)
+        return t
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    dt = DTYPES[name].torch_dtype
+    if dt is None:
+        raise SlicerError(f"this torch build has no {name} type, so it cannot be cast")
+    return dt
+
+
+class _WriterThread(threading.Thread):
+    """Runs the shard writes in order; keeps the first error for the main thread."""
+
+    def __init__(self, work: queue.Queue, free: queue.Queue, on_bytes: Callable[[int], None]):
+        super().__init__(name="slicer-writer", daemon=True)
+        self.work, self.free, self.on_bytes = work, free, on_bytes
+        self.error: BaseException | None = None
+        self.current: ShardWriter | None = None
+        self._stopped = False
+
+    def submit(self, item) -> None:
+        self.raise_error()
+        self.work.put(item)
+
+    def take(self, free: queue.Queue) -> torch.Tensor:
+        while True:
+            self.raise_error()
+            try:
+                return free.get(timeout=0.1)
+            except queue.Empty:
+                if not self.is_alive():
+                    raise SlicerError("internal error: writer stopped") from self.error
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """Abandon the work: drain the queue so the thread ends, drop a half shard."""
+        if self.is_alive():
+            self._stopped = True
+            self.work.put(None)
+            self.join()
+        if self.current is not None:
+            self.current.abort()
+
+    def run(self) -> None:
+        while True:
+            item = self.work.get()
+            if item is None:
+                return
+            try:
+                if self.error is None and not self._stopped:
+                    self._do(item)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                self.error = e
+            finally:
+                if item[0] == "bytes" and item[2] is not None:
+                    self.free.put(item[1])  # the buffer is free again, written or not
+
+    def _do(self, item) -> None:
+        kind = item[0]
+        if kind == "open":
+            self.current = item[1]
+        elif kind == "bytes":
+            data, n = item[1], item[2]
+            if n is None:
+                self.current.write(data)
+                self.on_bytes(len(data))
+            else:
+                self.current.write(data[:n].numpy())
+                self.on_bytes(n)
+        elif kind == "copy":
+            _, fd, offset, n = item
+            self.current.copy_from(fd, offset, n)
+            self.on_bytes(n)
+        elif kind == "finish":
+            self.current.finish()
+            self.current = None

@@ -1,0 +1,47 @@
+"""The manifest: what was selected, from where, with which options.
+
+Enough to reproduce and audit a student: the teacher's files (names, sizes, mtimes),
+the options, the layer maps, every index set (its rule and its indices) and, per
+student tensor, its source and the index set of each dimension.
+"""
+from __future__ import annotations
+
+import os
+
+from . import __version__
+from .plan import Plan
+
+FORMAT = "slicer-manifest/1"
+
+
+def build(plan: Plan, student_origin: dict, run: dict) -> dict:
+    teacher = plan.teacher
+    files = []
+    for p in teacher.files:
+        st = os.stat(p)
+        files.append({"name": os.path.relpath(p, teacher.folder), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return {
+        "format": FORMAT,
+        "slicer_version": __version__,
+        "teacher": {"path": str(teacher.path.resolve()), "files": files},
+        "student": student_origin,
+        "options": plan.options.as_dict(),
+        "run": run,
+        "layer_maps": plan.layer_maps,
+        "index_sets": {key: ix.describe() for key, ix in sorted(plan.index_sets.items())},
+        "tensors": {
+            j.name: {
+                "source": j.source.name,
+                "teacher_shape": list(j.source.shape),
+                "shape": list(j.shape),
+                "source_dtype": j.source.dtype,
+                "dtype": j.dtype,
+                "shard": plan.shards[j.shard].filename,
+                "index": [ix.key for ix in j.index],
+            }
+            for j in plan.jobs
+        },
+        "skipped": plan.skipped,
+        "excluded": plan.excluded,
+        "shards": [{"name": s.filename, "size": s.size} for s in plan.shards],
+    }

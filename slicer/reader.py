@@ -1,0 +1,63 @@
+"""Read spans of teacher tensors through short-lived memory maps.
+
+A chunk maps only the byte span it needs and unmaps it when the chunk's tensors are
+dropped, so pages touched through the map are file-backed and never pile up in the
+process (even when the teacher lives on tmpfs, where mapped pages count as shared
+memory). Only the pages of the rows a gather actually touches are faulted in.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import SlicerError
+from .safetensors_format import TensorInfo
+
+_PAGE = mmap.ALLOCATIONGRANULARITY
+
+
+class TeacherReader:
+    def __init__(self) -> None:
+        self._fds: dict[Path, int] = {}
+
+    def fd(self, path: Path) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = self._fds[path] = os.open(path, os.O_RDONLY)
+            except OSError as e:
+                raise SlicerError(f"{path}: cannot open: {e.strerror or e}") from e
+        return fd
+
+    def span(self, info: TensorInfo, first: int, count: int, dtype: torch.dtype, prefetch: bool = False) -> torch.Tensor:
+        """Elements first..first+count-1 of a tensor, as a 1-D tensor over a private map."""
+        itemsize = info.itemsize
+        begin = info.offset + first * itemsize
+        nbytes = count * itemsize
+        if count == 0:
+            return torch.empty(0, dtype=dtype)
+        aligned = begin - begin % _PAGE
+        try:
+            # ACCESS_COPY gives a writable (copy-on-write) buffer that torch accepts
+            # without warnings; we never write to it, so no page is ever copied.
+            mm = mmap.mmap(self.fd(info.path), begin + nbytes - aligned, access=mmap.ACCESS_COPY, offset=aligned)
+        except (OSError, ValueError) as e:
+            raise SlicerError(f"{info.path}: cannot map tensor {info.name!r}: {e}") from e
+        if prefetch:
+            mm.madvise(mmap.MADV_WILLNEED)  # start readahead now: helps a cold cache
+        # The tensor keeps `mm` alive; the map closes when the last view is dropped.
+        return torch.frombuffer(mm, dtype=dtype, count=count, offset=begin - aligned)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> "TeacherReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,152 @@
+"""Index sets: which teacher elements (per dimension) and layers a student keeps.
+
+Pure functions of (teacher length t, student length s, method, seed); no tensor data.
+The formulas follow the reference code of Xu et al. bit for bit, including its
+float32 ``torch.linspace`` rounding (see docs: weight-selection.md).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from .errors import SlicerError
+
+METHODS = ("uniform", "consecutive", "random", "random-inconsistent")
+LAYER_SELECTIONS = ("first", "uniform")
+
+
+def uniform_indices(t: int, s: int) -> list[int]:
+    """Evenly spaced indices, exactly as the reference computes them."""
+    _check(t, s)
+    if t % s == 0:
+        step = t // s
+        return list(range(0, t, step))
+    # float32 linspace on the CPU then round-half-to-even: this is what the reference
+    # does, and it differs from exact arithmetic at some ties (e.g. t=8934, s=2686).
+    return torch.round(torch.linspace(0, t - 1, s, dtype=torch.float32)).to(torch.int64).tolist()
+
+
+def consecutive_indices(t: int, s: int) -> list[int]:
+    """The first s."""
+    _check(t, s)
+    return list(range(s))
+
+
+def random_indices(t: int, s: int, seed_material: str) -> list[int]:
+    """A sorted random subset of size s, determined by ``seed_material`` alone.
+
+    Each (seed, t, s) -- or (seed, tensor, dim, t, s) for the inconsistent ablation --
+    gets its own generator, so the subset does not depend on the order tensors are
+    visited in, and a rerun gives the same student.
+    """
+    _check(t, s)
+    digest = hashlib.sha256(seed_material.encode()).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return torch.randperm(t, generator=gen)[:s].sort().values.tolist()
+
+
+def _check(t: int, s: int) -> None:
+    if not 1 <= s <= t:
+        raise ValueError(f"cannot select {s} of {t}")
+
+
+@dataclass(frozen=True)
+class IndexSet:
+    """The kept indices of one dimension: ``start + step*i`` or an explicit sorted list."""
+
+    key: str  # its name in the manifest, shared by every dimension that uses it
+    t: int
+    s: int
+    start: int = 0
+    step: int = 1
+    explicit: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_list(cls, key: str, t: int, indices: list[int]) -> "IndexSet":
+        """Store an arithmetic progression as (start, step): it is a strided view."""
+        s = len(indices)
+        if s <= 1:
+            return cls(key, t, s, indices[0] if s else 0, 1)
+        step = indices[1] - indices[0]
+        if step > 0 and all(b - a == step for a, b in zip(indices, indices[1:])):
+            return cls(key, t, s, indices[0], step)
+        return cls(key, t, s, explicit=tuple(indices))
+
+    @property
+    def is_identity(self) -> bool:
+        return self.explicit is None and self.s == self.t and self.start == 0 and self.step == 1
+
+    @property
+    def is_strided(self) -> bool:
+        return self.explicit is None
+
+    def indices(self) -> list[int]:
+        if self.explicit is not None:
+            return list(self.explicit)
+        return list(range(self.start, self.start + self.step * self.s, self.step))
+
+    def part(self, a: int, b: int) -> range | tuple[int, ...]:
+        """Indices a..b-1 of this set, as a range when strided."""
+        if self.explicit is not None:
+            return self.explicit[a:b]
+        return range(self.start + a * self.step, self.start + b * self.step, self.step)
+
+    def describe(self) -> dict:
+        """Manifest form: the list, plus the rule when it is strided."""
+        d: dict = {"t": self.t, "s": self.s}
+        if self.explicit is None:
+            d.update(start=self.start, step=self.step)
+        d["indices"] = self.indices()
+        return d
+
+
+class Selector:
+    """Hands out index sets for one run, sharing them where the method is consistent."""
+
+    def __init__(self, method: str = "uniform", seed: int = 0):
+        if method not in METHODS:
+            raise SlicerError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+        self.method = method
+        self.seed = seed
+        self.sets: dict[str, IndexSet] = {}
+
+    def for_dim(self, t: int, s: int, tensor: str, dim: int) -> IndexSet:
+        if s == t:
+            key = f"identity:{t}"
+        elif self.method == "random-inconsistent":
+            key = f"random-inconsistent:{tensor}:{dim}:{t}->{s}"
+        else:
+            key = f"{self.method}:{t}->{s}"
+        found = self.sets.get(key)
+        if found is None:
+            found = self.sets[key] = IndexSet.from_list(key, t, self._indices(t, s, tensor, dim))
+        return found
+
+    def named(self, key: str, t: int, indices: list[int]) -> IndexSet:
+        """Register a set computed elsewhere (e.g. whole attention heads)."""
+        found = self.sets.get(key)
+        if found is None:
+            found = self.sets[key] = IndexSet.from_list(key, t, indices)
+        return found
+
+    def _indices(self, t: int, s: int, tensor: str, dim: int) -> list[int]:
+        if s == t:
+            return list(range(t))
+        if self.method == "uniform":
+            return uniform_indices(t, s)
+        if self.method == "consecutive":
+            return consecutive_indices(t, s)
+        if self.method == "random":
+            return random_indices(t, s, f"{self.seed}/{t}/{s}")
+        return random_indices(t, s, f"{self.seed}/{tensor}/{dim}/{t}/{s}")
+
+
+def layer_indices(teacher_depth: int, student_depth: int, mode: str) -> list[int]:
+    """Teacher layer feeding each student layer along one depth axis."""
+    if mode == "first":
+        return list(range(student_depth))
+    if mode == "uniform":
+        return uniform_indices(teacher_depth, student_depth)
+    raise SlicerError(f"unknown layer selection {mode!r} (choose from {', '.join(LAYER_SELECTIONS)})")

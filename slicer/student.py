@@ -1,0 +1,31 @@
+"""The student's specification: tensor names and shapes, and its config.json.
+
+From a template checkpoint only the headers are read: what ``save_file`` or
+``save_pretrained`` of a randomly initialized student writes is enough.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoint import Checkpoint
+from .plan import StudentTensor
+
+
+@dataclass
+class StudentSpec:
+    tensors: list[StudentTensor]
+    origin: dict  # for the manifest: where the spec came from
+    folder: Path | None = None  # the student's own folder, if any (never written to)
+    files: dict[str, bytes] = field(default_factory=dict)  # config.json and friends for OUT
+
+
+def from_template(path: str | Path) -> StudentSpec:
+    ckpt = Checkpoint.open(path, role="template")
+    tensors = [StudentTensor(info.name, info.shape) for info in ckpt.tensors.values()]
+    files = {}
+    config = ckpt.config_path()
+    if config is not None:
+        files["config.json"] = config.read_bytes()
+    origin = {"template": str(Path(path).resolve()), "files": [f.name for f in ckpt.files]}
+    return StudentSpec(tensors, origin, ckpt.folder, files)
