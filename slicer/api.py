@@ -15,11 +15,11 @@ from .engine import DEFAULT_CHUNK_BYTES, Engine
 from .errors import SlicerError
 from .memory import PeakSampler
 from .plan import Options, Plan, build_plan, parse_size
-from .selection import Selector
 from .student import StudentSpec, from_template
 from .writer import INDEX_NAME, OutputDir, index_json
 
 log = logging.getLogger("slicer")
+ATTENTION_CHOICES = ("flat", "heads")
 
 
 @dataclass
@@ -47,32 +47,64 @@ class Summary:
 def plan(
     teacher: str | Path,
     *,
-    template: str | Path,
+    template: str | Path | None = None,
+    student_config: str | Path | None = None,
+    config_set: dict | None = None,
     method: str = "uniform",
     seed: int = 0,
     layer_selection: str = "first",
+    attention: str | None = None,
     exclude: Iterable[str] = (),
     dtype: str = "keep",
     max_shard_size: int | str = "5GB",
 ) -> Plan:
-    """Plan a student without reading tensor data: sources, index sets, shards."""
-    options = Options(method, seed, layer_selection, tuple(exclude), dtype, parse_size(max_shard_size))
-    return _plan(teacher, from_template(template), options)
+    """Plan a student without reading tensor data: sources, index sets, shards.
+
+    The student comes from ``template`` (a checkpoint whose headers give names and
+    shapes) or from a Hugging Face config: ``student_config`` (a config.json) and/or
+    ``config_set`` (keys edited into the teacher's config.json, or into student_config).
+    """
+    student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
+                                        layer_selection=layer_selection, attention=attention, exclude=exclude,
+                                        dtype=dtype, max_shard_size=max_shard_size)
+    return _plan(teacher, student, options)
+
+
+def describe_student(teacher, template, student_config, config_set, *, attention, **options) -> tuple[StudentSpec, Options]:
+    """The student spec and the run's options, whichever route the student comes by."""
+    if (template is None) == (student_config is None and not config_set):
+        raise SlicerError("name the student: a --template checkpoint, or --student-config / --set (a Hugging Face config)")
+    if template is not None:
+        student = from_template(template)
+        attention = attention or "flat"
+    else:
+        from .hf import from_config
+
+        attention = attention or "heads"
+        student = from_config(teacher, student_config, config_set or {}, attention=attention)
+    if attention not in ATTENTION_CHOICES:
+        raise SlicerError(f"unknown attention mode {attention!r} (choose from {', '.join(ATTENTION_CHOICES)})")
+    exclude = tuple(options.pop("exclude"))
+    size = parse_size(options.pop("max_shard_size"))
+    return student, Options(**options, exclude=exclude, max_shard_size=size, attention=attention)
 
 
 def _plan(teacher: str | Path, student: StudentSpec, options: Options) -> Plan:
     ckpt = Checkpoint.open(teacher, role="teacher")
-    return build_plan(ckpt, student.tensors, options, Selector(options.method, options.seed))
+    return build_plan(ckpt, student.tensors, options, student.make_selector(options))
 
 
 def shrink(
     teacher: str | Path,
     out: str | Path,
     *,
-    template: str | Path,
+    template: str | Path | None = None,
+    student_config: str | Path | None = None,
+    config_set: dict | None = None,
     method: str = "uniform",
     seed: int = 0,
     layer_selection: str = "first",
+    attention: str | None = None,
     exclude: Iterable[str] = (),
     dtype: str = "keep",
     max_shard_size: int | str = "5GB",
@@ -84,11 +116,13 @@ def shrink(
 ) -> Summary:
     """Write the student selected from ``teacher`` into the folder ``out``.
 
-    Everything is checked (paths, headers, shapes) before anything is written; on any
-    error nothing is left in ``out`` and the inputs are untouched.
+    The student is named as for :func:`plan`. Everything is checked (paths, headers,
+    shapes) before anything is written; on any error nothing is left in ``out`` and
+    the inputs are untouched.
     """
-    options = Options(method, seed, layer_selection, tuple(exclude), dtype, parse_size(max_shard_size))
-    student = from_template(template)
+    student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
+                                        layer_selection=layer_selection, attention=attention, exclude=exclude,
+                                        dtype=dtype, max_shard_size=max_shard_size)
     return run(teacher, out, student, options, device=device, backend=backend, overwrite=overwrite,
                progress=progress, chunk_bytes=chunk_bytes)
 

@@ -34,8 +34,14 @@ EPILOG = textwrap.dedent(
 
 def _add_selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("teacher", metavar="TEACHER", help="the large pretrained checkpoint")
-    p.add_argument("--template", required=True, metavar="STUDENT",
-                   help="a checkpoint with the student's tensor names and shapes (e.g. a randomly initialized student)")
+    who = p.add_argument_group("student (one of)")
+    who.add_argument("--template", metavar="STUDENT",
+                     help="a checkpoint with the student's tensor names and shapes (e.g. a randomly initialized student)")
+    who.add_argument("--student-config", metavar="CONFIG.json",
+                     help="a Hugging Face config.json of the student (needs the [hf] extra: transformers)")
+    who.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="config_set",
+                     help="edit the teacher's config.json (or --student-config) into the student's, e.g. "
+                          "--set hidden_size=2048 --set num_hidden_layers=16; values parse as JSON where they can")
     sel = p.add_argument_group("selection")
     sel.add_argument("--method", choices=METHODS, default="uniform",
                      help="element selection per dimension: uniform (evenly spaced, the paper's default), "
@@ -45,6 +51,10 @@ def _add_selection_args(p: argparse.ArgumentParser) -> None:
     sel.add_argument("--layer-selection", choices=LAYER_SELECTIONS, default="first",
                      help="which teacher layers feed the student's where depths differ: first (student layer j <- "
                           "teacher layer j) or uniform (evenly spaced); per stage in hierarchical models. Default: first")
+    sel.add_argument("--attention", choices=("flat", "heads"), default=None,
+                     help="heads: keep whole attention heads (kv heads by the method, query heads inside each kept "
+                          "group, rotary pairs kept together); flat: select q/k/v rows like any other axis (the "
+                          "paper). Default: heads with a config, flat with a template")
     sel.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                      help="skip template tensors whose name matches (re.search); repeatable, e.g. '^head\\.'")
     out = p.add_argument_group("output")
@@ -54,8 +64,15 @@ def _add_selection_args(p: argparse.ArgumentParser) -> None:
                      help="largest shard, decimal units as Hugging Face uses them (5GB, 500MB, or bytes). Default: 5GB")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes get the same one-line form and exit code as every other error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"slicer: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="slicer",
         description="Initialize a small model from a large one by weight selection "
                     "(Xu et al., ICLR 2024): streaming, bit-exact, bounded memory.",
@@ -63,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"slicer {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     shrink = sub.add_parser("shrink", help="write the student selected from the teacher",
                             description="Select every student tensor from the teacher and write the student to OUT "
@@ -118,8 +135,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _selection_kwargs(args) -> dict:
-    return dict(template=args.template, method=args.method, seed=args.seed, layer_selection=args.layer_selection,
+    return dict(template=args.template, student_config=args.student_config, config_set=_parse_set(args.config_set),
+                method=args.method, seed=args.seed, layer_selection=args.layer_selection, attention=args.attention,
                 exclude=args.exclude, dtype=args.dtype, max_shard_size=args.max_shard_size)
+
+
+def _parse_set(items: list[str]) -> dict:
+    """--set KEY=VALUE: JSON where it parses (2048, false, [1, 2]), a string otherwise."""
+    edits = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SlicerError(f"--set {item!r}: expected KEY=VALUE, e.g. --set hidden_size=2048")
+        try:
+            edits[key] = json.loads(value)
+        except json.JSONDecodeError:
+            edits[key] = value
+    return edits
 
 
 def cmd_plan(args) -> int:
@@ -127,7 +159,8 @@ def cmd_plan(args) -> int:
 
     the_plan: Plan = api.plan(args.teacher, **_selection_kwargs(args))
     if args.json:
-        print(json.dumps(manifest.build(the_plan, {"template": args.template}, {"dry_run": True}), indent=1))
+        print(json.dumps(manifest.build(the_plan, {"template": args.template, "student_config": args.student_config,
+                                                   "set": args.config_set}, {"dry_run": True}), indent=1))
     else:
         print(format_plan(the_plan))
     return 0

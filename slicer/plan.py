@@ -28,9 +28,11 @@ class Options:
     exclude: tuple[str, ...] = ()
     dtype: str = "keep"
     max_shard_size: int = 5_000_000_000
+    attention: str = "flat"  # "heads": keep whole attention heads (needs head counts: config route)
 
     def as_dict(self) -> dict:
         return {
+            "attention": self.attention,
             "method": self.method,
             "seed": self.seed,
             "layer_selection": self.layer_selection,
@@ -46,6 +48,7 @@ class StudentTensor:
 
     name: str
     shape: tuple[int, ...]
+    source: str | None = None  # teacher tensor to select from, when not the (layer-mapped) same name
 
 
 @dataclass
@@ -142,13 +145,13 @@ def build_plan(teacher: Checkpoint, student: list[StudentTensor], options: Optio
         if any(rx.search(tensor.name) for rx in excludes):
             excluded.append(tensor.name)
             continue
-        source_name = mapper.teacher_name(tensor.name)
+        source_name = mapper.teacher_name(tensor.source or tensor.name)
         source = teacher.tensors.get(source_name)
         problem = _mismatch(tensor, source_name, source)
         if problem:
             problems.append(problem)
             continue
-        index = tuple(selector.for_dim(t, s, tensor.name, d) for d, (t, s) in enumerate(zip(source.shape, tensor.shape)))
+        index = selector.for_tensor(tensor.name, source.shape, tensor.shape)
         jobs.append(TensorJob(tensor.name, source, tensor.shape, _out_dtype(source.dtype, options.dtype), index))
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

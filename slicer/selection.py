@@ -112,6 +112,10 @@ class Selector:
         self.seed = seed
         self.sets: dict[str, IndexSet] = {}
 
+    def for_tensor(self, tensor: str, teacher_shape: tuple[int, ...], student_shape: tuple[int, ...]) -> tuple[IndexSet, ...]:
+        """Index sets of every dimension of one tensor (subclasses special-case some)."""
+        return tuple(self.for_dim(t, s, tensor, d) for d, (t, s) in enumerate(zip(teacher_shape, student_shape)))
+
     def for_dim(self, t: int, s: int, tensor: str, dim: int) -> IndexSet:
         if s == t:
             key = f"identity:{t}"

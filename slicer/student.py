@@ -5,11 +5,13 @@ From a template checkpoint only the headers are read: what ``save_file`` or
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint import Checkpoint
-from .plan import StudentTensor
+from .plan import Options, StudentTensor
+from .selection import Selector
 
 
 @dataclass
@@ -18,6 +20,8 @@ class StudentSpec:
     origin: dict  # for the manifest: where the spec came from
     folder: Path | None = None  # the student's own folder, if any (never written to)
     files: dict[str, bytes] = field(default_factory=dict)  # config.json and friends for OUT
+    # Builds the run's index-set chooser; the config route swaps in a head-aware one.
+    make_selector: Callable[[Options], Selector] = lambda options: Selector(options.method, options.seed)
 
 
 def from_template(path: str | Path) -> StudentSpec:
