@@ -167,7 +167,7 @@ def _env() -> dict:
 
 
 # ----------------------------------------------------------------------------- one measurement
-def measure(way: str, facts: dict, workdir: Path, name: str, interval: float) -> dict:
+def measure(way: str, facts: dict, workdir: Path, name: str, interval: float, settle: float) -> dict:
     files = [Path(p) for p in facts["teacher_files"]]
     template = Path(facts["template"])
     out = workdir / name / f"out-{way}"
@@ -176,6 +176,7 @@ def measure(way: str, facts: dict, workdir: Path, name: str, interval: float) ->
     subprocess.run(["cat", *map(str, files)], stdout=subprocess.DEVNULL, check=True)  # warm, untimed
     read_header(template)
     cached = resident_fraction(files)
+    time.sleep(settle)  # same free-memory state for every run (see --settle)
     if way == "floor":
         cat = memsample.run(["cat", *map(str, files)], stdout="/dev/null", interval=interval)
         out_bytes = template.stat().st_size  # the student's size, header included
@@ -223,7 +224,7 @@ def bench_teacher(name: str, facts: dict, args, ways: list[str], log) -> dict:
     verify = None
     for rep in range(args.repeats):
         for way in ways:
-            res = measure(way, facts, workdir, name, args.interval)
+            res = measure(way, facts, workdir, name, args.interval, args.settle)
             runs[way].append(res)
             log(
                 f"  [{name}] {way:<6} run {rep + 1}/{args.repeats}: {res['wall_s']:7.2f} s  "
@@ -307,7 +308,8 @@ def table(results: dict) -> str:
     for name, r in results.items():
         ratios = "  ".join(f"{k} = {v:.2f}" for k, v in r["ratios"].items())
         tg = "  ".join(f"[{'PASS' if ok else 'MISS'}] {k}" for k, ok in r["targets"].items())
-        lines.append(f"{name:<8} {ratios}")
+        if ratios:
+            lines.append(f"{name:<8} {ratios}")
         if tg:
             lines.append(f"{'':<8} targets: {tg}")
         if r["verify"] is not None:
@@ -341,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-verify", dest="verify", action="store_false",
                     help="skip the bit-comparison of the slicer's output with the naive one")
     ap.add_argument("--interval", type=float, default=0.02, help="memory sampling interval, seconds")
+    ap.add_argument("--settle", type=float, default=5.0,
+                    help="seconds to wait before each run (default 5): on a VM with free page reporting "
+                         "(virtio-balloon) memory freed by the previous run goes back to the host after ~2 s and "
+                         "costs a page fault in the host when touched again; waiting makes every run start alike")
     ap.add_argument("--naive", nargs=3, metavar=("TEACHER", "TEMPLATE", "OUT"), help=argparse.SUPPRESS)
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -20,6 +20,7 @@ size-1 range dims and merging adjacent range dims that are contiguous in ``src``
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -119,13 +120,14 @@ if triton is not None:
         gather1,
         gather2,
         GATHER3: tl.constexpr,  # the last dim: compile-time, so a contiguous row stays provably contiguous
+        ROW_ALIGN: tl.constexpr,  # every row offset is a multiple of this (lets the GPU vectorize rows)
         IN_KIND: tl.constexpr,  # 0: no cast (bits copied)
         OUT_KIND: tl.constexpr,
         BLOCK_R: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
         pid = tl.program_id(0).to(tl.int64)
-        n_col_blocks = tl.cdiv(n3, BLOCK_C)
+        n_col_blocks = (n3 + BLOCK_C - 1) // BLOCK_C  # not tl.cdiv: a @jit helper, fixed at triton's import
         rows = (pid // n_col_blocks) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)  # [BLOCK_R]
         cols = (pid % n_col_blocks) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)  # [BLOCK_C]
         row_mask = rows < n_rows
@@ -139,7 +141,7 @@ if triton is not None:
         c0 = tl.where(gather0 != 0, tl.load(idx0_ptr + i0, mask=rows < n_rows * gather0, other=0), i0)
         c1 = tl.where(gather1 != 0, tl.load(idx1_ptr + i1, mask=rows < n_rows * gather1, other=0), i1)
         c2 = tl.where(gather2 != 0, tl.load(idx2_ptr + i2, mask=rows < n_rows * gather2, other=0), i2)
-        row_off = c0 * stride0 + c1 * stride1 + c2 * stride2
+        row_off = tl.multiple_of(c0 * stride0 + c1 * stride1 + c2 * stride2, ROW_ALIGN)
 
         if GATHER3:
             c3 = tl.load(idx3_ptr + cols, mask=col_mask, other=0)
@@ -224,6 +226,7 @@ def gather(src: torch.Tensor, index: Sequence[torch.Tensor | range], out: torch.
             s0, s1, s2, s3,
             int(x0 is not None), int(x1 is not None), int(x2 is not None),
             GATHER3=x3 is not None,
+            ROW_ALIGN=_row_align(s0, s1, s2),
             IN_KIND=in_kind, OUT_KIND=out_kind,
             BLOCK_R=block_r, BLOCK_C=block_c,
             num_warps=num_warps,
@@ -330,6 +333,17 @@ def _tile(n_rows: int, n_cols: int, device: torch.device) -> tuple[int, int, int
     return block_r, block_c, num_warps
 
 
+def _row_align(*row_strides: int) -> int:
+    """The largest power of two (<= 16 elements) dividing every row stride, hence every
+    row offset: with the data pointer's own alignment, which Triton detects, it decides
+    whether a contiguous row can be loaded with vector instructions."""
+    align = 16
+    for stride in row_strides:
+        while stride % align:
+            align //= 2
+    return align
+
+
 def _dummy_index(device: torch.device) -> torch.Tensor:
     """A valid int64 pointer for the index slots of range dims (never read: loads are masked)."""
     dummy = _DUMMY_INDEX.get(device)
@@ -339,8 +353,5 @@ def _dummy_index(device: torch.device) -> torch.Tensor:
 
 
 def _device_guard(device: torch.device):
-    if device.type == "cuda":
-        return torch.cuda.device(device)
-    import contextlib
-
-    return contextlib.nullcontext()
+    """Launch on src's GPU, not the current one (Triton launches on the current device)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

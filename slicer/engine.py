@@ -83,7 +83,7 @@ def chunks(job: TensorJob, budget: int) -> Iterator[Chunk]:
 class Engine:
     def __init__(self, gather: Gather, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, depth: int = PIPELINE_DEPTH, device: str = "cpu"):
         self.gather = gather
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes = max(chunk_bytes, 16)  # a chunk holds at least one element of any dtype
         self.depth = depth
         self.device = device
         self._index_tensors: dict[tuple[str, int, int], torch.Tensor] = {}

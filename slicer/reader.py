@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -41,15 +42,17 @@ class TeacherReader:
             return torch.empty(0, dtype=dtype)
         aligned = begin - begin % _PAGE
         try:
-            # ACCESS_COPY gives a writable (copy-on-write) buffer that torch accepts
-            # without warnings; we never write to it, so no page is ever copied.
-            mm = mmap.mmap(self.fd(info.path), begin + nbytes - aligned, access=mmap.ACCESS_COPY, offset=aligned)
+            mm = mmap.mmap(self.fd(info.path), begin + nbytes - aligned, flags=mmap.MAP_SHARED,
+                           prot=mmap.PROT_READ, offset=aligned)
         except (OSError, ValueError) as e:
             raise SlicerError(f"{info.path}: cannot map tensor {info.name!r}: {e}") from e
         if prefetch:
             mm.madvise(mmap.MADV_WILLNEED)  # start readahead now: helps a cold cache
         # The tensor keeps `mm` alive; the map closes when the last view is dropped.
-        return torch.frombuffer(mm, dtype=dtype, count=count, offset=begin - aligned)
+        # torch warns that the buffer is read-only: we only ever read through it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.frombuffer(mm, dtype=dtype, count=count, offset=begin - aligned)
 
     def close(self) -> None:
         for fd in self._fds.values():

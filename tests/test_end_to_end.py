@@ -124,7 +124,7 @@ def test_student_equals_reference(ckpts, tmp_path, fam, method, layer_selection)
 def test_teacher_layouts_and_output_sharding_give_the_reference_student(
         ckpts, tmp_path, teacher_layout, out_sharded):
     _, _, _, info = run_and_compare(ckpts, tmp_path, "vit", teacher_layout=teacher_layout,
-                                    max_shard_size="100KB" if out_sharded else None)
+                                    max_shard_size="10KB" if out_sharded else None)
     assert info["layout"] == ("sharded" if out_sharded else "single")
     if out_sharded:
         assert len(info["shards"]) > 1
@@ -133,7 +133,7 @@ def test_teacher_layouts_and_output_sharding_give_the_reference_student(
 @pytest.mark.parametrize("fam", ["llama", "convnext_orig", "zoo"])
 def test_sharded_teacher_to_sharded_output(ckpts, tmp_path, fam):
     _, _, _, info = run_and_compare(ckpts, tmp_path, fam, teacher_layout="sharded",
-                                    layer_selection="uniform", max_shard_size=20_000)
+                                    layer_selection="uniform", max_shard_size=4_000)
     assert info["layout"] == "sharded" and len(info["shards"]) > 1
 
 
@@ -149,7 +149,7 @@ def test_default_max_shard_size_writes_one_model_safetensors(ckpts, tmp_path):
 
 
 def test_sharded_output_index_lists_every_tensor_with_its_shard_and_total_size(ckpts, tmp_path):
-    _, got, _, info = run_and_compare(ckpts, tmp_path, "vit", max_shard_size=50_000)
+    _, got, _, info = run_and_compare(ckpts, tmp_path, "vit", max_shard_size=15_000)
     index = info["index"]
     assert set(index["weight_map"]) == set(got)
     assert set(index["weight_map"].values()) == set(info["shards"])
@@ -393,13 +393,13 @@ def test_cli_shrink_exits_0_and_writes_the_reference_student(ckpts, tmp_path, su
     template, shapes = ckpts.template("llama")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "slicer", "shrink", str(teacher), str(out), "--template", str(template),
-           "--layer-selection", "uniform", "--dtype", "fp32", "--max-shard-size", "100KB",
+           "--layer-selection", "uniform", "--dtype", "fp32", "--max-shard-size", "20KB",
            "--exclude", r"^lm_head\.", "--quiet", "--json"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     assert isinstance(json.loads(r.stdout), dict), r.stdout
-    got, info = read_output(out, max_shard_size=100_000)
+    got, info = read_output(out, max_shard_size=20_000)
     assert info["layout"] == "sharded"
     want = reference_student(tstate, shapes, "uniform", "uniform", dtype="fp32", exclude=(r"^lm_head\.",))
     assert_state_bit_equal(got, want)

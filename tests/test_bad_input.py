@@ -1,0 +1,452 @@
+"""Bad input through the CLI: exit 2, one `slicer: error: ` line naming the culprit,
+no traceback, no student files, inputs byte-identical.
+
+Each case is its own test id. The subprocesses (each imports torch: ~1.5 s) run
+concurrently in a module fixture, for the selected cases only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import helpers
+from helpers import read_output, reference_student, sha256_tree, student_files, write_raw_safetensors
+
+GOOD_SHAPES = {"alpha.weight": [8, 6], "beta.bias": [8]}
+STUDENT_SHAPES = {"alpha.weight": [4, 3], "beta.bias": [4]}
+ALPHA = {"dtype": "F32", "shape": [8, 6], "data_offsets": [0, 192]}
+BETA = {"dtype": "F32", "shape": [8], "data_offsets": [192, 224]}
+
+
+def _teacher_state():
+    return helpers.make_state(GOOD_SHAPES, seed=5)
+
+
+def _data(n=224) -> bytes:
+    return bytes((i * 37 + 11) % 256 for i in range(n))
+
+
+@dataclass
+class Case:
+    teacher: Path
+    out: Path
+    expect: list  # the stderr line must contain at least one of these
+    template: Path | None = None
+    args: list = field(default_factory=list)
+
+
+def _template(d: Path, shapes=None, name="template") -> Path:
+    return helpers.write_checkpoint(helpers.make_state(shapes or STUDENT_SHAPES, seed=1), d / name, "folder")
+
+
+def _raw_teacher(d: Path, header, data: bytes = None, header_len=None) -> Case:
+    p = d / "teacher.safetensors"
+    write_raw_safetensors(p, header, _data() if data is None else data, header_len)
+    return Case(teacher=p, out=d / "out", expect=["teacher.safetensors"], template=_template(d))
+
+
+def _valid_teacher_bytes() -> bytes:
+    hb = json.dumps({"alpha.weight": ALPHA, "beta.bias": BETA}).encode()
+    return struct.pack("<Q", len(hb)) + hb + _data()
+
+
+def _sharded_teacher(d: Path, weight_map: dict | None = None, index_text: str | None = None) -> Path:
+    """teacher/ with model-00001-of-00002 (alpha) and model-00002-of-00002 (beta) + index."""
+    folder = d / "teacher"
+    folder.mkdir()
+    st = _teacher_state()
+    save_file({"alpha.weight": st["alpha.weight"]}, str(folder / "model-00001-of-00002.safetensors"))
+    save_file({"beta.bias": st["beta.bias"]}, str(folder / "model-00002-of-00002.safetensors"))
+    wm = weight_map or {"alpha.weight": "model-00001-of-00002.safetensors",
+                        "beta.bias": "model-00002-of-00002.safetensors"}
+    text = index_text if index_text is not None else json.dumps(
+        {"metadata": {"total_size": 224}, "weight_map": wm})
+    (folder / "model.safetensors.index.json").write_text(text)
+    return folder
+
+
+def _single_teacher_folder(d: Path, name="teacher_dir") -> Path:
+    folder = d / name
+    folder.mkdir()
+    save_file(_teacher_state(), str(folder / "model.safetensors"))
+    return folder
+
+
+CASES: dict = {}
+
+
+def case(fn):
+    CASES[fn.__name__] = fn
+    return fn
+
+
+# --- broken safetensors files -------------------------------------------------------------
+
+@case
+def empty_file(d):
+    p = d / "teacher.safetensors"
+    p.write_bytes(b"")
+    return Case(teacher=p, out=d / "out", expect=["teacher.safetensors"], template=_template(d))
+
+
+@case
+def truncated_file(d):
+    p = d / "teacher.safetensors"
+    p.write_bytes(_valid_teacher_bytes()[:5])
+    return Case(teacher=p, out=d / "out", expect=["teacher.safetensors"], template=_template(d))
+
+
+@case
+def truncated_in_header(d):
+    p = d / "teacher.safetensors"
+    p.write_bytes(_valid_teacher_bytes()[:40])
+    return Case(teacher=p, out=d / "out", expect=["teacher.safetensors"], template=_template(d))
+
+
+@case
+def header_length_past_end_of_file(d):
+    hb = json.dumps({"alpha.weight": ALPHA, "beta.bias": BETA}).encode()
+    return _raw_teacher(d, hb, header_len=len(hb) + 224 + 100)
+
+
+@case
+def absurd_header_length(d):
+    return _raw_teacher(d, json.dumps({"alpha.weight": ALPHA}).encode(), header_len=2**60)
+
+
+@case
+def header_not_utf8(d):
+    return _raw_teacher(d, b'{"alpha.weight": "\xff\xfe\xfd"}')
+
+
+@case
+def header_not_json(d):
+    return _raw_teacher(d, b'{"alpha.weight": {"dtype": "F32", ')
+
+
+@case
+def header_json_not_an_object(d):
+    return _raw_teacher(d, b"[1, 2, 3]")
+
+
+@case
+def entry_not_an_object(d):
+    return _raw_teacher(d, {"alpha.weight": 5, "beta.bias": BETA})
+
+
+@case
+def entry_without_data_offsets(d):
+    return _raw_teacher(d, {"alpha.weight": {"dtype": "F32", "shape": [8, 6]}, "beta.bias": BETA})
+
+
+@case
+def overlapping_offsets(d):
+    return _raw_teacher(d, {"alpha.weight": ALPHA, "beta.bias": dict(BETA, data_offsets=[160, 192])},
+                        _data(192))
+
+
+@case
+def offsets_past_the_data(d):
+    return _raw_teacher(d, {"alpha.weight": ALPHA, "beta.bias": BETA}, _data(200))
+
+
+@case
+def unknown_dtype(d):
+    return _raw_teacher(d, {"alpha.weight": dict(ALPHA, dtype="F17"), "beta.bias": BETA})
+
+
+@case
+def shape_disagrees_with_byte_span(d):
+    return _raw_teacher(d, {"alpha.weight": dict(ALPHA, data_offsets=[0, 188]),
+                            "beta.bias": dict(BETA, data_offsets=[188, 220])}, _data(220))
+
+
+@case
+def negative_dimension(d):
+    # (-8) * (-6) * 4 == 192: a product-only check would accept it.
+    return _raw_teacher(d, {"alpha.weight": dict(ALPHA, shape=[-8, -6]), "beta.bias": BETA})
+
+
+@case
+def shape_not_integers(d):
+    return _raw_teacher(d, {"alpha.weight": dict(ALPHA, shape=[8, "6"]), "beta.bias": BETA})
+
+
+# --- sharded teachers --------------------------------------------------------------------
+
+IDX = "model.safetensors.index.json"
+
+
+@case
+def index_names_a_missing_shard(d):
+    folder = _sharded_teacher(d, {"alpha.weight": "model-00001-of-00002.safetensors",
+                                  "beta.bias": "model-00003-of-00003.safetensors"})
+    return Case(teacher=folder, out=d / "out", expect=["model-00003-of-00003.safetensors", IDX],
+                template=_template(d))
+
+
+@case
+def index_not_json(d):
+    folder = _sharded_teacher(d, index_text='{"weight_map": {"alpha.weight": ')
+    return Case(teacher=folder, out=d / "out", expect=[IDX], template=_template(d))
+
+
+@case
+def index_path_not_json(d):
+    folder = _sharded_teacher(d, index_text="not json at all")
+    return Case(teacher=folder / IDX, out=d / "out", expect=[IDX], template=_template(d))
+
+
+@case
+def index_without_weight_map(d):
+    folder = _sharded_teacher(d, index_text=json.dumps({"metadata": {"total_size": 224}}))
+    return Case(teacher=folder, out=d / "out", expect=[IDX], template=_template(d))
+
+
+def _secret(d: Path) -> Path:
+    # A valid checkpoint outside the teacher folder: a bug that follows the index would
+    # read it and succeed.
+    p = d / "secret.safetensors"
+    save_file(_teacher_state(), str(p))
+    return p
+
+
+@case
+def index_entry_outside_the_folder(d):
+    _secret(d)
+    folder = _sharded_teacher(d, {"alpha.weight": "../secret.safetensors",
+                                  "beta.bias": "model-00002-of-00002.safetensors"})
+    return Case(teacher=folder, out=d / "out", expect=[IDX], template=_template(d))
+
+
+@case
+def index_entry_absolute_path(d):
+    secret = _secret(d)
+    folder = _sharded_teacher(d, {"alpha.weight": str(secret.resolve()),
+                                  "beta.bias": "model-00002-of-00002.safetensors"})
+    return Case(teacher=folder, out=d / "out", expect=[IDX], template=_template(d))
+
+
+@case
+def index_names_a_shard_without_the_tensor(d):
+    folder = _sharded_teacher(d, {"alpha.weight": "model-00002-of-00002.safetensors",
+                                  "beta.bias": "model-00002-of-00002.safetensors"})
+    return Case(teacher=folder, out=d / "out",
+                expect=[IDX, "model-00002-of-00002.safetensors", "alpha.weight"], template=_template(d))
+
+
+@case
+def shard_header_not_json(d):
+    folder = _sharded_teacher(d)
+    write_raw_safetensors(folder / "model-00002-of-00002.safetensors", b'{"beta.bias": ', _data(32))
+    return Case(teacher=folder, out=d / "out", expect=["model-00002-of-00002.safetensors"],
+                template=_template(d))
+
+
+# --- paths -------------------------------------------------------------------------------
+
+@case
+def missing_teacher(d):
+    return Case(teacher=d / "no_such_teacher.safetensors", out=d / "out",
+                expect=["no_such_teacher.safetensors"], template=_template(d))
+
+
+@case
+def teacher_empty_folder(d):
+    (d / "empty_teacher").mkdir()
+    return Case(teacher=d / "empty_teacher", out=d / "out", expect=["empty_teacher"], template=_template(d))
+
+
+@case
+def template_is_a_text_file(d):
+    t = d / "template.txt"
+    t.write_text("this is not a checkpoint\n")
+    return Case(teacher=_single_teacher_folder(d), out=d / "out", expect=["template.txt"], template=t)
+
+
+@case
+def template_is_an_empty_folder(d):
+    (d / "empty_template").mkdir()
+    return Case(teacher=_single_teacher_folder(d), out=d / "out", expect=["empty_template"],
+                template=d / "empty_template")
+
+
+@case
+def template_header_not_json(d):
+    t = d / "template.safetensors"
+    write_raw_safetensors(t, b"{{{", _data(16))
+    return Case(teacher=_single_teacher_folder(d), out=d / "out", expect=["template.safetensors"], template=t)
+
+
+@case
+def out_is_the_teacher_folder(d):
+    folder = _single_teacher_folder(d)
+    return Case(teacher=folder, out=folder, expect=["teacher_dir"], template=_template(d))
+
+
+@case
+def out_inside_the_teacher_folder(d):
+    folder = _single_teacher_folder(d)
+    return Case(teacher=folder, out=folder / "student_out", expect=["student_out", "teacher_dir"],
+                template=_template(d))
+
+
+@case
+def out_exists_and_is_not_empty(d):
+    out = d / "existing_out"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me\n")
+    return Case(teacher=_single_teacher_folder(d), out=out, expect=["existing_out"], template=_template(d))
+
+
+@case
+def out_is_a_file(d):
+    out = d / "out_file.txt"
+    out.write_text("a file, not a folder\n")
+    return Case(teacher=_single_teacher_folder(d), out=out, expect=["out_file.txt"], template=_template(d))
+
+
+# --- template vs teacher -----------------------------------------------------------------
+
+@case
+def template_tensor_missing_from_teacher(d):
+    shapes = dict(STUDENT_SHAPES, **{"gamma_extra.weight": [2, 2]})
+    return Case(teacher=_single_teacher_folder(d), out=d / "out", expect=["gamma_extra.weight"],
+                template=_template(d, shapes))
+
+
+@case
+def rank_mismatch(d):
+    shapes = dict(STUDENT_SHAPES, **{"alpha.weight": [4, 3, 1]})
+    return Case(teacher=_single_teacher_folder(d), out=d / "out", expect=["alpha.weight"],
+                template=_template(d, shapes))
+
+
+@case
+def student_dim_larger_than_teacher(d):
+    shapes = dict(STUDENT_SHAPES, **{"alpha.weight": [9, 3]})
+    return Case(teacher=_single_teacher_folder(d), out=d / "out", expect=["alpha.weight"],
+                template=_template(d, shapes))
+
+
+# --- options -----------------------------------------------------------------------------
+
+@case
+def bad_max_shard_size(d):
+    return Case(teacher=_single_teacher_folder(d), out=d / "out", expect=["5XB"], template=_template(d),
+                args=["--max-shard-size", "5XB"])
+
+
+@case
+def bad_exclude_regex(d):
+    return Case(teacher=_single_teacher_folder(d), out=d / "out", expect=["[unclosed"], template=_template(d),
+                args=["--exclude", "[unclosed"])
+
+
+# --- not bad: --overwrite ----------------------------------------------------------------
+
+GOOD: dict = {}
+
+
+def good(fn):
+    GOOD[fn.__name__] = fn
+    return fn
+
+
+@good
+def overwrite_replaces_a_non_empty_out(d):
+    out = d / "existing_out"
+    out.mkdir()
+    (out / "notes.txt").write_text("old\n")
+    (out / "model.safetensors").write_bytes(b"stale junk")
+    return Case(teacher=_single_teacher_folder(d), out=out, expect=[], template=_template(d),
+                args=["--overwrite"])
+
+
+# --- runner ------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    case: Case
+    dir: Path
+    rc: int
+    stdout: str
+    stderr: str
+    before: dict
+    before_student_files: list
+
+
+def _run_one(d: Path, c: Case, env: dict) -> tuple[int, str, str]:
+    cmd = [sys.executable, "-m", "slicer", "shrink", str(c.teacher), str(c.out)]
+    if c.template is not None:
+        cmd += ["--template", str(c.template)]
+    cmd += ["--quiet", *c.args]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=d)
+        return r.returncode, r.stdout, r.stderr
+    except subprocess.TimeoutExpired as e:
+        return -999, str(e.stdout), f"TIMEOUT after 120 s: {e.stderr}"
+
+
+@pytest.fixture(scope="module")
+def results(request, tmp_path_factory, subprocess_env) -> dict:
+    here = request.node.path if hasattr(request.node, "path") else None
+    wanted = []
+    for item in request.session.items:
+        cs = getattr(item, "callspec", None)
+        if cs is not None and "case_id" in cs.params and getattr(item, "path", None) == here:
+            wanted.append(cs.params["case_id"])
+    root = tmp_path_factory.mktemp("bad_input")
+    prepared = {}
+    for cid in dict.fromkeys(wanted):
+        d = root / cid
+        d.mkdir()
+        c = (CASES.get(cid) or GOOD[cid])(d)
+        prepared[cid] = (d, c, sha256_tree(d), student_files(d))
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as ex:
+        futs = {cid: ex.submit(_run_one, d, c, subprocess_env) for cid, (d, c, _, _) in prepared.items()}
+        return {cid: Result(prepared[cid][1], prepared[cid][0], *futs[cid].result(), prepared[cid][2],
+                            prepared[cid][3]) for cid in prepared}
+
+
+@pytest.mark.parametrize("case_id", list(CASES))
+def test_bad_input_exits_2_with_one_error_line_and_leaves_files_alone(results, case_id):
+    r = results[case_id]
+    err = r.stderr
+    assert "Traceback" not in err, err
+    assert r.rc == 2, f"exit {r.rc}, stderr: {err!r}"
+    lines = err.splitlines()
+    assert len(lines) == 1, f"stderr has {len(lines)} lines: {err!r}"
+    assert lines[0].startswith("slicer: error: "), lines[0]
+    assert any(e in lines[0] for e in r.case.expect), f"{lines[0]!r} names none of {r.case.expect}"
+    # No student output anywhere (final or temporary), inputs and pre-existing files unchanged.
+    new = sorted(set(student_files(r.dir)) - set(r.before_student_files))
+    assert new == [], f"left behind: {new}"
+    after = sha256_tree(r.dir)
+    changed = sorted(p for p, h in r.before.items() if after.get(p) != h)
+    assert changed == [], f"changed or removed: {changed}"
+
+
+@pytest.mark.parametrize("case_id", list(GOOD))
+def test_overwrite_replaces_an_existing_out(results, case_id):
+    r = results[case_id]
+    assert r.rc == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    got, _ = read_output(r.case.out)
+    want = reference_student(_teacher_state(), STUDENT_SHAPES, "uniform", "first")
+    helpers.assert_state_bit_equal(got, want)
+    # The teacher and template were not touched.
+    after = sha256_tree(r.dir, skip=r.case.out)
+    before = {p: h for p, h in r.before.items() if not (r.dir / p).resolve().is_relative_to(r.case.out.resolve())}
+    assert after == before
