@@ -79,11 +79,12 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def _report(benchmark, src, out):
+def _report(benchmark, src, out, interpreted=False):
     moved = out.numel() * (src.element_size() + out.element_size())
     benchmark.extra_info["bytes_moved"] = moved
     benchmark.extra_info["gb_per_s"] = round(moved / benchmark.stats.stats.median / 1e9, 3)
-    benchmark.extra_info["device"] = torch.cuda.get_device_name() if ON_GPU else "cpu (triton interpreter)"
+    device = torch.cuda.get_device_name() if ON_GPU else "cpu"
+    benchmark.extra_info["device"] = device + (" (triton interpreter)" if interpreted else "")
 
 
 @pytest.mark.parametrize("shape,dtype,make_index,out_dtype", CASES)
@@ -98,7 +99,7 @@ def test_triton_gather(benchmark, shape, dtype, make_index, out_dtype):
         _sync()
 
     benchmark(run)
-    _report(benchmark, src, out)
+    _report(benchmark, src, out, interpreted=not ON_GPU)
 
 
 @pytest.mark.parametrize("shape,dtype,make_index,out_dtype", CASES)

@@ -9,7 +9,9 @@ loaded by the kernel), and writes the outer product of those sets into a contigu
 Elements travel as same-width integers, so every dtype (bool, fp8, bf16, ...) is moved
 bit for bit, also under the CPU interpreter (``TRITON_INTERPRET=1``), which has no
 bf16 arithmetic. A fused cast (bf16 / fp16 / fp32 out; those and fp8 in) is done on
-the bits as well, with the same round-to-nearest-even as torch's ``.to()``.
+the bits as well, with the same round-to-nearest-even as torch's ``.to()``: bit-equal
+to torch for every number; a NaN stays a NaN of the same sign, but its payload bits may
+differ from torch's (torch's own CPU and CUDA paths disagree there).
 
 Kernel layout: the output is seen as a (rows, cols) matrix, rows = output dims 0..2
 flattened, cols = the last output dim; each program does one BLOCK_R x BLOCK_C tile,
@@ -112,6 +114,7 @@ if triton is not None:
         n2,
         n3,
         n_rows,  # n0 * n1 * n2
+        n_col_blocks,  # cdiv(n3, BLOCK_C): program p does row block p // n_col_blocks
         stride0,  # source strides, in elements
         stride1,
         stride2,
@@ -127,7 +130,6 @@ if triton is not None:
         BLOCK_C: tl.constexpr,
     ):
         pid = tl.program_id(0).to(tl.int64)
-        n_col_blocks = (n3 + BLOCK_C - 1) // BLOCK_C  # not tl.cdiv: a @jit helper, fixed at triton's import
         rows = (pid // n_col_blocks) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)  # [BLOCK_R]
         cols = (pid % n_col_blocks) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)  # [BLOCK_C]
         row_mask = rows < n_rows
@@ -181,6 +183,11 @@ def is_available(device: torch.device | str | None = None) -> bool:
     return False
 
 
+def can_fuse_cast(src_dtype: torch.dtype, out_dtype: torch.dtype) -> bool:
+    """Whether ``gather`` can cast from ``src_dtype`` to ``out_dtype`` in the kernel."""
+    return src_dtype == out_dtype or (src_dtype in _CAST_IN and out_dtype in _CAST_OUT)
+
+
 def gather(src: torch.Tensor, index: Sequence[torch.Tensor | range], out: torch.Tensor) -> torch.Tensor:
     """Write ``src[ix_(index[0], ..., index[n-1])]`` into ``out`` (cast to ``out.dtype``) and return ``out``.
 
@@ -222,7 +229,7 @@ def gather(src: torch.Tensor, index: Sequence[torch.Tensor | range], out: torch.
         _gather_kernel[grid](
             view, out_i,
             idx[0], idx[1], idx[2], idx[3],
-            n1, n2, n3, n_rows,
+            n1, n2, n3, n_rows, triton.cdiv(n3, block_c),
             s0, s1, s2, s3,
             int(x0 is not None), int(x1 is not None), int(x2 is not None),
             GATHER3=x3 is not None,
@@ -246,6 +253,8 @@ def _check(src: torch.Tensor, index: Sequence[torch.Tensor | range], out: torch.
             "TRITON_INTERPRET=1 set before slicer.kernels.gather is imported (slow: tests only); "
             "use the torch gather instead"
         )
+    if src.layout != torch.strided or out.layout != torch.strided:
+        raise ValueError(f"gather: src and out must be dense (strided) tensors, got {src.layout} and {out.layout}")
     n = src.dim()
     if n < 1:
         raise ValueError("gather: src must have at least one dimension")
@@ -330,6 +339,7 @@ def _tile(n_rows: int, n_cols: int, device: torch.device) -> tuple[int, int, int
         max_c, tile, num_warps = _CPU_MAX_BLOCK_C, _CPU_TILE, 1
     block_c = min(triton.next_power_of_2(n_cols), max_c)
     block_r = min(triton.next_power_of_2(n_rows), max(1, tile // block_c))
+    block_c = min(triton.next_power_of_2(n_cols), max(block_c, tile // block_r))  # few rows: wider tiles
     return block_r, block_c, num_warps
 
 

@@ -81,7 +81,8 @@ def describe_student(teacher, template, student_config, config_set, *, attention
         from .hf import from_config
 
         attention = attention or "heads"
-        student = from_config(teacher, student_config, config_set or {}, attention=attention)
+        student = from_config(teacher, student_config, config_set or {}, attention=attention,
+                              dtype=options["dtype"], layer_selection=options["layer_selection"])
     if attention not in ATTENTION_CHOICES:
         raise SlicerError(f"unknown attention mode {attention!r} (choose from {', '.join(ATTENTION_CHOICES)})")
     exclude = tuple(options.pop("exclude"))
@@ -91,7 +92,9 @@ def describe_student(teacher, template, student_config, config_set, *, attention
 
 def _plan(teacher: str | Path, student: StudentSpec, options: Options) -> Plan:
     ckpt = Checkpoint.open(teacher, role="teacher")
-    return build_plan(ckpt, student.tensors, options, student.make_selector(options))
+    the_plan = build_plan(ckpt, student.tensors, options, student.make_selector(options))
+    the_plan.student = student.origin
+    return the_plan
 
 
 def shrink(

@@ -26,12 +26,23 @@ class Backend:
     gather: Gather
 
 
-def _triton_gather():
+def _triton_gather() -> Gather:
     try:
-        from .kernels.gather import gather
+        from .kernels.gather import can_fuse_cast, gather
     except ImportError as e:
         raise SlicerError(f"--backend triton needs triton: pip install 'weight-slicer[triton]' ({e})") from e
-    return gather
+
+    def gather_any_cast(src, index, out):
+        if src.dim() == 0:  # the kernel wants rank >= 1: a scalar is a 1-element vector
+            gather_any_cast(src.reshape(1), [range(0, 1)], out.view(1))
+            return out
+        if can_fuse_cast(src.dtype, out.dtype):
+            return gather(src, index, out)
+        # A cast the kernel does not fuse (e.g. fp64 -> bf16): gather the bits, cast after.
+        moved = gather(src, index, torch.empty(out.shape, dtype=src.dtype, device=out.device))
+        return out.copy_(moved)
+
+    return gather_any_cast
 
 
 def choose(device: str = "auto", backend: str = "auto") -> Backend:
@@ -52,7 +63,14 @@ def choose(device: str = "auto", backend: str = "auto") -> Backend:
         # On the CPU the kernel runs in Triton's interpreter; it must be on before the
         # kernel module is imported. Bit-exact, slow: meant for tests and checks.
         os.environ.setdefault("TRITON_INTERPRET", "1")
-        return Backend("triton", "cpu", _triton_gather())
+        kernel = _triton_gather()
+
+        def interpreted(src, index, out):
+            # The interpreter writes every argument's storage back after a launch, so
+            # it must not see the read-only teacher map: give it a private copy.
+            return kernel(src.clone(), index, out)
+
+        return Backend("triton", "cpu", interpreted)
     from .cuda_gather import make_cuda_gather
 
     kernel = _triton_gather() if backend == "triton" else gather_torch

@@ -1,11 +1,433 @@
-"""The student from a Hugging Face config (the ``--student-config`` / ``--set`` route)."""
+"""The student from a Hugging Face config (the ``--student-config`` / ``--set`` route).
+
+The student's tensor names and shapes are what ``save_pretrained`` would write for the
+class named in the config's ``architectures``: the model is built on the meta device
+(no memory, no weights; never remote code), then its state dict goes through the same
+steps ``save_pretrained`` applies (keys ignored on save, tied weights removed, weight
+conversions reverted to the checkpoint's names). The output folder gets the student's
+config.json and the teacher's tokenizer and generation files, so it loads with
+``from_pretrained``.
+"""
 from __future__ import annotations
 
+import contextlib
+import copy
+import json
+import logging
 from pathlib import Path
 
+from .checkpoint import Checkpoint
 from .errors import SlicerError
+from .heads import HeadAwareSelector, HeadGeometry, check_geometry
+from .layers import LayerMapper
+from .plan import Options, StudentTensor
+from .safetensors_format import CAST_TARGETS
+from .selection import Selector, layer_indices
 from .student import StudentSpec
 
+log = logging.getLogger("slicer")
 
-def from_config(teacher: str | Path, student_config: str | Path | None, edits: dict, *, attention: str) -> StudentSpec:
-    raise SlicerError("the config route is not implemented yet")
+INSTALL_HINT = "pip install 'weight-slicer[hf]'"
+# Files of a model folder that are weights (never copied from the teacher) or ours.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".pkl",
+                   ".npz", ".ot", ".tflite", ".index.json", ".incomplete")
+NOT_COPIED = {"config.json", "slicer_manifest.json", "README.md"}  # README: the model card describes the teacher
+MAX_COPIED_BYTES = 256 * 10**6
+_TORCH_DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
+
+
+def from_config(teacher: str | Path, student_config: str | Path | None, edits: dict, *, attention: str,
+                dtype: str = "keep", layer_selection: str = "first") -> StudentSpec:
+    """The student described by a config.json (``student_config``, else the teacher's) with ``edits`` applied.
+
+    ``edits`` maps config keys (dotted for nested configs: ``text_config.hidden_size``)
+    to JSON values. ``dtype`` is the run's output dtype option and ``layer_selection``
+    its layer selection: they keep the config's ``dtype`` and per-layer lists (e.g.
+    ``layer_types``) true to the written student. Only headers of the teacher are read.
+    """
+    transformers = _import_transformers()
+    ckpt = Checkpoint.open(teacher, role="teacher")
+    teacher_config_path = ckpt.config_path()
+    teacher_dict = _read_json(teacher_config_path) if teacher_config_path else None
+    if student_config is not None:
+        base_path = Path(student_config)
+        if base_path.is_dir():
+            base_path = base_path / "config.json"
+        if not base_path.is_file():
+            raise SlicerError(f"{student_config}: student config not found")
+        base = _read_json(base_path)
+    elif teacher_dict is not None:
+        base_path, base = teacher_config_path, teacher_dict
+    else:
+        raise SlicerError(f"{ckpt.path}: teacher has no config.json beside its weights; pass --student-config CONFIG.json")
+    where = str(base_path) + (" with " + " ".join(f"--set {k}={json.dumps(v)}" for k, v in edits.items()) if edits else "")
+
+    config_cls = _config_class(transformers, base, base_path)
+    student_dict = _apply_edits(base, edits, config_cls, where)
+    _follow_depth(base, student_dict, edits, config_cls, layer_selection)
+    config = _build_config(config_cls, student_dict, where)
+    arch = _architecture(transformers, student_dict, where)
+    model = _meta_model(transformers, arch, config, where)
+    shapes = _saved_shapes(model)
+
+    tensors = _tensors(model, shapes, ckpt)
+    _check_fits(ckpt, tensors, teacher_dict, student_dict, layer_selection, where)
+    _set_dtype(student_dict, _output_dtype(ckpt, tensors, dtype))
+
+    make_selector = _selector_factory(transformers, model, config, teacher_dict, attention, ckpt, where)
+    files = {"config.json": (json.dumps(student_dict, indent=2) + "\n").encode()}
+    if teacher_config_path is not None:
+        files |= _teacher_files(ckpt.folder)
+    origin = {
+        "route": "config",
+        "architecture": arch.__name__,
+        "student_config": str(Path(student_config).resolve()) if student_config is not None else None,
+        "teacher_config": str(teacher_config_path.resolve()) if teacher_config_path else None,
+        "set": dict(edits),
+        "config_changes": _changes(teacher_dict, student_dict) if teacher_dict is not None else {},
+        "copied_files": sorted(n for n in files if n != "config.json"),
+        "transformers_version": transformers.__version__,
+    }
+    return StudentSpec(tensors, origin, None, files, make_selector)
+
+
+# ------------------------------------------------------------------ configs
+
+def _import_transformers():
+    try:
+        import transformers
+    except ImportError as e:
+        raise SlicerError(f"a student from a config needs transformers ({e}); install it with {INSTALL_HINT}") from e
+    return transformers
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SlicerError(f"{path}: cannot read: {e.strerror or e}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SlicerError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise SlicerError(f"{path}: expected a JSON object (a Hugging Face config.json)")
+    return obj
+
+
+def _config_class(transformers, d: dict, path: Path):
+    model_type = d.get("model_type")
+    if not isinstance(model_type, str):
+        raise SlicerError(f"{path}: no \"model_type\" key; is this a Hugging Face config.json?")
+    from transformers import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        custom = " (its auto_map names custom code, which slicer never runs)" if "auto_map" in d else ""
+        raise SlicerError(f"{path}: model_type {model_type!r} is not known to transformers {transformers.__version__}{custom}")
+    return CONFIG_MAPPING[model_type]
+
+
+def _apply_edits(base: dict, edits: dict, config_cls, where: str) -> dict:
+    """base with edits applied; keys go through the config's attribute_map (GPT-2's hidden_size -> n_embd)."""
+    out = copy.deepcopy(base)
+    defaults = None
+    for key, value in edits.items():
+        *path, leaf = key.split(".")
+        target = out
+        for part in path:
+            target = target.get(part) if isinstance(target, dict) else None
+            if not isinstance(target, dict):
+                raise SlicerError(f"{where}: --set {key}: {part!r} is not a nested config object")
+        if not path:
+            leaf = getattr(config_cls, "attribute_map", {}).get(leaf, leaf)
+            if leaf not in target:
+                if defaults is None:
+                    with _quiet():
+                        defaults = config_cls()
+                if not hasattr(defaults, leaf):
+                    raise SlicerError(f"{where}: --set {key}: {config_cls.__name__} has no such key (a typo?)")
+        target[leaf] = value
+    return out
+
+
+def _follow_depth(base: dict, student: dict, edits: dict, config_cls, mode: str) -> None:
+    """Per-layer lists (e.g. layer_types) follow a depth change: the selected layers' entries.
+
+    A list is per-layer when its length is the old depth and it was not edited itself.
+    Applied at the top level and in nested configs (text_config, ...).
+    """
+    def visit(b: dict, s: dict, prefix: str, depth_key: str) -> None:
+        t_depth, s_depth = b.get(depth_key), s.get(depth_key)
+        if isinstance(t_depth, int) and isinstance(s_depth, int) and 0 < s_depth < t_depth:
+            layers = layer_indices(t_depth, s_depth, mode)
+            for key, value in s.items():
+                edited = (prefix + key) in edits
+                if (not edited and key != "architectures" and isinstance(value, list) and len(value) == t_depth
+                        and value == b.get(key) and all(isinstance(v, (str, int, float, bool)) for v in value)):
+                    s[key] = [value[i] for i in layers]
+        for key, value in s.items():
+            if isinstance(value, dict) and isinstance(b.get(key), dict):
+                visit(b[key], value, prefix + key + ".", "num_hidden_layers")
+
+    depth_key = getattr(config_cls, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
+    visit(base, student, "", depth_key)
+
+
+def _build_config(config_cls, d: dict, where: str):
+    try:
+        with _quiet():
+            return config_cls.from_dict(copy.deepcopy(d))
+    except Exception as e:  # transformers validates configs with ValueError, TypeError, its own errors
+        raise SlicerError(f"{where}: invalid {config_cls.__name__}: {_first_line(e)}") from e
+
+
+def _architecture(transformers, d: dict, where: str):
+    archs = d.get("architectures")
+    if not archs or not isinstance(archs, list) or not isinstance(archs[0], str):
+        raise SlicerError(f"{where}: no \"architectures\" key naming the model class; add e.g. "
+                          "--set 'architectures=[\"LlamaForCausalLM\"]'")
+    name = archs[0]
+    cls = getattr(transformers, name, None) if name.isidentifier() else None
+    if not isinstance(cls, type) or not issubclass(cls, transformers.PreTrainedModel):
+        custom = " (its auto_map names custom code, which slicer never runs)" if "auto_map" in d else ""
+        raise SlicerError(f"{where}: architectures names {name!r}, which is not a model class of transformers "
+                          f"{transformers.__version__}{custom}")
+    return cls
+
+
+def _meta_model(transformers, cls, config, where: str):
+    """The student on the meta device: shapes without memory, weights never initialized."""
+    import torch
+
+    try:
+        with _quiet(), torch.device("meta"):
+            return cls(config)
+    except Exception as e:  # e.g. "hidden size is not a multiple of the number of attention heads"
+        raise SlicerError(f"{where}: {cls.__name__} cannot be built from this config: {_first_line(e)}") from e
+
+
+@contextlib.contextmanager
+def _quiet():
+    """transformers' config warnings (e.g. token ids outside a tiny vocab) are not ours to print."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if lines else type(e).__name__
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+# ------------------------------------------------------------------ tensors
+
+def _saved_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Names and shapes as ``save_pretrained`` writes them (the steps it takes, on meta tensors)."""
+    state = model.state_dict()  # non-persistent buffers are not in it
+    for key in getattr(model, "_keys_to_ignore_on_save", None) or ():
+        state.pop(key, None)
+    try:
+        from transformers.modeling_utils import remove_tied_weights_from_state_dict
+    except ImportError:  # transformers 4.x
+        remove_tied_weights_from_state_dict = _remove_tied_v4
+    state = remove_tied_weights_from_state_dict(state, model)
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4.x saves the module names as they are
+        pass
+    else:
+        state = revert_weight_conversion(model, state)
+    return {name: tuple(t.shape) for name, t in state.items()}
+
+
+def _remove_tied_v4(state: dict, model) -> dict:
+    """Tied parameters appear once: drop the names the model declares as tied copies."""
+    import re
+
+    declared = []
+    for prefix, module in model.named_modules():
+        keys = getattr(module, "_tied_weights_keys", None) or []
+        declared += [f"{prefix}.{k}" if prefix else k for k in keys]
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    for names in groups.values():
+        tied = [n for n in sorted(names) if any(re.search(p, n) for p in declared)]
+        for name in tied[: len(names) - 1]:
+            state.pop(name, None)
+    return state
+
+
+def _tie_sources(model) -> dict[str, str]:
+    """target -> source of weights the architecture can tie (whether or not this config ties them)."""
+    out: dict[str, str] = {}
+    for prefix, module in model.named_modules():
+        declared = getattr(module, "_tied_weights_keys", None)
+        if isinstance(declared, dict):
+            for target, source in declared.items():
+                full = (f"{prefix}.{target}", f"{prefix}.{source}") if prefix else (target, source)
+                out.setdefault(*full)
+    try:  # the pair every version knows: output embeddings <- input embeddings
+        names = {id(m): n for n, m in model.named_modules()}
+        out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+        if out_emb is not None and in_emb is not None and id(out_emb) in names and id(in_emb) in names:
+            out.setdefault(f"{names[id(out_emb)]}.weight", f"{names[id(in_emb)]}.weight")
+    except (AttributeError, NotImplementedError):
+        pass
+    return out
+
+
+def _tensors(model, shapes: dict[str, tuple[int, ...]], ckpt: Checkpoint) -> list[StudentTensor]:
+    """Student tensors; one the teacher's files lack because the teacher ties it takes the tie's source."""
+    ties = _tie_sources(model)
+    tensors = []
+    for name, shape in shapes.items():
+        source = ties.get(name)
+        if name not in ckpt.tensors and source is not None and source in ckpt.tensors:
+            tensors.append(StudentTensor(name, shape, source=source))
+        else:
+            tensors.append(StudentTensor(name, shape))
+    return tensors
+
+
+def _check_fits(ckpt: Checkpoint, tensors: list[StudentTensor], teacher_dict, student_dict, mode: str, where: str) -> None:
+    """A student larger than the teacher is refused here, naming the config keys that grew."""
+    grew = ""
+    if teacher_dict is not None:
+        bigger = [f"{k} {a} -> {b}" for k, (a, b) in _changes(teacher_dict, student_dict).items()
+                  if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and b > a]
+        grew = f" (grew: {', '.join(bigger)})" if bigger else ""
+    try:
+        mapper = LayerMapper(ckpt.tensors, (t.name for t in tensors), mode)
+        for t in tensors:
+            source = ckpt.tensors.get(mapper.teacher_name(t.source or t.name))
+            if source is None or len(source.shape) != len(t.shape):
+                continue  # the plan reports it with the teacher's file
+            if any(s > u for s, u in zip(t.shape, source.shape)):
+                raise SlicerError(f"student tensor {t.name!r} {list(t.shape)} is larger than the teacher's "
+                                  f"{source.name!r} {list(source.shape)}; a student cannot be larger than its teacher{grew}")
+    except SlicerError as e:
+        raise SlicerError(f"{where}: {e}") from e
+
+
+def _output_dtype(ckpt: Checkpoint, tensors: list[StudentTensor], choice: str) -> str | None:
+    """torch dtype name of the written floating tensors (the teacher's, by bytes, when kept)."""
+    if choice != "keep":
+        return _TORCH_DTYPE_NAMES.get(CAST_TARGETS.get(choice, ""))
+    weight: dict[str, int] = {}
+    for t in tensors:
+        info = ckpt.tensors.get(t.source or t.name)
+        if info is not None and info.dtype in _TORCH_DTYPE_NAMES:
+            weight[info.dtype] = weight.get(info.dtype, 0) + info.nbytes
+    return _TORCH_DTYPE_NAMES[max(weight, key=weight.get)] if weight else None
+
+
+def _set_dtype(d: dict, name: str | None) -> None:
+    if name is None:
+        return
+    present = [k for k in ("dtype", "torch_dtype") if k in d]
+    for key in present or ["dtype" if _transformers_major() >= 5 else "torch_dtype"]:
+        d[key] = name
+
+
+def _transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+def _changes(teacher: dict, student: dict, prefix: str = "") -> dict[str, list]:
+    """{dotted key: [teacher value, student value]} for every key that differs (None: absent)."""
+    out: dict[str, list] = {}
+    for key in list(teacher) + [k for k in student if k not in teacher]:
+        a, b = teacher.get(key), student.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out |= _changes(a, b, f"{prefix}{key}.")
+        elif a != b or (key in teacher) != (key in student):
+            out[prefix + key] = [a, b]
+    return out
+
+
+def _teacher_files(folder: Path) -> dict[str, bytes]:
+    """Tokenizer, generation config and other small non-weight files beside the teacher's weights."""
+    files = {}
+    for p in sorted(folder.iterdir()):
+        name = p.name
+        if (name.startswith(".") or name in NOT_COPIED or name.endswith(WEIGHT_SUFFIXES)
+                or (name.startswith("model") and "safetensors" in name) or not p.is_file()):
+            continue
+        size = p.stat().st_size
+        if size > MAX_COPIED_BYTES:
+            log.warning("%s: not copied to the student (%d bytes: too large for a tokenizer or config file)", p, size)
+            continue
+        files[name] = p.read_bytes()
+    return files
+
+
+# ------------------------------------------------------------------ attention heads
+
+def _geometry(config, rotary: bool) -> HeadGeometry | None:
+    """Head counts and size from a config; None for a model without attention heads."""
+    heads = getattr(config, "num_attention_heads", None)
+    if not isinstance(heads, int) or heads < 1:
+        return None
+    kv = None
+    for key in ("num_key_value_heads", "num_kv_heads", "n_head_kv"):
+        kv = getattr(config, key, None)
+        if isinstance(kv, int):
+            break
+    if not isinstance(kv, int):
+        kv = 1 if getattr(config, "multi_query", False) else heads
+    head_dim = None
+    for key in ("head_dim", "d_kv", "attention_head_size"):
+        head_dim = getattr(config, key, None)
+        if isinstance(head_dim, int):
+            break
+    if not isinstance(head_dim, int):
+        hidden = getattr(config, "hidden_size", None)
+        if not isinstance(hidden, int):
+            return None
+        head_dim = hidden // heads
+    rotary_dim = 0
+    if rotary:
+        factor = getattr(config, "partial_rotary_factor", None) or getattr(config, "rotary_pct", None)
+        params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+        if factor is None and isinstance(params, dict):
+            nested = [params] + [v for v in params.values() if isinstance(v, dict)]
+            factor = next((p["partial_rotary_factor"] for p in nested if p.get("partial_rotary_factor")), None)
+        rotary_dim = int(head_dim * (factor or 1.0))
+    return HeadGeometry(heads, kv, head_dim, rotary_dim)
+
+
+def _selector_factory(transformers, model, student_config, teacher_dict, attention: str, ckpt: Checkpoint, where: str):
+    """StudentSpec.make_selector: head-aware for --attention heads (checked now, before any work)."""
+    def flat(options: Options) -> Selector:
+        return Selector(options.method, options.seed)
+
+    if attention != "heads":
+        return flat
+    rotary = any(name.endswith("inv_freq") for name, _ in model.named_buffers())
+    student = _geometry(student_config, rotary)
+    if student is None:
+        return flat  # no attention heads in this architecture: nothing to keep whole
+    if teacher_dict is None:
+        raise SlicerError(f"{ckpt.path}: teacher has no config.json, and whole-head selection needs its head counts; "
+                          "add it, or pass --attention flat")
+    teacher_path = ckpt.config_path()
+    teacher_cls = _config_class(transformers, teacher_dict, teacher_path)
+    teacher = _geometry(_build_config(teacher_cls, teacher_dict, str(teacher_path)), rotary)
+    if teacher is None:
+        raise SlicerError(f"{teacher_path}: no attention head counts (num_attention_heads); pass --attention flat")
+    check_geometry(teacher, student, where)
+    input_major = frozenset(name for name, m in model.named_modules() if type(m).__name__ == "Conv1D")
+
+    def heads(options: Options) -> Selector:
+        if options.attention != "heads":
+            return flat(options)
+        return HeadAwareSelector(options.method, options.seed, teacher, student, input_major=input_major)
+
+    return heads

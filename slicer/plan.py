@@ -100,6 +100,7 @@ class Plan:
     skipped: list[str] = field(default_factory=list)  # teacher tensors the student does not use
     excluded: list[str] = field(default_factory=list)  # student tensors dropped by --exclude
     teacher_depths: dict[str, int] = field(default_factory=dict)  # per layer-map prefix
+    student: dict = field(default_factory=dict)  # where the student spec came from (StudentSpec.origin)
 
     @property
     def bytes_to_write(self) -> int:

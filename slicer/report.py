@@ -1,6 +1,8 @@
 """Human-readable plan and summary (the CLI prints them; the library never prints)."""
 from __future__ import annotations
 
+import json
+
 from .plan import Plan
 
 
@@ -24,6 +26,10 @@ def format_plan(plan: Plan) -> str:
         f"options   method={o.method} seed={o.seed} layer-selection={o.layer_selection} dtype={o.dtype} "
         f"max-shard-size={format_bytes(o.max_shard_size)}" + "".join(f" exclude={e!r}" for e in o.exclude),
     ]
+    changes = plan.student.get("config_changes") or {}
+    if changes:
+        lines.append(f"config    {plan.student.get('architecture', '')}, attention={o.attention}: teacher -> student")
+        lines += [f"  {key}: {json.dumps(a)} -> {json.dumps(b)}" for key, (a, b) in changes.items()]
     for prefix, layers in plan.layer_maps.items():
         lines.append(f"layers    {prefix}: {len(layers)} of {plan.teacher_depths[prefix]}, teacher layers {layers}")
     lines += [

@@ -374,7 +374,21 @@ def overwrite_replaces_a_non_empty_out(d):
                 args=["--overwrite"])
 
 
-# --- runner ------------------------------------------------------------------------------
+# --- runners ----------------------------------------------------------------------------
+#
+# Every case runs in-process through the console-script entry point (``slicer.cli:main``
+# with sys.argv set, as the installed ``slicer`` script calls it; stderr captured at the
+# file-descriptor level). A subprocess ``python -m slicer`` costs ~1.6 s here (torch import)
+# and the machine has about one core's worth of CPU, so only a representative subset also
+# runs as a real subprocess (all of them with SLICER_TEST_ALL_SUBPROCESS=1).
+
+SUBPROCESS_CASES = [  # one per kind of failure
+    "header_not_json", "index_entry_outside_the_folder", "missing_teacher",
+    "out_exists_and_is_not_empty", "student_dim_larger_than_teacher", "bad_max_shard_size",
+]
+if os.environ.get("SLICER_TEST_ALL_SUBPROCESS"):
+    SUBPROCESS_CASES = list(CASES)
+
 
 @dataclass
 class Result:
@@ -387,11 +401,21 @@ class Result:
     before_student_files: list
 
 
-def _run_one(d: Path, c: Case, env: dict) -> tuple[int, str, str]:
-    cmd = [sys.executable, "-m", "slicer", "shrink", str(c.teacher), str(c.out)]
+def _argv(c: Case) -> list:
+    argv = ["shrink", str(c.teacher), str(c.out)]
     if c.template is not None:
-        cmd += ["--template", str(c.template)]
-    cmd += ["--quiet", *c.args]
+        argv += ["--template", str(c.template)]
+    return argv + ["--quiet", *c.args]
+
+
+def _prepare(d: Path, cid: str):
+    d.mkdir(parents=True)
+    c = (CASES.get(cid) or GOOD[cid])(d)
+    return c, sha256_tree(d), student_files(d)
+
+
+def _run_subprocess(d: Path, c: Case, env: dict) -> tuple:
+    cmd = [sys.executable, "-m", "slicer", *_argv(c)]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=d)
         return r.returncode, r.stdout, r.stderr
@@ -400,29 +424,35 @@ def _run_one(d: Path, c: Case, env: dict) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def results(request, tmp_path_factory, subprocess_env) -> dict:
-    here = request.node.path if hasattr(request.node, "path") else None
-    wanted = []
-    for item in request.session.items:
-        cs = getattr(item, "callspec", None)
-        if cs is not None and "case_id" in cs.params and getattr(item, "path", None) == here:
-            wanted.append(cs.params["case_id"])
-    root = tmp_path_factory.mktemp("bad_input")
-    prepared = {}
-    for cid in dict.fromkeys(wanted):
-        d = root / cid
-        d.mkdir()
-        c = (CASES.get(cid) or GOOD[cid])(d)
-        prepared[cid] = (d, c, sha256_tree(d), student_files(d))
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as ex:
-        futs = {cid: ex.submit(_run_one, d, c, subprocess_env) for cid, (d, c, _, _) in prepared.items()}
-        return {cid: Result(prepared[cid][1], prepared[cid][0], *futs[cid].result(), prepared[cid][2],
-                            prepared[cid][3]) for cid in prepared}
+def subprocess_results(request, tmp_path_factory, subprocess_env) -> dict:
+    """Runs the selected subprocess cases concurrently, once per module."""
+    here = request.node.path
+    wanted = [item.callspec.params["sub_case"] for item in request.session.items
+              if getattr(item, "path", None) == here and "sub_case" in getattr(
+                  getattr(item, "callspec", None), "params", {})]
+    root = tmp_path_factory.mktemp("bad_input_subprocess")
+    prepared = {cid: (root / cid, *_prepare(root / cid, cid)) for cid in dict.fromkeys(wanted)}
+    with ThreadPoolExecutor(max_workers=2) as ex:
+        futs = {cid: ex.submit(_run_subprocess, d, c, subprocess_env) for cid, (d, c, _, _) in prepared.items()}
+        return {cid: Result(c, d, *futs[cid].result(), before, bsf)
+                for cid, (d, c, before, bsf) in prepared.items()}
 
 
-@pytest.mark.parametrize("case_id", list(CASES))
-def test_bad_input_exits_2_with_one_error_line_and_leaves_files_alone(results, case_id):
-    r = results[case_id]
+def _run_in_process(d: Path, c: Case, capfd, monkeypatch) -> tuple:
+    from slicer import cli
+    monkeypatch.chdir(d)
+    monkeypatch.setattr(sys, "argv", ["slicer", *_argv(c)])
+    capfd.readouterr()
+    try:
+        rc = cli.main()
+    except SystemExit as e:
+        rc = e.code
+    rc = 0 if rc is None else rc
+    out, err = capfd.readouterr()
+    return rc, out, err
+
+
+def check_rejected(r: Result) -> None:
     err = r.stderr
     assert "Traceback" not in err, err
     assert r.rc == 2, f"exit {r.rc}, stderr: {err!r}"
@@ -438,15 +468,36 @@ def test_bad_input_exits_2_with_one_error_line_and_leaves_files_alone(results, c
     assert changed == [], f"changed or removed: {changed}"
 
 
-@pytest.mark.parametrize("case_id", list(GOOD))
-def test_overwrite_replaces_an_existing_out(results, case_id):
-    r = results[case_id]
+@pytest.mark.parametrize("case_id", list(CASES))
+def test_bad_input_exits_2_with_one_error_line_and_leaves_files_alone(case_id, tmp_path, capfd, monkeypatch):
+    d = tmp_path / "case"
+    c, before, bsf = _prepare(d, case_id)
+    check_rejected(Result(c, d, *_run_in_process(d, c, capfd, monkeypatch), before, bsf))
+
+
+@pytest.mark.parametrize("sub_case", SUBPROCESS_CASES)
+def test_bad_input_via_python_m_slicer_exits_2_with_one_error_line(subprocess_results, sub_case):
+    check_rejected(subprocess_results[sub_case])
+
+
+@pytest.mark.parametrize("sub_case", list(GOOD))
+def test_overwrite_replaces_an_existing_out(subprocess_results, sub_case):
+    r = subprocess_results[sub_case]
     assert r.rc == 0, r.stderr
     assert "Traceback" not in r.stderr
     got, _ = read_output(r.case.out)
     want = reference_student(_teacher_state(), STUDENT_SHAPES, "uniform", "first")
     helpers.assert_state_bit_equal(got, want)
     # The teacher and template were not touched.
-    after = sha256_tree(r.dir, skip=r.case.out)
-    before = {p: h for p, h in r.before.items() if not (r.dir / p).resolve().is_relative_to(r.case.out.resolve())}
+    out = r.case.out.resolve()
+    after = sha256_tree(r.dir, skip=out)
+    before = {p: h for p, h in r.before.items() if not (r.dir / p).resolve().is_relative_to(out)}
     assert after == before
+
+
+def test_without_overwrite_the_same_existing_out_is_rejected(tmp_path, capfd, monkeypatch):
+    d = tmp_path / "case"
+    c, before, bsf = _prepare(d, "overwrite_replaces_a_non_empty_out")
+    c.args = []
+    c.expect = ["existing_out"]
+    check_rejected(Result(c, d, *_run_in_process(d, c, capfd, monkeypatch), before, bsf))
