@@ -114,6 +114,7 @@ def shrink(
     device: str = "auto",
     backend: str = "auto",
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = False,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> Summary:
@@ -121,27 +122,29 @@ def shrink(
 
     The student is named as for :func:`plan`. Everything is checked (paths, headers,
     shapes) before anything is written; on any error nothing is left in ``out`` and
-    the inputs are untouched.
+    the inputs are untouched. ``resume=True`` continues a killed run into the same
+    ``out``: completed shards whose size and sha256 check out are kept.
     """
     student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                         layer_selection=layer_selection, attention=attention, exclude=exclude,
                                         dtype=dtype, max_shard_size=max_shard_size)
     return run(teacher, out, student, options, device=device, backend=backend, overwrite=overwrite,
-               progress=progress, chunk_bytes=chunk_bytes)
+               resume=resume, progress=progress, chunk_bytes=chunk_bytes)
 
 
 def run(teacher, out, student: StudentSpec, options: Options, *, device="auto", backend="auto",
-        overwrite=False, progress=False, chunk_bytes=DEFAULT_CHUNK_BYTES) -> Summary:
+        overwrite=False, resume=False, progress=False, chunk_bytes=DEFAULT_CHUNK_BYTES) -> Summary:
     """Shared by every route to a student spec (template, config)."""
     start = time.perf_counter()
     the_plan = _plan(teacher, student, options)
     out = Path(out)
     _check_out(out, the_plan.teacher, student)
     chosen = choose(device, backend)
-    output = OutputDir(out, overwrite)
+    output = OutputDir(out, overwrite=overwrite, resume=resume)
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
+    record = manifest.build(the_plan, student.origin)
+    resumed = output.open(manifest.fingerprint(record))
     bar = _progress_bar(the_plan, progress)
-    output.open()
     try:
         with PeakSampler() as memory:
             bytes_read = engine.run(the_plan, output, bar.update if bar else lambda n: None)
@@ -149,14 +152,17 @@ def run(teacher, out, student: StudentSpec, options: Options, *, device="auto", 
             if the_plan.is_sharded:
                 shards = [(s.filename, [j.name for j in s.jobs]) for s in the_plan.shards]
                 extra[INDEX_NAME] = index_json(shards, sum(j.nbytes for j in the_plan.jobs))
-            run_info = {"device": chosen.device, "backend": chosen.name}
-            output.finish([s.filename for s in the_plan.shards], extra, manifest.build(the_plan, student.origin, run_info))
+            for shard in record["shards"]:
+                shard["sha256"] = output.done[shard["name"]]["sha256"]
+            output.finish([s.filename for s in the_plan.shards], extra, record)
     except BaseException:
         output.abort()
         raise
     finally:
         if bar:
             bar.close()
+    if resumed:
+        log.info("resumed: kept %d completed shard(s): %s", len(resumed), ", ".join(sorted(resumed)))
     summary = Summary(
         out=str(out),
         tensors_written=len(the_plan.jobs),

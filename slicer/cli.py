@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import textwrap
 
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="torch ops or the Triton kernel (on the CPU it runs in Triton's interpreter: exact but slow)")
     run.add_argument("--chunk-mb", type=int, default=32, help="memory per chunk in flight, MB (default 32; 3 in flight)")
     run.add_argument("--overwrite", action="store_true", help="replace the student files in a non-empty OUT")
+    run.add_argument("--resume", action="store_true",
+                     help="continue a killed run into the same OUT: completed shards whose size and sha256 match are "
+                          "kept, the rest redone; refused if the teacher or the options changed")
     _add_output_flags(run)
 
     plan = sub.add_parser("plan", help="dry run: show what shrink would do, reading headers only",
@@ -121,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="slicer: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="slicer: %(message)s")
+    if args.quiet if hasattr(args, "quiet") else False:
+        logging.getLogger().setLevel(logging.WARNING)
+    signal.signal(signal.SIGTERM, _interrupt)  # a pipeline's kill cleans up like Ctrl-C
     try:
         return COMMANDS[args.command](args)
     except SlicerError as e:
@@ -132,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("slicer: interrupted; nothing was left in OUT", file=sys.stderr)
         return 130
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _selection_kwargs(args) -> dict:
@@ -160,7 +171,7 @@ def cmd_plan(args) -> int:
     the_plan: Plan = api.plan(args.teacher, **_selection_kwargs(args))
     if args.json:
         print(json.dumps(manifest.build(the_plan, {"template": args.template, "student_config": args.student_config,
-                                                   "set": args.config_set}, {"dry_run": True}), indent=1))
+                                                   "set": args.config_set}), indent=1))
     else:
         print(format_plan(the_plan))
     return 0
@@ -170,7 +181,7 @@ def cmd_shrink(args) -> int:
     from . import api
 
     summary = api.shrink(args.teacher, args.out, **_selection_kwargs(args), device=args.device, backend=args.backend,
-                         overwrite=args.overwrite, progress=_show_progress(args), chunk_bytes=args.chunk_mb << 20)
+                         overwrite=args.overwrite, resume=args.resume, progress=_show_progress(args), chunk_bytes=args.chunk_mb << 20)
     _print_summary(args, summary)
     return 0
 

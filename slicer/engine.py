@@ -89,17 +89,21 @@ class Engine:
         self._index_tensors: dict[tuple[str, int, int], torch.Tensor] = {}
 
     def run(self, plan: Plan, output: OutputDir, on_bytes: Callable[[int], None] = lambda n: None) -> int:
-        """Write every shard of the plan into ``output``'s staging folder. Returns bytes read."""
+        """Write every shard of the plan not already done into ``output``'s staging
+        folder (each recorded there when complete). Returns the teacher bytes read."""
         free: queue.Queue = queue.Queue()
         for _ in range(self.depth):
             free.put(torch.empty(self.chunk_bytes, dtype=torch.uint8))
         work: queue.Queue = queue.Queue(maxsize=self.depth)
-        writer = _WriterThread(work, free, on_bytes)
+        writer = _WriterThread(work, free, on_bytes, output.record_done)
         writer.start()
         bytes_read = 0
         try:
             with TeacherReader() as reader:
                 for shard in plan.shards:
+                    if shard.filename in output.done:  # completed by the run we resume
+                        on_bytes(shard.size)
+                        continue
                     out = output.shard(shard.filename, shard.size)
                     writer.submit(("open", out))
                     writer.submit(("bytes", shard.header, None))
@@ -168,9 +172,10 @@ def _torch_dtype(name: str) -> torch.dtype:
 class _WriterThread(threading.Thread):
     """Runs the shard writes in order; keeps the first error for the main thread."""
 
-    def __init__(self, work: queue.Queue, free: queue.Queue, on_bytes: Callable[[int], None]):
+    def __init__(self, work: queue.Queue, free: queue.Queue, on_bytes: Callable[[int], None],
+                 on_shard: Callable[[ShardWriter], None]):
         super().__init__(name="slicer-writer", daemon=True)
-        self.work, self.free, self.on_bytes = work, free, on_bytes
+        self.work, self.free, self.on_bytes, self.on_shard = work, free, on_bytes, on_shard
         self.error: BaseException | None = None
         self.current: ShardWriter | None = None
         self._stopped = False
@@ -233,4 +238,5 @@ class _WriterThread(threading.Thread):
             self.on_bytes(n)
         elif kind == "finish":
             self.current.finish()
+            self.on_shard(self.current)
             self.current = None

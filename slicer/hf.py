@@ -14,6 +14,7 @@ import contextlib
 import copy
 import json
 import logging
+import re
 from pathlib import Path
 
 from .checkpoint import Checkpoint
@@ -71,10 +72,9 @@ def from_config(teacher: str | Path, student_config: str | Path | None, edits: d
     shapes = _saved_shapes(model)
 
     tensors = _tensors(model, shapes, ckpt)
+    make_selector = _selector_factory(transformers, model, config, teacher_dict, attention, ckpt, where)
     _check_fits(ckpt, tensors, teacher_dict, student_dict, layer_selection, where)
     _set_dtype(student_dict, _output_dtype(ckpt, tensors, dtype))
-
-    make_selector = _selector_factory(transformers, model, config, teacher_dict, attention, ckpt, where)
     files = {"config.json": (json.dumps(student_dict, indent=2) + "\n").encode()}
     if teacher_config_path is not None:
         files |= _teacher_files(ckpt.folder)
@@ -220,6 +220,8 @@ def _quiet():
 def _first_line(e: Exception) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     text = " ".join(lines[:2]) if lines else type(e).__name__
+    # huggingface_hub's strict dataclasses wrap the message: keep the validator's own words
+    text = re.sub(r"^Class validation error for validator '[^']*':\s*(\w+(Error|Exception):\s*)?", "", text)
     return text if len(text) < 300 else text[:297] + "..."
 
 
@@ -246,8 +248,6 @@ def _saved_shapes(model) -> dict[str, tuple[int, ...]]:
 
 def _remove_tied_v4(state: dict, model) -> dict:
     """Tied parameters appear once: drop the names the model declares as tied copies."""
-    import re
-
     declared = []
     for prefix, module in model.named_modules():
         keys = getattr(module, "_tied_weights_keys", None) or []

@@ -6,6 +6,8 @@ student tensor, its source and the index set of each dimension.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 from . import __version__
@@ -14,7 +16,15 @@ from .plan import Plan
 FORMAT = "slicer-manifest/1"
 
 
-def build(plan: Plan, student_origin: dict, run: dict) -> dict:
+def fingerprint(record: dict) -> dict:
+    """What makes two runs write the same bytes: compared by --resume."""
+    layout = hashlib.sha256(json.dumps(record["tensors"], sort_keys=True).encode()).hexdigest()
+    keys = {"teacher": record["teacher"], "student": record["student"], "options": record["options"],
+            "layout": layout, "shards": record["shards"]}
+    return json.loads(json.dumps(keys))  # a copy, in the form it takes on disk
+
+
+def build(plan: Plan, student_origin: dict) -> dict:
     teacher = plan.teacher
     files = []
     for p in teacher.files:
@@ -26,7 +36,6 @@ def build(plan: Plan, student_origin: dict, run: dict) -> dict:
         "teacher": {"path": str(teacher.path.resolve()), "files": files},
         "student": student_origin,
         "options": plan.options.as_dict(),
-        "run": run,
         "layer_maps": plan.layer_maps,
         "index_sets": {key: ix.describe() for key, ix in sorted(plan.index_sets.items())},
         "tensors": {

@@ -8,6 +8,7 @@ in OUT that looks like a finished checkpoint, and a failed run removes what it w
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -18,6 +19,9 @@ from .errors import SlicerError
 
 STAGING = ".slicer-partial"
 MANIFEST_NAME = "slicer_manifest.json"
+LOCK_NAME = ".slicer.lock"
+RUN_NAME = "run.json"  # in staging: what the run is, for --resume
+DONE_NAME = "done.json"  # in staging: completed shards with size and sha256
 INDEX_NAME = "model.safetensors.index.json"
 
 
@@ -100,39 +104,94 @@ class ShardWriter:
 
 
 class OutputDir:
-    """OUT and its staging folder; knows how to finish or undo a run."""
+    """OUT, its lock and its staging folder; knows how to finish, resume or undo a run.
 
-    def __init__(self, out: Path, overwrite: bool):
+    The staging folder holds ``run.json`` (what the run is: teacher files, options,
+    layout) and ``done.json`` (the shards completed so far, with size and sha256), so
+    a killed run can be resumed by a later one that would write the very same bytes.
+    """
+
+    def __init__(self, out: Path, *, overwrite: bool = False, resume: bool = False):
         self.out = out
-        self.overwrite = overwrite
+        self.overwrite = overwrite or resume  # resuming replaces the student files of OUT
+        self.resume = resume
         self.created = False
+        self.staging = out / STAGING
+        self._lock_fd = -1
+        self.done: dict[str, dict] = {}
         if out.exists() and not out.is_dir():
             raise SlicerError(f"{out}: output exists and is not a folder")
-        if out.exists():
-            leftovers = [p.name for p in out.iterdir() if p.name != STAGING]
-            if leftovers and not overwrite:
-                raise SlicerError(f"{out}: output folder is not empty ({leftovers[0]}, ...); pass --overwrite to replace the student in it")
-        self.staging = out / STAGING
 
-    def open(self) -> None:
+    def open(self, fingerprint: dict) -> dict[str, dict]:
+        """Lock OUT and prepare staging. Returns the shards a killed run completed
+        (only with resume, and only if it was the same run): name -> {size, sha256}."""
         try:
             if not self.out.exists():
                 self.out.mkdir(parents=True)
                 self.created = True
-            shutil.rmtree(self.staging, ignore_errors=True)
-            self.staging.mkdir()
+            self._lock()
+            leftovers = [p.name for p in self.out.iterdir() if p.name not in (STAGING, LOCK_NAME)]
+            if leftovers and not self.overwrite:
+                raise SlicerError(f"{self.out}: output folder is not empty ({sorted(leftovers)[0]}, ...); "
+                                  "pass --overwrite to replace the student in it")
+            if self.resume and (self.staging / RUN_NAME).is_file():
+                self.done = self._resumable(fingerprint)
+            else:
+                shutil.rmtree(self.staging, ignore_errors=True)
+                self.staging.mkdir()
+                _write_atomic(self.staging / RUN_NAME, _dump(fingerprint))
+                self.done = {}
         except OSError as e:
-            raise SlicerError(f"{self.out}: cannot create output folder: {e.strerror or e}") from e
+            raise SlicerError(f"{self.out}: cannot prepare the output folder: {e.strerror or e}") from e
+        return dict(self.done)
+
+    def _lock(self) -> None:
+        """One run per OUT: a second one is refused, not interleaved."""
+        self._lock_fd = os.open(self.out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise SlicerError(f"{self.out}: another slicer run is writing into this folder; wait for it or choose another OUT") from None
+
+    def _resumable(self, fingerprint: dict) -> dict[str, dict]:
+        try:
+            before = json.loads((self.staging / RUN_NAME).read_text())
+        except (OSError, ValueError):
+            before = None
+        if before != fingerprint:
+            raise SlicerError(f"{self.out}: cannot resume: {_what_changed(before, fingerprint)}; "
+                              "rerun with --overwrite instead of --resume to start over")
+        try:
+            recorded = json.loads((self.staging / DONE_NAME).read_text())
+        except (OSError, ValueError):
+            recorded = {}
+        done = {}
+        for name, rec in recorded.items():
+            path = self.staging / name
+            if path.is_file() and path.stat().st_size == rec.get("size") and _sha256_file(path) == rec.get("sha256"):
+                done[name] = rec
+        for p in self.staging.iterdir():  # half-written or unverifiable leftovers are redone
+            if p.name not in done and p.name not in (RUN_NAME, DONE_NAME):
+                p.unlink()
+        _write_atomic(self.staging / DONE_NAME, _dump(done))
+        return done
 
     def shard(self, filename: str, size: int) -> ShardWriter:
         return ShardWriter(self.staging / filename, size)
+
+    def record_done(self, writer: ShardWriter) -> None:
+        """Called once a shard is complete: a resumed run will keep it."""
+        self.done[writer.final.name] = {"size": writer.written, "sha256": writer.sha256}
+        _write_atomic(self.staging / DONE_NAME, _dump(self.done))
 
     def finish(self, shard_names: list[str], extra_files: dict[str, bytes], manifest: dict) -> None:
         """Move the shards in, then index/config, then the manifest (the 'done' mark)."""
         try:
             if self.overwrite:
                 for p in self.out.iterdir():
-                    if p.is_file() and is_student_file(p.name) and p.name not in shard_names:
+                    if p.is_file() and is_student_file(p.name):
                         p.unlink()
             for name in shard_names:
                 os.replace(self.staging / name, self.out / name)
@@ -142,11 +201,49 @@ class OutputDir:
             shutil.rmtree(self.staging, ignore_errors=True)
         except OSError as e:
             raise SlicerError(f"{self.out}: cannot finish the student: {e.strerror or e}") from e
+        finally:
+            self._unlock()
 
     def abort(self) -> None:
+        """Undo the run: staging removed, and OUT too if this run created it."""
         shutil.rmtree(self.staging, ignore_errors=True)
+        self._unlock()
         if self.created:
             shutil.rmtree(self.out, ignore_errors=True)
+
+    def _unlock(self) -> None:
+        if self._lock_fd >= 0:
+            (self.out / LOCK_NAME).unlink(missing_ok=True)
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _dump(obj: dict) -> bytes:
+    return json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def _what_changed(before: dict | None, now: dict) -> str:
+    if not isinstance(before, dict):
+        return "the interrupted run left no readable record"
+    for key in ("teacher", "student", "options"):
+        if before.get(key) != now.get(key):
+            detail = before.get(key), now.get(key)
+            if key == "teacher":
+                return "the teacher's files changed since the interrupted run (names, sizes or modification times)"
+            if key == "options":
+                old = detail[0] or {}
+                diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in detail[1].items() if old.get(k) != v]
+                return "the options differ from the interrupted run's (" + ", ".join(diff) + ")"
+            return "the student differs from the interrupted run's"
+    return "the planned output differs from the interrupted run's"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

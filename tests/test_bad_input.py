@@ -44,6 +44,7 @@ class Case:
     expect: list  # the stderr line must contain at least one of these
     template: Path | None = None
     args: list = field(default_factory=list)
+    never_open: Path | None = None  # a file the run must not open (checked in-process)
 
 
 def _template(d: Path, shapes=None, name="template") -> Path:
@@ -222,20 +223,27 @@ def _secret(d: Path) -> Path:
     return p
 
 
+def _escaping_index(d: Path, shard_name) -> Case:
+    secret = _secret(d)
+    name = shard_name(secret) if callable(shard_name) else shard_name
+    folder = _sharded_teacher(d, {"alpha.weight": name, "beta.bias": "model-00002-of-00002.safetensors"})
+    (folder / "sub").mkdir()  # so that "sub/../../x" resolves for a bug that follows it
+    return Case(teacher=folder, out=d / "out", expect=[IDX], template=_template(d), never_open=secret)
+
+
 @case
 def index_entry_outside_the_folder(d):
-    _secret(d)
-    folder = _sharded_teacher(d, {"alpha.weight": "../secret.safetensors",
-                                  "beta.bias": "model-00002-of-00002.safetensors"})
-    return Case(teacher=folder, out=d / "out", expect=[IDX], template=_template(d))
+    return _escaping_index(d, "../secret.safetensors")
 
 
 @case
 def index_entry_absolute_path(d):
-    secret = _secret(d)
-    folder = _sharded_teacher(d, {"alpha.weight": str(secret.resolve()),
-                                  "beta.bias": "model-00002-of-00002.safetensors"})
-    return Case(teacher=folder, out=d / "out", expect=[IDX], template=_template(d))
+    return _escaping_index(d, lambda secret: str(secret.resolve()))
+
+
+@case
+def index_entry_escaping_through_a_subfolder(d):
+    return _escaping_index(d, "sub/../../secret.safetensors")
 
 
 @case
@@ -438,18 +446,35 @@ def subprocess_results(request, tmp_path_factory, subprocess_env) -> dict:
                 for cid, (d, c, before, bsf) in prepared.items()}
 
 
+_opened: list | None = None  # absolute paths opened from Python while recording
+_hook_installed = False
+
+
+def _audit(event, args):
+    if _opened is not None and event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        _opened.append(os.path.abspath(os.fsdecode(args[0])))
+
+
 def _run_in_process(d: Path, c: Case, capfd, monkeypatch) -> tuple:
+    """-> (exit code, stdout, stderr, paths opened)."""
+    global _opened, _hook_installed
     from slicer import cli
+    if not _hook_installed:  # audit hooks cannot be removed: one for the session, idle when not recording
+        sys.addaudithook(_audit)
+        _hook_installed = True
     monkeypatch.chdir(d)
     monkeypatch.setattr(sys, "argv", ["slicer", *_argv(c)])
     capfd.readouterr()
+    _opened = []
     try:
         rc = cli.main()
     except SystemExit as e:
         rc = e.code
+    finally:
+        opened, _opened = _opened, None
     rc = 0 if rc is None else rc
     out, err = capfd.readouterr()
-    return rc, out, err
+    return rc, out, err, opened
 
 
 def check_rejected(r: Result) -> None:
@@ -472,7 +497,11 @@ def check_rejected(r: Result) -> None:
 def test_bad_input_exits_2_with_one_error_line_and_leaves_files_alone(case_id, tmp_path, capfd, monkeypatch):
     d = tmp_path / "case"
     c, before, bsf = _prepare(d, case_id)
-    check_rejected(Result(c, d, *_run_in_process(d, c, capfd, monkeypatch), before, bsf))
+    rc, out, err, opened = _run_in_process(d, c, capfd, monkeypatch)
+    check_rejected(Result(c, d, rc, out, err, before, bsf))
+    if c.never_open is not None:
+        secret = os.path.realpath(c.never_open)
+        assert not any(os.path.realpath(p) == secret for p in opened), f"opened {c.never_open}"
 
 
 @pytest.mark.parametrize("sub_case", SUBPROCESS_CASES)
@@ -500,4 +529,5 @@ def test_without_overwrite_the_same_existing_out_is_rejected(tmp_path, capfd, mo
     c, before, bsf = _prepare(d, "overwrite_replaces_a_non_empty_out")
     c.args = []
     c.expect = ["existing_out"]
-    check_rejected(Result(c, d, *_run_in_process(d, c, capfd, monkeypatch), before, bsf))
+    rc, out, err, _ = _run_in_process(d, c, capfd, monkeypatch)
+    check_rejected(Result(c, d, rc, out, err, before, bsf))

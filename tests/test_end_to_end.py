@@ -264,6 +264,18 @@ def test_teacher_only_tensors_are_skipped(ckpts, tmp_path):
     assert summary.tensors_skipped == len(tstate) - len(used)  # head.* and blocks 2, 3
 
 
+def test_summary_byte_counts_are_bounded_by_the_files(ckpts, tmp_path):
+    summary, got, _, _ = run_and_compare(ckpts, tmp_path, "convnext_orig", teacher_layout="sharded",
+                                         max_shard_size="30KB")
+    teacher, _ = ckpts.teacher("convnext_orig", "sharded")
+    teacher_bytes = sum(p.stat().st_size for p in Path(teacher).glob("*.safetensors"))
+    out_bytes = sum(p.stat().st_size for p in (tmp_path / "out").glob("*.safetensors"))
+    tensor_bytes = sum(t.numel() * t.element_size() for t in got.values())
+    assert 0 < summary.bytes_read <= teacher_bytes
+    assert tensor_bytes <= summary.bytes_written <= out_bytes
+    assert summary.seconds >= 0
+
+
 def test_exclude_drops_matching_template_tensors(ckpts, tmp_path):
     import slicer
     teacher, tstate = ckpts.teacher("vit")
