@@ -4,9 +4,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import torch
 
 from . import manifest
 from .backends import choose
@@ -14,6 +16,7 @@ from .checkpoint import Checkpoint
 from .engine import DEFAULT_CHUNK_BYTES, Engine
 from .errors import SlicerError
 from .memory import PeakSampler
+from .reader import TeacherReader
 from .plan import Options, Plan, build_plan, parse_size
 from .student import StudentSpec, from_template
 from .writer import INDEX_NAME, OutputDir, index_json
@@ -130,6 +133,39 @@ def shrink(
                                         dtype=dtype, max_shard_size=max_shard_size)
     return run(teacher, out, student, options, device=device, backend=backend, overwrite=overwrite,
                resume=resume, progress=progress, chunk_bytes=chunk_bytes)
+
+
+def stream(
+    teacher: str | Path,
+    *,
+    template: str | Path | None = None,
+    student_config: str | Path | None = None,
+    config_set: dict | None = None,
+    method: str = "uniform",
+    seed: int = 0,
+    layer_selection: str = "first",
+    attention: str | None = None,
+    exclude: Iterable[str] = (),
+    dtype: str = "keep",
+    device: str = "auto",
+    backend: str = "auto",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, tensor)`` for every student tensor, on ``device``, writing no file.
+
+    For pipelines that feed a training or distillation job directly. The plan is made
+    (and checked) before the first tensor is yielded; tensors come in teacher file
+    order; memory in flight is one student tensor plus the chunk budget.
+    """
+    student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
+                                        layer_selection=layer_selection, attention=attention, exclude=exclude,
+                                        dtype=dtype, max_shard_size="5GB")
+    the_plan = _plan(teacher, student, options)
+    chosen = choose(device, backend)
+    engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
+    with TeacherReader() as reader:
+        for job in the_plan.jobs:
+            yield job.name, engine.tensor(job, reader, device=chosen.device)
 
 
 def run(teacher, out, student: StudentSpec, options: Options, *, device="auto", backend="auto",

@@ -36,12 +36,19 @@ def make_cuda_gather(kernel: Gather, device: str = "cuda") -> Gather:
         up.copy_(host)
         try:
             dev_src = up.to(device, non_blocking=True)
-            dev_out = torch.empty(out.shape, dtype=out.dtype, device=device)
             rest = [range(0, len(rows), 1)] if rows is not None else []
             rest += [ix if isinstance(ix, range) else ix.to(device, non_blocking=True) for ix in index[1:]]
+            if out.is_cuda:  # the streaming API: the result stays on the device
+                kernel(dev_src, rest, out)
+                torch.cuda.current_stream().synchronize()  # `up` is free again after this
+                return out
+            dev_out = torch.empty(out.shape, dtype=out.dtype, device=device)
             kernel(dev_src, rest, dev_out)
+            if out.is_pinned():  # the engine's pool: copy straight into it
+                out.copy_(dev_out)  # synchronizes: `up` is free again after this
+                return out
             down = pinned("down", out.numel() * out.element_size()).view(out.dtype).view(out.shape)
-            down.copy_(dev_out)  # synchronizes: `up` and `down` are free again after this
+            down.copy_(dev_out)
         except torch.cuda.OutOfMemoryError as e:
             raise SlicerError("CUDA out of memory; lower the chunk size (--chunk-mb) or use --device cpu") from e
         out.copy_(down)

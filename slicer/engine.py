@@ -93,7 +93,8 @@ class Engine:
         folder (each recorded there when complete). Returns the teacher bytes read."""
         free: queue.Queue = queue.Queue()
         for _ in range(self.depth):
-            free.put(torch.empty(self.chunk_bytes, dtype=torch.uint8))
+            # Pinned on the GPU path: device-to-host copies land in them directly.
+            free.put(torch.empty(self.chunk_bytes, dtype=torch.uint8, pin_memory=self.device == "cuda"))
         work: queue.Queue = queue.Queue(maxsize=self.depth)
         writer = _WriterThread(work, free, on_bytes, output.record_done)
         writer.start()
@@ -121,26 +122,54 @@ class Engine:
         if job.is_copy:
             writer.submit(("copy", reader.fd(job.source.path), job.source.offset, job.nbytes))
             return job.nbytes
-        cast = job.dtype != job.source.dtype
-        src_dtype = _torch_dtype(job.source.dtype) if cast else BITS_DTYPE[job.source.itemsize]
-        out_dtype = _torch_dtype(job.dtype) if cast else src_dtype
         out_size = DTYPES[job.dtype].itemsize
         touched = 0
+
+        def pool_buffer(chunk: Chunk, dtype: torch.dtype) -> torch.Tensor:
+            buf = writer.take(free)
+            pending.append(buf)
+            return buf[:math.prod(chunk.out_shape) * out_size].view(dtype).view(chunk.out_shape)
+
+        pending: list[torch.Tensor] = []
+        for chunk, _ in self.select(job, reader, pool_buffer):
+            touched += _bytes_touched(job, chunk)
+            writer.submit(("bytes", pending.pop(), math.prod(chunk.out_shape) * out_size))
+        return touched
+
+    def tensor(self, job: TensorJob, reader: TeacherReader, device: str = "cpu") -> torch.Tensor:
+        """One whole student tensor, on ``device`` (the streaming API's unit of work)."""
+        full = torch.empty(job.shape, dtype=_torch_dtype(job.dtype), device=device)
+        flat = full.view(-1) if full.dim() else full.view(1)
+        done = 0
+
+        def into_full(chunk: Chunk, dtype: torch.dtype) -> torch.Tensor:
+            nonlocal done
+            n = math.prod(chunk.out_shape)
+            view = flat[done:done + n].view(dtype).view(chunk.out_shape)
+            done += n
+            return view
+
+        for _ in self.select(job, reader, into_full):
+            pass
+        return full
+
+    def select(self, job: TensorJob, reader: TeacherReader,
+               destination: Callable[[Chunk, torch.dtype], torch.Tensor]) -> Iterator[tuple[Chunk, torch.Tensor]]:
+        """Gather every chunk of a job into ``destination(chunk, dtype)``, in output order."""
+        cast = job.dtype != job.source.dtype
+        src_dtype = _torch_dtype(job.source.dtype) if cast else BITS_DTYPE[job.source.itemsize]
+        out_dtype = _torch_dtype(job.dtype) if cast else BITS_DTYPE[DTYPES[job.dtype].itemsize]
         for chunk in chunks(job, self.chunk_bytes):
             span = reader.span(job.source, chunk.first, chunk.count, src_dtype, prefetch=chunk.dense).view(chunk.span_shape)
-            buf = writer.take(free)
-            nbytes = math.prod(chunk.out_shape) * out_size
-            out = buf[:nbytes].view(out_dtype).view(chunk.out_shape)
+            out = destination(chunk, out_dtype)
             try:
                 self.gather(span, self._index(job, chunk), out)
             except SlicerError:
                 raise
             except (RuntimeError, ValueError) as e:
                 raise SlicerError(f"{job.source.path}: selecting tensor {job.source.name!r} failed: {e}") from e
-            touched += chunk.out_shape[0] * math.prod(chunk.span_shape[1:]) * job.source.itemsize if chunk.out_shape else out_size
             del span  # unmaps the teacher span before the next one is mapped
-            writer.submit(("bytes", buf, nbytes))
-        return touched
+            yield chunk, out
 
     def _index(self, job: TensorJob, chunk: Chunk) -> list[range | torch.Tensor]:
         out: list[range | torch.Tensor] = []
@@ -160,6 +189,13 @@ class Engine:
         if t is None:
             t = self._index_tensors[key] = torch.tensor(ix.indices(), dtype=torch.int64)
         return t
+
+
+def _bytes_touched(job: TensorJob, chunk: Chunk) -> int:
+    """Teacher bytes in the rows a chunk keeps (the pages a gather faults in)."""
+    if not chunk.out_shape:
+        return job.source.itemsize
+    return chunk.out_shape[0] * math.prod(chunk.span_shape[1:]) * job.source.itemsize
 
 
 def _torch_dtype(name: str) -> torch.dtype:
