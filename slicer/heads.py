@@ -31,7 +31,7 @@ _Q = {"q_proj", "query", "q", "wq", "q_lin", "query_proj", "q_attn"}
 _K = {"k_proj", "key", "k", "wk", "k_lin", "key_proj"}
 _V = {"v_proj", "value", "v", "wv", "v_lin", "value_proj"}
 _O = {"o_proj", "out_proj", "o", "wo", "out_lin", "proj", "c_proj", "dense"}
-_QKV = {"qkv", "qkv_proj", "wqkv", "c_attn", "in_proj"}  # [q; k; v] blocks (or [k; v] for cross-attention)
+_QKV = {"qkv", "qkv_proj", "wqkv", "c_attn"}  # [q; k; v] blocks (or [k; v] for GPT-2 cross-attention)
 _INTERLEAVED = {"query_key_value"}  # GPT-NeoX, Bloom: per head [q, k, v]
 
 
@@ -54,8 +54,6 @@ def check_geometry(teacher: HeadGeometry, student: HeadGeometry, where: str) -> 
             raise SlicerError(f"{where}: {role} has {g.heads} attention heads, {g.kv_heads} kv heads, head size {g.head_dim}")
         if g.heads % g.kv_heads:
             raise SlicerError(f"{where}: {role} num_attention_heads={g.heads} is not a multiple of num_key_value_heads={g.kv_heads}")
-        if g.rotary_dim % 2 or g.rotary_dim > g.head_dim:
-            raise SlicerError(f"{where}: {role} rotates {g.rotary_dim} dims of a head of {g.head_dim}: expected an even number up to the head size")
     hint = "; pass --attention flat to select rows like any other axis"
     if student.kv_heads > teacher.kv_heads:
         raise SlicerError(f"{where}: student num_key_value_heads={student.kv_heads} exceeds the teacher's {teacher.kv_heads}{hint}")
@@ -63,9 +61,13 @@ def check_geometry(teacher: HeadGeometry, student: HeadGeometry, where: str) -> 
         raise SlicerError(f"{where}: student has {student.group} query heads per kv head, the teacher {teacher.group} "
                           f"(num_attention_heads / num_key_value_heads); whole heads cannot be kept{hint}")
     if student.head_dim > teacher.head_dim:
-        raise SlicerError(f"{where}: student head size {student.head_dim} exceeds the teacher's {teacher.head_dim}")
-    if bool(student.rotary_dim) != bool(teacher.rotary_dim) or (
-            student.rotary_dim > teacher.rotary_dim or student.head_dim - student.rotary_dim > teacher.head_dim - teacher.rotary_dim):
+        raise SlicerError(f"{where}: student head size {student.head_dim} exceeds the teacher's {teacher.head_dim} "
+                          "(head_dim, else hidden_size / num_attention_heads)")
+    if student.head_dim == teacher.head_dim:
+        return  # whole heads: every dim kept, rotary or not
+    if any(g.rotary_dim % 2 or g.rotary_dim > g.head_dim for g in (teacher, student)) or (
+            bool(student.rotary_dim) != bool(teacher.rotary_dim) or student.rotary_dim > teacher.rotary_dim
+            or student.head_dim - student.rotary_dim > teacher.head_dim - teacher.rotary_dim):
         raise SlicerError(f"{where}: student rotates {student.rotary_dim} of {student.head_dim} dims per head, the teacher "
                           f"{teacher.rotary_dim} of {teacher.head_dim}: rotary pairs cannot be kept{hint}")
 

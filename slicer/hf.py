@@ -142,10 +142,23 @@ def _apply_edits(base: dict, edits: dict, config_cls, where: str) -> dict:
                 if defaults is None:
                     with _quiet():
                         defaults = config_cls()
-                if not hasattr(defaults, leaf):
+                if not _is_config_key(config_cls, defaults, leaf, value):
                     raise SlicerError(f"{where}: --set {key}: {config_cls.__name__} has no such key (a typo?)")
         target[leaf] = value
     return out
+
+
+def _is_config_key(config_cls, defaults, key: str, value) -> bool:
+    """An attribute of the config, or a key its constructor turns into others (e.g. rope_theta)."""
+    if hasattr(defaults, key):
+        return True
+    try:
+        with _quiet():
+            edited = config_cls(**{key: value}).to_dict()
+    except Exception:
+        return True  # it does something: the full config is validated (and refused) later
+    before = defaults.to_dict()
+    return any(edited.get(k) != before.get(k) for k in set(edited) | set(before) if k != key)
 
 
 def _follow_depth(base: dict, student: dict, edits: dict, config_cls, mode: str) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import helpers
-from helpers import (ST_NAME, assert_bit_equal, assert_state_bit_equal, index_sets_from_manifest,
+from helpers import (ST_NAME, assert_state_bit_equal, index_sets_from_manifest,
                      read_output, reference_sources, reference_student, student_files)
 
 METHODS = ["uniform", "consecutive", "random", "random-inconsistent"]
@@ -83,7 +83,7 @@ def run_and_compare(ckpts, tmp_path, fam, *, method="uniform", layer_selection="
     if max_shard_size is not None:
         kw["max_shard_size"] = max_shard_size
     summary = shrink(teacher, out, **kw)
-    limit = helpers_parse_size(max_shard_size)
+    limit = _size_bytes(max_shard_size)
     got, info = read_output(out, max_shard_size=limit)
     manifest = info["manifest"]
     sources = reference_sources(list(tstate), list(shapes), layer_selection)
@@ -101,7 +101,7 @@ def run_and_compare(ckpts, tmp_path, fam, *, method="uniform", layer_selection="
     return summary, got, want, info
 
 
-def helpers_parse_size(v):
+def _size_bytes(v):
     if v is None:
         return None
     if isinstance(v, int):
