@@ -480,3 +480,58 @@ def test_rows_that_do_not_fit_the_heads_fall_back_to_flat_selection(caplog):
     rows, _ = sel.for_tensor("vision.layers.0.self_attn.q_proj.weight", (30, 16), (10, 8))
     assert rows.indices() == uniform(30, 10)
     assert "do not fit the attention heads" in caplog.text
+
+
+def test_gpt_neox_interleaved_qkv_and_partial_rotary_keep_whole_heads(tmp_path):
+    # rotary on 4 of 16 dims per head: pairs (0, 2), (1, 3); dims 4..15 are not rotated
+    config = dict(architectures=["GPTNeoXForCausalLM"], hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, vocab_size=VOCAB, rotary_pct=0.25, max_position_embeddings=32)
+    teacher = _build(tmp_path / "teacher", "GPTNeoXConfig", config)
+    out = tmp_path / "out"
+    shrink(teacher, out, method="consecutive", config_set=dict(hidden_size=32, intermediate_size=64))
+    model, info = load(out)
+    assert_clean_load(info)
+    with torch.no_grad():
+        assert torch.isfinite(model(**example_inputs("gpt_neox")).logits).all()
+    # head size 16 -> 8: rotary pair 0 (dims 0 and 2), then unrotated dims 4..9; every head keeps its q, k, v
+    dims = [0, 2, 4, 5, 6, 7, 8, 9]
+    rows = [h * 48 + part * 16 + i for h in range(4) for part in range(3) for i in dims]
+    t_w = read_state(teacher)["gpt_neox.layers.1.attention.query_key_value.weight"]
+    s_w = read_state(out)["gpt_neox.layers.1.attention.query_key_value.weight"]
+    assert torch.equal(s_w, t_w[rows][:, :32])
+    t_o = read_state(teacher)["gpt_neox.layers.1.attention.dense.weight"]
+    s_o = read_state(out)["gpt_neox.layers.1.attention.dense.weight"]
+    assert torch.equal(s_o, t_o[:32][:, [h * 16 + i for h in range(4) for i in dims]])
+
+
+def test_random_method_keeps_the_same_heads_in_q_k_v_and_o():
+    # 8 heads in 4 groups of 2 -> 2 heads in 2 groups of 1
+    sel = HeadAwareSelector("random", 7, HeadGeometry(8, 4, 4), HeadGeometry(2, 2, 4))
+    q, _ = sel.for_tensor("model.layers.0.self_attn.q_proj.weight", (32, 32), (8, 16))
+    k, _ = sel.for_tensor("model.layers.0.self_attn.k_proj.weight", (16, 32), (8, 16))
+    _, o = sel.for_tensor("model.layers.3.self_attn.o_proj.weight", (32, 32), (16, 8))
+    kept = sel.sets["heads:kv-heads:4->2:random"].indices()
+    within = sel.sets["heads:group-heads:2->1:random"].indices()
+    heads = [kv * 2 + g for kv in kept for g in within]
+    assert q.indices() == o.indices() == [h * 4 + i for h in heads for i in range(4)]
+    assert k.indices() == [h * 4 + i for h in kept for i in range(4)]
+
+
+def test_from_config_spec_has_no_folder_and_copies_no_weights(teachers, tmp_path):
+    import shutil
+
+    from slicer.hf import from_config
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teachers.get("gpt2"), teacher)
+    for name in ("pytorch_model.bin", "model.safetensors.index.json.bak.safetensors", "tf_model.h5", "README.md"):
+        (teacher / name).write_bytes(b"weights or the teacher's card")
+    (teacher / "merges.txt").write_text("#version: 0.2\n")
+    spec = from_config(teacher, None, {"n_layer": 1}, attention="heads")
+    assert spec.folder is None
+    assert sorted(spec.files) == ["config.json", "generation_config.json", "merges.txt", "tokenizer.json",
+                                  "tokenizer_config.json"]
+    assert json.loads(spec.files["config.json"])["n_layer"] == 1
+    assert spec.origin["config_changes"] == {"n_layer": [3, 1]}
+    names = {t.name for t in spec.tensors}
+    assert "lm_head.weight" not in names and "transformer.h.0.attn.c_attn.weight" in names
