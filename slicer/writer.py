@@ -8,6 +8,7 @@ in OUT that looks like a finished checkpoint, and a failed run removes what it w
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -16,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from .errors import SlicerError
+from .sink import FileSink
 
 STAGING = ".slicer-partial"
 MANIFEST_NAME = "slicer_manifest.json"
@@ -31,75 +33,48 @@ def is_student_file(name: str) -> bool:
 
 
 class ShardWriter:
-    """Appends bytes to one shard file, tracking how much went in."""
+    """Appends bytes to one shard file (``NAME.incomplete`` until finished)."""
 
     def __init__(self, path: Path, expected_size: int, checksum: bool = True):
         self.final = path
         self.path = path.with_name(path.name + ".incomplete")
         self.expected = expected_size
-        self.written = 0
-        self.hash = hashlib.sha256() if checksum else None
+        self.sha256: str | None = None
         try:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._sink = FileSink(self.path, checksum=checksum)
         except OSError as e:
             raise SlicerError(f"{self.path}: cannot create: {e.strerror or e}") from e
 
+    @property
+    def written(self) -> int:
+        return self._sink.size
+
     def write(self, data) -> None:
-        view = memoryview(data).cast("B")
-        if self.hash is not None:
-            self.hash.update(view)  # releases the GIL for large buffers
         try:
-            while view:
-                n = os.write(self.fd, view)
-                view = view[n:]
-                self.written += n
+            self._sink.write(data)
         except OSError as e:
             raise SlicerError(f"{self.final}: write failed: {e.strerror or e}") from e
 
     def copy_from(self, src_fd: int, offset: int, count: int) -> None:
-        """Copy bytes file to file inside the kernel (no trip through user memory)."""
-        if self.hash is not None:  # the bytes must pass through us to be hashed
-            self._copy_by_reading(src_fd, offset, count)
-            return
+        """Append ``count`` bytes of another file (a tensor kept whole)."""
         try:
-            while count:
-                n = os.copy_file_range(src_fd, self.fd, count, offset)
-                if n == 0:
-                    raise SlicerError(f"{self.final}: source file ended early while copying")
-                offset += n
-                count -= n
-                self.written += n
+            self._sink.copy_from(src_fd, offset, count)
         except OSError as e:
-            if e.errno in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP: fall back
-                self._copy_by_reading(src_fd, offset, count)
-            else:
-                raise SlicerError(f"{self.final}: write failed: {e.strerror or e}") from e
-
-    def _copy_by_reading(self, src_fd: int, offset: int, count: int) -> None:
-        block = 8 << 20
-        while count:
-            data = os.pread(src_fd, min(block, count), offset)
-            if not data:
-                raise SlicerError(f"{self.final}: source file ended early while copying")
-            self.write(data)
-            offset += len(data)
-            count -= len(data)
-
-    @property
-    def sha256(self) -> str | None:
-        return self.hash.hexdigest() if self.hash is not None else None
+            raise SlicerError(f"{self.final}: write failed: {e.strerror or e}") from e
 
     def finish(self) -> None:
-        os.close(self.fd)
-        self.fd = -1
-        if self.written != self.expected:
-            raise SlicerError(f"{self.final}: wrote {self.written} bytes, planned {self.expected} (internal error)")
+        try:
+            size, self.sha256 = self._sink.close()
+        except OSError as e:
+            self.abort()
+            raise SlicerError(f"{self.final}: write failed: {e.strerror or e}") from e
+        if size != self.expected:
+            self.abort()
+            raise SlicerError(f"{self.final}: wrote {size} bytes, planned {self.expected} (internal error)")
         os.replace(self.path, self.final)
 
     def abort(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self._sink.abort()
         self.path.unlink(missing_ok=True)
 
 
@@ -125,6 +100,7 @@ class OutputDir:
     def open(self, fingerprint: dict) -> dict[str, dict]:
         """Lock OUT and prepare staging. Returns the shards a killed run completed
         (only with resume, and only if it was the same run): name -> {size, sha256}."""
+        fresh = False
         try:
             if not self.out.exists():
                 self.out.mkdir(parents=True)
@@ -137,12 +113,23 @@ class OutputDir:
             if self.resume and (self.staging / RUN_NAME).is_file():
                 self.done = self._resumable(fingerprint)
             else:
+                fresh = True
                 shutil.rmtree(self.staging, ignore_errors=True)
                 self.staging.mkdir()
                 _write_atomic(self.staging / RUN_NAME, _dump(fingerprint))
                 self.done = {}
-        except OSError as e:
-            raise SlicerError(f"{self.out}: cannot prepare the output folder: {e.strerror or e}") from e
+        except BaseException as e:
+            # Refused or failed: no run holds OUT now (the staging of a refused --resume
+            # stays for a corrected rerun), so a later run in this process may lock it.
+            held = self._lock_fd >= 0  # not when another run holds OUT: its files stay
+            if fresh:
+                shutil.rmtree(self.staging, ignore_errors=True)
+            self._unlock()
+            if self.created and held:
+                shutil.rmtree(self.out, ignore_errors=True)
+            if isinstance(e, OSError):
+                raise SlicerError(f"{self.out}: cannot prepare the output folder: {e.strerror or e}") from e
+            raise
         return dict(self.done)
 
     def _lock(self) -> None:
@@ -184,23 +171,37 @@ class OutputDir:
     def record_done(self, writer: ShardWriter) -> None:
         """Called once a shard is complete: a resumed run will keep it."""
         self.done[writer.final.name] = {"size": writer.written, "sha256": writer.sha256}
-        _write_atomic(self.staging / DONE_NAME, _dump(self.done))
+        try:
+            _write_atomic(self.staging / DONE_NAME, _dump(self.done))
+        except OSError as e:  # e.g. the disk filled up right at the end of a shard
+            raise SlicerError(f"{self.staging / DONE_NAME}: write failed: {e.strerror or e}") from e
 
     def finish(self, shard_names: list[str], extra_files: dict[str, bytes], manifest: dict) -> None:
         """Move the shards in, then index/config, then the manifest (the 'done' mark)."""
+        placed: list[str] = []  # what this run put into OUT: taken out again if it cannot finish
         try:
             if self.overwrite:
                 for p in self.out.iterdir():
                     if p.is_file() and is_student_file(p.name):
                         p.unlink()
             for name in shard_names:
+                placed.append(name)
                 os.replace(self.staging / name, self.out / name)
             for name, data in extra_files.items():
+                placed.append(name)
                 _write_atomic(self.out / name, data)
+            placed.append(MANIFEST_NAME)
             _write_atomic(self.out / MANIFEST_NAME, json.dumps(manifest, indent=1).encode() + b"\n")
             shutil.rmtree(self.staging, ignore_errors=True)
-        except OSError as e:
-            raise SlicerError(f"{self.out}: cannot finish the student: {e.strerror or e}") from e
+        except BaseException as e:
+            for name in placed:  # e.g. the disk filled up: no half student in a folder we did not create
+                for p in (self.out / name, self.out / (name + ".incomplete")):
+                    with contextlib.suppress(OSError):
+                        p.unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                what = f"{os.path.basename(e.filename)}: " if e.filename else ""
+                raise SlicerError(f"{self.out}: cannot finish the student: {what}{e.strerror or e}") from e
+            raise
         finally:
             self._unlock()
 
