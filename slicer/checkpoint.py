@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SlicerError
-from .safetensors_format import Header, TensorInfo, read_header
+from .safetensors_format import Header, TensorInfo, json_int, read_header
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -63,9 +63,11 @@ class Checkpoint:
     def _open_index(cls, named: Path, index_path: Path, role: str) -> "Checkpoint":
         folder = index_path.parent
         try:
-            obj = json.loads(index_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            obj = json.loads(index_path.read_text(encoding="utf-8"), parse_int=json_int)
+        except ValueError as e:  # not UTF-8, not JSON, or an absurd integer
             raise SlicerError(f"{index_path}: {role} index is not valid JSON ({e})") from e
+        except RecursionError:  # json's C scanner recurses per nesting level
+            raise SlicerError(f"{index_path}: {role} index is not valid JSON (nested too deeply)") from None
         except OSError as e:
             raise SlicerError(f"{index_path}: cannot read: {e.strerror or e}") from e
         weight_map = obj.get("weight_map") if isinstance(obj, dict) else None

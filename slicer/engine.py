@@ -99,6 +99,7 @@ class Engine:
         writer = _WriterThread(work, free, on_bytes, output.record_done)
         writer.start()
         bytes_read = 0
+        out: ShardWriter | None = None
         try:
             with TeacherReader() as reader:
                 for shard in plan.shards:
@@ -115,6 +116,8 @@ class Engine:
                 writer.join()
         finally:
             writer.stop()
+            if out is not None:  # opened here but maybe never reached the writer: close it
+                out.abort()
         writer.raise_error()
         return bytes_read
 

@@ -113,27 +113,34 @@ def read_header(path: Path) -> Header:
     except UnicodeDecodeError as e:
         raise SlicerError(f"{path}: header is not UTF-8 (byte {e.start}); not a safetensors file") from e
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_int=json_int)
     except json.JSONDecodeError as e:
         raise SlicerError(f"{path}: header is not valid JSON ({e.msg} at char {e.pos})") from e
+    except ValueError as e:  # from json_int
+        raise SlicerError(f"{path}: header is not valid: {e}") from e
+    except RecursionError:  # json's C scanner recurses per nesting level
+        raise SlicerError(f"{path}: header JSON is nested too deeply; file is corrupt or not safetensors") from None
     if not isinstance(obj, dict):
         raise SlicerError(f"{path}: header is a JSON {type(obj).__name__}, expected an object")
     return _validate(path, obj, data_start=8 + n, file_size=file_size)
 
 
 def _validate(path: Path, obj: dict, data_start: int, file_size: int) -> Header:
-    metadata = obj.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+    metadata = obj.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata  # [] or "" are not an empty map
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) and _is_text(v) and _is_text(k) for k, v in metadata.items()):
         raise SlicerError(f"{path}: __metadata__ must map strings to strings")
     data_size = file_size - data_start
     tensors: dict[str, TensorInfo] = {}
     spans = []
     for name, entry in obj.items():
         where = f"{path}: tensor {name!r}"
+        if not _is_text(name):
+            raise SlicerError(f"{where}: name is not valid Unicode (a lone surrogate escape)")
         if not isinstance(entry, dict):
             raise SlicerError(f"{where}: entry is not an object")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:  # a list or an object is unhashable
             known = ", ".join(DTYPES)
             raise SlicerError(f"{where}: unknown or unsupported dtype {dtype!r} (supported: {known})")
         if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
@@ -166,8 +173,29 @@ def _validate(path: Path, obj: dict, data_start: int, file_size: int) -> Header:
     return Header(path, tensors, dict(metadata), data_start, file_size)
 
 
+def json_int(token: str) -> int:
+    """``parse_int`` for headers and indexes. Past 4300 digits Python refuses to convert
+    (a ValueError json does not wrap); no offset or dimension has more than 20, and the
+    checks after parsing say better what is wrong with merely huge ones. ``-0`` is
+    refused as the reference (Rust) reader refuses it: it takes it for a float."""
+    if len(token.lstrip("-")) > 1000:
+        raise ValueError(f"integer {token[:12]}... has {len(token.lstrip('-'))} digits")
+    if token == "-0":
+        raise ValueError("-0 is not an integer")
+    return int(token)
+
+
 def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_text(s: str) -> bool:
+    """JSON escapes can spell lone surrogates, which no UTF-8 file (and no Rust reader) can hold."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def build_header(entries: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str]) -> tuple[bytes, list[int]]:

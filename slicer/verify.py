@@ -1,0 +1,403 @@
+"""Check a written student against its manifest and, optionally, against the teacher.
+
+``verify(OUT)`` re-reads every shard named by ``OUT/slicer_manifest.json``: its size
+and sha256, its header (every manifest tensor there, with the manifest's shape and
+dtype, nothing else), and the index. With ``teacher=`` it also compares tensor values
+with the selection they claim to be, ``teacher[ix_(I_0, ..., I_{n-1})]`` with the index
+sets the manifest records (cast with torch ``.to()`` where the manifest's dtype differs
+from the source's, as the torch backend does): a few rows of every tensor by default,
+every element with ``full=True``.
+
+Memory stays bounded whatever the tensor sizes: data is read with ``pread`` in blocks
+of at most ``chunk_bytes`` of teacher span and of student bytes. Problems are
+collected as one line each in the report; input that cannot be verified at all (no
+manifest, an unreadable teacher) raises :class:`SlicerError`. Nothing is printed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import Checkpoint
+from .errors import SlicerError
+from .safetensors_format import BITS_DTYPE, DTYPES, TensorInfo, read_header
+from .writer import INDEX_NAME, MANIFEST_NAME, STAGING, is_student_file
+
+DEFAULT_CHUNK_BYTES = 16 << 20
+SPOT_ROWS = 4  # rows of dimension 0 compared per tensor without full=True
+MAX_PROBLEMS_PER_TENSOR = 1  # the first difference is enough to point at a tensor
+
+
+@dataclass
+class VerifyReport:
+    out: str
+    teacher: str | None
+    full: bool
+    shards: int = 0  # shards checked (size, sha256, header)
+    tensors: int = 0  # tensors in the manifest
+    tensors_compared: int = 0  # compared with the teacher's selection
+    elements_compared: int = 0
+    bytes_hashed: int = 0
+    problems: list[str] = field(default_factory=list)  # one line each: "<file>: <what differs>"
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+
+def verify(out: str | Path, *, teacher: str | Path | None = None, full: bool = False,
+           rows_per_tensor: int = SPOT_ROWS, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> VerifyReport:
+    """Check the student in ``out`` against its manifest (and ``teacher``, if given).
+
+    Without ``full``, ``rows_per_tensor`` rows of dimension 0 of every tensor (the first,
+    the last, others drawn by a seed from the tensor's name) are compared with the
+    teacher. ``chunk_bytes`` bounds each read, of teacher span and of student bytes.
+    Raises SlicerError when ``out`` has no usable manifest or the teacher cannot be opened.
+    """
+    out = Path(out)
+    manifest = _load_manifest(out)
+    report = VerifyReport(str(out), None if teacher is None else str(teacher), full,
+                          tensors=len(manifest["tensors"]))
+    ckpt = Checkpoint.open(teacher, role="teacher") if teacher is not None else None  # before the long part
+    with _Files() as files:
+        headers = _check_shards(out, manifest, report)
+        _check_index(out, manifest, report)
+        if ckpt is not None:
+            budget = max(int(chunk_bytes), 64)
+            for name, rec in manifest["tensors"].items():
+                stored = headers.get(rec["shard"], {}).get(name)
+                if stored is None:
+                    continue  # already reported: missing shard or tensor
+                _compare(name, rec, stored, ckpt, manifest["index_sets"], report, files,
+                         None if full else rows_per_tensor, budget)
+    return report
+
+
+# --------------------------------------------------------------------------- manifest
+
+def _load_manifest(out: Path) -> dict:
+    path = out / MANIFEST_NAME
+    if not out.is_dir():
+        raise SlicerError(f"{out}: {'not found' if not out.exists() else 'not a folder'}; name a folder slicer wrote")
+    if not path.is_file():
+        raise SlicerError(f"{path}: no manifest: {out} is not a finished slicer output")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise SlicerError(f"{path}: cannot read the manifest: {e}") from e
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise SlicerError(f"{path}: malformed manifest: {problem}")
+    return manifest
+
+
+def _manifest_problem(m: object) -> str | None:
+    """What makes the manifest unusable as a reference, or None."""
+    if not isinstance(m, dict):
+        return "not a JSON object"
+    if not str(m.get("format", "")).startswith("slicer-manifest/"):
+        return f"unknown format {m.get('format')!r}"
+    shards, tensors, sets = m.get("shards"), m.get("tensors"), m.get("index_sets")
+    if not (isinstance(shards, list) and isinstance(tensors, dict) and isinstance(sets, dict)):
+        return "needs \"shards\" (a list), \"tensors\" and \"index_sets\" (objects)"
+    names = set()
+    for s in shards:
+        if not (isinstance(s, dict) and isinstance(s.get("name"), str) and _is_int(s.get("size"))
+                and isinstance(s.get("sha256", ""), str)):
+            return f"shard entry {s!r} needs a name, a size and a sha256"
+        if os.path.basename(s["name"]) != s["name"] or s["name"] in ("", ".", ".."):
+            return f"shard name {s['name']!r} is not a file name in OUT"
+        names.add(s["name"])
+    for name, rec in tensors.items():
+        if not isinstance(rec, dict):
+            return f"tensor {name!r}: entry is not an object"
+        for key in ("shape", "teacher_shape", "index"):
+            if not isinstance(rec.get(key), list):
+                return f"tensor {name!r}: {key!r} is not a list"
+        if not all(_is_int(d) and d >= 0 for d in rec["shape"] + rec["teacher_shape"]):
+            return f"tensor {name!r}: shapes must be non-negative integers"
+        if not (len(rec["shape"]) == len(rec["teacher_shape"]) == len(rec["index"])):
+            return f"tensor {name!r}: shape, teacher_shape and index differ in rank"
+        for key in ("dtype", "source_dtype"):
+            if not isinstance(rec.get(key), str) or rec[key] not in DTYPES:
+                return f"tensor {name!r}: unknown {key} {rec.get(key)!r}"
+        if not isinstance(rec.get("source"), str):
+            return f"tensor {name!r}: no source name"
+        if not isinstance(rec.get("shard"), str) or rec["shard"] not in names:
+            return f"tensor {name!r}: shard {rec.get('shard')!r} is not in the manifest's shards"
+        for key in rec["index"]:
+            if not isinstance(key, str) or not isinstance(sets.get(key), dict) or not isinstance(sets[key].get("indices"), list):
+                return f"tensor {name!r}: index set {key!r} is missing"
+    return None
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+# --------------------------------------------------------------------------- shards, headers, index
+
+def _check_shards(out: Path, manifest: dict, report: VerifyReport) -> dict[str, dict[str, TensorInfo]]:
+    """Size, sha256 and header of every shard. Returns shard -> the tensors whose header
+    entry agrees with the manifest (the others are reported, not compared)."""
+    by_shard: dict[str, dict[str, dict]] = {s["name"]: {} for s in manifest["shards"]}
+    for name, rec in manifest["tensors"].items():
+        by_shard[rec["shard"]][name] = rec
+    headers: dict[str, dict[str, TensorInfo]] = {}
+    problems = report.problems
+    for entry in manifest["shards"]:
+        path = out / entry["name"]
+        report.shards += 1
+        if not path.is_file():
+            problems.append(f"{path}: shard is missing")
+            continue
+        size = path.stat().st_size
+        if size != entry["size"]:
+            problems.append(f"{path}: size {size} bytes, the manifest says {entry['size']}")
+        want_sha = entry.get("sha256")
+        if want_sha is not None:
+            try:
+                got_sha = _sha256(path, report)
+            except OSError as e:
+                problems.append(f"{path}: cannot read: {e.strerror or e}")
+                continue
+            if got_sha != want_sha:
+                problems.append(f"{path}: sha256 {got_sha} differs from the manifest's {want_sha}")
+        try:
+            header = read_header(path)
+        except SlicerError as e:
+            problems.append(str(e))
+            continue
+        agreed = headers[entry["name"]] = {}
+        for name, rec in by_shard[entry["name"]].items():
+            info = header.tensors.get(name)
+            if info is None:
+                problems.append(f"{path}: tensor {name!r} is missing (the manifest puts it in this shard)")
+            elif list(info.shape) != rec["shape"] or info.dtype != rec["dtype"]:
+                problems.append(f"{path}: tensor {name!r} is {info.dtype} {list(info.shape)}, the manifest says "
+                                f"{rec['dtype']} {rec['shape']}")
+            else:
+                agreed[name] = info
+        for name in header.tensors:
+            if name not in by_shard[entry["name"]]:
+                problems.append(f"{path}: tensor {name!r} is not in the manifest")
+    listed = set(by_shard) | {INDEX_NAME, MANIFEST_NAME, "config.json"}
+    for p in sorted(out.iterdir()):
+        if p.name == STAGING:
+            problems.append(f"{p}: staging folder of an unfinished run is present")
+        elif p.is_file() and is_student_file(p.name) and p.name not in listed:
+            problems.append(f"{p}: not part of the student the manifest describes")
+    return headers
+
+
+def _sha256(path: Path, report: VerifyReport) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            h.update(block)
+            report.bytes_hashed += len(block)
+    return h.hexdigest()
+
+
+def _check_index(out: Path, manifest: dict, report: VerifyReport) -> None:
+    """A sharded student has the Hugging Face index, and it agrees with the manifest."""
+    path = out / INDEX_NAME
+    if len(manifest["shards"]) <= 1:
+        if path.exists():
+            report.problems.append(f"{path}: index present beside a single-shard student")
+        return
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+        weight_map, total = index["weight_map"], index["metadata"]["total_size"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not an object")
+    except FileNotFoundError:
+        report.problems.append(f"{path}: index is missing (the student has {len(manifest['shards'])} shards)")
+        return
+    except (OSError, ValueError, RecursionError, KeyError, TypeError) as e:
+        report.problems.append(f"{path}: unreadable index ({type(e).__name__}: {e})")
+        return
+    want = {name: rec["shard"] for name, rec in manifest["tensors"].items()}
+    if weight_map != want:
+        wrong = sorted(n for n in set(want) | set(weight_map) if weight_map.get(n) != want.get(n))
+        report.problems.append(f"{path}: weight_map disagrees with the manifest for {len(wrong)} tensor(s), "
+                               f"e.g. {wrong[0]!r}: {weight_map.get(wrong[0])!r} vs {want.get(wrong[0])!r}")
+    want_total = sum(math.prod(rec["shape"]) * DTYPES[rec["dtype"]].itemsize for rec in manifest["tensors"].values())
+    if total != want_total:
+        report.problems.append(f"{path}: metadata.total_size {total!r}, the tensors hold {want_total} bytes")
+
+
+# --------------------------------------------------------------------------- values against the teacher
+
+def _compare(name: str, rec: dict, stored: TensorInfo, ckpt: Checkpoint, sets: dict, report: VerifyReport,
+             files: "_Files", rows: int | None, budget: int) -> None:
+    where = f"{stored.path}: tensor {name!r}"
+    source = ckpt.tensors.get(rec["source"])
+    if source is None:
+        report.problems.append(f"{where}: its source {rec['source']!r} is not in the teacher {ckpt.path}")
+        return
+    if list(source.shape) != rec["teacher_shape"] or source.dtype != rec["source_dtype"]:
+        report.problems.append(f"{where}: teacher tensor {rec['source']!r} is {source.dtype} {list(source.shape)}, "
+                               f"the manifest says {rec['source_dtype']} {rec['teacher_shape']}")
+        return
+    index = [sets[key]["indices"] for key in rec["index"]]
+    for d, (key, ix) in enumerate(zip(rec["index"], index)):
+        t, s = source.shape[d], rec["shape"][d]
+        if len(ix) != s or not all(_is_int(i) and 0 <= i < t for i in ix):
+            report.problems.append(f"{where}: index set {key!r} of dimension {d} does not select {s} of 0..{t - 1}")
+            return
+    cast = None
+    if rec["dtype"] != rec["source_dtype"]:
+        cast = (DTYPES[rec["source_dtype"]].torch_dtype, DTYPES[rec["dtype"]].torch_dtype)
+        if None in cast:
+            report.problems.append(f"{where}: cannot check the cast {rec['source_dtype']} -> {rec['dtype']}: "
+                                   "this torch build lacks one of the types")
+            return
+    sample = None
+    if rows is not None and stored.shape:
+        sample = _spot_rows(name, stored.shape[0], rows)
+    report.tensors_compared += 1
+    try:
+        for block in _blocks(source.shape, stored.shape, index, source.itemsize, stored.itemsize, budget, sample):
+            want = _select(files.read(source, block.t_first, block.t_count).view(block.t_shape), block.t_index)
+            if cast is not None:
+                want = want.view(cast[0]).to(cast[1]).view(BITS_DTYPE[stored.itemsize])
+            got = files.read(stored, block.s_first, block.s_count).view(block.s_shape)
+            report.elements_compared += got.numel()
+            if not torch.equal(got, want):
+                at = (got != want).nonzero()[0].tolist()
+                pos = [*block.lead, block.rows[at[0]], *at[1:]] if block.s_shape else []
+                report.problems.append(
+                    f"{where}: differs from the selection of teacher tensor {rec['source']!r} at {pos} "
+                    f"(bits {_hex(got, at, stored.itemsize)}, expected {_hex(want, at, stored.itemsize)})")
+                return
+    except SlicerError as e:
+        report.problems.append(str(e))
+
+
+def _spot_rows(name: str, n: int, k: int) -> list[int]:
+    """First, last and a few random rows (seeded by the name: the same rows every time)."""
+    if n <= k:
+        return list(range(n))
+    rng = random.Random(hashlib.sha256(name.encode()).digest())
+    return sorted({0, n - 1, *rng.sample(range(n), max(k - 2, 0))})
+
+
+def _hex(t: torch.Tensor, at: list[int], itemsize: int) -> str:
+    value = int(t[tuple(at)].item()) if at else int(t.item())
+    return f"0x{value & ((1 << (8 * itemsize)) - 1):0{2 * itemsize}x}"
+
+
+@dataclass(frozen=True)
+class _Block:
+    """Student elements [s_first, s_first + s_count) and the teacher span they come from."""
+
+    t_first: int
+    t_count: int
+    t_shape: tuple[int, ...]
+    t_index: list  # per span dimension: the kept indices, relative to the span
+    s_first: int
+    s_count: int
+    s_shape: tuple[int, ...]
+    lead: tuple[int, ...]  # student indices of the dimensions walked one at a time
+    rows: list[int]  # student indices of the block's first dimension
+
+
+def _blocks(tshape: Sequence[int], sshape: Sequence[int], index: list[list[int]], t_item: int, s_item: int,
+            budget: int, rows: list[int] | None) -> Iterator[_Block]:
+    """Cut a tensor into blocks whose teacher span and student part each fit in ``budget``.
+
+    Along the first dimension whose rows fit, runs of consecutive student rows are
+    grouped while the teacher span they need stays within the budget; the dimensions
+    before it are walked one index at a time. ``rows`` limits dimension 0 (a sample).
+    """
+    rank = len(sshape)
+    if rank == 0:
+        yield _Block(0, 1, (), [], 0, 1, (), (), [])
+        return
+    if math.prod(sshape) == 0:
+        return
+    tstride = [math.prod(tshape[d + 1:]) for d in range(rank)]
+    sstride = [math.prod(sshape[d + 1:]) for d in range(rank)]
+
+    def walk(k: int, tbase: int, sbase: int, lead: tuple[int, ...], positions: Sequence[int]) -> Iterator[_Block]:
+        t_row, s_row = tstride[k] * t_item, sstride[k] * s_item
+        if max(t_row, s_row) > budget and k < rank - 1:
+            for p in positions:
+                yield from walk(k + 1, tbase + index[k][p] * tstride[k], sbase + p * sstride[k], (*lead, p),
+                                range(sshape[k + 1]))
+            return
+        ix = index[k]
+        j = 0
+        while j < len(positions):
+            end = j + 1
+            while (end < len(positions) and positions[end] == positions[end - 1] + 1
+                   and ix[positions[end]] > ix[positions[end - 1]]
+                   and (ix[positions[end]] - ix[positions[j]] + 1) * t_row <= budget
+                   and (end - j + 1) * s_row <= budget):
+                end += 1
+            sel = list(positions[j:end])
+            lo, hi = ix[sel[0]], ix[sel[-1]]
+            yield _Block(tbase + lo * tstride[k], (hi - lo + 1) * tstride[k], (hi - lo + 1, *tshape[k + 1:]),
+                         [[ix[p] - lo for p in sel], *index[k + 1:]],
+                         sbase + sel[0] * sstride[k], len(sel) * sstride[k], (len(sel), *sshape[k + 1:]), lead, sel)
+            j = end
+
+    yield from walk(0, 0, 0, (), rows if rows is not None else range(sshape[0]))
+
+
+def _select(span: torch.Tensor, index: list) -> torch.Tensor:
+    """span[ix_(*index)]: the reference selection, one dimension at a time."""
+    for d, ix in enumerate(index):
+        if len(ix) != span.shape[d] or ix != list(range(span.shape[d])):
+            span = span.index_select(d, torch.tensor(ix, dtype=torch.int64))
+    return span
+
+
+class _Files:
+    """pread access to the tensors of any file, fds kept open for the run."""
+
+    def __init__(self) -> None:
+        self._fds: dict[Path, int] = {}
+
+    def read(self, info: TensorInfo, first: int, count: int) -> torch.Tensor:
+        """Elements first..first+count-1 of a tensor, as same-width integers."""
+        fd = self._fds.get(info.path)
+        if fd is None:
+            try:
+                fd = self._fds[info.path] = os.open(info.path, os.O_RDONLY)
+            except OSError as e:
+                raise SlicerError(f"{info.path}: cannot open: {e.strerror or e}") from e
+        nbytes = count * info.itemsize
+        buf = bytearray(nbytes)
+        view = memoryview(buf)
+        offset = info.offset + first * info.itemsize
+        done = 0
+        try:
+            while done < nbytes:
+                n = os.preadv(fd, [view[done:]], offset + done)
+                if n == 0:
+                    raise SlicerError(f"{info.path}: tensor {info.name!r}: file ends before its data")
+                done += n
+        except OSError as e:
+            raise SlicerError(f"{info.path}: cannot read tensor {info.name!r}: {e.strerror or e}") from e
+        return torch.frombuffer(buf, dtype=BITS_DTYPE[info.itemsize]) if nbytes else torch.empty(0, dtype=BITS_DTYPE[info.itemsize])
+
+    def __enter__(self) -> "_Files":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
