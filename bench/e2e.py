@@ -177,6 +177,7 @@ def measure(way: str, facts: dict, workdir: Path, name: str, interval: float, se
     read_header(template)
     cached = resident_fraction(files)
     time.sleep(settle)  # same free-memory state for every run (see --settle)
+    load = os.getloadavg()[0]
     if way == "floor":
         cat = memsample.run(["cat", *map(str, files)], stdout="/dev/null", interval=interval)
         out_bytes = template.stat().st_size  # the student's size, header included
@@ -210,6 +211,7 @@ def measure(way: str, facts: dict, workdir: Path, name: str, interval: float, se
         }
     res["out_bytes"] = dir_bytes(out)
     res["teacher_cached_fraction"] = cached
+    res["loadavg_before"] = load
     res["commands"] = [r.to_dict() for r in runs]
     failed = [r for r in runs if r.returncode != 0]
     if failed:
@@ -229,7 +231,7 @@ def bench_teacher(name: str, facts: dict, args, ways: list[str], log) -> dict:
             log(
                 f"  [{name}] {way:<6} run {rep + 1}/{args.repeats}: {res['wall_s']:7.2f} s  "
                 f"peak anon {res['peak_anon_bytes'] / 1e6:8.1f} MB  cpu {res['cpu_s']:6.2f} s  "
-                f"cached {_pct(res['teacher_cached_fraction'])}"
+                f"cached {_pct(res['teacher_cached_fraction'])}  load {res['loadavg_before']:.2f}"
             )
             last = rep == args.repeats - 1
             for_verify = args.verify and way in ("slicer", "naive") and {"slicer", "naive"} <= set(ways)
@@ -282,9 +284,10 @@ def table(results: dict) -> str:
     lines = [
         "All times are warm-cache: teacher shards read with cat before every run (resident share in 'cached');",
         "outputs are written to the page cache, sync'd (untimed) between runs. Median of repeats.",
+        "peak anon = max of RssAnon+RssShmem (20 ms samples); peak RSS = max of VmHWM (file-backed pages included).",
         "",
         f"{'teacher':<8} {'way':<7} {'median s':>9} {'min..max s':>14} {'x floor':>8} {'peak anon MB':>13} "
-        f"{'maxrss MB':>10} {'cpu s':>7} {'cached':>7}",
+        f" {'peak RSS MB':>11} {'cpu s':>7} {'cached':>7}",
     ]
     for name, r in results.items():
         s = r["summary"]
@@ -294,7 +297,7 @@ def table(results: dict) -> str:
             cached = min((run["teacher_cached_fraction"] or 0) for run in r["runs"][way])
             lines.append(
                 f"{name:<8} {way:<7} {w['median_s']:9.2f} {w['min_s']:6.2f}..{w['max_s']:<6.2f} {x:>8} "
-                f"{w['peak_anon_bytes'] / 1e6:13.1f} {w['maxrss_bytes'] / 1e6:10.1f} {w['cpu_s_median']:7.2f} "
+                f"{w['peak_anon_bytes'] / 1e6:13.1f} {w['maxrss_bytes'] / 1e6:12.1f} {w['cpu_s_median']:7.2f} "
                 f"{_pct(cached):>7}"
             )
         if "floor" in s:

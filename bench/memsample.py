@@ -5,8 +5,9 @@ descendants, of ``RssAnon + RssShmem`` from ``/proc/<pid>/status``: memory the
 process owns, not page-cache pages of files it reads or maps (those show in RssFile
 and are what a warm-cache run shares with the kernel). A thread in the parent samples
 every ``interval`` seconds (20 ms by default), so a spike shorter than that can be
-missed. ``ru_maxrss`` of the child (all resident pages, file-backed included) comes
-from ``wait4`` as a cross-check, with the child's user and system CPU time.
+missed. As a cross-check, the peak resident set (file-backed pages included) is the
+max over samples of the tree's summed ``VmHWM``; ``wait4`` gives the CPU times. (Not
+``ru_maxrss``: a child inherits its parent's high-water mark through fork and exec.)
 
     python bench/memsample.py [--interval 0.02] -- CMD [ARGS...]
 """
@@ -28,7 +29,7 @@ class RunResult:
     returncode: int
     wall_s: float
     peak_anon_bytes: int  # max over samples of sum(RssAnon + RssShmem) over the process tree
-    maxrss_bytes: int  # ru_maxrss from wait4: peak resident set, file-backed pages included
+    maxrss_bytes: int  # max over samples of sum(VmHWM) over the tree: peak RSS, file pages included
     user_s: float
     sys_s: float
     samples: int
@@ -40,18 +41,20 @@ class RunResult:
         return asdict(self)
 
 
-def _anon_bytes(pid: int) -> int:
-    """RssAnon + RssShmem of one process in bytes (0 if it is gone or a zombie)."""
+def _memory(pid: int) -> tuple[int, int]:
+    """(RssAnon + RssShmem, VmHWM) of one process in bytes ((0, 0) if it is gone or a zombie)."""
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             text = f.read()
     except OSError:
-        return 0
-    total = 0
+        return 0, 0
+    anon = hwm = 0
     for line in text.splitlines():
         if line.startswith(b"RssAnon:") or line.startswith(b"RssShmem:"):
-            total += int(line.split()[1]) * 1024
-    return total
+            anon += int(line.split()[1]) * 1024
+        elif line.startswith(b"VmHWM:"):
+            hwm = int(line.split()[1]) * 1024
+    return anon, hwm
 
 
 def _children(pid: int) -> list[int]:
@@ -70,32 +73,35 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def tree_anon_bytes(root: int) -> int:
-    """Anonymous memory of root and all its descendants."""
-    total, todo, seen = 0, [root], set()
+def tree_memory(root: int) -> tuple[int, int]:
+    """(anonymous memory, summed VmHWM) of root and all its descendants."""
+    anon = hwm = 0
+    todo, seen = [root], set()
     while todo:
         pid = todo.pop()
         if pid in seen:
             continue
         seen.add(pid)
-        total += _anon_bytes(pid)
+        a, h = _memory(pid)
+        anon, hwm = anon + a, hwm + h
         todo += _children(pid)
-    return total
+    return anon, hwm
 
 
 class _Sampler(threading.Thread):
     def __init__(self, pid: int, interval: float):
         super().__init__(daemon=True)
         self.pid, self.interval = pid, interval
-        self.peak, self.samples = 0, 0
+        self.peak, self.peak_hwm, self.samples = 0, 0, 0
         self.stop = threading.Event()
 
     def run(self) -> None:
-        while True:
-            self.peak = max(self.peak, tree_anon_bytes(self.pid))
+        # The first sample comes one interval in: before its exec, a (v)forked child
+        # shows the parent's memory.
+        while not self.stop.wait(self.interval):
+            anon, hwm = tree_memory(self.pid)
+            self.peak, self.peak_hwm = max(self.peak, anon), max(self.peak_hwm, hwm)
             self.samples += 1
-            if self.stop.wait(self.interval):
-                return
 
 
 def _tail(f, limit: int = 4000) -> str:
@@ -133,7 +139,7 @@ def run(
             returncode=proc.returncode,
             wall_s=wall,
             peak_anon_bytes=sampler.peak,
-            maxrss_bytes=ru.ru_maxrss * 1024,
+            maxrss_bytes=sampler.peak_hwm,
             user_s=ru.ru_utime,
             sys_s=ru.ru_stime,
             samples=sampler.samples,
