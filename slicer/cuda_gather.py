@@ -7,6 +7,7 @@ asked) into a device buffer that is copied back into the caller's output.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -15,25 +16,26 @@ from .engine import Gather
 from .errors import SlicerError
 
 
-def make_cuda_gather(kernel: Gather, device: str = "cuda") -> Gather:
+def make_cuda_gather(kernel: Gather, device: str = "cuda", *, pin: bool = True) -> Gather:
+    """``pin=False`` and ``device="cpu"`` run the same staging logic without a GPU (tests)."""
     staging: dict[str, torch.Tensor] = {}
 
     def pinned(name: str, nbytes: int) -> torch.Tensor:
         buf = staging.get(name)
         if buf is None or buf.numel() < nbytes:
-            buf = staging[name] = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+            buf = staging[name] = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
         return buf[:nbytes]
 
     def gather(src: torch.Tensor, index: Sequence, out: torch.Tensor) -> torch.Tensor:
         rows = index[0] if index else None
+        kept = src.shape if rows is None else (len(rows), *src.shape[1:])
+        up = pinned("up", math.prod(kept) * src.element_size()).view(src.dtype).view(kept)
         if rows is None:
-            host = src
+            up.copy_(src)
         elif isinstance(rows, range):
-            host = src[rows.start:rows.stop:rows.step]
+            up.copy_(src[rows.start:rows.stop:rows.step])
         else:
-            host = src.index_select(0, rows)
-        up = pinned("up", host.numel() * host.element_size()).view(host.dtype).view(host.shape)
-        up.copy_(host)
+            torch.index_select(src, 0, rows, out=up)  # gathered straight into pinned memory
         try:
             dev_src = up.to(device, non_blocking=True)
             rest = [range(0, len(rows), 1)] if rows is not None else []
