@@ -100,6 +100,13 @@ class Base:
     template: Path  # folder: model.safetensors + config.json
 
 
+def set_indices(entry: dict) -> list[int]:
+    """A manifest index set: an explicit "indices" list, or the rule start + step*i, i < s."""
+    if "indices" in entry:
+        return list(entry["indices"])
+    return [entry["start"] + entry["step"] * i for i in range(entry["s"])]
+
+
 def build_base(root: Path, seed: int = 0) -> Base:
     gen = torch.Generator().manual_seed(seed)
     state = {}
@@ -564,7 +571,7 @@ def check_output(m: Mutant, out: Path) -> tuple[str, str] | None:
             return "mismatch", f"{name}: shape {tuple(got[name].shape)}, template {template[name]}"
         want = src
         for d, key in enumerate(rec["index"]):
-            want = want.view(INT_VIEW[src.element_size()]).index_select(d, torch.tensor(sets[key]["indices"])).view(src.dtype)
+            want = want.view(INT_VIEW[src.element_size()]).index_select(d, torch.tensor(set_indices(sets[key]))).view(src.dtype)
         if rec["dtype"] != rec["source_dtype"]:
             want = want.to(got[name].dtype)
         a, b = got[name], want

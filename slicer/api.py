@@ -95,9 +95,7 @@ def describe_student(teacher, template, student_config, config_set, *, attention
 
 def _plan(teacher: str | Path, student: StudentSpec, options: Options) -> Plan:
     ckpt = Checkpoint.open(teacher, role="teacher")
-    the_plan = build_plan(ckpt, student.tensors, options, student.make_selector(options))
-    the_plan.student = student.origin
-    return the_plan
+    return build_plan(ckpt, student.tensors, options, student.make_selector(options), origin=student.origin)
 
 
 def shrink(
@@ -178,7 +176,7 @@ def run(teacher, out, student: StudentSpec, options: Options, *, device="auto", 
     chosen = choose(device, backend)
     output = OutputDir(out, overwrite=overwrite, resume=resume)
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
-    record = manifest.build(the_plan, student.origin)
+    record = manifest.build(the_plan)
     resumed = output.open(manifest.fingerprint(record))
     bar = _progress_bar(the_plan, progress)
     try:

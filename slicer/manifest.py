@@ -24,7 +24,7 @@ def fingerprint(record: dict) -> dict:
     return json.loads(json.dumps(keys))  # a copy, in the form it takes on disk
 
 
-def build(plan: Plan, student_origin: dict) -> dict:
+def build(plan: Plan) -> dict:
     teacher = plan.teacher
     files = []
     for p in teacher.files:
@@ -34,7 +34,7 @@ def build(plan: Plan, student_origin: dict) -> dict:
         "format": FORMAT,
         "slicer_version": __version__,
         "teacher": {"path": str(teacher.path.resolve()), "files": files},
-        "student": student_origin,
+        "student": plan.student,
         "options": plan.options.as_dict(),
         "layer_maps": plan.layer_maps,
         "index_sets": {key: ix.describe() for key, ix in sorted(plan.index_sets.items())},

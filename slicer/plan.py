@@ -131,8 +131,11 @@ def parse_size(value: int | str) -> int:
     return size
 
 
-def build_plan(teacher: Checkpoint, student: list[StudentTensor], options: Options, selector: Selector | None = None) -> Plan:
-    """Match every student tensor to its teacher source and lay out the output."""
+def build_plan(teacher: Checkpoint, student: list[StudentTensor], options: Options, selector: Selector | None = None,
+               *, origin: dict | None = None) -> Plan:
+    """Match every student tensor to its teacher source and lay out the output.
+
+    ``origin`` says where the student spec came from (kept for the manifest)."""
     if options.layer_selection not in LAYER_SELECTIONS:
         raise SlicerError(f"unknown layer selection {options.layer_selection!r} (choose from {', '.join(LAYER_SELECTIONS)})")
     if options.dtype not in DTYPE_CHOICES:
@@ -167,7 +170,7 @@ def build_plan(teacher: Checkpoint, student: list[StudentTensor], options: Optio
     skipped = [n for n in teacher.tensors if n not in used]
     shards = _lay_out_shards(jobs, options.max_shard_size)
     return Plan(teacher, options, jobs, shards, dict(mapper.maps), dict(selector.sets), skipped, excluded,
-                dict(mapper.mapped_depths))
+                dict(mapper.mapped_depths), dict(origin or {}))
 
 
 def _compile(patterns: tuple[str, ...]) -> list[re.Pattern]:

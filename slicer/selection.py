@@ -94,12 +94,17 @@ class IndexSet:
         return range(self.start + a * self.step, self.start + b * self.step, self.step)
 
     def describe(self) -> dict:
-        """Manifest form: the list, plus the rule when it is strided."""
-        d: dict = {"t": self.t, "s": self.s}
+        """Manifest form: the rule when strided (``start + step*i``), else the list."""
         if self.explicit is None:
-            d.update(start=self.start, step=self.step)
-        d["indices"] = self.indices()
-        return d
+            return {"t": self.t, "s": self.s, "start": self.start, "step": self.step}
+        return {"t": self.t, "s": self.s, "indices": list(self.explicit)}
+
+
+def manifest_indices(entry: dict) -> list[int]:
+    """The kept indices of a manifest index-set entry (either form of ``describe``)."""
+    if "indices" in entry:
+        return list(entry["indices"])
+    return list(range(entry["start"], entry["start"] + entry["step"] * entry["s"], entry["step"]))
 
 
 class Selector:

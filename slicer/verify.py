@@ -29,6 +29,7 @@ import torch
 from .checkpoint import Checkpoint
 from .errors import SlicerError
 from .safetensors_format import BITS_DTYPE, DTYPES, TensorInfo, read_header
+from .selection import manifest_indices
 from .writer import INDEX_NAME, MANIFEST_NAME, STAGING, is_student_file
 
 DEFAULT_CHUNK_BYTES = 16 << 20
@@ -137,9 +138,16 @@ def _manifest_problem(m: object) -> str | None:
         if not isinstance(rec.get("shard"), str) or rec["shard"] not in names:
             return f"tensor {name!r}: shard {rec.get('shard')!r} is not in the manifest's shards"
         for key in rec["index"]:
-            if not isinstance(key, str) or not isinstance(sets.get(key), dict) or not isinstance(sets[key].get("indices"), list):
+            if not isinstance(key, str) or not isinstance(sets.get(key), dict) or not _valid_set(sets[key]):
                 return f"tensor {name!r}: index set {key!r} is missing"
     return None
+
+
+def _valid_set(entry: dict) -> bool:
+    """A manifest index set: an explicit list, or a rule start + step*i for i < s."""
+    if "indices" in entry:
+        return isinstance(entry["indices"], list)
+    return all(_is_int(entry.get(k)) for k in ("start", "step", "s")) and entry["step"] >= 1 and entry["start"] >= 0
 
 
 def _is_int(x: object) -> bool:
@@ -251,7 +259,7 @@ def _compare(name: str, rec: dict, stored: TensorInfo, ckpt: Checkpoint, sets: d
         report.problems.append(f"{where}: teacher tensor {rec['source']!r} is {source.dtype} {list(source.shape)}, "
                                f"the manifest says {rec['source_dtype']} {rec['teacher_shape']}")
         return
-    index = [sets[key]["indices"] for key in rec["index"]]
+    index = [manifest_indices(sets[key]) for key in rec["index"]]
     for d, (key, ix) in enumerate(zip(rec["index"], index)):
         t, s = source.shape[d], rec["shape"][d]
         if len(ix) != s or not all(_is_int(i) and 0 <= i < t for i in ix):

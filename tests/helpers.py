@@ -541,7 +541,14 @@ def gather(t: torch.Tensor, index_lists) -> torch.Tensor:
 def index_sets_from_manifest(manifest: dict) -> dict:
     """student name -> [indices of each dim] as the manifest records them."""
     sets = manifest["index_sets"]
-    return {n: [list(sets[k]["indices"]) for k in rec["index"]] for n, rec in manifest["tensors"].items()}
+    return {n: [set_indices(sets[k]) for k in rec["index"]] for n, rec in manifest["tensors"].items()}
+
+
+def set_indices(entry: dict) -> list[int]:
+    """A manifest index set: an explicit "indices" list, or the rule start + step*i, i < s."""
+    if "indices" in entry:
+        return list(entry["indices"])
+    return [entry["start"] + entry["step"] * i for i in range(entry["s"])]
 
 
 def excluded(name: str, exclude) -> bool:

@@ -48,7 +48,7 @@ def check_manifest(manifest, teacher_state, template_shapes, sources, method, la
             entry = sets[key]
             t, s = tshape[d], template_shapes[name][d]
             assert (entry["t"], entry["s"]) == (t, s), (name, d, entry["t"], entry["s"])
-            ix = list(entry["indices"])
+            ix = helpers.set_indices(entry)
             if s == t:
                 assert ix == list(range(t)), f"{name} dim {d}: s == t must be the identity"
             elif method in helpers.REF_METHODS:
@@ -201,7 +201,7 @@ def _dims_by_ts(manifest):
         for d, key in enumerate(rec["index"]):
             e = manifest["index_sets"][key]
             if e["s"] < e["t"]:
-                out.setdefault((e["t"], e["s"]), []).append((name, d, list(e["indices"])))
+                out.setdefault((e["t"], e["s"]), []).append((name, d, helpers.set_indices(e)))
     return out
 
 
