@@ -106,8 +106,8 @@ def _read_json(path: Path) -> dict:
         obj = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise SlicerError(f"{path}: cannot read: {e.strerror or e}") from e
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SlicerError(f"{path}: not valid JSON ({e})") from e
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, absurd numbers, nested too deeply
+        raise SlicerError(f"{path}: not valid JSON ({str(e)[:200]})") from e
     if not isinstance(obj, dict):
         raise SlicerError(f"{path}: expected a JSON object (a Hugging Face config.json)")
     return obj
