@@ -181,7 +181,7 @@ def run(teacher, out, student: StudentSpec, options: Options, *, device="auto", 
     bar = _progress_bar(the_plan, progress)
     try:
         with PeakSampler() as memory:
-            bytes_read = engine.run(the_plan, output, bar.update if bar else lambda n: None)
+            bytes_read = engine.run(the_plan, output, *(bar.callbacks() if bar else ()))
             extra = dict(student.files)
             if the_plan.is_sharded:
                 shards = [(s.filename, [j.name for j in s.jobs]) for s in the_plan.shards]
@@ -210,7 +210,7 @@ def run(teacher, out, student: StudentSpec, options: Options, *, device="auto", 
         backend=chosen.name,
         device=chosen.device,
     )
-    log.info("wrote %s", summary)
+    log.debug("wrote %s", summary)
     return summary
 
 
@@ -225,10 +225,31 @@ def _check_out(out: Path, teacher: Checkpoint, student: StudentSpec) -> None:
             raise SlicerError(f"{out}: output folder is {'' if target == folder else 'inside '}the {role}'s folder {folder}; choose another OUT")
 
 
-def _progress_bar(the_plan: Plan, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
+def _progress_bar(the_plan: Plan, enabled: bool) -> "_Progress | None":
+    return _Progress(the_plan) if enabled else None
 
-    return tqdm(total=the_plan.bytes_to_write, unit="B", unit_scale=True, unit_divisor=1000,
-                desc=f"{len(the_plan.jobs)} tensors", file=sys.stderr, dynamic_ncols=True)
+
+class _Progress:
+    """A tqdm bar on stderr: bytes written, throughput, tensors done."""
+
+    def __init__(self, the_plan: Plan):
+        from tqdm import tqdm
+
+        self.total_tensors = len(the_plan.jobs)
+        self.tensors = 0
+        self.bar = tqdm(total=the_plan.bytes_to_write, unit="B", unit_scale=True, unit_divisor=1000,
+                        desc="shrink", file=sys.stderr, dynamic_ncols=True)
+        self._show()
+
+    def callbacks(self):
+        return self.bar.update, self.tensor_done
+
+    def tensor_done(self) -> None:
+        self.tensors += 1
+        self._show()
+
+    def _show(self) -> None:
+        self.bar.set_postfix_str(f"{self.tensors}/{self.total_tensors} tensors", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -88,7 +88,8 @@ class Engine:
         self.device = device
         self._index_tensors: dict[tuple[str, int, int], torch.Tensor] = {}
 
-    def run(self, plan: Plan, output: OutputDir, on_bytes: Callable[[int], None] = lambda n: None) -> int:
+    def run(self, plan: Plan, output: OutputDir, on_bytes: Callable[[int], None] = lambda n: None,
+            on_tensor: Callable[[], None] = lambda: None) -> int:
         """Write every shard of the plan not already done into ``output``'s staging
         folder (each recorded there when complete). Returns the teacher bytes read."""
         free: queue.Queue = queue.Queue()
@@ -96,7 +97,7 @@ class Engine:
             # Pinned on the GPU path: device-to-host copies land in them directly.
             free.put(torch.empty(self.chunk_bytes, dtype=torch.uint8, pin_memory=self.device == "cuda"))
         work: queue.Queue = queue.Queue(maxsize=self.depth)
-        writer = _WriterThread(work, free, on_bytes, output.record_done)
+        writer = _WriterThread(work, free, on_bytes, on_tensor, output.record_done)
         writer.start()
         bytes_read = 0
         out: ShardWriter | None = None
@@ -105,12 +106,15 @@ class Engine:
                 for shard in plan.shards:
                     if shard.filename in output.done:  # completed by the run we resume
                         on_bytes(shard.size)
+                        for _ in shard.jobs:
+                            on_tensor()
                         continue
                     out = output.shard(shard.filename, shard.size)
                     writer.submit(("open", out))
                     writer.submit(("bytes", shard.header, None))
                     for job in shard.jobs:
                         bytes_read += self._run_job(job, reader, writer, free)
+                        writer.submit(("tensor",))
                     writer.submit(("finish", out))
                 writer.submit(None)
                 writer.join()
@@ -212,9 +216,10 @@ class _WriterThread(threading.Thread):
     """Runs the shard writes in order; keeps the first error for the main thread."""
 
     def __init__(self, work: queue.Queue, free: queue.Queue, on_bytes: Callable[[int], None],
-                 on_shard: Callable[[ShardWriter], None]):
+                 on_tensor: Callable[[], None], on_shard: Callable[[ShardWriter], None]):
         super().__init__(name="slicer-writer", daemon=True)
         self.work, self.free, self.on_bytes, self.on_shard = work, free, on_bytes, on_shard
+        self.on_tensor = on_tensor
         self.error: BaseException | None = None
         self.current: ShardWriter | None = None
         self._stopped = False
@@ -275,6 +280,8 @@ class _WriterThread(threading.Thread):
             _, fd, offset, n = item
             self.current.copy_from(fd, offset, n)
             self.on_bytes(n)
+        elif kind == "tensor":  # every byte of one tensor is written
+            self.on_tensor()
         elif kind == "finish":
             self.current.finish()
             self.on_shard(self.current)
