@@ -131,16 +131,16 @@ class Engine:
             return job.nbytes
         out_size = DTYPES[job.dtype].itemsize
         touched = 0
+        buf = None
 
         def pool_buffer(chunk: Chunk, dtype: torch.dtype) -> torch.Tensor:
-            buf = writer.take(free)
-            pending.append(buf)
+            nonlocal buf
+            buf = writer.take(free)  # handed back to the pool by the writer once written
             return buf[:math.prod(chunk.out_shape) * out_size].view(dtype).view(chunk.out_shape)
 
-        pending: list[torch.Tensor] = []
         for chunk, _ in self.select(job, reader, pool_buffer):
             touched += _bytes_touched(job, chunk)
-            writer.submit(("bytes", pending.pop(), math.prod(chunk.out_shape) * out_size))
+            writer.submit(("bytes", buf, math.prod(chunk.out_shape) * out_size))
         return touched
 
     def tensor(self, job: TensorJob, reader: TeacherReader, device: str = "cpu") -> torch.Tensor:
