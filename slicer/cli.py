@@ -1,4 +1,4 @@
-"""Command line: ``slicer shrink | plan | demo``. Owns the terminal and exit codes.
+"""Command line: ``slicer shrink | plan | verify | demo``. Owns the terminal and exit codes.
 
 Exit codes: 0 done; 2 bad input or environment (one line ``slicer: error: ...``,
 nothing written); 130 interrupted.
@@ -106,10 +106,39 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="the plan (the manifest shrink would write) as JSON")
     plan.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    verify = sub.add_parser("verify", help="check a written student against its manifest (and the teacher)",
+                            description="Re-read OUT's shards and check them against slicer_manifest.json (sizes, "
+                                        "sha256, headers, index); with --teacher, also compare tensor values with "
+                                        "the teacher's selection (a few rows of every tensor, or all with --full). "
+                                        "Exit 0 when all holds, 1 otherwise (one line per problem).")
+    verify.add_argument("out", metavar="OUT", help="a folder slicer shrink wrote")
+    verify.add_argument("--teacher", metavar="TEACHER", help="the teacher the student was selected from")
+    verify.add_argument("--full", action="store_true", help="with --teacher: compare every element, not a sample of rows")
+    _add_output_flags(verify)
+
     demo = sub.add_parser("demo", help="build a small Llama-shaped teacher, shrink it, show plan and summary",
                           description="Runs the whole job on an embedded default in a temporary folder.")
     demo.add_argument("--keep", metavar="DIR", help="build in DIR and keep the files (default: a temporary folder)")
     _add_output_flags(demo)
+
+    bench = sub.add_parser("bench", help="gather throughput vs a plain copy, per backend, dtype and shape; one end-to-end run",
+                           description="Time the selection (torch on the CPU, the Triton kernel on a GPU) against a "
+                                       "copy_ of as many bytes, then slicer.shrink of a generated Llama-shaped teacher.")
+    bench.add_argument("--quick", action="store_true", help="fewer shapes, dtypes and repeats, smaller sizes (well under a minute on 2 cores)")
+    bench.add_argument("--json", metavar="FILE", dest="json_file", help="write every record (and the machine) as JSON")
+    bench.add_argument("--plot", metavar="FILE.png", help="draw GB/s against size per backend (needs the [plot] extra)")
+    bench.add_argument("--interpreter", action="store_true", help="also time the Triton kernel in its CPU interpreter (small cases)")
+    bench.add_argument("--size-gb", type=float, default=None, help="end-to-end teacher size, GB (default 1; --quick 0.25)")
+    bench.add_argument("--workdir", metavar="DIR", help="where the end-to-end teacher is generated (a temporary folder inside; default: the system's temp dir)")
+    bench.add_argument("--repeats", type=int, default=None, help="timed repeats per case; the median is reported (default 5; --quick 3)")
+    bench.add_argument("--sizes", metavar="N,N", help="square matrix sizes NxN -> N/2xN/2 (default 1024,2048,4096,8192)")
+    bench.add_argument("--dtypes", metavar="D,D", help="from bf16,fp16,fp32,fp8 (default all)")
+    bench.add_argument("--shapes", metavar="S,S", help="from square,vocab,conv (default all)")
+    bench.add_argument("--selections", metavar="S,S", help="from uniform,consecutive,random (default uniform,consecutive)")
+    bench.add_argument("--no-e2e", dest="e2e", action="store_false", help="skip the end-to-end run")
+    bench.add_argument("--no-gather", dest="gather", action="store_false", help="skip the gather table")
+    bench.add_argument("--quiet", action="store_true", help="no progress lines")
+    bench.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
     return parser
 
 
@@ -170,8 +199,7 @@ def cmd_plan(args) -> int:
 
     the_plan: Plan = api.plan(args.teacher, **_selection_kwargs(args))
     if args.json:
-        print(json.dumps(manifest.build(the_plan, {"template": args.template, "student_config": args.student_config,
-                                                   "set": args.config_set}), indent=1))
+        print(json.dumps(manifest.build(the_plan), indent=1))
     else:
         print(format_plan(the_plan))
     return 0
@@ -186,11 +214,48 @@ def cmd_shrink(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from .verify import verify
+
+    report = verify(args.out, teacher=args.teacher, full=args.full)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+        return 0 if report.ok else 1
+    for problem in report.problems:
+        print(problem)
+    if not args.quiet:
+        checked = f"{report.shards} shard(s), {report.tensors} tensor(s)"
+        if report.teacher is not None:
+            how = "every element" if report.full else "sampled rows"
+            checked += f", {report.tensors_compared} compared with the teacher ({how}: {report.elements_compared} elements)"
+        verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+        print(f"verify {report.out}: {verdict}; checked {checked}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
     return run_demo(keep=args.keep, progress=_show_progress(args), quiet=args.quiet or args.json,
                     on_summary=lambda s: _print_summary(args, s))
+
+
+def cmd_bench(args) -> int:
+    from . import benchmark as bm
+
+    lists = {k: None if getattr(args, k) is None else bm.parse_list(getattr(args, k), int if k == "sizes" else str)
+             for k in ("sizes", "dtypes", "shapes", "selections")}
+    if args.plot:
+        bm.require_matplotlib()  # before minutes of timing, not after
+    result = bm.run_bench(quick=args.quick, **lists, repeats=args.repeats, size_gb=args.size_gb,
+                          interpreter=args.interpreter, gather=args.gather, e2e=args.e2e, workdir=args.workdir)
+    if args.plot:
+        bm.plot(result, args.plot)
+    print(bm.format_records(result))
+    if args.json_file:
+        with open(args.json_file, "w") as f:
+            json.dump(result.as_dict(), f, indent=1)
+    return 0
 
 
 def _show_progress(args) -> bool:
@@ -204,4 +269,4 @@ def _print_summary(args, summary) -> None:
         print(format_summary(summary))
 
 
-COMMANDS = {"plan": cmd_plan, "shrink": cmd_shrink, "demo": cmd_demo}
+COMMANDS = {"plan": cmd_plan, "shrink": cmd_shrink, "verify": cmd_verify, "demo": cmd_demo, "bench": cmd_bench}
