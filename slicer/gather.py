@@ -1,8 +1,8 @@
 """Gather one chunk on the CPU with torch: the fallback backend and the reference path.
 
 ``index`` holds, per dimension, a ``range`` (a strided view: no gather needed) or an
-int64 tensor (a real gather). Elements move as same-width integers unless ``out`` has
-another dtype, in which case the final copy casts.
+int64 tensor (a real gather). Elements move as same-width integers; when ``out`` has
+another dtype, one final copy casts.
 """
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 
 import torch
+
+from .safetensors_format import BITS_DTYPE
 
 Index = range | torch.Tensor
 
@@ -23,23 +25,48 @@ _LITTLE_ENDIAN = sys.byteorder == "little"
 
 def gather_torch(src: torch.Tensor, index: Sequence[Index], out: torch.Tensor) -> torch.Tensor:
     """``out[...] = src[ix_(*index)]`` (cast to ``out.dtype``)."""
+    if src.dtype != out.dtype:  # move the bits, then cast once
+        moved = torch.empty(out.shape, dtype=src.dtype, device=out.device)
+        gather_torch(src, index, moved)
+        return out.copy_(moved)
+    # Same-width integers: some kernels (gather on fp16) would touch NaN payloads.
+    _gather_bits(src.view(BITS_DTYPE[src.element_size()]), index, out.view(BITS_DTYPE[out.element_size()]))
+    return out
+
+
+def _gather_bits(src: torch.Tensor, index: Sequence[Index], out: torch.Tensor) -> None:
     view = _paired_view(src, index, out) if index else None
     if view is None:
         view = src[tuple(_slice(ix) for ix in index)]
     gathered = [(d, ix) for d, ix in enumerate(index) if not isinstance(ix, range)]
     if not gathered:
         out.copy_(view)  # narrows the pairs, if paired
-        return out
+        return
     # Gather the most selective dimension first: later steps then touch fewer bytes.
     gathered.sort(key=lambda d_ix: len(d_ix[1]) / max(view.shape[d_ix[0]], 1))
     for d, ix in gathered[:-1]:
-        view = view.index_select(d, ix)
+        view = _select(view, d, ix)
     d, ix = gathered[-1]
     if out.dtype == view.dtype:
-        torch.index_select(view, d, ix, out=out)
-    else:
-        out.copy_(view.index_select(d, ix))
-    return out
+        _select(view, d, ix, out=out)
+    else:  # read as pairs: narrow at the end
+        out.copy_(_select(view, d, ix))
+
+
+def _select(view: torch.Tensor, d: int, ix: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``view.index_select(d, ix)``, fast on strided views too.
+
+    Rows (d == 0) are whole blocks: index_select copies them. For an inner dimension
+    index_select first makes a non-contiguous view contiguous (a temporary the size
+    of the view, and slow); gather with the index broadcast over the other dims
+    reads the view in place.
+    """
+    if d == 0:
+        return torch.index_select(view, 0, ix, out=out) if out is not None else view.index_select(0, ix)
+    shape = list(view.shape)
+    shape[d] = len(ix)
+    index = ix.view([1] * d + [-1] + [1] * (view.dim() - d - 1)).expand(shape)
+    return torch.gather(view, d, index, out=out) if out is not None else torch.gather(view, d, index)
 
 
 def _slice(ix: Index) -> slice:
