@@ -82,7 +82,8 @@ def _sync():
 def _report(benchmark, src, out, interpreted=False):
     moved = out.numel() * (src.element_size() + out.element_size())
     benchmark.extra_info["bytes_moved"] = moved
-    benchmark.extra_info["gb_per_s"] = round(moved / benchmark.stats.stats.median / 1e9, 3)
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["gb_per_s"] = round(moved / benchmark.stats.stats.median / 1e9, 3)
     device = torch.cuda.get_device_name() if ON_GPU else "cpu"
     benchmark.extra_info["device"] = device + (" (triton interpreter)" if interpreted else "")
 
