@@ -198,13 +198,14 @@ def time_cpu(fn: Callable[[], object], repeats: int, warmup: int = 1, samples: l
 def time_cuda(fn: Callable[[], object], repeats: int, samples: list | None = None) -> float:
     """Median seconds on the GPU: triton's do_bench (it flushes L2, syncs, repeats for ~100 ms)."""
     try:
-        from triton.testing import do_bench
+        from .kernels.timing import median_seconds
+
+        return median_seconds(fn)
     except ImportError:
         def synced():
             fn()
             torch.cuda.synchronize()
         return time_cpu(synced, repeats, warmup=3, samples=samples)
-    return do_bench(fn, return_mode="median") / 1e3
 
 
 def backends(interpreter: bool = False) -> list[_Backend]:
