@@ -34,7 +34,6 @@ from .writer import INDEX_NAME, MANIFEST_NAME, STAGING, is_student_file
 
 DEFAULT_CHUNK_BYTES = 16 << 20
 SPOT_ROWS = 4  # rows of dimension 0 compared per tensor without full=True
-MAX_PROBLEMS_PER_TENSOR = 1  # the first difference is enough to point at a tensor
 
 
 @dataclass
