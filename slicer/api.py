@@ -67,16 +67,19 @@ def plan(
     shapes) or from a Hugging Face config: ``student_config`` (a config.json) and/or
     ``config_set`` (keys edited into the teacher's config.json, or into student_config).
     """
-    student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
-                                        layer_selection=layer_selection, attention=attention, exclude=exclude,
-                                        dtype=dtype, max_shard_size=max_shard_size)
-    return _plan(teacher, student, options)
+    ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
+                                              layer_selection=layer_selection, attention=attention, exclude=exclude,
+                                              dtype=dtype, max_shard_size=max_shard_size)
+    return _plan(ckpt, student, options)
 
 
-def describe_student(teacher, template, student_config, config_set, *, attention, **options) -> tuple[StudentSpec, Options]:
-    """The student spec and the run's options, whichever route the student comes by."""
+def describe_student(teacher, template, student_config, config_set, *, attention,
+                     **options) -> tuple[Checkpoint, StudentSpec, Options]:
+    """The teacher's headers, the student spec and the run's options, whichever route
+    the student comes by."""
     if (template is None) == (student_config is None and not config_set):
         raise SlicerError("name the student: a --template checkpoint, or --student-config / --set (a Hugging Face config)")
+    ckpt = Checkpoint.open(teacher, role="teacher")
     if template is not None:
         student = from_template(template)
         attention = attention or "flat"
@@ -84,18 +87,17 @@ def describe_student(teacher, template, student_config, config_set, *, attention
         from .hf import from_config
 
         attention = attention or "heads"
-        student = from_config(teacher, student_config, config_set or {}, attention=attention,
+        student = from_config(ckpt, student_config, config_set or {}, attention=attention,
                               dtype=options["dtype"], layer_selection=options["layer_selection"])
     if attention not in ATTENTION_CHOICES:
         raise SlicerError(f"unknown attention mode {attention!r} (choose from {', '.join(ATTENTION_CHOICES)})")
     exclude = tuple(options.pop("exclude"))
     size = parse_size(options.pop("max_shard_size"))
-    return student, Options(**options, exclude=exclude, max_shard_size=size, attention=attention)
+    return ckpt, student, Options(**options, exclude=exclude, max_shard_size=size, attention=attention)
 
 
-def _plan(teacher: str | Path, student: StudentSpec, options: Options) -> Plan:
-    ckpt = Checkpoint.open(teacher, role="teacher")
-    return build_plan(ckpt, student.tensors, options, student.make_selector(options), origin=student.origin)
+def _plan(teacher: Checkpoint, student: StudentSpec, options: Options) -> Plan:
+    return build_plan(teacher, student.tensors, options, student.make_selector(options), origin=student.origin)
 
 
 def shrink(
@@ -126,10 +128,10 @@ def shrink(
     the inputs are untouched. ``resume=True`` continues a killed run into the same
     ``out``: completed shards whose size and sha256 check out are kept.
     """
-    student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
-                                        layer_selection=layer_selection, attention=attention, exclude=exclude,
-                                        dtype=dtype, max_shard_size=max_shard_size)
-    return run(teacher, out, student, options, device=device, backend=backend, overwrite=overwrite,
+    ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
+                                              layer_selection=layer_selection, attention=attention, exclude=exclude,
+                                              dtype=dtype, max_shard_size=max_shard_size)
+    return run(ckpt, out, student, options, device=device, backend=backend, overwrite=overwrite,
                resume=resume, progress=progress, chunk_bytes=chunk_bytes)
 
 
@@ -155,10 +157,10 @@ def stream(
     (and checked) before the first tensor is yielded; tensors come in teacher file
     order; memory in flight is one student tensor plus the chunk budget.
     """
-    student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
-                                        layer_selection=layer_selection, attention=attention, exclude=exclude,
-                                        dtype=dtype, max_shard_size="5GB")
-    the_plan = _plan(teacher, student, options)
+    ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
+                                              layer_selection=layer_selection, attention=attention, exclude=exclude,
+                                              dtype=dtype, max_shard_size="5GB")
+    the_plan = _plan(ckpt, student, options)
     chosen = choose(device, backend)
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
     with TeacherReader() as reader:
@@ -166,7 +168,7 @@ def stream(
             yield job.name, engine.tensor(job, reader, device=chosen.device)
 
 
-def run(teacher, out, student: StudentSpec, options: Options, *, device="auto", backend="auto",
+def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, device="auto", backend="auto",
         overwrite=False, resume=False, progress=False, chunk_bytes=DEFAULT_CHUNK_BYTES) -> Summary:
     """Shared by every route to a student spec (template, config)."""
     start = time.perf_counter()

@@ -37,7 +37,7 @@ MAX_COPIED_BYTES = 256 * 10**6
 _TORCH_DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
 
 
-def from_config(teacher: str | Path, student_config: str | Path | None, edits: dict, *, attention: str,
+def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | None, edits: dict, *, attention: str,
                 dtype: str = "keep", layer_selection: str = "first") -> StudentSpec:
     """The student described by a config.json (``student_config``, else the teacher's) with ``edits`` applied.
 
@@ -47,7 +47,7 @@ def from_config(teacher: str | Path, student_config: str | Path | None, edits: d
     ``layer_types``) true to the written student. Only headers of the teacher are read.
     """
     transformers = _import_transformers()
-    ckpt = Checkpoint.open(teacher, role="teacher")
+    ckpt = teacher if isinstance(teacher, Checkpoint) else Checkpoint.open(teacher, role="teacher")
     teacher_config_path = ckpt.config_path()
     teacher_dict = _read_json(teacher_config_path) if teacher_config_path else None
     if student_config is not None:
