@@ -14,6 +14,7 @@ import torch
 
 from .engine import Gather
 from .errors import SlicerError
+from .safetensors_format import BITS_DTYPE
 
 
 def make_cuda_gather(kernel: Gather, device: str = "cuda", *, pin: bool = True) -> Gather:
@@ -34,8 +35,9 @@ def make_cuda_gather(kernel: Gather, device: str = "cuda", *, pin: bool = True) 
             up.copy_(src)
         elif isinstance(rows, range):
             up.copy_(src[rows.start:rows.stop:rows.step])
-        else:
-            torch.index_select(src, 0, rows, out=up)  # gathered straight into pinned memory
+        else:  # gathered straight into pinned memory, as bits (index_select knows no fp8)
+            bits = BITS_DTYPE[src.element_size()]
+            torch.index_select(src.view(bits), 0, rows, out=up.view(bits))
         try:
             dev_src = up.to(device, non_blocking=True)
             rest = [range(0, len(rows), 1)] if rows is not None else []

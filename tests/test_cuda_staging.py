@@ -33,7 +33,7 @@ def _run(gather_fn, shape, index, dtype, out_dtype, device="cpu"):
 
 @pytest.mark.parametrize("shape,index", CASES)
 @pytest.mark.parametrize("dtype,out_dtype", [(torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32),
-                                             (torch.int64, torch.int64)])
+                                             (torch.float8_e4m3fn, torch.bfloat16), (torch.int64, torch.int64)])
 def test_staging_path_equals_ix(shape, index, dtype, out_dtype):
     staged = make_cuda_gather(gather_torch, device="cpu", pin=False)
     for _ in range(2):  # the second call reuses the staging buffers
