@@ -159,6 +159,21 @@ class RandomChooser(Chooser):
         return self.rng.randint(lo, hi)
 
 
+class HypothesisChooser(Chooser):
+    """Choices drawn by hypothesis (``data`` is ``st.data()``'s object): shrinkable failures."""
+
+    def __init__(self, data):
+        from hypothesis import strategies as st
+
+        self.data, self.st = data, st
+
+    def pick(self, options: Sequence):
+        return self.data.draw(self.st.sampled_from(list(options)))
+
+    def integer(self, lo: int, hi: int) -> int:
+        return self.data.draw(self.st.integers(lo, hi))
+
+
 INTS = [0, 1, 2, 3, 7, 8, 9, 16, -1, -8, 2**31 - 1, 2**31, 2**32, 2**40, 2**53 + 1, 2**62, 2**63 - 1, 2**63,
         2**64 - 1, 2**64, 10**30]
 WRONG_TYPES = [None, True, False, "8", "", 8.0, 8.5, 1e308, -0.0, [], {}, [8], [[8]], {"a": 1}, [None], ["8", 8]]

@@ -165,7 +165,7 @@ def stream(
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
     with TeacherReader() as reader:
         for job in the_plan.jobs:
-            yield job.name, engine.tensor(job, reader, device=chosen.device)
+            yield job.name, engine.tensor(job, reader)
 
 
 def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, device="auto", backend="auto",

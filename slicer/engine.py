@@ -143,9 +143,9 @@ class Engine:
             writer.submit(("bytes", buf, math.prod(chunk.out_shape) * out_size))
         return touched
 
-    def tensor(self, job: TensorJob, reader: TeacherReader, device: str = "cpu") -> torch.Tensor:
-        """One whole student tensor, on ``device`` (the streaming API's unit of work)."""
-        full = torch.empty(job.shape, dtype=_torch_dtype(job.dtype), device=device)
+    def tensor(self, job: TensorJob, reader: TeacherReader) -> torch.Tensor:
+        """One whole student tensor, on the engine's device (the streaming API's unit of work)."""
+        full = torch.empty(job.shape, dtype=_torch_dtype(job.dtype), device=self.device)
         flat = full.view(-1) if full.dim() else full.view(1)
         done = 0
 

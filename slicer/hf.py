@@ -383,24 +383,25 @@ def _teacher_files(folder: Path) -> dict[str, bytes]:
 
 # ------------------------------------------------------------------ attention heads
 
+def _first_int(config, keys: tuple[str, ...]) -> int | None:
+    """The first of ``keys`` the config sets to an int (architectures name things differently)."""
+    for key in keys:
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
 def _geometry(config, rotary: bool) -> HeadGeometry | None:
     """Head counts and size from a config; None for a model without attention heads."""
     heads = getattr(config, "num_attention_heads", None)
     if not isinstance(heads, int) or heads < 1:
         return None
-    kv = None
-    for key in ("num_key_value_heads", "num_kv_heads", "n_head_kv"):
-        kv = getattr(config, key, None)
-        if isinstance(kv, int):
-            break
-    if not isinstance(kv, int):
+    kv = _first_int(config, ("num_key_value_heads", "num_kv_heads", "n_head_kv"))
+    if kv is None:
         kv = 1 if getattr(config, "multi_query", False) else heads
-    head_dim = None
-    for key in ("head_dim", "d_kv", "attention_head_size"):
-        head_dim = getattr(config, key, None)
-        if isinstance(head_dim, int):
-            break
-    if not isinstance(head_dim, int):
+    head_dim = _first_int(config, ("head_dim", "d_kv", "attention_head_size"))
+    if head_dim is None:
         hidden = getattr(config, "hidden_size", None)
         if not isinstance(hidden, int):
             return None

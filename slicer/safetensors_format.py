@@ -143,11 +143,11 @@ def _validate(path: Path, obj: dict, data_start: int, file_size: int) -> Header:
         if not isinstance(dtype, str) or dtype not in DTYPES:  # a list or an object is unhashable
             known = ", ".join(DTYPES)
             raise SlicerError(f"{where}: unknown or unsupported dtype {dtype!r} (supported: {known})")
-        if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
+        if not isinstance(shape, list) or not all(is_json_int(d) for d in shape):
             raise SlicerError(f"{where}: shape {shape!r} is not a list of integers")
         if any(d < 0 for d in shape):
             raise SlicerError(f"{where}: shape {shape} has a negative dimension")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_json_int(o) for o in offsets)):
             raise SlicerError(f"{where}: missing or malformed data_offsets {offsets!r}")
         begin, end = offsets
         if not 0 <= begin <= end:
@@ -185,7 +185,8 @@ def json_int(token: str) -> int:
     return int(token)
 
 
-def _is_int(x: object) -> bool:
+def is_json_int(x: object) -> bool:
+    """An integer as JSON means one (json gives bools as ints)."""
     return isinstance(x, int) and not isinstance(x, bool)
 
 

@@ -28,9 +28,9 @@ import torch
 
 from .checkpoint import Checkpoint
 from .errors import SlicerError
-from .safetensors_format import BITS_DTYPE, DTYPES, TensorInfo, read_header
+from .safetensors_format import BITS_DTYPE, DTYPES, TensorInfo, is_json_int, read_header
 from .selection import manifest_indices
-from .writer import INDEX_NAME, MANIFEST_NAME, STAGING, is_student_file
+from .writer import INDEX_NAME, MANIFEST_NAME, STAGING, is_student_file, sha256_file
 
 DEFAULT_CHUNK_BYTES = 16 << 20
 SPOT_ROWS = 4  # rows of dimension 0 compared per tensor without full=True
@@ -113,7 +113,7 @@ def _manifest_problem(m: object) -> str | None:
         return "needs \"shards\" (a list), \"tensors\" and \"index_sets\" (objects)"
     names = set()
     for s in shards:
-        if not (isinstance(s, dict) and isinstance(s.get("name"), str) and _is_int(s.get("size"))
+        if not (isinstance(s, dict) and isinstance(s.get("name"), str) and is_json_int(s.get("size"))
                 and isinstance(s.get("sha256", ""), str)):
             return f"shard entry {s!r} needs a name, a size and a sha256"
         if os.path.basename(s["name"]) != s["name"] or s["name"] in ("", ".", ".."):
@@ -125,7 +125,7 @@ def _manifest_problem(m: object) -> str | None:
         for key in ("shape", "teacher_shape", "index"):
             if not isinstance(rec.get(key), list):
                 return f"tensor {name!r}: {key!r} is not a list"
-        if not all(_is_int(d) and d >= 0 for d in rec["shape"] + rec["teacher_shape"]):
+        if not all(is_json_int(d) and d >= 0 for d in rec["shape"] + rec["teacher_shape"]):
             return f"tensor {name!r}: shapes must be non-negative integers"
         if not (len(rec["shape"]) == len(rec["teacher_shape"]) == len(rec["index"])):
             return f"tensor {name!r}: shape, teacher_shape and index differ in rank"
@@ -146,11 +146,7 @@ def _valid_set(entry: dict) -> bool:
     """A manifest index set: an explicit list, or a rule start + step*i for i < s."""
     if "indices" in entry:
         return isinstance(entry["indices"], list)
-    return all(_is_int(entry.get(k)) for k in ("start", "step", "s")) and entry["step"] >= 1 and entry["start"] >= 0
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+    return all(is_json_int(entry.get(k)) for k in ("start", "step", "s")) and entry["step"] >= 1 and entry["start"] >= 0
 
 
 # --------------------------------------------------------------------------- shards, headers, index
@@ -209,12 +205,9 @@ def _check_shards(out: Path, manifest: dict, report: VerifyReport) -> dict[str, 
 
 
 def _sha256(path: Path, report: VerifyReport) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            h.update(block)
-            report.bytes_hashed += len(block)
-    return h.hexdigest()
+    digest, size = sha256_file(path)
+    report.bytes_hashed += size
+    return digest
 
 
 def _check_index(out: Path, manifest: dict, report: VerifyReport) -> None:
@@ -261,7 +254,7 @@ def _compare(name: str, rec: dict, stored: TensorInfo, ckpt: Checkpoint, sets: d
     index = [manifest_indices(sets[key]) for key in rec["index"]]
     for d, (key, ix) in enumerate(zip(rec["index"], index)):
         t, s = source.shape[d], rec["shape"][d]
-        if len(ix) != s or not all(_is_int(i) and 0 <= i < t for i in ix):
+        if len(ix) != s or not all(is_json_int(i) and 0 <= i < t for i in ix):
             report.problems.append(f"{where}: index set {key!r} of dimension {d} does not select {s} of 0..{t - 1}")
             return
     cast = None

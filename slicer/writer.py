@@ -157,7 +157,7 @@ class OutputDir:
         done = {}
         for name, rec in recorded.items():
             path = self.staging / name
-            if path.is_file() and path.stat().st_size == rec.get("size") and _sha256_file(path) == rec.get("sha256"):
+            if path.is_file() and path.stat().st_size == rec.get("size") and sha256_file(path)[0] == rec.get("sha256"):
                 done[name] = rec
         for p in self.staging.iterdir():  # half-written or unverifiable leftovers are redone
             if p.name not in done and p.name not in (RUN_NAME, DONE_NAME):
@@ -239,12 +239,15 @@ def _what_changed(before: dict | None, now: dict) -> str:
     return "the planned output differs from the interrupted run's"
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> tuple[str, int]:
+    """(sha256 hex digest, bytes read) of a file, read in 8 MB blocks."""
     h = hashlib.sha256()
+    size = 0
     with open(path, "rb") as f:
         while block := f.read(8 << 20):
             h.update(block)
-    return h.hexdigest()
+            size += len(block)
+    return h.hexdigest(), size
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

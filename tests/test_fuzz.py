@@ -39,17 +39,6 @@ SETTINGS = dict(deadline=None, database=None, derandomize=not os.environ.get("SL
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
-class HypothesisChooser(fz.Chooser):
-    def __init__(self, data):
-        self.data = data
-
-    def pick(self, options):
-        return self.data.draw(st.sampled_from(list(options)))
-
-    def integer(self, lo, hi):
-        return self.data.draw(st.integers(lo, hi))
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> fz.Base:
     return fz.build_base(tmp_path_factory.mktemp("fuzz_base"))
@@ -69,7 +58,7 @@ KINDS = ([("file", k) for k in fz.ST_KINDS] + [("index", k) for k in fz.INDEX_KI
 @given(data=st.data())
 def test_every_mutant_works_or_is_refused_with_one_line(base, target, kind, data):
     with tempfile.TemporaryDirectory() as tmp:
-        m = fz.make_mutant(base, Path(tmp), HypothesisChooser(data), target, kind)
+        m = fz.make_mutant(base, Path(tmp), fz.HypothesisChooser(data), target, kind)
         _assert_clean(m, fz.run_api(m, Path(tmp) / "out", timeout=20))
 
 
@@ -78,7 +67,7 @@ def test_every_mutant_works_or_is_refused_with_one_line(base, target, kind, data
 def test_mutants_of_shards_and_templates_work_or_are_refused(base, data):
     target = data.draw(st.sampled_from(["shard", "template"]))
     with tempfile.TemporaryDirectory() as tmp:
-        m = fz.make_mutant(base, Path(tmp), HypothesisChooser(data), target)
+        m = fz.make_mutant(base, Path(tmp), fz.HypothesisChooser(data), target)
         _assert_clean(m, fz.run_api(m, Path(tmp) / "out", timeout=20))
 
 
@@ -86,7 +75,7 @@ def test_mutants_of_shards_and_templates_work_or_are_refused(base, data):
 @given(data=st.data())
 def test_every_mutant_through_the_cli_exits_0_or_2_with_one_error_line(base, data):
     with tempfile.TemporaryDirectory() as tmp:
-        m = fz.make_mutant(base, Path(tmp), HypothesisChooser(data))
+        m = fz.make_mutant(base, Path(tmp), fz.HypothesisChooser(data))
         o = fz.run_cli(m, Path(tmp) / "out", timeout=20)
         _assert_clean(m, o)
         if o.kind == "refused":

@@ -370,18 +370,8 @@ def _mutate_json(path: Path, ch) -> str:
 def fuzz_tools():
     sys.path.insert(0, str(helpers.REPO_ROOT / "bench"))
     import fuzz_headers as fz
-    from hypothesis import strategies as st
 
-    class Chooser(fz.Chooser):
-        def __init__(self, data):
-            self.data = data
-
-        def pick(self, options):
-            return self.data.draw(st.sampled_from(list(options)))
-
-        def integer(self, lo, hi):
-            return self.data.draw(st.integers(lo, hi))
-    return fz, Chooser
+    return fz, fz.HypothesisChooser
 
 
 def test_verify_reports_or_refuses_but_never_crashes_on_a_damaged_student(students, fuzz_tools, tmp_path_factory):
