@@ -7,6 +7,8 @@ modeling code), independently of slicer's bindings: they are the oracle.
 """
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +25,7 @@ class Family:
     config: dict
     edits: dict  # the student: --set edits of width, depth, heads (and experts where there are some)
     spec: Spec
-    inputs: str = "text"  # "text", "image": what the loaded student's forward is fed
+    inputs: str | Callable[[dict], dict] = "text"  # "text", "image", or config.json -> forward kwargs
     extra: dict = field(default_factory=dict)
 
 
@@ -135,6 +137,16 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+# Family groups live in their own modules (families_moe.py, ...): each adds its FAMILIES here,
+# so tests/test_consistency.py checks every family of every group.
+for _group in ("families_moe", "families_attention", "families_multimodal", "families_quant"):
+    try:
+        FAMILIES |= importlib.import_module(_group).FAMILIES
+    except ModuleNotFoundError as _e:
+        if _e.name != _group:
+            raise
+
+
 def build(folder: Path, fam: Family, *, coded: bool, config: dict | None = None, seed: int = 0) -> Path:
     """save_pretrained of a tiny teacher: random weights (every tensor distinct), or codes."""
     import transformers
@@ -155,6 +167,8 @@ def build(folder: Path, fam: Family, *, coded: bool, config: dict | None = None,
 
 def example_inputs(fam: Family, config: dict) -> dict:
     gen = torch.Generator().manual_seed(1)
+    if callable(fam.inputs):
+        return fam.inputs(config)
     if fam.inputs == "image":
         size = config.get("image_size", 16)
         return {"pixel_values": torch.randn(2, config.get("num_channels", 3), size, size, generator=gen)}
