@@ -23,6 +23,7 @@ from .writer import INDEX_NAME, OutputDir, index_json
 
 log = logging.getLogger("slicer")
 ATTENTION_CHOICES = ("flat", "heads")
+DEFAULT_SAMPLES, DEFAULT_SEQ_LEN = 32, 128  # calibration rows x tokens when importance scores on the fly
 
 
 @dataclass
@@ -60,26 +61,40 @@ def plan(
     exclude: Iterable[str] = (),
     dtype: str = "keep",
     max_shard_size: int | str = "5GB",
+    scores: str | Path | None = None,
+    calibration: str | Path | None = None,
+    samples: int = DEFAULT_SAMPLES,
+    seq_len: int = DEFAULT_SEQ_LEN,
+    device: str = "auto",
 ) -> Plan:
     """Plan a student without reading tensor data: sources, index sets, shards.
 
     The student comes from ``template`` (a checkpoint whose headers give names and
     shapes) or from a Hugging Face config: ``student_config`` (a config.json) and/or
     ``config_set`` (keys edited into the teacher's config.json, or into student_config).
+    ``method="importance"`` / ``layer_selection="importance"`` rank by ``scores`` (a file of
+    ``slicer score``), or score the teacher first on ``calibration`` (None: the default text).
     """
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
-                                              dtype=dtype, max_shard_size=max_shard_size)
+                                              dtype=dtype, max_shard_size=max_shard_size, scores=scores,
+                                              calibration=calibration, samples=samples, seq_len=seq_len, device=device)
     return _plan(ckpt, student, options)
 
 
-def describe_student(teacher, template, student_config, config_set, *, attention,
+def describe_student(teacher, template, student_config, config_set, *, attention, scores=None, calibration=None,
+                     samples=DEFAULT_SAMPLES, seq_len=DEFAULT_SEQ_LEN, device="auto",
                      **options) -> tuple[Checkpoint, StudentSpec, Options]:
-    """The teacher's headers, the student spec and the run's options, whichever route
-    the student comes by."""
+    """The teacher's headers, the student spec (with its importance scores, if the run ranks)
+    and the run's options, whichever route the student comes by."""
     if (template is None) == (student_config is None and not config_set):
         raise SlicerError("name the student: a --template checkpoint, or --student-config / --set (a Hugging Face config)")
     ckpt = Checkpoint.open(teacher, role="teacher")
+    rank = lambda: _ranking(ckpt, options["method"], options["layer_selection"], scores, calibration,  # noqa: E731
+                            samples, seq_len, device)
+    # Scores are computed once the student is known to be valid, except where the student's
+    # config itself follows the layers importance keeps (its per-layer lists).
+    ranking = rank() if template is None and options["layer_selection"] == "importance" else None
     if template is not None:
         from .hf import template_structure
 
@@ -90,7 +105,9 @@ def describe_student(teacher, template, student_config, config_set, *, attention
 
         attention = attention or "heads"
         student = from_config(ckpt, student_config, config_set or {}, attention=attention,
-                              dtype=options["dtype"], layer_selection=options["layer_selection"])
+                              dtype=options["dtype"], layer_selection=options["layer_selection"],
+                              layer_scores=ranking.layers() if ranking is not None else None)
+    student.ranking = ranking or rank()
     if attention not in ATTENTION_CHOICES:
         raise SlicerError(f"unknown attention mode {attention!r} (choose from {', '.join(ATTENTION_CHOICES)})")
     exclude = tuple(options.pop("exclude"))
@@ -98,8 +115,31 @@ def describe_student(teacher, template, student_config, config_set, *, attention
     return ckpt, student, Options(**options, exclude=exclude, max_shard_size=size, attention=attention)
 
 
+def _ranking(ckpt: Checkpoint, method: str, layer_selection: str, scores, calibration, samples: int, seq_len: int,
+             device: str):
+    """The importance scores of a run that ranks: read from ``scores``, or computed on the fly."""
+    if method != "importance" and layer_selection != "importance":
+        if scores is not None or calibration is not None:
+            raise SlicerError("--scores and --calibration are for --method importance or --layer-selection importance")
+        return None
+    if scores is not None:
+        if calibration is not None:
+            raise SlicerError("pass --scores FILE or --calibration FILE, not both")
+        from .importance.scores import load
+
+        return load(scores, ckpt)
+    from .importance.scoring import score_teacher
+
+    if calibration is None:
+        log.info("scoring the teacher on slicer's default calibration text (pass --scores or --calibration to choose)")
+    run = score_teacher(ckpt, calibration, samples=samples, seq_len=seq_len, device=device)
+    log.info("scored %d axes on %d tokens in %.1f s (%s)", len(run.scores.vectors), run.tokens, run.seconds, run.device)
+    return run.scores
+
+
 def _plan(teacher: Checkpoint, student: StudentSpec, options: Options) -> Plan:
-    return build_plan(teacher, student.tensors, options, student.make_binder(options), origin=student.origin)
+    return build_plan(teacher, student.tensors, options, student.make_binder(options), origin=student.origin,
+                      ranking=student.ranking)
 
 
 def shrink(
@@ -122,17 +162,23 @@ def shrink(
     resume: bool = False,
     progress: bool = False,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    scores: str | Path | None = None,
+    calibration: str | Path | None = None,
+    samples: int = DEFAULT_SAMPLES,
+    seq_len: int = DEFAULT_SEQ_LEN,
 ) -> Summary:
     """Write the student selected from ``teacher`` into the folder ``out``.
 
     The student is named as for :func:`plan`. Everything is checked (paths, headers,
     shapes) before anything is written; on any error nothing is left in ``out`` and
     the inputs are untouched. ``resume=True`` continues a killed run into the same
-    ``out``: completed shards whose size and sha256 check out are kept.
+    ``out``: completed shards whose size and sha256 check out are kept. Importance options
+    as for :func:`plan` (scoring runs on ``device``).
     """
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
-                                              dtype=dtype, max_shard_size=max_shard_size)
+                                              dtype=dtype, max_shard_size=max_shard_size, scores=scores,
+                                              calibration=calibration, samples=samples, seq_len=seq_len, device=device)
     return run(ckpt, out, student, options, device=device, backend=backend, overwrite=overwrite,
                resume=resume, progress=progress, chunk_bytes=chunk_bytes)
 
@@ -152,6 +198,10 @@ def stream(
     device: str = "auto",
     backend: str = "auto",
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    scores: str | Path | None = None,
+    calibration: str | Path | None = None,
+    samples: int = DEFAULT_SAMPLES,
+    seq_len: int = DEFAULT_SEQ_LEN,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` for every student tensor, on ``device``, writing no file.
 
@@ -161,7 +211,8 @@ def stream(
     """
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
-                                              dtype=dtype, max_shard_size="5GB")
+                                              dtype=dtype, max_shard_size="5GB", scores=scores,
+                                              calibration=calibration, samples=samples, seq_len=seq_len, device=device)
     the_plan = _plan(ckpt, student, options)
     chosen = choose(device, backend)
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)

@@ -1,4 +1,4 @@
-"""Command line: ``slicer shrink | plan | verify | demo``. Owns the terminal and exit codes.
+"""Command line: ``slicer shrink | plan | score | verify | demo``. Owns the terminal and exit codes.
 
 Exit codes: 0 done; 2 bad input or environment (one line ``slicer: error: ...``,
 nothing written); 130 interrupted.
@@ -16,7 +16,7 @@ import textwrap
 from . import __version__
 from .errors import SlicerError
 from .plan import DTYPE_CHOICES, Plan
-from .report import format_plan, format_summary
+from .report import format_bytes, format_plan, format_summary
 from .selection import LAYER_SELECTIONS, METHODS
 
 EPILOG = textwrap.dedent(
@@ -48,22 +48,35 @@ def _add_selection_args(p: argparse.ArgumentParser) -> None:
     sel.add_argument("--method", choices=METHODS, default="uniform",
                      help="element selection per dimension: uniform (evenly spaced, the paper's default), "
                           "consecutive (the first s), random (one sorted subset per (t, s), consistent across tensors), "
-                          "random-inconsistent (a subset per tensor dimension; an ablation). Default: uniform")
+                          "random-inconsistent (a subset per tensor dimension; an ablation), importance (the top-scored "
+                          "members of every axis, in order: --scores or --calibration). Default: uniform")
     sel.add_argument("--seed", type=int, default=0, help="seed of the random methods (default 0)")
     sel.add_argument("--layer-selection", choices=LAYER_SELECTIONS, default="first",
                      help="which teacher layers feed the student's where depths differ: first (student layer j <- "
-                          "teacher layer j) or uniform (evenly spaced); per stage in hierarchical models. Default: first")
+                          "teacher layer j), uniform (evenly spaced) or importance (the layers of highest block influence, "
+                          "in order, per kind of layer); per stage in hierarchical models. Default: first")
     sel.add_argument("--attention", choices=("flat", "heads"), default=None,
                      help="heads: keep whole attention heads (kv heads by the method, query heads inside each kept "
                           "group, rotary pairs kept together); flat: select q/k/v rows like any other axis (the "
                           "paper). Default: heads with a config, flat with a template")
     sel.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                      help="skip template tensors whose name matches (re.search); repeatable, e.g. '^head\\.'")
+    imp = p.add_argument_group("importance (--method importance, --layer-selection importance)")
+    imp.add_argument("--scores", metavar="FILE", help="a scores file of this teacher (slicer score, or another tool's "
+                                                       "ranking in the same format; see the README)")
+    _add_calibration_args(imp, "score the teacher first on this calibration (default: slicer's own short English text)")
     out = p.add_argument_group("output")
     out.add_argument("--dtype", choices=DTYPE_CHOICES, default="keep",
                      help="cast floating tensors (integer and bool tensors keep theirs). Default: keep the teacher's")
     out.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
                      help="largest shard, decimal units as Hugging Face uses them (5GB, 500MB, or bytes). Default: 5GB")
+
+
+def _add_calibration_args(group, calibration_help: str) -> None:
+    group.add_argument("--calibration", metavar="FILE", help=calibration_help + "; a text or JSONL file (tokenized with "
+                       "the teacher's tokenizer), a .safetensors file of input_ids or pixel_values, or a folder of images")
+    group.add_argument("--samples", type=int, default=32, help="calibration rows (default 32)")
+    group.add_argument("--seq-len", type=int, default=128, help="tokens per calibration row (default 128)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection_args(plan)
     plan.add_argument("--json", action="store_true", help="the plan (the manifest shrink would write) as JSON")
     plan.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    score = sub.add_parser("score", help="score every axis of a teacher on calibration data, streamed (for --method importance)",
+                           description="Run the teacher on a calibration batch with one module's weights in memory at a "
+                                       "time and write the importance of every axis member (hidden channels, FFN "
+                                       "neurons, heads, experts, layers) to a scores file.")
+    score.add_argument("teacher", metavar="TEACHER", help="the teacher (with its config.json and tokenizer)")
+    _add_calibration_args(score, "calibration data (default: slicer's own short English text)")
+    score.add_argument("-o", "--output", metavar="FILE", default="scores.safetensors",
+                       help="where to write the scores (default scores.safetensors)")
+    score.add_argument("--device", default="auto", help="where the teacher runs: auto (cuda if available), cpu, cuda[:N]")
+    _add_output_flags(score)
 
     verify = sub.add_parser("verify", help="check a written student against its manifest (and the teacher)",
                             description="Re-read OUT's shards and check them against slicer_manifest.json (sizes, "
@@ -181,7 +205,8 @@ def _interrupt(signum, frame):
 def _selection_kwargs(args) -> dict:
     return dict(template=args.template, student_config=args.student_config, config_set=_parse_set(args.config_set),
                 method=args.method, seed=args.seed, layer_selection=args.layer_selection, attention=args.attention,
-                exclude=args.exclude, dtype=args.dtype, max_shard_size=args.max_shard_size)
+                exclude=args.exclude, dtype=args.dtype, max_shard_size=args.max_shard_size, scores=args.scores,
+                calibration=args.calibration, samples=args.samples, seq_len=args.seq_len)
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -215,6 +240,20 @@ def cmd_shrink(args) -> int:
     summary = api.shrink(args.teacher, args.out, **_selection_kwargs(args), device=args.device, backend=args.backend,
                          overwrite=args.overwrite, resume=args.resume, progress=_show_progress(args), chunk_bytes=args.chunk_mb << 20)
     _print_summary(args, summary)
+    return 0
+
+
+def cmd_score(args) -> int:
+    from .importance import score_to_file
+
+    summary = score_to_file(args.teacher, args.output, calibration=args.calibration, samples=args.samples,
+                            seq_len=args.seq_len, device=args.device)
+    if args.json:
+        print(json.dumps(summary))
+    elif not args.quiet:
+        print(f"scored {summary['axes']} axes and {summary['layer_lists']} layer list(s) of {summary['teacher']} on "
+              f"{summary['tokens']} calibration tokens in {summary['seconds']:.1f} s on {summary['device']} (peak memory "
+              f"{format_bytes(summary['peak_memory_bytes'])}); wrote {summary['output']} (sha256 {summary['sha256'][:16]}...)")
     return 0
 
 
@@ -273,4 +312,5 @@ def _print_summary(args, summary) -> None:
         print(format_summary(summary))
 
 
-COMMANDS = {"plan": cmd_plan, "shrink": cmd_shrink, "verify": cmd_verify, "demo": cmd_demo, "bench": cmd_bench}
+COMMANDS = {"plan": cmd_plan, "shrink": cmd_shrink, "score": cmd_score, "verify": cmd_verify, "demo": cmd_demo,
+            "bench": cmd_bench}

@@ -37,13 +37,14 @@ _TORCH_DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F
 
 
 def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | None, edits: dict, *, attention: str,
-                dtype: str = "keep", layer_selection: str = "first") -> StudentSpec:
+                dtype: str = "keep", layer_selection: str = "first", layer_scores: dict | None = None) -> StudentSpec:
     """The student described by a config.json (``student_config``, else the teacher's) with ``edits`` applied.
 
     ``edits`` maps config keys (dotted for nested configs: ``text_config.hidden_size``)
     to JSON values. ``dtype`` is the run's output dtype option and ``layer_selection``
     its layer selection: they keep the config's ``dtype`` and per-layer lists (e.g.
-    ``layer_types``) true to the written student. Only headers of the teacher are read.
+    ``layer_types``) true to the written student (``layer_scores``: the layer lists' scores
+    of --layer-selection importance). Only headers of the teacher are read.
     """
     transformers = _import_transformers()
     ckpt = teacher if isinstance(teacher, Checkpoint) else Checkpoint.open(teacher, role="teacher")
@@ -64,7 +65,7 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
 
     config_cls = _config_class(transformers, base, base_path)
     student_dict = _apply_edits(base, edits, config_cls, where)
-    _follow_depth(base, student_dict, edits, config_cls, layer_selection)
+    _follow_depth(base, student_dict, edits, config_cls, layer_selection, layer_scores)
     config = _build_config(config_cls, student_dict, where)
     arch = _architecture(transformers, student_dict, where)
     model = _meta_model(transformers, arch, config, where)
@@ -72,7 +73,7 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
 
     tensors = _tensors(model, shapes, ckpt)
     make_binder = _binder_factory(transformers, model, tensors, teacher_dict, ckpt, attention, where)
-    _check_fits(ckpt, tensors, teacher_dict, student_dict, layer_selection, where)
+    _check_fits(ckpt, tensors, teacher_dict, student_dict, layer_selection, where, layer_scores)
     _set_dtype(student_dict, _output_dtype(ckpt, tensors, dtype))
     files = {"config.json": (json.dumps(student_dict, indent=2) + "\n").encode()}
     if teacher_config_path is not None:
@@ -160,7 +161,7 @@ def _is_config_key(config_cls, defaults, key: str, value) -> bool:
     return any(edited.get(k) != before.get(k) for k in set(edited) | set(before) if k != key)
 
 
-def _follow_depth(base: dict, student: dict, edits: dict, config_cls, mode: str) -> None:
+def _follow_depth(base: dict, student: dict, edits: dict, config_cls, mode: str, layer_scores: dict | None = None) -> None:
     """Per-layer lists (e.g. layer_types) follow a depth change: the selected layers' entries.
 
     A list is per-layer when its length is the old depth and it was not edited itself.
@@ -169,11 +170,13 @@ def _follow_depth(base: dict, student: dict, edits: dict, config_cls, mode: str)
     def visit(b: dict, s: dict, prefix: str, depth_key: str) -> None:
         t_depth, s_depth = b.get(depth_key), s.get(depth_key)
         if isinstance(t_depth, int) and isinstance(s_depth, int) and 0 < s_depth < t_depth:
-            layers = layer_indices(t_depth, s_depth, mode)
+            layers = None
             for key, value in s.items():
                 edited = (prefix + key) in edits
                 if (not edited and key != "architectures" and isinstance(value, list) and len(value) == t_depth
                         and value == b.get(key) and all(isinstance(v, (str, int, float, bool)) for v in value)):
+                    if layers is None:
+                        layers = layer_indices(t_depth, s_depth, mode, _depth_scores(layer_scores, t_depth, mode))
                     s[key] = [value[i] for i in layers]
         for key, value in s.items():
             if isinstance(value, dict) and isinstance(b.get(key), dict):
@@ -181,6 +184,17 @@ def _follow_depth(base: dict, student: dict, edits: dict, config_cls, mode: str)
 
     depth_key = getattr(config_cls, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
     visit(base, student, "", depth_key)
+
+
+def _depth_scores(layer_scores: dict | None, depth: int, mode: str):
+    """The one layer list of this depth among the importance scores (None unless importance)."""
+    if mode != "importance":
+        return None
+    found = [v for v in (layer_scores or {}).values() if len(v) == depth]
+    if len(found) != 1:
+        raise SlicerError(f"--layer-selection importance: {len(found)} layer lists of {depth} layers in the scores; "
+                          "cannot tell which one the config's per-layer lists follow")
+    return found[0]
 
 
 def _build_config(config_cls, d: dict, where: str):
@@ -306,7 +320,8 @@ def _tensors(model, shapes: dict[str, tuple[int, ...]], ckpt: Checkpoint) -> lis
     return tensors
 
 
-def _check_fits(ckpt: Checkpoint, tensors: list[StudentTensor], teacher_dict, student_dict, mode: str, where: str) -> None:
+def _check_fits(ckpt: Checkpoint, tensors: list[StudentTensor], teacher_dict, student_dict, mode: str, where: str,
+                layer_scores: dict | None = None) -> None:
     """A student larger than the teacher is refused here, naming the config keys that grew."""
     grew = ""
     if teacher_dict is not None:
@@ -314,7 +329,7 @@ def _check_fits(ckpt: Checkpoint, tensors: list[StudentTensor], teacher_dict, st
                   if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and b > a]
         grew = f" (grew: {', '.join(bigger)})" if bigger else ""
     try:
-        mapper = LayerMapper(ckpt.tensors, (t.name for t in tensors), mode)
+        mapper = LayerMapper(ckpt.tensors, (t.name for t in tensors), mode, layer_scores=layer_scores)
         for t in tensors:
             source = ckpt.tensors.get(mapper.teacher_name(t.source or t.name))
             if source is None or len(source.shape) != len(t.shape):

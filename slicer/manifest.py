@@ -22,6 +22,8 @@ def fingerprint(record: dict) -> dict:
     layout = hashlib.sha256(json.dumps(record["tensors"], sort_keys=True).encode()).hexdigest()
     keys = {"teacher": record["teacher"], "student": record["student"], "options": record["options"],
             "layout": layout, "shards": record["shards"]}
+    if record.get("scores"):  # importance: other scores, other index sets
+        keys["scores"] = record["scores"]
     return json.loads(json.dumps(keys))  # a copy, in the form it takes on disk
 
 
@@ -41,6 +43,7 @@ def build(plan: Plan) -> dict:
         "binding": plan.binding,
         "axes": _axes(plan),
         "component_maps": plan.component_maps,
+        **({"scores": plan.scores} if plan.scores else {}),
         "index_sets": {key: ix.describe() for key, ix in sorted(plan.index_sets.items())},
         "tensors": {
             j.name: {

@@ -107,6 +107,7 @@ class Plan:
     component_maps: dict[str, list[int]] = field(default_factory=dict)  # student prefix -> teacher member (experts.N)
     binding: str = "flat"  # which binder bound the dimensions
     leaf_keys: dict[str, str] = field(default_factory=dict)  # leaf axis -> its index set's key
+    scores: dict = field(default_factory=dict)  # importance: where the scores came from (file, sha256, calibration)
 
     @property
     def bytes_to_write(self) -> int:
@@ -157,8 +158,9 @@ def build_plan(teacher: Checkpoint, student: list[StudentTensor], options: Optio
         name = binder.component(student_prefix, teacher_prefix, t, s, table)
         return None if name is None else chooser.leaf(table[name], student_prefix).indices()
 
+    layer_scores = ranking.layers() if hasattr(ranking, "layers") else None
     mapper = LayerMapper(teacher.tensors, (t.name for t in student), options.layer_selection,
-                         kinds=binder.layer_kinds(), component=component)
+                         kinds=binder.layer_kinds(), component=component, layer_scores=layer_scores)
 
     bound, excluded, problems = [], [], []
     for tensor in student:
@@ -201,7 +203,12 @@ def build_plan(teacher: Checkpoint, student: list[StudentTensor], options: Optio
     shards = _lay_out_shards(jobs, options.max_shard_size)
     return Plan(teacher, options, jobs, shards, dict(mapper.maps), dict(chooser.sets), skipped, excluded,
                 dict(mapper.mapped_depths), dict(origin or {}), table, dict(mapper.component_maps), binder.name,
-                dict(chooser.leaf_keys))
+                dict(chooser.leaf_keys), _scores_record(ranking, options))
+
+
+def _scores_record(ranking: Ranking | None, options: Options) -> dict:
+    uses = options.method == "importance" or options.layer_selection == "importance"
+    return ranking.describe() if uses and hasattr(ranking, "describe") else {}
 
 
 def _compile(patterns: tuple[str, ...]) -> list[re.Pattern]:

@@ -13,8 +13,8 @@ import torch
 
 from .errors import SlicerError
 
-METHODS = ("uniform", "consecutive", "random", "random-inconsistent")
-LAYER_SELECTIONS = ("first", "uniform")
+METHODS = ("uniform", "consecutive", "random", "random-inconsistent", "importance")
+LAYER_SELECTIONS = ("first", "uniform", "importance")
 
 
 def uniform_indices(t: int, s: int) -> list[int]:
@@ -152,10 +152,18 @@ class Selector:
         return random_indices(t, s, f"{self.seed}/{tensor}/{dim}/{t}/{s}")
 
 
-def layer_indices(teacher_depth: int, student_depth: int, mode: str) -> list[int]:
-    """Teacher layer feeding each student layer along one depth axis."""
+def layer_indices(teacher_depth: int, student_depth: int, mode: str, scores=None) -> list[int]:
+    """Teacher layer feeding each student layer along one depth axis (``scores``: one per
+    teacher layer, for "importance": the top ones, kept in order)."""
     if mode == "first":
         return list(range(student_depth))
     if mode == "uniform":
         return uniform_indices(teacher_depth, student_depth)
+    if mode == "importance":
+        if scores is None or len(scores) != teacher_depth:
+            got = "none" if scores is None else f"{len(scores)}"
+            raise SlicerError(f"--layer-selection importance: {got} layer scores for a list of {teacher_depth} layers")
+        _check(teacher_depth, student_depth)
+        order = sorted(range(teacher_depth), key=lambda i: (-float(scores[i]), i))  # ties: the lower layer
+        return sorted(order[:student_depth])
     raise SlicerError(f"unknown layer selection {mode!r} (choose from {', '.join(LAYER_SELECTIONS)})")

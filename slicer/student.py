@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint import Checkpoint
-from .axes import Binder
+from .axes import Binder, Ranking
 from .plan import Options, StudentTensor
 
 
@@ -24,6 +24,7 @@ class StudentSpec:
     # nothing (the paper's per-size rule); a config (the config route, or a template folder
     # with a config.json beside the teacher's) gives the model's own axes.
     make_binder: Callable[[Options], Binder] = lambda options: Binder()  # see hf.template_structure
+    ranking: Ranking | None = None  # importance scores of the run (slicer.importance), if it uses them
 
 
 def from_template(path: str | Path) -> StudentSpec:

@@ -1,0 +1,43 @@
+"""Importance: score every axis of a teacher on calibration data, streamed, and rank by it.
+
+- ``calibration``: the batch (text / JSONL tokenized with the teacher's tokenizer, token ids or
+  pixel values in safetensors, a folder of images; a default text shipped here);
+- ``forward``: the teacher run with one module's weights in memory at a time (accelerate's
+  offloaded execution over a lazy map of the teacher's safetensors);
+- ``hooks``: where each axis shows in the activations, read off the plan's layouts;
+- ``members`` (pure): which member of which axis every element of a dimension is;
+- ``scoring``: the whole run; ``scores``: the scores file and the ``Ranking`` selection asks.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..checkpoint import Checkpoint
+from ..errors import SlicerError
+from .scores import Scores, load, save
+
+__all__ = ["Scores", "load", "save", "score_to_file"]
+
+
+def score_to_file(teacher: str | Path, output: str | Path, *, calibration: str | Path | None = None,
+                  samples: int = 32, seq_len: int = 128, device: str = "auto") -> dict:
+    """``slicer score``: score ``teacher`` and write the scores to ``output``; a summary."""
+    from ..memory import PeakSampler
+    from .scoring import score_teacher
+
+    ckpt = Checkpoint.open(teacher, role="teacher")
+    out = Path(output)
+    target = out.resolve()
+    if ckpt.folder.resolve() in target.parents:
+        raise SlicerError(f"{out}: the scores file would be written inside the teacher's folder; choose another -o")
+    if not target.parent.is_dir():
+        raise SlicerError(f"{out}: folder {out.parent} does not exist")
+    if target.is_dir():
+        raise SlicerError(f"{out}: is a folder; name the scores file, e.g. {out / 'scores.safetensors'}")
+    with PeakSampler() as memory:
+        run = score_teacher(ckpt, calibration, samples=samples, seq_len=seq_len, device=device)
+    sha = save(out, run.scores)
+    layer_lists = len(run.scores.layers())
+    return {"teacher": str(ckpt.path), "output": str(out), "sha256": sha, "axes": len(run.scores.vectors) - layer_lists,
+            "layer_lists": layer_lists, "tokens": run.tokens, "seconds": round(run.seconds, 3), "device": run.device,
+            "peak_memory_bytes": memory.peak, "calibration": run.scores.metadata.get("calibration")}

@@ -1,0 +1,204 @@
+"""The teacher's forward pass, streamed: one module's weights in memory at a time.
+
+The model is built by transformers with empty weights (accelerate's ``init_empty_weights``:
+parameters on the meta device, buffers real), then accelerate's offloaded execution
+(``attach_align_device_hook`` with ``offload=True``) puts every module's weights on the
+execution device just before the module runs and back on the meta device right after. The
+weights come from ``CheckpointWeights``, a lazy map from the model's parameter names to
+tensors read from the teacher's safetensors through the slicer's own reader; checkpoint
+names that are not the model's own (legacy renamings, per-expert tensors packed into one)
+go through transformers' own conversion mapping, the one ``from_pretrained`` applies.
+
+So memory is the weights of one module (the largest: an embedding table or a layer's packed
+experts) plus the activations of the calibration batch, which are carried from layer to
+layer by the model's own forward: no per-architecture forward code.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import Checkpoint
+from ..errors import SlicerError
+from ..reader import TeacherReader
+from ..safetensors_format import DTYPES
+
+log = logging.getLogger("slicer")
+INSTALL_HINT = "pip install 'weight-slicer[hf]'"
+
+
+def import_accelerate():
+    try:
+        import accelerate  # noqa: F401
+    except ImportError as e:
+        raise SlicerError(f"scoring a teacher needs accelerate and transformers ({e}); install them with "
+                          f"{INSTALL_HINT}") from e
+    return accelerate
+
+
+def empty_model(config_path: Path, dtype: torch.dtype = torch.float32):
+    """The teacher's model class built from its config.json with no weights (params on meta)."""
+    import_accelerate()
+    from accelerate import init_empty_weights
+
+    from .. import hf
+
+    transformers = hf._import_transformers()
+    config_dict = hf._read_json(config_path)
+    if config_dict.get("quantization_config"):
+        raise SlicerError(f"{config_path}: the teacher is quantized ({config_dict['quantization_config'].get('quant_method', '?')}); "
+                          "scoring reads floating weights only")
+    cls = hf._config_class(transformers, config_dict, config_path)
+    config = hf._build_config(cls, config_dict, str(config_path))
+    arch = hf._architecture(transformers, config_dict, str(config_path))
+    # Eager experts: every expert is a plain F.linear call, which the expert scorer relies on.
+    with contextlib.suppress(Exception):
+        config._experts_implementation = "eager"
+    previous = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(dtype)
+        with hf._quiet(), init_empty_weights(include_buffers=False):
+            model = arch(config)
+    except SlicerError:
+        raise
+    except Exception as e:
+        raise SlicerError(f"{config_path}: {arch.__name__} cannot be built from this config: {hf._first_line(e)}") from e
+    finally:
+        torch.set_default_dtype(previous)
+    with contextlib.suppress(Exception):
+        model.tie_weights()  # as from_pretrained does: a tied head reads the embedding the checkpoint holds
+    return model.eval()
+
+
+class CheckpointWeights(Mapping):
+    """Model parameter name -> its tensor, read from the teacher's files when asked for.
+
+    Keys are the model's own names; each resolves to the checkpoint tensor(s) it is loaded
+    from, renamed or converted (packed experts, fused projections) by transformers' own
+    conversion mapping; a tied parameter resolves to the one the checkpoint holds."""
+
+    def __init__(self, ckpt: Checkpoint, model, dtype: torch.dtype = torch.float32):
+        self.ckpt = ckpt
+        self.model = model
+        self.dtype = dtype
+        self.reader = TeacherReader()
+        self.sources: dict[str, list[tuple[str, str | None]]] = {}  # model key -> [(checkpoint name, pattern)]
+        self._converters: dict[str, object] = {}
+        self._cache: dict[str, torch.Tensor] = {}  # a one-to-many conversion's other outputs, until asked for
+        self._map_names()
+
+    def _map_names(self) -> None:
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, dot_natural_key, rename_source_key
+
+        try:
+            from transformers.conversion_mapping import get_model_conversion_mapping
+
+            transforms = get_model_conversion_mapping(self.model, add_legacy=True)
+        except Exception:  # noqa: BLE001 - a model transformers cannot map: names are the model's own
+            transforms = []
+        renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+        converters = [t for t in transforms if isinstance(t, WeightConverter)]
+        self._converters = {p: c for c in converters for p in c.source_patterns}
+        meta = self.model.state_dict()
+        prefix = getattr(self.model, "base_model_prefix", None)
+        for name in sorted(self.ckpt.tensors, key=dot_natural_key):
+            if name in meta:
+                key, pattern = name, None
+            else:
+                key, pattern = rename_source_key(name, renamings, converters, prefix, meta)
+                if key not in meta:
+                    continue  # a tensor the model does not load (e.g. an unused pooler): never read
+            self.sources.setdefault(key, []).append((name, pattern))
+        # tied parameters: every name of one Parameter resolves to the one the checkpoint holds
+        names_of: dict[int, list[str]] = {}
+        for n, p in self.model.named_parameters(remove_duplicate=False):
+            names_of.setdefault(id(p), []).append(n)
+        for names in names_of.values():
+            held = next((n for n in names if n in self.sources), None)
+            for n in names:
+                if held is not None and n not in self.sources:
+                    self.sources[n] = self.sources[held]
+
+    def missing(self) -> list[str]:
+        """Parameters and persistent buffers of the model that the checkpoint does not hold."""
+        return [n for n in self.model.state_dict() if n not in self.sources]
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        sources = self.sources.get(key)
+        if sources is None:
+            raise KeyError(key)
+        if key in self._cache:
+            return self._cache.pop(key)
+        (first, pattern) = sources[0]
+        if pattern is None:
+            return self._read(first)
+        converter = copy.deepcopy(self._converters[pattern])
+        for name, pat in sources:
+            converter.add_tensor(key, name, pat, lambda name=name: self._read(name))
+        try:
+            out = converter.convert(key, model=self.model, config=self.model.config)
+        except Exception as e:  # noqa: BLE001 - transformers' conversion ops raise what they raise
+            raise SlicerError(f"{self.ckpt.path}: cannot convert {first!r} into the model's {key!r}: {e}") from e
+        out = {k: (v[0] if isinstance(v, list) else v) for k, v in out.items()}
+        if key not in out:
+            raise SlicerError(f"{self.ckpt.path}: converting {first!r} gave {sorted(out)[:3]}, not the model's {key!r}")
+        self._cache = {k: v for k, v in out.items() if k != key}  # one-to-many (a fused tensor split)
+        return out[key]
+
+    def _read(self, name: str) -> torch.Tensor:
+        info = self.ckpt.tensors[name]
+        dt = DTYPES[info.dtype]
+        if dt.torch_dtype is None:
+            raise SlicerError(f"{info.path}: tensor {name!r} has dtype {info.dtype}, which this torch cannot read")
+        numel = 1
+        for d in info.shape:
+            numel *= d
+        t = self.reader.span(info, 0, numel, dt.torch_dtype).view(info.shape)
+        if dt.floating and t.dtype != self.dtype:
+            t = t.to(self.dtype)  # a private copy; fp32 tensors stay views of the (file-backed) map
+        return t
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.sources)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SlicerError(f"--device {device}: no CUDA device is available")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise SlicerError(f"--device {device!r}: {e}") from e
+
+
+def stream(model, weights: CheckpointWeights, device: torch.device) -> None:
+    """Make ``model`` run with one module's weights on ``device`` at a time (accelerate's
+    offloaded execution over ``weights``). Hooks already on a module (the scorer's probes)
+    stay first, so they see the module's weights loaded."""
+    from accelerate.hooks import attach_align_device_hook
+
+    missing = weights.missing()
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise SlicerError(f"{weights.ckpt.path}: the teacher's files hold no tensor for the model's {missing[0]!r}{more}; "
+                          "the config does not describe these weights")
+    buffers = {n for n, _ in model.named_buffers()}
+    for name in list(model.state_dict()):  # persistent buffers: small, loaded once
+        if name in buffers:
+            module_path, _, leaf = name.rpartition(".")
+            module = model.get_submodule(module_path)
+            module._buffers[leaf] = weights[name].to(module._buffers[leaf].dtype).clone()
+    attach_align_device_hook(model, execution_device=device, offload=True, weights_map=weights, offload_buffers=False)

@@ -1,0 +1,128 @@
+"""``slicer score``: run the teacher on a calibration batch, streamed, and score every axis.
+
+1. Plan the teacher's own config (identity): the plan binds every teacher tensor dimension
+   to the model's axes, so the scores are named as every student's plan names them and one
+   scores file serves every student of that teacher.
+2. Build the teacher's model with empty weights, put probes where the plan's layouts say an
+   axis shows in the activations (``hooks``), and run it streamed (``forward``).
+3. Turn the sums into one vector per axis: derived axes handed down to their leaves
+   (``members.hand_down``), experts and layers from their own sums.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..checkpoint import Checkpoint
+from ..errors import SlicerError
+from . import calibration as calib
+from .hooks import Sums, attach, find_sites
+from .members import hand_down
+from .scores import Scores, layer_key, teacher_files
+
+log = logging.getLogger("slicer")
+HIDDEN_FROM = ("inputs", "residual")
+STATISTIC = ("mean over calibration tokens of the L2 norm of each member's activations (linear-layer inputs; "
+             "derived axes summed into their leaves); experts: mean router-weighted output norm over their tokens "
+             "(REAP); layers: 1 - mean cos(input, output hidden states)")
+
+
+@dataclass
+class ScoreRun:
+    scores: Scores
+    seconds: float
+    tokens: int
+    device: str
+
+
+def identity_plan(ckpt: Checkpoint):
+    """The plan of the teacher's own config: every axis bound, nothing shrunk."""
+    from ..hf import from_config
+    from ..plan import Options, build_plan
+
+    if ckpt.config_path() is None:
+        raise SlicerError(f"{ckpt.path}: scoring needs the teacher's config.json beside its weights")
+    spec = from_config(ckpt, None, {}, attention="heads")
+    options = Options(attention="heads")
+    return build_plan(ckpt, spec.tensors, options, spec.make_binder(options), origin=spec.origin)
+
+
+def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | None = None, *, samples: int = 32,
+                  seq_len: int = 128, device: str = "auto", hidden_from: str = "inputs") -> ScoreRun:
+    """Scores of every axis of ``teacher`` (one module's weights in memory at a time)."""
+    from ..bindings.view import ModelView
+    from .forward import CheckpointWeights, empty_model, import_accelerate, pick_device, stream
+
+    if hidden_from not in HIDDEN_FROM:
+        raise SlicerError(f"unknown hidden statistic {hidden_from!r} (choose from {', '.join(HIDDEN_FROM)})")
+    start = time.perf_counter()
+    import_accelerate()
+    ckpt = teacher if isinstance(teacher, Checkpoint) else Checkpoint.open(teacher, role="teacher")
+    plan = identity_plan(ckpt)
+    batch = calib.load(calibration, ckpt.folder, samples=samples, seq_len=seq_len)
+    dev = pick_device(device)
+    model = empty_model(ckpt.config_path())
+    view = ModelView(model)
+    sites = find_sites(plan, view, hidden_from=hidden_from)
+    sums = Sums()
+    attach(model, view, sites, sums, hidden_from=hidden_from)
+    weights = CheckpointWeights(ckpt, model)
+    try:
+        stream(model, weights, dev)
+        run_forward(model, batch.inputs, dev, ckpt)
+    finally:
+        weights.close()
+    vectors = finish(plan.axes, sums, batch.tokens)
+    if not vectors:
+        raise SlicerError(f"{ckpt.path}: no activation reached a scored axis; is the calibration right for this teacher?")
+    metadata = {"teacher": teacher_files(ckpt), "calibration": batch.describe(), "statistic": STATISTIC,
+                "hidden_from": hidden_from, "slicer_version": __version__}
+    seconds = time.perf_counter() - start
+    log.debug("scored %d axes in %.1f s on %s", len(vectors), seconds, dev)
+    return ScoreRun(Scores(vectors, metadata, f"scores of {ckpt.path}"), seconds, batch.tokens, str(dev))
+
+
+def run_forward(model, inputs: dict, device: torch.device, ckpt: Checkpoint) -> None:
+    """One forward of the base model (no LM head: logits of a large vocabulary are not needed)."""
+    import inspect
+
+    base = getattr(model, "base_model", None)
+    runner = base if isinstance(base, torch.nn.Module) and base is not model else model
+    params = inspect.signature(runner.forward).parameters
+    kwargs = {k: v.to(device) for k, v in inputs.items()}
+    if "input_ids" in kwargs and "input_ids" not in params or "pixel_values" in kwargs and "pixel_values" not in params:
+        runner = model
+        params = inspect.signature(runner.forward).parameters
+    if "use_cache" in params:
+        kwargs["use_cache"] = False
+    try:
+        with torch.no_grad():
+            runner(**kwargs)
+    except SlicerError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the model's own errors: wrong inputs for this teacher
+        from ..hf import _first_line
+
+        raise SlicerError(f"{ckpt.path}: the teacher's forward failed on the calibration batch "
+                          f"{ {k: list(v.shape) for k, v in inputs.items()} }: {_first_line(e)}") from e
+
+
+def finish(table, sums: Sums, tokens: int) -> dict[str, torch.Tensor]:
+    """Sums -> one vector per axis (leaves, the derived axes they came from, experts, layers)."""
+    per_token = {name: s / max(tokens, 1) for name, s in sums.norms.items()}
+    vectors = hand_down(table, per_token)
+    for axis, total in sums.expert_sum.items():
+        count = sums.expert_count[axis]
+        vectors[axis] = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+    for prefix, by_layer in sums.cos_sum.items():
+        depth = max(by_layer) + 1
+        bi = torch.zeros(depth, dtype=torch.float64)
+        for i, s in by_layer.items():
+            bi[i] = 1.0 - s / max(sums.cos_count[prefix][i], 1)
+        vectors[layer_key(prefix)] = bi
+    return vectors
