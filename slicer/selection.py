@@ -13,7 +13,8 @@ import torch
 
 from .errors import SlicerError
 
-METHODS = ("uniform", "consecutive", "random", "random-inconsistent", "importance")
+METHODS = ("uniform", "consecutive", "random", "random-inconsistent", "importance", "magnitude")
+RANKED = ("importance", "magnitude")  # methods that keep the top-scored members (a Ranking)
 LAYER_SELECTIONS = ("first", "uniform", "importance")
 
 

@@ -9,9 +9,11 @@ Format (``slicer-scores/1``), so rankings made by other tools can be imported:
 - ``{list}:layers`` (e.g. ``model.layers:layers``): one score per layer of that layer list,
   read by ``--layer-selection importance``;
 - metadata (strings): ``format`` = ``slicer-scores/1``; ``teacher`` = JSON list of the teacher's
-  safetensors files ``[{"name": ..., "size": ...}]`` (names relative to the teacher's folder);
+  safetensors files ``[{"name": ..., "size": ..., "sha256_first_mib": ...}]`` (names relative
+  to the teacher's folder; the sha256 of the file's first MiB, the whole file if smaller);
   optional ``calibration`` (JSON: source, sha256, shape), ``statistic``, ``slicer_version``.
-A scores file whose ``teacher`` does not name exactly the teacher's files and sizes is refused.
+A scores file whose ``teacher`` does not name exactly the teacher's files, sizes and first-MiB
+hashes is refused.
 """
 from __future__ import annotations
 
@@ -31,8 +33,19 @@ FORMAT = "slicer-scores/1"
 LAYERS = "layers"  # the kind suffix of a layer list's scores: "model.layers:layers"
 
 
+FINGERPRINT_BYTES = 1 << 20
+
+
 def teacher_files(ckpt: Checkpoint) -> list[dict]:
-    return [{"name": os.path.relpath(p, ckpt.folder), "size": os.stat(p).st_size} for p in ckpt.files]
+    """What names a teacher: its files, their sizes and the sha256 of each file's first MiB
+    (header and first tensors: two teachers of one architecture differ there, and it costs
+    a MiB per shard to read, whatever the teacher's size)."""
+    out = []
+    for p in ckpt.files:
+        with open(p, "rb") as f:
+            head = hashlib.sha256(f.read(FINGERPRINT_BYTES)).hexdigest()
+        out.append({"name": os.path.relpath(p, ckpt.folder), "size": os.stat(p).st_size, "sha256_first_mib": head})
+    return out
 
 
 def layer_key(prefix: str) -> str:
