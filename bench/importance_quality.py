@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 DATA = ROOT / "bench" / "data"
 METHODS = ["uniform", "consecutive", "random", "importance", "magnitude"]
 MINILM_STUDENT = {"hidden_size": 192, "intermediate_size": 768, "num_attention_heads": 6}
@@ -61,9 +62,16 @@ def students(teacher: Path, work: Path, edits: dict, scores: Path, methods=METHO
     out = {}
     for method in methods:
         folder = work / f"{tag}{method}"
-        extra = ["--scores", str(scores)] if method == "importance" else []
         t = time.perf_counter()
-        slicer_cli("shrink", str(teacher), str(folder), *sets(edits), "--method", method,
+        if method == "magnitude":  # data-free scores, applied as an imported ranking
+            from importance_magnitude import magnitude_file
+
+            magnitude = work / "magnitude.safetensors"
+            magnitude_file(teacher, magnitude)
+            extra = ["--scores", str(magnitude)]
+        else:
+            extra = ["--scores", str(scores)] if method == "importance" else []
+        slicer_cli("shrink", str(teacher), str(folder), *sets(edits), "--method", "importance" if extra else method,
                    "--layer-selection", layer_selection, *extra, "--overwrite", "--quiet")
         print(f"  {tag}{method}: shrunk in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         out[method] = folder

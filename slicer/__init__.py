@@ -7,7 +7,9 @@ __version__ = "0.1.0"
 
 from .api import Summary, plan, shrink, stream  # noqa: E402
 from .errors import SlicerError  # noqa: E402
+from .importance import score  # noqa: E402
 from .plan import Plan  # noqa: E402
 from .verify import VerifyReport, verify  # noqa: E402
 
-__all__ = ["Plan", "SlicerError", "Summary", "VerifyReport", "plan", "shrink", "stream", "verify", "__version__"]
+__all__ = ["Plan", "SlicerError", "Summary", "VerifyReport", "plan", "score", "shrink", "stream", "verify",
+           "__version__"]

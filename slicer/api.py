@@ -118,13 +118,6 @@ def describe_student(teacher, template, student_config, config_set, *, attention
 def _ranking(ckpt: Checkpoint, method: str, layer_selection: str, scores, calibration, samples: int, seq_len: int,
              device: str):
     """The importance scores of a run that ranks: read from ``scores``, or computed on the fly."""
-    if method == "magnitude":
-        if layer_selection == "importance" or scores is not None or calibration is not None:
-            raise SlicerError("--method magnitude ranks by the teacher's weights alone; --scores, --calibration and "
-                              "--layer-selection importance go with --method importance")
-        from .importance.magnitude import magnitude_scores
-
-        return magnitude_scores(ckpt)
     if method != "importance" and layer_selection != "importance":
         if scores is not None or calibration is not None:
             raise SlicerError("--scores and --calibration are for --method importance or --layer-selection importance")

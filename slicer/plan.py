@@ -207,7 +207,7 @@ def build_plan(teacher: Checkpoint, student: list[StudentTensor], options: Optio
 
 
 def _scores_record(ranking: Ranking | None, options: Options) -> dict:
-    uses = options.method in ("importance", "magnitude") or options.layer_selection == "importance"
+    uses = options.method == "importance" or options.layer_selection == "importance"
     return ranking.describe() if uses and hasattr(ranking, "describe") else {}
 
 

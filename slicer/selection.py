@@ -13,8 +13,7 @@ import torch
 
 from .errors import SlicerError
 
-METHODS = ("uniform", "consecutive", "random", "random-inconsistent", "importance", "magnitude")
-RANKED = ("importance", "magnitude")  # methods that keep the top-scored members (a Ranking)
+METHODS = ("uniform", "consecutive", "random", "random-inconsistent", "importance")
 LAYER_SELECTIONS = ("first", "uniform", "importance")
 
 

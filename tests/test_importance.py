@@ -169,6 +169,16 @@ def test_importance_keeps_every_axis_consistent_in_every_tensor(root, llama, cal
     assert report.members["hidden"] == sorted(torch.topk(vectors["hidden"], 32).indices.tolist())
 
 
+def test_a_vision_teacher_scores_from_pixel_values(root, tmp_path):
+    teacher = build(root / "vit", FAMILIES["vit"], coded=False)
+    pixels = tmp_path / "pixels.safetensors"
+    save_file({"pixel_values": torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))}, str(pixels))
+    scores = read_folder_scores(_score(teacher, pixels, tmp_path / "vit.safetensors"))
+    assert {"hidden", "vit.encoder.layer.0:ffn", "vit.encoder.layer.3.attention:kv-heads",
+            "vit.encoder.layer:layers"} <= set(scores)
+    assert all(torch.isfinite(v).all() and (v >= 0).all() for v in scores.values())
+
+
 # --------------------------------------------------------------------------- planted importance
 
 HIDDEN = [3, 4, 8, 11, 15, 19, 20, 23, 26, 30, 33, 34, 38, 41, 42, 45, 47, 50, 51, 53, 55, 57, 58, 59, 60, 61, 62, 63,

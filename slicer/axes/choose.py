@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ..errors import SlicerError
-from ..selection import METHODS, RANKED, IndexSet, consecutive_indices, random_indices, uniform_indices
+from ..selection import METHODS, IndexSet, consecutive_indices, random_indices, uniform_indices
 from .layout import Axis, AxisTable, Layout, compose
 
 # Axes whose members are not interchangeable: a student keeps the first ones, whatever the
@@ -31,8 +31,8 @@ class Chooser:
     def __init__(self, method: str = "uniform", seed: int = 0, ranking: "Ranking | None" = None):
         if method not in METHODS:
             raise SlicerError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
-        if method in RANKED and ranking is None:
-            raise SlicerError(f"--method {method} needs scores (--scores FILE or --calibration FILE)")
+        if method == "importance" and ranking is None:
+            raise SlicerError("--method importance needs scores (--scores FILE or --calibration FILE)")
         self.method = method
         self.seed = seed
         self.ranking = ranking
@@ -62,8 +62,8 @@ class Chooser:
             return f"consecutive:{ax.t}->{ax.s}"
         if self.method == "random-inconsistent":
             return f"random-inconsistent:{where}:{ax.t}->{ax.s}"
-        if self.method in RANKED:
-            return f"{self.method}:{ax.name}:{ax.t}->{ax.s}"
+        if self.method == "importance":
+            return f"importance:{ax.name}:{ax.t}->{ax.s}"
         return f"{self.method}:{ax.t}->{ax.s}"
 
     def _members(self, ax: Axis, where: str) -> list[int]:

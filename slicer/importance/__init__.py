@@ -16,7 +16,19 @@ from ..checkpoint import Checkpoint
 from ..errors import SlicerError
 from .scores import Scores, load, save
 
-__all__ = ["Scores", "load", "save", "score_to_file"]
+__all__ = ["Scores", "load", "save", "score", "score_to_file"]
+
+
+def score(teacher: str | Path, output: str | Path | None = None, *, calibration: str | Path | None = None,
+          samples: int = 32, seq_len: int = 128, device: str = "auto") -> Scores:
+    """Score every axis of ``teacher`` on ``calibration`` (None: the default text), streamed;
+    written to ``output`` when given. ``scores.vectors``: axis name -> tensor of scores."""
+    from .scoring import score_teacher
+
+    if output is not None:
+        score_to_file(teacher, output, calibration=calibration, samples=samples, seq_len=seq_len, device=device)
+        return load(output)
+    return score_teacher(teacher, calibration, samples=samples, seq_len=seq_len, device=device).scores
 
 
 def score_to_file(teacher: str | Path, output: str | Path, *, calibration: str | Path | None = None,

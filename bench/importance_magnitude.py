@@ -1,4 +1,8 @@
-"""``--method magnitude``: data-free scores, the norm of the teacher weights bound to each member.
+"""Magnitude scores (data-free): the norm of the teacher weights bound to each axis member.
+
+Measured next to uniform and importance by bench/importance_quality.py (written as a scores
+file and applied with ``--method importance --scores``): it was worse than uniform on both
+real teachers, so slicer ships no ``--method magnitude`` (see the README).
 
 For every tensor of the teacher's own plan and every dimension, the squared weights are
 summed over the other dimensions and grouped by the axis members the dimension's layout
@@ -12,17 +16,17 @@ import math
 
 import torch
 
-from ..checkpoint import Checkpoint
-from ..reader import TeacherReader
-from ..safetensors_format import DTYPES
-from .members import element_members, hand_down
-from .scores import Scores, teacher_files
+from slicer.checkpoint import Checkpoint
+from slicer.importance.members import element_members, hand_down
+from slicer.importance.scores import Scores, teacher_files
+from slicer.reader import TeacherReader
+from slicer.safetensors_format import DTYPES
 
 ROW_BLOCK_BYTES = 64 << 20
 
 
 def magnitude_scores(ckpt: Checkpoint) -> Scores:
-    from .scoring import identity_plan
+    from slicer.importance.scoring import identity_plan
 
     plan = identity_plan(ckpt)
     table = plan.axes
@@ -42,6 +46,12 @@ def magnitude_scores(ckpt: Checkpoint) -> Scores:
     vectors = {name: v.sqrt() for name, v in hand_down(table, sums).items()}
     meta = {"teacher": teacher_files(ckpt), "statistic": "magnitude: L2 norm of every teacher weight bound to the member"}
     return Scores(vectors, meta, f"magnitude scores of {ckpt.path}")
+
+
+def magnitude_file(teacher, path) -> str:
+    from slicer.importance.scores import save
+
+    return save(path, magnitude_scores(Checkpoint.open(teacher)))
 
 
 def _squares_per_dim(info, reader: TeacherReader, wanted: list[bool]) -> list[torch.Tensor | None]:
