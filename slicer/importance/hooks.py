@@ -32,6 +32,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..axes import AxisTable, Layout
 from ..layers import depths
+from .forward import give_back_memory
 from .members import element_members
 
 TOKEN_CHUNK = 4096  # tokens per step when grouping activations: bounds the temporaries
@@ -263,6 +264,7 @@ def _first_tensor(obj):
 
 def _layer_scorer(prefix: str, index: int, residual: str | None, sums: Sums, path: str):
     def after(module, args, kwargs, output):
+        give_back_memory()  # the layer's weights are off the model again: keep memory flat in depth
         x = args[0] if args else kwargs.get("hidden_states")
         y = _first_tensor(output)
         if not isinstance(x, torch.Tensor) or y is None or x.shape != y.shape:
