@@ -57,11 +57,11 @@ def sets(edits: dict) -> list[str]:
     return [f"--set={k}={json.dumps(v)}" for k, v in edits.items()]
 
 
-def students(teacher: Path, work: Path, edits: dict, scores: Path, methods=METHODS, layer_selection="uniform",
+def students(teacher: Path, work: Path, edits: dict, scores: Path, methods=None, layer_selection="uniform",
              tag="") -> dict[str, Path]:
     out = {}
-    for method in methods:
-        folder = work / f"{tag}{method}"
+    for method in methods or METHODS:
+        folder = work / f"{tag}{method}{'' if HIDDEN_FROM == 'inputs' else '-' + HIDDEN_FROM}"
         t = time.perf_counter()
         if method == "magnitude":  # data-free scores, applied as an imported ranking
             from importance_magnitude import magnitude_file
@@ -78,11 +78,20 @@ def students(teacher: Path, work: Path, edits: dict, scores: Path, methods=METHO
     return out
 
 
+HIDDEN_FROM = "inputs"  # --hidden-from: which activations score the hidden channels (see main)
+
+
 def score(teacher: Path, work: Path) -> Path:
-    path = work / "scores.safetensors"
+    path = work / ("scores.safetensors" if HIDDEN_FROM == "inputs" else f"scores-{HIDDEN_FROM}.safetensors")
     if not path.exists():
         t = time.perf_counter()
-        slicer_cli("score", str(teacher), "-o", str(path), "--quiet")
+        if HIDDEN_FROM == "inputs":
+            slicer_cli("score", str(teacher), "-o", str(path), "--quiet")
+        else:  # the alternative statistic, through the Python API
+            from slicer.importance.scores import save
+            from slicer.importance.scoring import score_teacher
+
+            save(path, score_teacher(teacher, hidden_from=HIDDEN_FROM).scores)
         print(f"  scored {teacher.name} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     return path
 
@@ -228,7 +237,15 @@ def main() -> None:
     p.add_argument("which", nargs="+", choices=["minilm", "smollm"])
     p.add_argument("--workdir", default="/work/tmp/importance/bench", help="students and converted teachers go here")
     p.add_argument("--json", help="write the rows here")
+    p.add_argument("--methods", help=f"a subset of {','.join(METHODS)}")
+    p.add_argument("--hidden-from", choices=["inputs", "residual"], default="inputs",
+                   help="score hidden channels by the linear layers' (normed) inputs, slicer's default, or by the "
+                        "residual stream entering each layer")
     args = p.parse_args()
+    global HIDDEN_FROM
+    HIDDEN_FROM = args.hidden_from
+    if args.methods:
+        METHODS[:] = args.methods.split(",")
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     result = {}
     for which in args.which:

@@ -26,6 +26,9 @@ def format_plan(plan: Plan) -> str:
         f"options   method={o.method} seed={o.seed} layer-selection={o.layer_selection} dtype={o.dtype} "
         f"max-shard-size={format_bytes(o.max_shard_size)}" + "".join(f" exclude={e!r}" for e in o.exclude),
     ]
+    if plan.scores:
+        sha = plan.scores.get("sha256")
+        lines.append(f"scores    {plan.scores.get('source')}" + (f" (sha256 {sha[:16]}...)" if sha else ""))
     changes = plan.student.get("config_changes") or {}
     if changes:
         lines.append(f"config    {plan.student.get('architecture', '')}, attention={o.attention}: teacher -> student")

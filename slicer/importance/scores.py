@@ -89,11 +89,25 @@ class Scores(Ranking):
         if named is None:
             raise SlicerError(f"{self.source}: scores file names no teacher (metadata \"teacher\": the teacher's "
                               "files and sizes); see the README's scores format")
-        if sorted(map(json.dumps, named)) != sorted(map(json.dumps, have)):
-            mine = ", ".join(f"{f['name']} ({f['size']} B)" for f in have[:2])
-            theirs = ", ".join(f"{f.get('name')} ({f.get('size')} B)" for f in named[:2]) if named else "none"
-            raise SlicerError(f"{self.source}: scores were computed for another teacher (files {theirs}), not "
-                              f"{ckpt.path} ({mine})")
+        problem = _difference(named, have)
+        if problem:
+            raise SlicerError(f"{self.source}: scores were computed for another teacher than {ckpt.path}: {problem}")
+
+
+def _difference(named, have: list[dict]) -> str | None:
+    """What tells the scored teacher from this one, or None when they are the same files."""
+    if not isinstance(named, list) or not all(isinstance(f, dict) for f in named):
+        return "its \"teacher\" metadata is not a list of files"
+    theirs, mine = {f.get("name"): f for f in named}, {f["name"]: f for f in have}
+    if set(theirs) != set(mine):
+        return f"the scores name files {sorted(map(str, theirs))[:3]}, the teacher has {sorted(mine)[:3]}"
+    for name, f in mine.items():
+        other = theirs[name]
+        if other.get("size") != f["size"]:
+            return f"{name} is {f['size']} bytes, {other.get('size')} in the scores"
+        if other.get("sha256_first_mib") != f["sha256_first_mib"]:
+            return f"{name} differs from the file that was scored (sha256 of its first MiB)"
+    return None
 
 
 def save(path: str | Path, scores: Scores) -> str:
