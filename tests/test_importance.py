@@ -189,7 +189,9 @@ LAYERS = [1, 3]  # 2 of 4
 
 
 def _planted_llama(folder):
-    """A Llama whose planted channels / neurons / kv heads / layers carry the activations."""
+    """A Llama whose planted channels / neurons / kv heads / layers carry the activations: the
+    residual stream and the norms live on the planted hidden channels, the other neurons and
+    kv heads get near-zero projections, the other layers add nothing to the residual."""
     cfg = dict(FAMILIES["llama"].config)
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
     small = 1e-3
@@ -210,8 +212,10 @@ def _planted_llama(folder):
             mask[KV[layer]] = 1.0
             attn.v_proj.weight.mul_(mask.view(32, 1))
             scale = 1.0 if layer in LAYERS else 0.0  # a layer that adds nothing has block influence 0
-            attn.o_proj.weight.normal_(0, 0.5).mul_(scale)
-            mlp.down_proj.weight.normal_(0, 0.5).mul_(scale)
+            # what a layer adds to the residual stream lands on the planted channels only
+            attn.o_proj.weight.normal_(0, 0.5).mul_(scale * h.unsqueeze(1))
+            mlp.down_proj.weight.normal_(0, 0.5).mul_(scale * h.unsqueeze(1))
+        model.model.embed_tokens.weight.mul_(h)
         model.model.norm.weight.copy_(h)
     model.save_pretrained(folder)
     return folder
@@ -244,6 +248,17 @@ def test_importance_keeps_exactly_the_planted_members(root, calibration, tmp_pat
         assert got[f"kv{j}"] == KV[t]
     uniform = kept["uniform"]
     assert uniform["hidden"] != sorted(HIDDEN) and uniform["ffn0"] != FFN[0]
+
+
+def test_hidden_channels_scored_by_linear_inputs_find_the_planted_ones_too(root, calibration):
+    from slicer.importance.scoring import score_teacher
+
+    teacher = root / "planted"  # written by the test above, or now
+    if not (teacher / "config.json").exists():
+        _planted_llama(teacher)
+    for hidden_from in ("inputs", "residual"):
+        hidden = score_teacher(teacher, calibration, hidden_from=hidden_from).scores.vectors["hidden"]
+        assert sorted(torch.topk(hidden, 32).indices.tolist()) == sorted(HIDDEN), hidden_from
 
 
 def test_importance_ranks_the_planted_experts_first(root, calibration):

@@ -7,7 +7,8 @@ input activations. So, with no per-architecture code:
 - the input of every linear layer (``nn.Linear``, GPT-2's ``Conv1D``) is grouped by the layout
   of the weight's input dimension: a down projection's input -> its FFN neurons, an attention
   output projection's input -> its query heads (``q-heads * head-dim``), a q/k/v or up
-  projection's input -> the (normed) hidden channels;
+  projection's input -> the (normed) hidden channels, unless those are scored by the residual
+  stream (``hidden_from="residual"``, the default: every layer's input hidden states);
 - an experts module with transformers' experts interface (``forward(hidden_states,
   top_k_index, top_k_weights)``) is run again on each expert's own tokens with the router's
   weights, right after its forward while its weights are loaded: the norm of that
@@ -108,7 +109,7 @@ class Sites:
     layers: dict[str, tuple[str, int, str | None]] = field(default_factory=dict)  # layer module -> (list, index, hidden)
 
 
-def find_sites(plan, view, *, hidden_from: str = "inputs") -> Sites:
+def find_sites(plan, view, *, hidden_from: str = "residual") -> Sites:
     """The sites of a plan's tensors in the model ``view`` wraps (a ``bindings.ModelView``)."""
     table = plan.axes
     sites = Sites()
@@ -227,7 +228,7 @@ def _probe_class():
     return Probe
 
 
-def attach(model, view, sites: Sites, sums: Sums, *, hidden_from: str = "inputs") -> None:
+def attach(model, view, sites: Sites, sums: Sums, *, hidden_from: str = "residual") -> None:
     """Put probes on the model's modules (before accelerate's offloading hooks are added)."""
     from accelerate.hooks import add_hook_to_module
 

@@ -26,10 +26,11 @@ from .members import hand_down
 from .scores import Scores, layer_key, teacher_files
 
 log = logging.getLogger("slicer")
-HIDDEN_FROM = ("inputs", "residual")
-STATISTIC = ("mean over calibration tokens of the L2 norm of each member's activations (linear-layer inputs; "
-             "derived axes summed into their leaves); experts: mean router-weighted output norm over their tokens "
-             "(REAP); layers: 1 - mean cos(input, output hidden states)")
+HIDDEN_FROM = ("residual", "inputs")  # hidden channels: the residual stream entering each layer, or linear inputs
+STATISTIC = ("mean over calibration tokens of the L2 norm of each member's activations (hidden: the residual "
+             "stream entering each layer; others: linear-layer inputs; derived axes summed into their leaves); "
+             "experts: mean router-weighted output norm over their tokens (REAP); layers: 1 - mean cos(input, "
+             "output hidden states)")
 
 
 @dataclass
@@ -53,8 +54,12 @@ def identity_plan(ckpt: Checkpoint):
 
 
 def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | None = None, *, samples: int = 32,
-                  seq_len: int = 128, device: str = "auto", hidden_from: str = "inputs") -> ScoreRun:
-    """Scores of every axis of ``teacher`` (one module's weights in memory at a time)."""
+                  seq_len: int = 128, device: str = "auto", hidden_from: str = "residual") -> ScoreRun:
+    """Scores of every axis of ``teacher`` (one module's weights in memory at a time).
+
+    ``hidden_from``: hidden channels are scored by the residual stream entering every layer
+    (the default: it did a little better on both real teachers of bench/importance_quality.py)
+    or by the inputs of the linear layers that read the hidden axis (normed, as Minitron)."""
     from ..bindings.view import ModelView
     from .forward import CheckpointWeights, empty_model, import_accelerate, pick_device, stream
 
