@@ -82,6 +82,8 @@ def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | No
         run_forward(model, batch.inputs, dev, ckpt)
     finally:
         weights.close()
+    probed = len(sites.linears) + len(sites.experts) + len(sites.layers)
+    log.debug("%d of %d probed modules ran on the calibration batch", len(sums.seen), probed)
     vectors = finish(plan.axes, sums, batch.tokens)
     if not vectors:
         raise SlicerError(f"{ckpt.path}: no activation reached a scored axis; is the calibration right for this teacher?")
