@@ -133,7 +133,9 @@ def _ranking(ckpt: Checkpoint, method: str, layer_selection: str, scores, calibr
     if calibration is None:
         log.info("scoring the teacher on slicer's default calibration text (pass --scores or --calibration to choose)")
     run = score_teacher(ckpt, calibration, samples=samples, seq_len=seq_len, device=device)
-    log.info("scored %d axes on %d tokens in %.1f s (%s)", len(run.scores.vectors), run.tokens, run.seconds, run.device)
+    layer_lists = len(run.scores.layers())
+    log.info("scored %d axes and %d layer list(s) on %d calibration tokens in %.1f s (%s)",
+             len(run.scores.vectors) - layer_lists, layer_lists, run.tokens, run.seconds, run.device)
     return run.scores
 
 

@@ -347,3 +347,17 @@ def test_importance_without_a_config_is_refused(ckpts, tmp_path, capsys):
 def test_scores_without_importance_are_refused(llama, calibration, tmp_path, capsys):
     argv = ["plan", str(llama), "--calibration", str(calibration)] + [f"--set={k}={v}" for k, v in LLAMA_EDITS.items()]
     _fails(capsys, argv, "--method importance")
+
+
+def test_layer_importance_keeps_the_top_layers_of_each_kind_in_order():
+    from slicer.layers import LayerMapper
+
+    kinds = ["dense", "moe"] * 4  # 8 teacher layers: MoE every other layer
+    teacher = [f"model.layers.{i}.w" for i in range(8)]
+    student = [f"model.layers.{j}.w" for j in range(4)]
+    scores = [0.1, 0.9, 0.8, 0.2, 0.7, 0.6, 0.3, 0.4]  # dense: 0, 2, 4, 6; moe: 1, 3, 5, 7
+    mapper = LayerMapper(teacher, student, "importance", kinds={"model.layers": (kinds, ["dense", "moe"] * 2)},
+                         layer_scores={"model.layers": scores})
+    assert [mapper.teacher_name(n) for n in student] == [f"model.layers.{i}.w" for i in (2, 1, 4, 5)]
+    plain = LayerMapper(teacher, student, "importance", layer_scores={"model.layers": scores})
+    assert [plain.teacher_name(n) for n in student] == [f"model.layers.{i}.w" for i in (1, 2, 4, 5)]
