@@ -121,11 +121,11 @@ def run_forward(model, inputs: dict, device: torch.device, ckpt: Checkpoint) -> 
 
 def finish(table, sums: Sums, tokens: int) -> dict[str, torch.Tensor]:
     """Sums -> one vector per axis (leaves, the derived axes they came from, experts, layers)."""
-    per_token = {name: s / max(tokens, 1) for name, s in sums.norms.items()}
-    vectors = hand_down(table, per_token)
+    raw = {name: s / max(tokens, 1) for name, s in sums.norms.items()}
     for axis, total in sums.expert_sum.items():
         count = sums.expert_count[axis]
-        vectors[axis] = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+        raw[axis] = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+    vectors = hand_down(table, raw)  # e.g. grouped experts (expert-groups * experts-per-group) to their leaves
     for prefix, by_layer in sums.cos_sum.items():
         depth = max(by_layer) + 1
         bi = torch.zeros(depth, dtype=torch.float64)
