@@ -229,6 +229,8 @@ def cmd_verify(args) -> int:
         print(problem)
     if not args.quiet:
         checked = f"{report.shards} shard(s), {report.tensors} tensor(s)"
+        if report.dimensions_audited:
+            checked += f", {report.dimensions_audited} dimension(s) consistent with their axes"
         if report.teacher is not None:
             how = "every element" if report.full else "sampled rows"
             checked += f", {report.tensors_compared} compared with the teacher ({how}: {report.elements_compared} elements)"

@@ -40,7 +40,8 @@ def build(plan: Plan) -> dict:
         "layer_maps": plan.layer_maps,
         "binding": plan.binding,
         "axes": _axes(plan),
-        "component_maps": plan.component_maps,
+        "component_maps": {prefix: {"axis": plan.component_axes[prefix], "members": members}
+                           for prefix, members in plan.component_maps.items()},
         "index_sets": {key: ix.describe() for key, ix in sorted(plan.index_sets.items())},
         "tensors": {
             j.name: {

@@ -105,6 +105,7 @@ class Plan:
     student: dict = field(default_factory=dict)  # where the student spec came from (StudentSpec.origin)
     axes: AxisTable = field(default_factory=AxisTable)  # every axis instance the layouts name
     component_maps: dict[str, list[int]] = field(default_factory=dict)  # student prefix -> teacher member (experts.N)
+    component_axes: dict[str, str] = field(default_factory=dict)  # student prefix -> the axis it indexes
     binding: str = "flat"  # which binder bound the dimensions
     leaf_keys: dict[str, str] = field(default_factory=dict)  # leaf axis -> its index set's key
 
@@ -153,9 +154,14 @@ def build_plan(teacher: Checkpoint, student: list[StudentTensor], options: Optio
     table = AxisTable()
     excludes = _compile(options.exclude)
 
+    component_axes: dict[str, str] = {}
+
     def component(student_prefix: str, teacher_prefix: str, t: int, s: int) -> list[int] | None:
         name = binder.component(student_prefix, teacher_prefix, t, s, table)
-        return None if name is None else chooser.leaf(table[name], student_prefix).indices()
+        if name is None:
+            return None
+        component_axes[student_prefix] = name
+        return chooser.dim(table, ((name,),), student_prefix).indices()
 
     mapper = LayerMapper(teacher.tensors, (t.name for t in student), options.layer_selection,
                          kinds=binder.layer_kinds(), component=component)
@@ -200,8 +206,9 @@ def build_plan(teacher: Checkpoint, student: list[StudentTensor], options: Optio
     skipped = [n for n in teacher.tensors if n not in used]
     shards = _lay_out_shards(jobs, options.max_shard_size)
     return Plan(teacher, options, jobs, shards, dict(mapper.maps), dict(chooser.sets), skipped, excluded,
-                dict(mapper.mapped_depths), dict(origin or {}), table, dict(mapper.component_maps), binder.name,
-                dict(chooser.leaf_keys))
+                teacher_depths=dict(mapper.mapped_depths), student=dict(origin or {}), axes=table,
+                component_maps=dict(mapper.component_maps), component_axes=component_axes, binding=binder.name,
+                leaf_keys=dict(chooser.leaf_keys))
 
 
 def _compile(patterns: tuple[str, ...]) -> list[re.Pattern]:

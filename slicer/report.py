@@ -30,6 +30,7 @@ def format_plan(plan: Plan) -> str:
     if changes:
         lines.append(f"config    {plan.student.get('architecture', '')}, attention={o.attention}: teacher -> student")
         lines += [f"  {key}: {json.dumps(a)} -> {json.dumps(b)}" for key, (a, b) in changes.items()]
+    lines.append(f"axes      {_axes_summary(plan)}")
     for prefix, layers in plan.layer_maps.items():
         lines.append(f"layers    {prefix}: {len(layers)} of {plan.teacher_depths[prefix]}, teacher layers {layers}")
     lines += [
@@ -47,6 +48,20 @@ def format_plan(plan: Plan) -> str:
         dtype = j.dtype if j.dtype == j.source.dtype else f"{j.source.dtype}->{j.dtype}"
         lines.append(f"{j.name:<{width}}  {_shape(j.source.shape):>20} -> {_shape(j.shape):<20} {dtype:<7} {source}")
     return "\n".join(lines)
+
+
+def _axes_summary(plan: Plan) -> str:
+    """What was bound, by kind: 'bound by transformers: hidden 4096 -> 2048, 16 x ffn 11008 -> 5504, ...'."""
+    kinds: dict[tuple[str, int, int], int] = {}
+    for ax in plan.axes.axes.values():
+        if ax.t != ax.s or ax.kind != "flat":
+            kinds[(ax.kind, ax.t, ax.s)] = kinds.get((ax.kind, ax.t, ax.s), 0) + 1
+    parts = [f"{n} x {kind} {t} -> {s}" if n > 1 else f"{kind} {t} -> {s}"
+             for (kind, t, s), n in sorted(kinds.items(), key=lambda kv: (kv[0][0] == "flat", kv[0]))]
+    how = {"flat": "flat (every dimension by its sizes, the paper's rule)",
+           "transformers": "by the model's structure (transformers)"}.get(plan.binding, plan.binding)
+    return f"{how}: " + (", ".join(parts[:12]) + (f", ... ({len(parts)} kinds)" if len(parts) > 12 else "")
+                         if parts else "nothing shrinks")
 
 
 def format_summary(s) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from .axes.audit import audit
 from .checkpoint import Checkpoint
 from .errors import SlicerError
 from .safetensors_format import BITS_DTYPE, DTYPES, TensorInfo, is_json_int, read_header
@@ -43,6 +44,7 @@ class VerifyReport:
     full: bool
     shards: int = 0  # shards checked (size, sha256, header)
     tensors: int = 0  # tensors in the manifest
+    dimensions_audited: int = 0  # tensor dimensions whose index set was recomposed from their axes
     tensors_compared: int = 0  # compared with the teacher's selection
     elements_compared: int = 0
     bytes_hashed: int = 0
@@ -73,6 +75,7 @@ def verify(out: str | Path, *, teacher: str | Path | None = None, full: bool = F
     with _Files() as files:
         headers = _check_shards(out, manifest, report)
         _check_index(out, manifest, report)
+        _check_axes(manifest, headers, report)
         if ckpt is not None:
             budget = max(int(chunk_bytes), 64)
             for name, rec in manifest["tensors"].items():
@@ -85,6 +88,23 @@ def verify(out: str | Path, *, teacher: str | Path | None = None, full: bool = F
 
 
 # --------------------------------------------------------------------------- manifest
+
+def _check_axes(manifest: dict, headers: dict, report: VerifyReport) -> None:
+    """Every dimension uses its axes' index sets (slicer.axes.audit), for tensors whose header agrees."""
+    sets = manifest["index_sets"]
+
+    def indices_of(key, n: int):
+        entry = sets.get(key) if isinstance(key, str) else None
+        if not isinstance(entry, dict) or not _valid_set(entry):
+            return None
+        size = len(entry["indices"]) if "indices" in entry else entry["s"]
+        return manifest_indices(entry) if size == n else None  # a lying "s" never sizes a list
+
+    known = {name for shard in headers.values() for name in shard}
+    problems, checked = audit(manifest, indices_of, known)
+    report.problems += [f"{MANIFEST_NAME}: {p}" for p in problems]
+    report.dimensions_audited = checked
+
 
 def _load_manifest(out: Path) -> dict:
     path = out / MANIFEST_NAME
