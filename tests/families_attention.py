@@ -20,6 +20,7 @@ Every spec is written from the family's modeling code in transformers, not from 
 - OLMo-2: ``q_norm`` over heads * head_dim, ``k_norm`` over kv heads * head_dim.
 - GPT-2 with ``add_cross_attention``: ``crossattention.q_attn`` makes the queries and
   ``crossattention.c_attn`` the keys and values, ``split(split_size)``: [k | v].
+- Granite-SWA: ``sinks`` [heads] on the attention module, one per query head.
 - StableLM-2: ``q_layernorm.norms.N`` one LayerNorm(head_dim) per query head N,
   ``k_layernorm.norms.N`` per kv head (``StableLmLayerNormPerHead``); rotary halves on the
   first quarter of a head; ``use_parallel_residual``: no post-attention norm.
@@ -237,6 +238,19 @@ FAMILIES: dict[str, Family] = {
                                                       n_positions=32, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0,
                                                       add_cross_attention=True),
                                    dict(n_embd=32, n_layer=2, n_head=2), _gpt2_cross(), inputs=_with_encoder_states),
+    # sinks [heads] beside a head size that shrinks to the same size (8 -> 4): they follow the heads
+    "granite_swa_sinks": Family("GraniteSWAConfig", dict(architectures=["GraniteSWAForCausalLM"], hidden_size=64,
+                                                         intermediate_size=128, num_hidden_layers=4,
+                                                         num_attention_heads=8, num_key_value_heads=4,
+                                                         vocab_size=VOCAB, max_position_embeddings=64,
+                                                         sliding_window=16, pad_token_id=0, bos_token_id=0,
+                                                         eos_token_id=0, tie_word_embeddings=False),
+                                dict(hidden_size=16, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, layer_types=["full_attention", "sliding_attention"]),
+                                Spec(_decoder("model", _qkvo(Q.replace("L{1}.hd", "2 * L{1}.rp"),
+                                                             KV.replace("L{1}.hd", "2 * L{1}.rp")) + [
+                                    (r"self_attn\.sinks", ("L{1}.kv * L{1}.grp",)),
+                                ], ("input_layernorm", "post_attention_layernorm"), GATED_MLP), dict(GQA, rp=4))),
     # q heads as one axis (qh): the names q_layernorm.norms.N index it; tests/test_attention_layouts.py
     # checks that they are whole kv groups
     "stablelm": Family("StableLmConfig", dict(architectures=["StableLmForCausalLM"], hidden_size=64,
