@@ -82,7 +82,7 @@ def audit(manifest: dict, indices_of, tensors=None) -> tuple[list[str], int]:
             problems.append(f"component {prefix!r}: no axis recorded")
             continue
         try:
-            members = leaf(table[entry["axis"]]) if table[entry["axis"]].parts is None else None
+            members = compose(table, ((entry["axis"],),), leaf)  # derived axes too (per-head norms: q heads)
         except _Unknown as e:
             problems.append(f"component {prefix!r}: {e}")
             continue

@@ -161,9 +161,11 @@ class ModelBinder(Binder):
         if s_path is None:
             return None
         t_attn, s_attn = self.teacher.modules[t_path], self.student.modules[s_path]
-        rotary = rotary_convention(t_attn) if self._has_rotary(self.teacher, ref.owner) else None
+        # a rotary embedding whose rotation slicer cannot find (gpt-oss, Llama 4 rotate by other
+        # functions) pairs its dims in a way slicer cannot tell: "unknown" keeps the head size
+        rotary = (rotary_convention(t_attn) or "unknown") if self._has_rotary(self.teacher, ref.owner) else None
         gt = geometry(t_attn, ref.owner.config, rotary)
-        gs = geometry(s_attn, ref.student_owner.config, rotary_convention(s_attn) if rotary else None)
+        gs = geometry(s_attn, ref.student_owner.config, (rotary_convention(s_attn) or "unknown") if rotary else None)
         if gt is None or gs is None:
             return None
         gt, gs = per_head_kv(t_attn, gt), per_head_kv(s_attn, gs)
@@ -197,7 +199,8 @@ class ModelBinder(Binder):
             if len(kinds) > 1:
                 raise SlicerError(f"tensor {ref.student_name!r} dimension {d} [{t} -> {s}] could be any of "
                                   f"{', '.join(sorted(a.name for a in candidates))}; slicer cannot tell which axis it "
-                                  "belongs to, so it will not guess")
+                                  "belongs to, so it will not guess (keep its size, or use --template for flat "
+                                  "selection)")
         raise SlicerError(f"tensor {ref.student_name!r} dimension {d} [{t} -> {s}] ({ref.module_class or 'no module'} "
                           f"{ref.owner.key!r}) is bound to no axis slicer knows in this model; it cannot be shrunk "
                           "consistently (keep its size, or use --template for flat selection)")
