@@ -18,6 +18,8 @@ With ``--attention flat`` the rows are selected like any other axis (the paper's
 """
 from __future__ import annotations
 
+import re
+
 from ..axes import Layout, axis, concat, product
 from ..errors import SlicerError
 from .binder import ModelBinder, TensorRef, _attention_path
@@ -195,12 +197,16 @@ def _head_parameters(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...
     return None
 
 
+# q_norm, k_layernorm, query_norm, key_layernorm (not MLA's q_a_layernorm / kv_a_layernorm: a latent's)
+_QK_NORM = re.compile(r"^(?:q|k|query|key)_?(?:layer_?)?norms?$")
+
+
 def _per_head_norm(ref: TensorRef) -> str | None:
     """'q' or 'k' for a norm of the queries or keys (q_norm, k_layernorm, query_norm; StableLM's
     q_layernorm.norms.N, one norm per head), else None."""
     for part in reversed(ref.owner.module_path.split(".")):
         low = part.lower()
-        if "norm" in low and low.startswith(("q", "k")):
+        if _QK_NORM.match(low):
             return low[0]
         if "attn" in low or "attention" in low:
             return None  # up to the attention block, no further
@@ -262,7 +268,7 @@ def _norm_list(prefix: str) -> str | None:
     for k in range(len(parts) - 1, -1, -1):
         if "attn" in parts[k] or "attention" in parts[k]:
             return None
-        if "norm" in parts[k] and parts[k].startswith(("q", "k")) and k < len(parts) - 1:
+        if _QK_NORM.match(parts[k]) and k < len(parts) - 1:
             inside = any("attn" in p or "attention" in p for p in parts[:k])
             return parts[k][0] if inside else None
     return None
