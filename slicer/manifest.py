@@ -41,6 +41,7 @@ def build(plan: Plan) -> dict:
         "binding": plan.binding,
         "axes": _axes(plan),
         "component_maps": plan.component_maps,
+        **({"quantization": plan.quantization} if plan.quantization else {}),
         "index_sets": {key: ix.describe() for key, ix in sorted(plan.index_sets.items())},
         "tensors": {
             j.name: {
@@ -52,6 +53,7 @@ def build(plan: Plan) -> dict:
                 "shard": plan.shards[j.shard].filename,
                 "axes": [format_layout(layout) for layout in j.layouts],
                 "index": [ix.key for ix in j.index],
+                **({"dequantize": j.dequant.describe()} if j.dequant is not None else {}),
             }
             for j in plan.jobs
         },

@@ -26,6 +26,8 @@ def format_plan(plan: Plan) -> str:
         f"options   method={o.method} seed={o.seed} layer-selection={o.layer_selection} dtype={o.dtype} "
         f"max-shard-size={format_bytes(o.max_shard_size)}" + "".join(f" exclude={e!r}" for e in o.exclude),
     ]
+    if plan.quantization:
+        lines.append(f"quantized {_quantization(plan.quantization)}")
     changes = plan.student.get("config_changes") or {}
     if changes:
         lines.append(f"config    {plan.student.get('architecture', '')}, attention={o.attention}: teacher -> student")
@@ -47,6 +49,18 @@ def format_plan(plan: Plan) -> str:
         dtype = j.dtype if j.dtype == j.source.dtype else f"{j.source.dtype}->{j.dtype}"
         lines.append(f"{j.name:<{width}}  {_shape(j.source.shape):>20} -> {_shape(j.shape):<20} {dtype:<7} {source}")
     return "\n".join(lines)
+
+
+def _quantization(q: dict) -> str:
+    if q["mode"] == "dequantize":
+        return (f"{q['scheme']}: {q['dequantized']} weights dequantized to {q['dtype']} in the gather (each element "
+                "times its block's scale); no scales written, quantization_config removed from the student's config")
+    blocked = q.get("blocked_axes") or {}
+    if not blocked:
+        return f"{q['scheme']}: no quantized weight changes shape within its blocks; weights and scales copied bit for bit"
+    axes = ", ".join(f"{name} = {name}:blocks * {n}" for name, n in blocked.items())
+    return (f"{q['scheme']}: whole blocks, bits exact, each scale selected by its weight's block index sets; "
+            f"axes selected in whole blocks (in every tensor bound to them): {axes}")
 
 
 def format_summary(s) -> str:
