@@ -81,11 +81,11 @@ def select(read: Read, info: TensorInfo, shape: Sequence[int], index: Sequence[t
         k += 1
     base = sum(int(index[d][0]) * strides[d] for d in range(k))
     lo, hi = int(index[k].min()), int(index[k].max())
-    span = read(info, base + lo * strides[k], (hi - lo + 1) * strides[k]).view(hi - lo + 1, *shape[k + 1:])
-    out = span.index_select(0, index[k] - lo)
-    for d in range(k + 1, rank):
-        if len(index[d]) != shape[d] or not torch.equal(index[d], torch.arange(shape[d])):
-            out = out.index_select(d - k, index[d])
+    out = read(info, base + lo * strides[k], (hi - lo + 1) * strides[k]).view(hi - lo + 1, *shape[k + 1:])
+    for d in range(k, rank):  # whole dimensions stay views: only real selections copy
+        ix = index[d] - lo if d == k else index[d]
+        if len(ix) != out.shape[d - k] or not torch.equal(ix, torch.arange(len(ix))):
+            out = out.index_select(d - k, ix)
     return out.reshape([len(ix) for ix in index])
 
 

@@ -190,8 +190,15 @@ class Engine:
         out_dtype = _torch_dtype(job.dtype)
         budget = max(16, self.chunk_bytes * DTYPES[job.dtype].itemsize // dequant.BYTES_PER_ELEMENT)
 
+        last: dict[str, tuple[int, int, torch.Tensor]] = {}
+
         def read(info, first: int, count: int) -> torch.Tensor:
-            return reader.span(info, first, count, BITS_DTYPE[info.itemsize])
+            # Chunks of one packed expert read the same span (a chunk is a range of its inputs, the innermost
+            # packed dimension): keep the last span of each tensor mapped rather than map it per chunk.
+            got = last.get(info.name)
+            if got is None or got[:2] != (first, count):
+                got = last[info.name] = (first, count, reader.span(info, first, count, BITS_DTYPE[info.itemsize]))
+            return got[2]
 
         for chunk in chunks(job, budget):
             try:

@@ -270,16 +270,16 @@ class Quantized:
             w = self.fp8.get(source.name)
             if w is None or tuple(tensor.shape[-2:]) == tuple(source.shape[-2:]):
                 continue  # whole matrices (whole experts of a packed tensor) keep whole blocks
+            if self.flat:
+                dequantize = f", or {FLOAT_HINT} to dequantize" if self.scheme is not None else ""
+                raise SlicerError(f"tensor {tensor.name!r}: teacher tensor {source.name!r} is {self._describe()}; flat "
+                                  "selection cannot tell which axes to keep in whole blocks: pass the teacher's config "
+                                  f"(--student-config / --set, or a config.json beside the template){dequantize}")
             if not self.explicit:
                 raise SlicerError(f"tensor {tensor.name!r}: teacher tensor {source.name!r} is {self._describe()} and "
                                   f"the student changes it ({list(source.shape)} -> {list(tensor.shape)}); pass "
                                   "--quantized blocks to keep whole blocks (bits exact, scales selected with them) "
                                   f"or {FLOAT_HINT} to dequantize")
-            if self.flat:
-                raise SlicerError(f"tensor {tensor.name!r}: teacher tensor {source.name!r} is {self._describe()}; flat "
-                                  "selection cannot tell which axes to keep in whole blocks: pass the teacher's config "
-                                  f"(--student-config / --set, or a config.json beside the template), or {FLOAT_HINT} "
-                                  "to dequantize")
             block = self._block(w)
             if block is None:  # one scale for the whole tensor: any selection keeps it right
                 continue
