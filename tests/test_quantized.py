@@ -29,9 +29,9 @@ REF = {"uniform": ref_uniform, "consecutive": ref_consecutive}
 
 # --------------------------------------------------------------------------- teachers
 
-def _llama(folder, *, ffn: int, hidden: int = HIDDEN, seed: int = 0):
-    cfg = transformers.LlamaConfig(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=2,
-                                   num_attention_heads=HEADS, num_key_value_heads=HEADS, head_dim=HEAD_DIM,
+def _llama(folder, *, ffn: int, heads: int = HEADS, head_dim: int = HEAD_DIM, seed: int = 0):
+    cfg = transformers.LlamaConfig(hidden_size=HIDDEN, intermediate_size=ffn, num_hidden_layers=2,
+                                   num_attention_heads=heads, num_key_value_heads=heads, head_dim=head_dim,
                                    vocab_size=96, tie_word_embeddings=False, architectures=["LlamaForCausalLM"])
     torch.manual_seed(seed)
     transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
@@ -47,10 +47,10 @@ def dequantized(weight: torch.Tensor, scale: torch.Tensor, block=BLOCK) -> torch
     return weight.to(torch.float32) * _expand(scale.to(torch.float32), *weight.shape[-2:], block)
 
 
-def fp8_teacher(folder, *, ffn: int = FFN, static: bool = False, block=BLOCK):
+def fp8_teacher(folder, *, ffn: int = FFN, static: bool = False, block=BLOCK, **heads):
     """A Llama whose layer projections are FP8 with a distinct scale per block (and, static, an
     activation scale per weight)."""
-    _llama(folder, ffn=ffn)
+    _llama(folder, ffn=ffn, **heads)
     state = load_file(folder / "model.safetensors")
     out = {}
     for k, (name, w) in enumerate(sorted(state.items())):
@@ -110,6 +110,7 @@ def teachers(tmp_path_factory):
             folder.mkdir()
             made[kind] = {"fp8": lambda: fp8_teacher(folder),
                           "fp8-edge": lambda: fp8_teacher(folder, ffn=72, static=True),
+                          "fp8-hd16": lambda: fp8_teacher(folder, heads=8, head_dim=16),
                           "mxfp4": lambda: mxfp4_teacher(folder)}[kind]()
         return made[kind]
 
@@ -285,6 +286,8 @@ def test_small_chunks_dequantize_to_the_same_bytes(teachers, tmp_path):
     _shrink(teacher, tmp_path / "b", **kw, chunk_bytes=64)  # rows split across chunks
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert all(torch.equal(int_view(a[k]), int_view(b[k])) for k in a)
+    streamed = dict(slicer.stream(str(teacher), **kw, chunk_bytes=64))
+    assert sorted(streamed) == sorted(a) and all(torch.equal(int_view(a[k]), int_view(streamed[k])) for k in a)
 
 
 def test_verify_checks_dequantized_tensors_and_catches_a_changed_value(teachers, tmp_path):
@@ -371,6 +374,8 @@ REFUSALS = [
     ("fp8", ["--set", "hidden_size=64"], "pass --quantized blocks to keep whole blocks"),
     ("fp8", ["--set", "hidden_size=80", "--quantized", "blocks"], "axis hidden [128 -> 80] cannot be kept in whole 32-element"),
     ("fp8-edge", ["--set", "intermediate_size=36", "--quantized", "blocks"], "model.layers.0.mlp:ffn [72 -> 36] cannot be kept in whole 32-element"),
+    ("fp8-hd16", ["--set", "num_attention_heads=4", "--set", "num_key_value_heads=4", "--quantized", "blocks"],
+     "does not keep whole 32-element quantization blocks"),  # two heads of 16 in each 32-column block of o_proj
     ("fp8", ["--set", "hidden_size=64", "--quantized", "blocks", "--dtype", "bf16"], "--quantized blocks keeps"),
     ("fp8", ["--set", "hidden_size=64", "--quantized", "dequantize"], "needs the float type to write"),
     ("mxfp4", ["--set", "hidden_size=32"], "MXFP4 (32 four-bit values per group, two per byte)"),
@@ -382,6 +387,7 @@ def test_refusals_are_one_line_exit_2_and_write_nothing(teachers, tmp_path, caps
     from slicer.cli import main
 
     teacher = teachers(kind)
+    capsys.readouterr()  # building the teacher may print
     out = tmp_path / "out"
     assert main(["shrink", str(teacher), str(out), "--quiet", *args]) == 2
     err = capsys.readouterr().err
@@ -394,6 +400,7 @@ def test_template_without_config_still_refuses_scales_it_would_select_flat(teach
     from slicer.cli import main
 
     teacher = teachers("fp8")
+    capsys.readouterr()
     bare = tmp_path / "teacher.safetensors"  # no config.json beside it: no structure, no block size
     bare.write_bytes((teacher / "model.safetensors").read_bytes())
     template = load_file(bare)
@@ -410,7 +417,9 @@ def test_template_without_config_still_refuses_scales_it_would_select_flat(teach
 def test_plan_says_which_axes_keep_whole_blocks(teachers, capsys):
     from slicer.cli import main
 
-    assert main(["plan", str(teachers("fp8")), "--set", "hidden_size=64", "--quantized", "blocks"]) == 0
+    teacher = teachers("fp8")
+    capsys.readouterr()
+    assert main(["plan", str(teacher), "--set", "hidden_size=64", "--quantized", "blocks"]) == 0
     text = capsys.readouterr().out
     assert "whole blocks, bits exact" in text and "hidden = hidden:blocks * 32" in text
 
