@@ -419,8 +419,15 @@ class Quantized:
             raise SlicerError(f"tensor {w.scale.name!r} is {list(w.scale.shape)}, but the scales of "
                               f"{w.weight.name!r} {list(shape)} in {self._describe()} are {list(want[-1])}")
 
+    def _method(self) -> str:
+        if self.scheme is not None:
+            return self.scheme.method
+        return "mxfp4" if self.packed and not self.fp8 else "fp8"
+
     def _describe(self) -> str:
-        return self.scheme.describe() if self.scheme is not None else "FP8 with block scales"
+        if self.scheme is not None:
+            return self.scheme.describe()
+        return Scheme("mxfp4", None, {}, "").describe() if self._method() == "mxfp4" else "FP8 with block scales"
 
     def used(self, jobs: Iterable) -> set[str]:
         """Teacher tensors read by the jobs besides their sources."""
@@ -428,7 +435,7 @@ class Quantized:
 
     def describe(self, jobs: Sequence) -> dict:
         """The manifest's ``quantization`` entry."""
-        out: dict = {"method": self.scheme.method if self.scheme else "fp8",
+        out: dict = {"method": self._method(),
                      "scheme": self._describe(),
                      "mode": "dequantize" if self.dequantize else "blocks",
                      "quantized_weights": len(self.fp8) + len(self.packed)}

@@ -46,14 +46,15 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"{'student tensor':<{width}}  {'teacher shape':>20} -> {'student shape':<20} dtype   source")
     for j in plan.jobs:
         source = "" if j.source.name == j.name else j.source.name
-        dtype = j.dtype if j.dtype == j.source.dtype else f"{j.source.dtype}->{j.dtype}"
+        stored = "MXFP4" if j.dequant is not None and j.dequant.format == "mxfp4" else j.source.dtype
+        dtype = j.dtype if j.dtype == stored else f"{stored}->{j.dtype}"
         lines.append(f"{j.name:<{width}}  {_shape(j.source.shape):>20} -> {_shape(j.shape):<20} {dtype:<7} {source}")
     return "\n".join(lines)
 
 
 def _quantization(q: dict) -> str:
     if q["mode"] == "dequantize":
-        return (f"{q['scheme']}: {q['dequantized']} weights dequantized to {q['dtype']} in the gather (each element "
+        return (f"{q['scheme']}: {q['dequantized']} weights dequantized to {q['dtype']} in the gather (every value "
                 "times its block's scale); no scales written, quantization_config removed from the student's config")
     blocked = q.get("blocked_axes") or {}
     if not blocked:
