@@ -193,8 +193,7 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
     try:
         with PeakSampler() as memory:
             bytes_read = engine.run(the_plan, output, *(bar.callbacks() if bar else ()))
-            extra = quantized_weights.student_config(dict(student.files), the_plan.quantization,
-                                                     quantized_weights.teacher_scheme(the_plan.teacher))
+            extra = quantized_weights.student_config(dict(student.files), the_plan.quantization)
             if the_plan.is_sharded:
                 shards = [(s.filename, [j.name for j in s.jobs]) for s in the_plan.shards]
                 extra[INDEX_NAME] = index_json(shards, sum(j.nbytes for j in the_plan.jobs))

@@ -441,6 +441,8 @@ class Quantized:
                      "quantized_weights": len(self.fp8) + len(self.packed)}
         if self.scheme is not None and self.scheme.block is not None:
             out["block"] = list(self.scheme.block)
+        if self.scheme is not None:
+            out["teacher_quantization_config"] = self.scheme.config
         if self.dequantize:
             out["dequantized"] = sum(1 for j in jobs if j.dequant is not None)
             out["dtype"] = next((j.dtype for j in jobs if j.dequant is not None), None)
@@ -537,9 +539,10 @@ def _block_members(indices: list[int], n: int, t: int) -> list[int] | None:
     return out
 
 
-def student_config(files: dict[str, bytes], quantization: dict, scheme: Scheme | None) -> dict[str, bytes]:
-    """The student's config.json as the written bits need it: ``quantization_config`` removed where every
-    quantized weight was dequantized, the teacher's where quantized bits were kept."""
+def student_config(files: dict[str, bytes], quantization: dict) -> dict[str, bytes]:
+    """The student's config.json as the written bits need it (``quantization``: the plan's): no
+    ``quantization_config`` where every quantized weight was dequantized, the teacher's where quantized
+    bits were kept."""
     raw = files.get("config.json")
     if raw is None or not quantization:
         return files
@@ -549,13 +552,12 @@ def student_config(files: dict[str, bytes], quantization: dict, scheme: Scheme |
         return files
     if not isinstance(config, dict):
         return files
-    if quantization.get("config_quantization") == "removed":
-        if "quantization_config" not in config:
-            return files
+    kept = quantization["config_quantization"] == "kept"
+    want = quantization.get("teacher_quantization_config") if kept else None
+    if config.get("quantization_config") == want or (kept and want is None):  # kept, but no teacher config to copy
+        return files
+    if want is None:
         config.pop("quantization_config")
     else:
-        if scheme is None or config.get("quantization_config") == scheme.config:
-            return files
-        config["quantization_config"] = scheme.config
+        config["quantization_config"] = want
     return {**files, "config.json": (json.dumps(config, indent=2) + "\n").encode()}
-
