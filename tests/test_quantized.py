@@ -446,3 +446,18 @@ def test_scale_layouts_fold_whole_blocks_and_refuse_straddling_ones():
     assert _block_members([0, 1, 2, 3, 8, 9], 4, 10) == [0, 2]  # the last block is partial: rows 8, 9
     assert _block_members([0, 1, 2, 3, 5, 6, 7, 8], 4, 12) is None  # starts inside a block
     assert _block_members([8, 9, 0, 1], 4, 10) is None  # a partial block before a whole one
+
+
+def test_template_with_config_gets_the_teachers_quantization_config_when_blocks_are_kept(teachers, tmp_path):
+    teacher = teachers("fp8")
+    template = tmp_path / "template"
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=FFN, num_hidden_layers=2, num_attention_heads=HEADS,
+                                   num_key_value_heads=HEADS, head_dim=HEAD_DIM, vocab_size=96, tie_word_embeddings=False,
+                                   architectures=["LlamaForCausalLM"])
+    transformers.LlamaForCausalLM(cfg).save_pretrained(template)  # a plain student: no scales, no quantization_config
+    _shrink(teacher, tmp_path / "blocks", template=template, quantized="blocks")
+    _shrink(teacher, tmp_path / "bf16", template=template, dtype="bf16")
+    blocks = json.loads((tmp_path / "blocks" / "config.json").read_text())
+    assert blocks["quantization_config"] == json.loads((teacher / "config.json").read_text())["quantization_config"]
+    assert "model.layers.0.mlp.up_proj.weight_scale_inv" in load_file(tmp_path / "blocks" / "model.safetensors")
+    assert "quantization_config" not in json.loads((tmp_path / "bf16" / "config.json").read_text())
