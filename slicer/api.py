@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from . import manifest
+from . import quantized as quantized_weights
 from .backends import choose
 from .checkpoint import Checkpoint
 from .engine import DEFAULT_CHUNK_BYTES, Engine
@@ -60,16 +61,19 @@ def plan(
     exclude: Iterable[str] = (),
     dtype: str = "keep",
     max_shard_size: int | str = "5GB",
+    quantized: str | None = None,
 ) -> Plan:
     """Plan a student without reading tensor data: sources, index sets, shards.
 
     The student comes from ``template`` (a checkpoint whose headers give names and
     shapes) or from a Hugging Face config: ``student_config`` (a config.json) and/or
     ``config_set`` (keys edited into the teacher's config.json, or into student_config).
+    ``quantized`` chooses how an FP8 block-scaled teacher is shrunk: "blocks" (whole blocks, bits
+    exact) or "dequantize" (implied by a float ``dtype``); see slicer.quantized.
     """
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
-                                              dtype=dtype, max_shard_size=max_shard_size)
+                                              dtype=dtype, max_shard_size=max_shard_size, quantized=quantized)
     return _plan(ckpt, student, options)
 
 
@@ -99,7 +103,8 @@ def describe_student(teacher, template, student_config, config_set, *, attention
 
 
 def _plan(teacher: Checkpoint, student: StudentSpec, options: Options) -> Plan:
-    return build_plan(teacher, student.tensors, options, student.make_binder(options), origin=student.origin)
+    return build_plan(teacher, student.tensors, options, student.make_binder(options), origin=student.origin,
+                      quantization=quantized_weights.teacher_scheme(teacher))
 
 
 def shrink(
@@ -122,6 +127,7 @@ def shrink(
     resume: bool = False,
     progress: bool = False,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    quantized: str | None = None,
 ) -> Summary:
     """Write the student selected from ``teacher`` into the folder ``out``.
 
@@ -132,7 +138,7 @@ def shrink(
     """
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
-                                              dtype=dtype, max_shard_size=max_shard_size)
+                                              dtype=dtype, max_shard_size=max_shard_size, quantized=quantized)
     return run(ckpt, out, student, options, device=device, backend=backend, overwrite=overwrite,
                resume=resume, progress=progress, chunk_bytes=chunk_bytes)
 
@@ -152,6 +158,7 @@ def stream(
     device: str = "auto",
     backend: str = "auto",
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    quantized: str | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` for every student tensor, on ``device``, writing no file.
 
@@ -161,7 +168,7 @@ def stream(
     """
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
-                                              dtype=dtype, max_shard_size="5GB")
+                                              dtype=dtype, max_shard_size="5GB", quantized=quantized)
     the_plan = _plan(ckpt, student, options)
     chosen = choose(device, backend)
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
@@ -186,7 +193,7 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
     try:
         with PeakSampler() as memory:
             bytes_read = engine.run(the_plan, output, *(bar.callbacks() if bar else ()))
-            extra = dict(student.files)
+            extra = quantized_weights.student_config(dict(student.files), the_plan.quantization)
             if the_plan.is_sharded:
                 shards = [(s.filename, [j.name for j in s.jobs]) for s in the_plan.shards]
                 extra[INDEX_NAME] = index_json(shards, sum(j.nbytes for j in the_plan.jobs))

@@ -62,6 +62,13 @@ def _add_selection_args(p: argparse.ArgumentParser) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--dtype", choices=DTYPE_CHOICES, default="keep",
                      help="cast floating tensors (integer and bool tensors keep theirs). Default: keep the teacher's")
+    out.add_argument("--quantized", choices=("blocks", "dequantize"), default=None,
+                     help="an FP8 block-scaled teacher (DeepSeek-V3, Qwen3-FP8): blocks keeps whole quantization blocks "
+                          "(every axis that touches an FP8 weight is selected in whole blocks, bits exact, scales "
+                          "selected with them; refused where a size is not whole blocks); dequantize (implied by a "
+                          "float --dtype) multiplies every weight by its block's scale and writes a plain student. "
+                          "MXFP4 (gpt-oss) is dequantized by a float --dtype. Default: FP8 weights that keep their "
+                          "shape are copied with their scales, one the student changes is refused until you choose")
     out.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
                      help="largest shard, decimal units as Hugging Face uses them (5GB, 500MB, or bytes). Default: 5GB")
 
@@ -181,7 +188,8 @@ def _interrupt(signum, frame):
 def _selection_kwargs(args) -> dict:
     return dict(template=args.template, student_config=args.student_config, config_set=_parse_set(args.config_set),
                 method=args.method, seed=args.seed, layer_selection=args.layer_selection, attention=args.attention,
-                exclude=args.exclude, dtype=args.dtype, max_shard_size=args.max_shard_size)
+                exclude=args.exclude, dtype=args.dtype, max_shard_size=args.max_shard_size,
+                quantized=args.quantized)
 
 
 def _parse_set(items: list[str]) -> dict:

@@ -65,6 +65,8 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
     config_cls = _config_class(transformers, base, base_path)
     student_dict = _apply_edits(base, edits, config_cls, where)
     _follow_depth(base, student_dict, edits, config_cls, layer_selection)
+    if dtype != "keep":  # a float dtype dequantizes every quantized weight: the student is a plain model
+        student_dict.pop("quantization_config", None)
     config = _build_config(config_cls, student_dict, where)
     arch = _architecture(transformers, student_dict, where)
     model = _meta_model(transformers, arch, config, where)

@@ -42,6 +42,7 @@ def build(plan: Plan) -> dict:
         "axes": _axes(plan),
         "component_maps": {prefix: {"axis": plan.component_axes[prefix], "members": members}
                            for prefix, members in plan.component_maps.items()},
+        **({"quantization": plan.quantization} if plan.quantization else {}),
         "index_sets": {key: ix.describe() for key, ix in sorted(plan.index_sets.items())},
         "tensors": {
             j.name: {
@@ -53,6 +54,7 @@ def build(plan: Plan) -> dict:
                 "shard": plan.shards[j.shard].filename,
                 "axes": [format_layout(layout) for layout in j.layouts],
                 "index": [ix.key for ix in j.index],
+                **({"dequantize": j.dequant.describe()} if j.dequant is not None else {}),
             }
             for j in plan.jobs
         },

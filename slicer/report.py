@@ -26,6 +26,8 @@ def format_plan(plan: Plan) -> str:
         f"options   method={o.method} seed={o.seed} layer-selection={o.layer_selection} dtype={o.dtype} "
         f"max-shard-size={format_bytes(o.max_shard_size)}" + "".join(f" exclude={e!r}" for e in o.exclude),
     ]
+    if plan.quantization:
+        lines.append(f"quantized {_quantization(plan.quantization)}")
     changes = plan.student.get("config_changes") or {}
     if changes:
         lines.append(f"config    {plan.student.get('architecture', '')}, attention={o.attention}: teacher -> student")
@@ -45,7 +47,8 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"{'student tensor':<{width}}  {'teacher shape':>20} -> {'student shape':<20} dtype   source")
     for j in plan.jobs:
         source = "" if j.source.name == j.name else j.source.name
-        dtype = j.dtype if j.dtype == j.source.dtype else f"{j.source.dtype}->{j.dtype}"
+        stored = "MXFP4" if j.dequant is not None and j.dequant.format == "mxfp4" else j.source.dtype
+        dtype = j.dtype if j.dtype == stored else f"{stored}->{j.dtype}"
         lines.append(f"{j.name:<{width}}  {_shape(j.source.shape):>20} -> {_shape(j.shape):<20} {dtype:<7} {source}")
     return "\n".join(lines)
 
@@ -62,6 +65,18 @@ def _axes_summary(plan: Plan) -> str:
            "transformers": "by the model's structure (transformers)"}.get(plan.binding, plan.binding)
     return f"{how}: " + (", ".join(parts[:12]) + (f", ... ({len(parts)} kinds)" if len(parts) > 12 else "")
                          if parts else "nothing shrinks")
+
+
+def _quantization(q: dict) -> str:
+    if q["mode"] == "dequantize":
+        return (f"{q['scheme']}: {q['dequantized']} weights dequantized to {q['dtype']} in the gather (every value "
+                "times its block's scale); no scales written, quantization_config removed from the student's config")
+    blocked = q.get("blocked_axes") or {}
+    if not blocked:
+        return f"{q['scheme']}: no quantized weight changes shape within its blocks; weights and scales copied bit for bit"
+    axes = ", ".join(f"{name} = {name}:blocks * {n}" for name, n in blocked.items())
+    return (f"{q['scheme']}: whole blocks, bits exact, each scale selected by its weight's block index sets; "
+            f"axes selected in whole blocks (in every tensor bound to them): {axes}")
 
 
 def format_summary(s) -> str:

@@ -263,6 +263,9 @@ def _check_index(out: Path, manifest: dict, report: VerifyReport) -> None:
 def _compare(name: str, rec: dict, stored: TensorInfo, ckpt: Checkpoint, sets: dict, report: VerifyReport,
              files: "_Files", rows: int | None, budget: int) -> None:
     where = f"{stored.path}: tensor {name!r}"
+    if isinstance(rec.get("dequantize"), dict):
+        _compare_dequantized(where, rec, stored, ckpt, sets, report, files, rows, budget)
+        return
     source = ckpt.tensors.get(rec["source"])
     if source is None:
         report.problems.append(f"{where}: its source {rec['source']!r} is not in the teacher {ckpt.path}")
@@ -308,6 +311,70 @@ def _compare(name: str, rec: dict, stored: TensorInfo, ckpt: Checkpoint, sets: d
                 return
     except SlicerError as e:
         report.problems.append(str(e))
+
+
+def _compare_dequantized(where: str, rec: dict, stored: TensorInfo, ckpt: Checkpoint, sets: dict,
+                         report: VerifyReport, files: "_Files", rows: int | None, budget: int) -> None:
+    """A dequantized tensor against the dequantized selection of the teacher's stored tensors (slicer.dequant:
+    transformers' arithmetic), one student row at a time, in pieces of at most ``budget`` bytes."""
+    from .dequant import values
+    from .quantized import Dequant, _logical
+
+    dq = rec["dequantize"]
+    try:
+        if dq.get("format") == "fp8":
+            weight, scale = ckpt.tensors.get(rec["source"]), ckpt.tensors.get(dq.get("scale"))
+            block = dq.get("block")
+            if weight is None or scale is None:
+                raise SlicerError(f"{where}: its source {rec['source']!r} or scale {dq.get('scale')!r} is not in the teacher")
+            source, spec = weight, Dequant("fp8", scale, tuple(block) if block else None)
+        elif dq.get("format") == "mxfp4":
+            blocks, scales = ckpt.tensors.get(dq.get("blocks")), ckpt.tensors.get(dq.get("scales"))
+            if blocks is None or scales is None:
+                raise SlicerError(f"{where}: its packed source {dq.get('blocks')!r} / {dq.get('scales')!r} is not in the teacher")
+            source, spec = _logical(blocks, scales), Dequant("mxfp4", scales, packed=blocks)
+        else:
+            raise SlicerError(f"{where}: unknown dequantization {dq.get('format')!r}")
+    except SlicerError as e:
+        report.problems.append(str(e) if str(e).startswith(where) else f"{where}: {e}")
+        return
+    if list(source.shape) != rec["teacher_shape"] or not stored.shape:
+        report.problems.append(f"{where}: teacher tensor {source.name!r} is {list(source.shape)}, the manifest says "
+                               f"{rec['teacher_shape']}")
+        return
+    index = []
+    for d, key in enumerate(rec["index"]):
+        entry = sets[key]
+        ix = manifest_indices(entry) if (len(entry["indices"]) if "indices" in entry else entry["s"]) == stored.shape[d] else []
+        if len(ix) != stored.shape[d] or not all(is_json_int(i) and 0 <= i < source.shape[d] for i in ix):
+            report.problems.append(f"{where}: index set {key!r} of dimension {d} does not select {stored.shape[d]} "
+                                   f"of 0..{source.shape[d] - 1}")
+            return
+        index.append(torch.tensor(ix, dtype=torch.int64))
+    out_dtype = DTYPES[rec["dtype"]].torch_dtype
+    sample = range(stored.shape[0]) if rows is None else _spot_rows(stored.name, stored.shape[0], rows)
+    row = math.prod(stored.shape[1:])
+    inner = math.prod(stored.shape[2:]) if len(stored.shape) > 1 else 1
+    step = max(1, budget // max(inner * 16, 1)) if len(stored.shape) > 1 else 1
+    report.tensors_compared += 1
+    try:
+        for p in sample:
+            for a in range(0, max(stored.shape[1], 1) if len(stored.shape) > 1 else 1, step):
+                ix = [index[0][p:p + 1]]
+                if len(stored.shape) > 1:
+                    ix += [index[1][a:a + step], *index[2:]]
+                want = values(files.read, spec, source, ix, out_dtype).contiguous()
+                want = want.view(BITS_DTYPE[stored.itemsize]).reshape(-1)
+                got = files.read(stored, p * row + a * inner, want.numel())
+                report.elements_compared += got.numel()
+                if not torch.equal(got, want):
+                    at = int((got != want).nonzero()[0])
+                    report.problems.append(
+                        f"{where}: differs from the dequantized selection of teacher tensor {source.name!r} in row {p} "
+                        f"(bits {_hex(got, [at], stored.itemsize)}, expected {_hex(want, [at], stored.itemsize)})")
+                    return
+    except (SlicerError, RuntimeError, ValueError) as e:
+        report.problems.append(str(e) if isinstance(e, SlicerError) else f"{where}: cannot dequantize: {e}")
 
 
 def _spot_rows(name: str, n: int, k: int) -> list[int]:
