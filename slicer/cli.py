@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="slicer: %(message)s")
+    if not args.debug:  # the HTTP libraries of remote teachers log every request at INFO
+        for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "botocore", "aiobotocore", "s3fs", "fsspec"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.quiet if hasattr(args, "quiet") else False:
         logging.getLogger().setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _interrupt)  # a pipeline's kill cleans up like Ctrl-C

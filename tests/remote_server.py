@@ -110,9 +110,15 @@ def etag_of(path: Path) -> str:
     return '"' + hashlib.sha1(f"{st.st_size}-{st.st_mtime_ns}-{st.st_ino}".encode()).hexdigest()[:16] + '"'
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:  # a client that hung up (a timeout test)
+        pass
+
+
 class RangeServer:
     def __init__(self, root: Path | None = None, *, bandwidth: float | None = None, hub: dict[str, Repo] | None = None,
-                 require_token: str | None = None, forbid: str | None = None, slice_bytes: int = SLICE):
+                 require_token: str | None = None, forbid: str | None = None, slice_bytes: int = SLICE,
+                 latency: float = 0.0):
         self.root = Path(root) if root is not None else None
         self.hub = hub or {}
         self.faults: list[Fault] = []
@@ -121,13 +127,14 @@ class RangeServer:
         self.require_token = require_token  # plain mode: every request needs this bearer token (401)
         self.forbid = forbid  # plain mode: paths containing this answer 403
         self.slice_bytes = slice_bytes
+        self.latency = latency  # seconds before every answer: a round trip to a far server
         self._lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"server_state": self})
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="range-server", daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), name="range-server", daemon=True)
 
     def __enter__(self) -> "RangeServer":
         self._thread.start()
@@ -151,6 +158,7 @@ class RangeServer:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go in separate writes: no 40 ms delayed-ACK stalls
     server_state: RangeServer
 
     def log_message(self, *args) -> None:  # quiet
@@ -169,6 +177,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with st.stats.lock:
             st.stats.requests += 1
         path = unquote(urlsplit(self.path).path)
+        if path == "/__stats":  # for benchmarks in another process: counters, then reset
+            with st.stats.lock:
+                body = json.dumps({"bytes_sent": st.stats.bytes_sent, "requests": st.stats.requests,
+                                   "ranged_requests": st.stats.ranged_requests}).encode()
+            st.stats.reset()
+            return self._bytes(200, body, "application/json", head)
+        if st.latency:
+            time.sleep(st.latency)
         if st.hub:
             return self._hub(path, head)
         if st.require_token and self.headers.get("Authorization") != f"Bearer {st.require_token}":
@@ -179,9 +195,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _hub(self, path: str, head: bool) -> None:
         st = self.server_state
-        m = re.fullmatch(r"/api/models/(.+?)/revision/([^/]+)", path)
+        m = re.fullmatch(r"/api/models/(.+?)/revision/([^/]+)", path) or re.fullmatch(r"/api/models/([^/]+/[^/]+)()", path)
         if m:
-            repo = self._repo(m.group(1), unquote(m.group(2)))
+            repo = self._repo(m.group(1), unquote(m.group(2)) or "main")
             if repo is None:
                 return
             files = sorted(p for p in repo.root.rglob("*") if p.is_file())
@@ -257,7 +273,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if not head:
             self.wfile.write(body)
-            self.server_state.stats.add(self.path, len(body))
+            if self.path != "/__stats":
+                self.server_state.stats.add(self.path, len(body))
 
     def _file(self, root: Path, rel: str, head: bool, extra: dict) -> None:
         st = self.server_state
