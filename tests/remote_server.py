@@ -292,7 +292,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         size = target.stat().st_size
         etag = etag_of(target)
         if_match = self.headers.get("If-Match")
-        if if_match is not None and if_match != etag and if_match != "*":
+        if if_match is not None and etag is not None and if_match != etag and if_match != "*":
             return self._error(412, "precondition failed")
         start, end, status = 0, size, 200
         if rng is not None:
@@ -316,7 +316,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", etag)
+        if etag is not None:
+            self.send_header("ETag", etag)
         for k, v in extra.items():
             self.send_header(k, v)
         if status == 206:

@@ -26,9 +26,6 @@ if TYPE_CHECKING:
     from ..plan import Plan
 
 log = logging.getLogger("slicer")
-# The first read of a shard takes this much: most headers fit, so one request reads one
-# (huggingface_hub's get_safetensors_metadata does the same with 100 kB).
-HEADER_PROBE_BYTES = 64 << 10
 
 
 class RemoteFolder:
@@ -76,15 +73,15 @@ class RemoteFolder:
         return self.fetcher.read(f, 0, f.size) if f.size else b""
 
     def header(self, name: str) -> Header:
-        """A shard's header, by range reads: one request when it fits the probe."""
+        """A shard's header, by two range reads: its length, then exactly its JSON.
+
+        Exact rather than a speculative first read (huggingface_hub's
+        get_safetensors_metadata reads 100 kB): a plan then fetches the headers' bytes
+        and nothing else, and the shards' headers are read side by side anyway."""
         f = self.file(name)
         where = self.path(name)
-        first = self.fetcher.read(f, 0, min(f.size, HEADER_PROBE_BYTES)) if f.size else b""
-        n = header_length(where, first, f.size)
-        raw = first[8:8 + n]
-        if len(raw) < n:
-            raw += self.fetcher.read(f, len(first), 8 + n)
-        return parse_header(where, raw, f.size)
+        n = header_length(where, self.fetcher.read(f, 0, 8) if f.size >= 8 else b"", f.size)
+        return parse_header(where, self.fetcher.read(f, 8, 8 + n) if n else b"", f.size)
 
     def headers(self, names: list[str]) -> dict[str, Header | SlicerError | None]:
         """Several shards' headers, fetched side by side (a sharded teacher has hundreds);
