@@ -183,7 +183,7 @@ def stream(
     the_plan = _plan(ckpt, student, options)
     chosen = choose(device, backend)
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
-    with engine.open_reader(the_plan) as reader:
+    with engine.open_reader(the_plan, whole_copies=False) as reader:
         for job in the_plan.jobs:
             yield job.name, engine.tensor(job, reader)
 

@@ -125,12 +125,13 @@ class Engine:
         writer.raise_error()
         return bytes_read
 
-    def open_reader(self, plan: Plan, skip_shards=()) -> TeacherReader:
+    def open_reader(self, plan: Plan, skip_shards=(), whole_copies: bool = True) -> TeacherReader:
         """The teacher's reader: short-lived maps of local files, or (a remote teacher) a
-        reader that fetches the plan's kept rows ahead of the engine."""
+        reader that fetches the plan's kept rows ahead of the engine, in the order ``run``
+        (``whole_copies``) or ``tensor`` (not) asks for them."""
         if plan.teacher.source is None:
             return TeacherReader()
-        return plan.teacher.source.plan_reader(plan, skip_shards, self.chunk_bytes)
+        return plan.teacher.source.plan_reader(plan, skip_shards, self.chunk_bytes, whole_copies)
 
     def _run_job(self, job: TensorJob, reader: TeacherReader, writer: "_WriterThread", free: queue.Queue) -> int:
         if job.is_copy:

@@ -105,11 +105,19 @@ def test_file_urls_go_through_the_remote_reader_and_write_the_local_bytes(remote
     assert remote.bytes_read == local.bytes_read and remote.bytes_fetched is not None and local.bytes_fetched is None
 
 
-def test_stream_from_a_remote_teacher_yields_the_local_tensors(remote_root):
+@pytest.mark.parametrize("depth_only", [False, True], ids=["half-width", "depth-only (copies)"])
+def test_stream_from_a_remote_teacher_yields_the_local_tensors(remote_root, tmp_path, depth_only):
     import torch
+    from safetensors.torch import save_file
 
+    template = remote_root["template"]
+    if depth_only:  # same width: every tensor kept whole
+        ckpt = slicer.plan(remote_root["teacher"], template=template).teacher
+        save_file({n: torch.zeros(i.shape, dtype=torch.bfloat16) for n, i in ckpt.tensors.items() if ".layers.3." not in n},
+                  str(tmp_path / "model.safetensors"))
+        template = tmp_path / "model.safetensors"
     url = "file://" + str(remote_root["teacher"])
-    got = dict(slicer.stream(url, template=remote_root["template"], chunk_bytes=4000))
-    want = dict(slicer.stream(remote_root["teacher"], template=remote_root["template"], chunk_bytes=4000))
+    got = dict(slicer.stream(url, template=template, chunk_bytes=4000))
+    want = dict(slicer.stream(remote_root["teacher"], template=template, chunk_bytes=4000))
     assert sorted(got) == sorted(want)
     assert all(torch.equal(got[n].view(torch.int16), want[n].view(torch.int16)) for n in want)

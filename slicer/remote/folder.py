@@ -119,9 +119,11 @@ class RemoteFolder:
 
     # -- reading tensors ------------------------------------------------------------------
 
-    def plan_reader(self, plan: "Plan", skip_shards: Iterable[str], chunk_bytes: int) -> RemoteReader:
+    def plan_reader(self, plan: "Plan", skip_shards: Iterable[str], chunk_bytes: int,
+                    whole_copies: bool = True) -> RemoteReader:
         """The engine's reader for ``plan`` (the shards in ``skip_shards`` are not read)."""
-        return RemoteReader(self, plan_spans(plan, chunk_bytes, frozenset(skip_shards)), chunk_bytes)
+        spans = plan_spans(plan, chunk_bytes, frozenset(skip_shards), whole_copies)
+        return RemoteReader(self, spans, chunk_bytes)
 
     def read_rows(self, info: TensorInfo, first: int, count: int, shape: tuple[int, ...],
                   rows: list[int] | None) -> torch.Tensor:

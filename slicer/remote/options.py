@@ -6,10 +6,13 @@ from pathlib import Path
 
 # Kept byte ranges closer than this are fetched as one request, the gap with them.
 # Fetching a gap of g bytes costs g / bandwidth; a separate request costs about one
-# request's overhead divided by the requests in flight. bench/remote.py measures the
-# crossover (README, "Remote teachers"): on a loopback server throttled to 100 MB/s
-# and 1 GB/s, 16 in flight, the times were flat below 64 kB and fell off above.
-DEFAULT_GAP_BYTES = 16 << 10
+# request's overhead (CPU on both ends, or a round trip divided by the requests in
+# flight). bench/remote.py measures the crossover (README, "Remote teachers"): every
+# other row kept, one request per row against the gaps bridged; one request costs
+# ~0.55 ms there, so bridging pays below ~32 kB at 100 MB/s and below ~200 kB at 1 GB/s.
+# A far server (tens of ms per round trip) moves it up; --coalesce-gap 0 fetches the
+# fewest bytes.
+DEFAULT_GAP_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)

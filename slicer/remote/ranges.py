@@ -78,15 +78,18 @@ def copy_spans(file: Hashable, offset: int, nbytes: int, chunk_bytes: int) -> It
         yield Span(file, offset + pos, n, [(0, n)])
 
 
-def plan_spans(plan: Plan, chunk_bytes: int, skip_shards: Iterable[str] = ()) -> Iterator[Span]:
-    """Every span the engine will ask for, in its order (shards in ``skip_shards`` are not read)."""
+def plan_spans(plan: Plan, chunk_bytes: int, skip_shards: Iterable[str] = (), whole_copies: bool = True) -> Iterator[Span]:
+    """Every span the engine will ask for, in its order (shards in ``skip_shards`` are not read).
+
+    ``whole_copies``: tensors kept whole come as blocks (``Engine.run`` streams them to
+    the writer); else as chunks like every other tensor (``Engine.tensor``)."""
     skip = set(skip_shards)
     for shard in plan.shards:
         if shard.filename in skip:
             continue
         for job in shard.jobs:
             info = job.source
-            if job.is_copy:
+            if job.is_copy and whole_copies:
                 yield from copy_spans(info.path, info.offset, job.nbytes, chunk_bytes)
             else:
                 for chunk in chunks(job, chunk_bytes):

@@ -3,14 +3,16 @@
 It knows every span the engine will ask for, in order (:func:`ranges.plan_spans`), so a
 few worker threads pull the coalesced requests one after another and fill span
 buffers while the engine gathers earlier ones. Each buffer is the size of its span
-(``torch.empty``: the pages of unkept rows are never touched, so never resident), and
+(a fresh anonymous map: the pages of unkept rows are never touched, so never resident), and
 only its kept rows are fetched; the gather reads nothing else. What is fetched but not
 yet used stays under ``ahead`` bytes, so memory stays flat whatever the model.
 """
 from __future__ import annotations
 
 import collections
+import mmap
 import threading
+import time
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -22,6 +24,7 @@ from .fetch import Pieces
 from .ranges import Request, Span, coalesce, copy_spans
 
 WAIT_S = 0.1  # waits wake this often, so Ctrl-C and errors are noticed
+CLOSE_WAIT_S = 2.0  # at most this long for the workers to finish their requests when the run ends
 
 
 class _Buffer:
@@ -29,8 +32,11 @@ class _Buffer:
 
     def __init__(self, span: Span):
         self.span = span
-        self.tensor = torch.empty(span.nbytes, dtype=torch.uint8)
-        self.view = memoryview(self.tensor.numpy())
+        # A fresh anonymous map, not the allocator's memory: pages of unkept rows are never
+        # touched, so never resident, and the whole span goes back to the system when the
+        # engine drops it (heap memory freed by another thread's arena would stay resident).
+        self.view = memoryview(mmap.mmap(-1, span.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
+        self.tensor = torch.frombuffer(self.view, dtype=torch.uint8)
         self.charged = 0  # bytes of requests written into it (what it holds in memory)
         self.pending = 0  # requests issued for it and not done
         self.sealed = False  # every request it needs has been issued
@@ -88,6 +94,8 @@ class RemoteReader:
                     break
                 if not self._queue and self._exhausted:
                     raise SlicerError(f"{file}: internal error: the remote reader has no more spans")
+                if not any(w.is_alive() for w in self._workers):
+                    raise SlicerError(f"{file}: internal error: the remote reader's workers stopped")
                 self._cond.wait(WAIT_S)
             del self._buffers[id(buf.span)]
             self._ahead -= buf.charged
@@ -101,6 +109,14 @@ class RemoteReader:
     # -- the workers' side ----------------------------------------------------------------
 
     def _work(self) -> None:
+        try:
+            self._fetch_requests()
+        except BaseException as e:  # noqa: BLE001 - never die silently: the engine would wait forever
+            with self._cond:
+                self._error = self._error or e
+                self._cond.notify_all()
+
+    def _fetch_requests(self) -> None:
         while True:
             with self._cond:
                 while not self._may_issue():
@@ -125,6 +141,8 @@ class RemoteReader:
                     self._error = self._error or e
                     self._cond.notify_all()
                 return
+            finally:
+                del targets  # views of span buffers: a waiting worker must not keep a used span alive
             with self._cond:
                 for span, _, _ in req.pieces:
                     if span is not None:
@@ -163,8 +181,9 @@ class RemoteReader:
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
-        for w in self._workers:
-            w.join(timeout=1.0)  # a request in flight ends at its timeout; the threads are daemons
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        for w in self._workers:  # a request in flight ends at its timeout; the threads are daemons
+            w.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> "RemoteReader":
         return self
