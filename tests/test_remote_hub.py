@@ -51,12 +51,11 @@ def llama(tmp_path_factory):
 
 
 @pytest.fixture
-def hub(llama, remote_root, tmp_path, monkeypatch):
+def hub(remote_root, tmp_path, monkeypatch):
     """The stand-in Hub, with huggingface_hub pointed at it and no token or offline mode from the machine."""
     from huggingface_hub import constants
 
-    repos = {"org/llama": Repo(llama["folder"], commit=COMMIT),
-             "org/small": Repo(remote_root["teacher"]),
+    repos = {"org/small": Repo(remote_root["teacher"]),
              "org/private": Repo(remote_root["teacher"], token="sekrit"),
              "org/gated": Repo(remote_root["teacher"], gated=True)}
     with RangeServer(hub=repos) as srv:
@@ -69,7 +68,15 @@ def hub(llama, remote_root, tmp_path, monkeypatch):
         yield srv
 
 
-def test_hf_config_route_writes_what_the_local_route_writes(llama, hub, tmp_path):
+@pytest.fixture
+def llama_hub(llama, hub):
+    """The stand-in Hub serving the tiny Llama as org/llama too."""
+    hub.hub["org/llama"] = Repo(llama["folder"], commit=COMMIT)
+    return hub
+
+
+def test_hf_config_route_writes_what_the_local_route_writes(llama, llama_hub, tmp_path):
+    hub = llama_hub
     out = tmp_path / "out"
     summary = slicer.shrink("hf://org/llama", out, config_set=EDITS, remote={"backoff_s": 0.01})
     assert tree(out) == tree(llama["local"])  # shards, config.json, tokenizer and generation files
@@ -87,7 +94,8 @@ def test_hf_template_route_and_a_named_revision(remote_root, hub, tmp_path):
     assert json.loads((out / "slicer_manifest.json").read_text())["teacher"]["revision"] == Repo(None).commit
 
 
-def test_hf_plan_fetches_headers_and_the_config_but_no_tokenizer(llama, hub, capfd):
+def test_hf_plan_fetches_headers_and_the_config_but_no_tokenizer(llama, llama_hub, capfd):
+    hub = llama_hub
     assert cli.main(["plan", "hf://org/llama", *SET]) == 0
     assert "(remote;" in capfd.readouterr().out
     fetched = {k.rsplit("/", 1)[-1].split("?")[0]: v for k, v in hub.stats.by_path.items()}
@@ -98,7 +106,8 @@ def test_hf_plan_fetches_headers_and_the_config_but_no_tokenizer(llama, hub, cap
     assert set(fetched) == {"llama", "model.safetensors.index.json", "config.json", *shards}  # "llama": the model info
 
 
-def test_hf_verify_uses_the_revision_the_manifest_records(llama, hub, tmp_path, capfd):
+def test_hf_verify_uses_the_revision_the_manifest_records(llama, llama_hub, tmp_path, capfd):
+    hub = llama_hub
     out = tmp_path / "out"
     slicer.shrink("hf://org/llama", out, config_set=EDITS)
     hub.stats.reset()
@@ -128,7 +137,8 @@ def test_hf_token_from_the_environment_opens_a_private_repository(remote_root, h
     assert tree(tmp_path / "out") == remote_root["local_tree"]
 
 
-def test_hf_offline_mode_reads_the_huggingface_cache_and_sends_nothing(llama, hub, tmp_path, monkeypatch):
+def test_hf_offline_mode_reads_the_huggingface_cache_and_sends_nothing(llama, llama_hub, tmp_path, monkeypatch):
+    hub = llama_hub
     from huggingface_hub import constants
 
     cache = tmp_path / "hub-cache"
@@ -145,14 +155,14 @@ def test_hf_offline_mode_reads_the_huggingface_cache_and_sends_nothing(llama, hu
     assert hub.stats.requests == 0
 
 
-def test_hf_endpoint_from_the_environment_in_a_fresh_process(llama, hub, subprocess_env, tmp_path):
+def test_hf_endpoint_from_the_environment_in_a_fresh_process(remote_root, hub, subprocess_env, tmp_path):
     env = dict(subprocess_env, HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="0")
     env.pop("HF_TOKEN", None)
     hub.stats.reset()
-    r = subprocess.run([sys.executable, "-m", "slicer", "plan", "hf://org/llama", *SET, "--json"],
-                       capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "slicer", "plan", "hf://org/small", "--template",
+                        str(remote_root["template"]), "--json"], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     teacher = json.loads(r.stdout)["teacher"]
-    assert teacher["revision"] == COMMIT and teacher["endpoint"] == hub.url
+    assert teacher["revision"] == Repo(None).commit and teacher["endpoint"] == hub.url
     weights = sum(v for k, v in hub.stats.by_path.items() if k.endswith(".safetensors"))
-    assert weights == header_bytes(llama["folder"])
+    assert weights == header_bytes(remote_root["teacher"])  # headers only
