@@ -21,7 +21,10 @@ Every run is a whole process; e2e reports wall times (import included), gap the 
 own time from its summary (plan, fetch, write). The median of --repeats is reported. The machine is shared and has 2 cores: the server, the client and (for
 download) the local shrink compete for them, as they would not across a real network.
 
-    python bench/remote.py [--workdir DIR] [--which e2e,gap] [--bandwidths 100,1000] [--repeats 3] [--json FILE]
+  requests  Llama-3.1-405B's shapes (sparse files) shrunk to Llama-3.1-8B's: the requests and
+        bytes a remote run would fetch, per gap (arithmetic on the plan; nothing is served).
+
+    python bench/remote.py [--workdir DIR] [--which e2e,gap,requests] [--bandwidths 100,1000] [--repeats 3] [--json FILE]
     python bench/remote.py serve ROOT [--bandwidth MB/s] [--latency MS]   # the server alone (prints its URL)
 """
 from __future__ import annotations
@@ -235,6 +238,45 @@ def run_gap(workdir: Path, bandwidths: list[float], latencies: list[float], repe
     return rows
 
 
+def run_requests(workdir: Path, gaps: list[int], log) -> list[dict]:
+    """Llama-3.1-405B's shapes shrunk to Llama-3.1-8B's: how many requests and bytes, per gap.
+
+    Pure arithmetic on the plan (sparse files give the headers; nothing is fetched): the
+    requests a remote run would make, their bytes, and for each gap how much is bridged."""
+    import sparse405b
+
+    sys.path.insert(0, str(ROOT))
+    import slicer
+    from slicer.engine import DEFAULT_CHUNK_BYTES
+    from slicer.remote.ranges import coalesce, plan_spans
+
+    tdir, sdir = workdir / "405b" / "teacher", workdir / "405b" / "template"
+    if not (tdir / teachers.INDEX_NAME).exists():
+        sparse405b.sparse_teacher(tdir, sparse405b.LLAMA_405B)
+    teachers.build_template(sdir, sparse405b.LLAMA_8B, log=log)
+    plan = slicer.plan(tdir, template=sdir, layer_selection="uniform")
+    rows = []
+    for gap in gaps:
+        t0 = time.perf_counter()
+        n = total = 0
+        for req in coalesce(plan_spans(plan, DEFAULT_CHUNK_BYTES), gap, 8 << 20):
+            n += 1
+            total += req.nbytes
+        rows.append({"gap_bytes": gap, "requests": n, "bytes": total, "bytes_to_read": plan.bytes_to_read,
+                     "teacher_bytes": plan.teacher.total_bytes, "plan_s": time.perf_counter() - t0})
+        log(f"  405B -> 8B, gap {gap >> 10} kB: {n} requests, {total / 1e9:.1f} GB "
+            f"(bytes_to_read {plan.bytes_to_read / 1e9:.1f} GB of {plan.teacher.total_bytes / 1e9:.0f} GB)")
+    return rows
+
+
+def format_requests(rows: list[dict]) -> str:
+    lines = ["| gap | requests | GB fetched | / bytes_to_read | mean request |", "| ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['gap_bytes'] >> 10} kB | {r['requests']:,} | {r['bytes'] / 1e9:.1f} | "
+                     f"{r['bytes'] / r['bytes_to_read']:.3f} | {r['bytes'] / r['requests'] / 1e3:.0f} kB |")
+    return "\n".join(lines)
+
+
 def format_e2e(rows: list[dict]) -> str:
     lines = ["| bandwidth | download all + shrink locally | slicer from the URL | ratio | bytes: download | bytes: slicer "
              "| slicer / plan's bytes_to_read | identical |",
@@ -281,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     if "e2e" in a.which:
         result["e2e"] = run_e2e(a.workdir, bws, a.repeats, log)
         print(format_e2e(result["e2e"]))
+    if "requests" in a.which:
+        result["requests"] = run_requests(a.workdir, [0, 64 << 10, 256 << 10, 1 << 20], log)
+        print(format_requests(result["requests"]))
     if "gap" in a.which:
         result["gap"] = run_gap(a.workdir, bws, [float(x) for x in a.latencies.split(",")], a.repeats, log)
         print(format_gap(result["gap"]))

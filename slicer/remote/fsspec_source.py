@@ -26,8 +26,9 @@ class FsspecSource(Source):
             raise SlicerError(f"{folder_url}: a teacher at this URL needs fsspec ({e}); {INSTALL_HINT}") from e
         try:
             self.fs, self.root = fsspec.core.url_to_fs(folder_url)
-        except ImportError as e:  # e.g. s3fs missing
-            raise SlicerError(f"{folder_url}: {e}; {INSTALL_HINT}") from e
+        except ImportError as e:  # fsspec names the package a protocol needs (s3fs ships with [remote])
+            hint = f"; {INSTALL_HINT}" if folder_url.startswith(("s3://", "s3a://")) else ""
+            raise SlicerError(f"{folder_url}: {e}{hint}") from e
         except ValueError as e:  # an unknown protocol
             raise SlicerError(f"{folder_url}: {e}") from e
         protocol = self.fs.protocol
