@@ -248,6 +248,7 @@ def run_requests(workdir: Path, gaps: list[int], log) -> list[dict]:
     sys.path.insert(0, str(ROOT))
     import slicer
     from slicer.engine import DEFAULT_CHUNK_BYTES
+    from slicer.remote.options import DEFAULT_GAP_BYTES as DEFAULT_GAP
     from slicer.remote.ranges import coalesce, plan_spans
 
     tdir, sdir = workdir / "405b" / "teacher", workdir / "405b" / "template"
@@ -266,12 +267,25 @@ def run_requests(workdir: Path, gaps: list[int], log) -> list[dict]:
                      "teacher_bytes": plan.teacher.total_bytes, "plan_s": time.perf_counter() - t0})
         log(f"  405B -> 8B, gap {gap >> 10} kB: {n} requests, {total / 1e9:.1f} GB "
             f"(bytes_to_read {plan.bytes_to_read / 1e9:.1f} GB of {plan.teacher.total_bytes / 1e9:.0f} GB)")
+    # Split by output shard (README, "Beyond one machine"): what each shard's worker would fetch.
+    split = slicer.plan(tdir, template=sdir, layer_selection="uniform", max_shard_size="1GB")
+    per_shard = []
+    for shard in split.shards:
+        others = [s.filename for s in split.shards if s is not shard]
+        reqs = list(coalesce(plan_spans(split, DEFAULT_CHUNK_BYTES, others), DEFAULT_GAP, 8 << 20))
+        per_shard.append({"shard": shard.filename, "requests": len(reqs), "bytes": sum(r.nbytes for r in reqs)})
+    rows.append({"split_1GB": per_shard})
+    worst = max(per_shard, key=lambda r: r["bytes"])
+    log(f"  split at 1 GB: {len(per_shard)} shards; the largest fetch {worst['bytes'] / 1e9:.2f} GB in "
+        f"{worst['requests']} requests; the most requests {max(r['requests'] for r in per_shard)}")
     return rows
 
 
 def format_requests(rows: list[dict]) -> str:
     lines = ["| gap | requests | GB fetched | / bytes_to_read | mean request |", "| ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
+        if "gap_bytes" not in r:
+            continue
         lines.append(f"| {r['gap_bytes'] >> 10} kB | {r['requests']:,} | {r['bytes'] / 1e9:.1f} | "
                      f"{r['bytes'] / r['bytes_to_read']:.3f} | {r['bytes'] / r['requests'] / 1e3:.0f} kB |")
     return "\n".join(lines)
