@@ -332,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     a.workdir.mkdir(parents=True, exist_ok=True)
     bws = [float(x) for x in a.bandwidths.split(",")]
-    result = {"machine": {"cpus": os.cpu_count(), "note": "shared 2-core VM; server, client and shrink on one machine"}}
+    result = {"machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg(),
+                          "note": "shared 2-core VM; server, client and shrink on one machine"}}
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if "e2e" in a.which:
         result["e2e"] = run_e2e(a.workdir, bws, a.repeats, log)
@@ -343,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     if "gap" in a.which:
         result["gap"] = run_gap(a.workdir, bws, [float(x) for x in a.latencies.split(",")], a.repeats, log)
         print(format_gap(result["gap"]))
+    result["machine"]["load_after"] = os.getloadavg()  # other work on the machine skews every figure
+    print(f"load average before {result['machine']['load_before'][0]:.1f}, after {result['machine']['load_after'][0]:.1f}",
+          file=sys.stderr)
     if a.json:
         a.json.write_text(json.dumps(result, indent=1))
     return 0

@@ -325,3 +325,18 @@ def test_a_local_run_imports_no_remote_library(remote_root, tmp_path, subprocess
             "print(rc, bad)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env, timeout=120)
     assert r.stdout.strip() == "0 []", r.stdout + r.stderr
+
+
+def test_cli_remote_flags_tune_the_fetching_and_bad_values_are_one_line(remote_root, server, tmp_path, capfd):
+    out = tmp_path / "out"
+    args = ["shrink", server.teacher_url, str(out), "--template", str(remote_root["template"]), "--quiet",
+            "--max-shard-size", SHARDS]
+    assert cli.main([*args, "--coalesce-gap", "1MB", "--max-requests", "2"]) == 0, capfd.readouterr().err
+    assert tree(out) == remote_root["local_tree"]
+    for flags, expect in ((["--coalesce-gap", "abc"], "--coalesce-gap 'abc' is not a size"),
+                          (["--max-requests", "0"], "requests=0 (>= 1)"),
+                          (["--revision", "main"], "--revision applies to hf:// teachers only")):
+        capfd.readouterr()
+        assert cli.main([*args, "--overwrite", *flags]) == 2
+        line = _one_error_line(capfd.readouterr().err)
+        assert expect in line, line

@@ -166,3 +166,13 @@ def test_hf_endpoint_from_the_environment_in_a_fresh_process(remote_root, hub, s
     assert teacher["revision"] == Repo(None).commit and teacher["endpoint"] == hub.url
     weights = sum(v for k, v in hub.stats.by_path.items() if k.endswith(".safetensors"))
     assert weights == header_bytes(remote_root["teacher"])  # headers only
+
+
+def test_hf_offline_mode_without_the_repository_cached_is_one_line(remote_root, hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(slicer.SlicerError, match="offline mode .* not in the local cache"):
+        slicer.plan("hf://org/small", template=remote_root["template"])
+    assert hub.stats.requests == 0

@@ -35,16 +35,14 @@ def make_source(url: str, options: RemoteOptions) -> tuple[Source | None, str | 
     """(source, file name) for a URL, or (None, None, local path) where hf:// resolves to the local cache."""
     scheme = url.split("://", 1)[0].lower()
     if scheme == "hf":
-        from .hub_source import HubSource, cached_snapshot, parse_hf_url
+        from .hub_source import HubSource, cached_snapshot, offline_mode, parse_hf_url
 
         repo, url_revision, path = parse_hf_url(url)
         if url_revision is not None and options.revision is not None and url_revision != options.revision:
             raise SlicerError(f"{url}: the URL names revision {url_revision!r} but --revision is {options.revision!r}")
         revision = options.revision or url_revision
         folder, name = split_target(path) if path else ("", None)
-        from huggingface_hub import constants
-
-        if constants.is_offline_mode():
+        if offline_mode():
             snapshot = cached_snapshot(repo, revision, url)
             local = snapshot / folder if folder else snapshot
             log.info("offline mode: reading %s from the local Hugging Face cache (%s)", url, snapshot)

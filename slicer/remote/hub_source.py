@@ -50,6 +50,11 @@ def _hub():
     return huggingface_hub, constants, errors, build_hf_headers, get_session, hf_raise_for_status
 
 
+def offline_mode() -> bool:
+    """HF_HUB_OFFLINE, as huggingface_hub reads it."""
+    return _hub()[1].is_offline_mode()
+
+
 def cached_snapshot(repo: str, revision: str | None, url: str) -> Path:
     """The repository's folder in huggingface_hub's cache (offline mode: nothing is requested)."""
     huggingface_hub, _, errors, *_ = _hub()
