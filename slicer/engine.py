@@ -102,7 +102,7 @@ class Engine:
         bytes_read = 0
         out: ShardWriter | None = None
         try:
-            with TeacherReader() as reader:
+            with self.open_reader(plan, skip_shards=output.done) as reader:
                 for shard in plan.shards:
                     if shard.filename in output.done:  # completed by the run we resume
                         on_bytes(shard.size)
@@ -125,9 +125,21 @@ class Engine:
         writer.raise_error()
         return bytes_read
 
+    def open_reader(self, plan: Plan, skip_shards=(), whole_copies: bool = True) -> TeacherReader:
+        """The teacher's reader: short-lived maps of local files, or (a remote teacher) a
+        reader that fetches the plan's kept rows ahead of the engine, in the order ``run``
+        (``whole_copies``) or ``tensor`` (not) asks for them."""
+        if plan.teacher.source is None:
+            return TeacherReader()
+        return plan.teacher.source.plan_reader(plan, skip_shards, self.chunk_bytes, whole_copies)
+
     def _run_job(self, job: TensorJob, reader: TeacherReader, writer: "_WriterThread", free: queue.Queue) -> int:
         if job.is_copy:
-            writer.submit(("copy", reader.fd(job.source.path), job.source.offset, job.nbytes))
+            if reader.streams_copies:  # remote: the bytes come as buffers, not from a file descriptor
+                for block in reader.copy_blocks(job.source):
+                    writer.submit(("bytes", block, None))
+            else:
+                writer.submit(("copy", reader.fd(job.source.path), job.source.offset, job.nbytes))
             return job.nbytes
         out_size = DTYPES[job.dtype].itemsize
         touched = 0

@@ -1,6 +1,7 @@
 """The manifest: what was selected, from where, with which options.
 
-Enough to reproduce and audit a student: the teacher's files (names, sizes, mtimes),
+Enough to reproduce and audit a student: the teacher's files (names, sizes, mtimes;
+for a remote teacher its URL, revision and the files' ETags),
 the options, the layer maps, every index set (its rule and its indices) and, per
 student tensor, its source and the index set of each dimension.
 """
@@ -27,14 +28,18 @@ def fingerprint(record: dict) -> dict:
 
 def build(plan: Plan) -> dict:
     teacher = plan.teacher
-    files = []
-    for p in teacher.files:
-        st = os.stat(p)
-        files.append({"name": os.path.relpath(p, teacher.folder), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    if teacher.source is not None:  # remote: URL, revision, sizes and ETags (--resume compares them)
+        teacher_record = teacher.source.record(teacher.files)
+    else:
+        files = []
+        for p in teacher.files:
+            st = os.stat(p)
+            files.append({"name": os.path.relpath(p, teacher.folder), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        teacher_record = {"path": str(teacher.path.resolve()), "files": files}
     return {
         "format": FORMAT,
         "slicer_version": __version__,
-        "teacher": {"path": str(teacher.path.resolve()), "files": files},
+        "teacher": teacher_record,
         "student": plan.student,
         "options": plan.options.as_dict(),
         "layer_maps": plan.layer_maps,

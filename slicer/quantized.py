@@ -140,7 +140,12 @@ def read_scheme(config: dict | None, where: str) -> Scheme | None:
 
 
 def teacher_scheme(teacher) -> Scheme | None:
-    """The scheme of a teacher Checkpoint's config.json, if it has one (the only file read here)."""
+    """The scheme of a teacher Checkpoint's config.json, if it has one (the only file read here).
+
+    Read only where the teacher holds quantized weights' companions (block scales, packed
+    blocks): a plain teacher's config is not fetched (a remote plan reads headers only)."""
+    if not any(name.endswith(("_scale_inv", "_blocks", "_scales")) for name in teacher.tensors):
+        return None
     path: Path | None = teacher.config_path()
     if path is None:
         return None

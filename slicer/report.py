@@ -37,7 +37,8 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"layers    {prefix}: {len(layers)} of {plan.teacher_depths[prefix]}, teacher layers {layers}")
     lines += [
         f"tensors   {len(plan.jobs)} written, {len(plan.skipped)} teacher tensors unused, {len(plan.excluded)} excluded",
-        f"read      {format_bytes(plan.bytes_to_read)} of {format_bytes(t.total_bytes)}",
+        f"read      {format_bytes(plan.bytes_to_read)} of {format_bytes(t.total_bytes)}"
+        + (f" (remote; {format_bytes(t.source.bytes_fetched)} fetched so far: headers)" if t.source is not None else ""),
         f"write     {format_bytes(plan.bytes_to_write)} in {len(plan.shards)} shard{'s' * (len(plan.shards) != 1)}",
     ]
     for shard in plan.shards:
@@ -80,9 +81,13 @@ def _quantization(q: dict) -> str:
 
 
 def format_summary(s) -> str:
+    fetched = ""
+    if getattr(s, "bytes_fetched", None) is not None:  # a remote teacher
+        fetched = f"\nfetched {format_bytes(s.bytes_fetched)} over the network, of the teacher's {format_bytes(s.teacher_bytes)}"
     return (
         f"wrote {s.tensors_written} tensors in {s.shards} shard{'s' * (s.shards != 1)} to {s.out} "
         f"({s.tensors_skipped} teacher tensors unused, {s.tensors_excluded} excluded)\n"
         f"read {format_bytes(s.bytes_read)}, wrote {format_bytes(s.bytes_written)} in {s.seconds:.2f} s "
         f"({s.gb_per_s:.2f} GB/s), peak memory {format_bytes(s.peak_memory_bytes)}, {s.backend} on {s.device}"
+        + fetched
     )

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .axes.audit import audit
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, is_url
 from .errors import SlicerError
 from .safetensors_format import BITS_DTYPE, DTYPES, TensorInfo, is_json_int, read_header
 from .selection import manifest_indices
@@ -59,19 +59,28 @@ class VerifyReport:
 
 
 def verify(out: str | Path, *, teacher: str | Path | None = None, full: bool = False,
-           rows_per_tensor: int = SPOT_ROWS, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> VerifyReport:
+           rows_per_tensor: int = SPOT_ROWS, chunk_bytes: int = DEFAULT_CHUNK_BYTES, revision: str | None = None,
+           cache_dir: str | Path | None = None, remote: dict | None = None) -> VerifyReport:
     """Check the student in ``out`` against its manifest (and ``teacher``, if given).
 
     Without ``full``, ``rows_per_tensor`` rows of dimension 0 of every tensor (the first,
     the last, others drawn by a seed from the tensor's name) are compared with the
     teacher. ``chunk_bytes`` bounds each read, of teacher span and of student bytes.
     Raises SlicerError when ``out`` has no usable manifest or the teacher cannot be opened.
+    A remote ``teacher`` (a URL) is read by range requests of the compared rows; without
+    ``revision``, the revision the manifest records for that URL is used.
     """
     out = Path(out)
     manifest = _load_manifest(out)
     report = VerifyReport(str(out), None if teacher is None else str(teacher), full,
                           tensors=len(manifest["tensors"]))
-    ckpt = Checkpoint.open(teacher, role="teacher") if teacher is not None else None  # before the long part
+    ckpt = None
+    if teacher is not None:  # before the long part
+        if revision is None and is_url(teacher):
+            from .remote import recorded_revision
+
+            revision = recorded_revision(teacher, manifest.get("teacher"))  # the commit the student came from
+        ckpt = Checkpoint.open(teacher, role="teacher", revision=revision, cache_dir=cache_dir, remote=remote)
     with _Files() as files:
         headers = _check_shards(out, manifest, report)
         _check_index(out, manifest, report)
@@ -297,7 +306,8 @@ def _compare(name: str, rec: dict, stored: TensorInfo, ckpt: Checkpoint, sets: d
     report.tensors_compared += 1
     try:
         for block in _blocks(source.shape, stored.shape, index, source.itemsize, stored.itemsize, budget, sample):
-            want = _select(files.read(source, block.t_first, block.t_count).view(block.t_shape), block.t_index)
+            span = files.read(source, block.t_first, block.t_count, block.t_shape, block.t_index[0] if block.t_shape else None)
+            want = _select(span.view(block.t_shape), block.t_index)
             if cast is not None:
                 want = want.view(cast[0]).to(cast[1]).view(BITS_DTYPE[stored.itemsize])
             got = files.read(stored, block.s_first, block.s_count).view(block.s_shape)
@@ -462,8 +472,12 @@ class _Files:
     def __init__(self) -> None:
         self._fds: dict[Path, int] = {}
 
-    def read(self, info: TensorInfo, first: int, count: int) -> torch.Tensor:
-        """Elements first..first+count-1 of a tensor, as same-width integers."""
+    def read(self, info: TensorInfo, first: int, count: int, shape: tuple[int, ...] = (),
+             rows: list[int] | None = None) -> torch.Tensor:
+        """Elements first..first+count-1 of a tensor, as same-width integers. A remote
+        tensor's span (viewed as ``shape``) is fetched by its ``rows`` of dimension 0 only."""
+        if not isinstance(info.path, Path):  # a remote teacher's RemotePath
+            return info.path.folder.read_rows(info, first, count, shape, rows)
         fd = self._fds.get(info.path)
         if fd is None:
             try:
