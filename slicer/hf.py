@@ -394,8 +394,9 @@ def _binder_factory(transformers, student_model, tensors: list[StudentTensor], t
                               "add it, or pass --attention flat")
         return guard.names_binder
     teacher_model = _teacher_model(transformers, teacher_dict, ckpt.config_path(), student_model)
-    from .bindings import check_heads, model_binder
+    from .bindings import check_experts, check_heads, model_binder
 
+    check_experts(teacher_model, student_model, where)
     if attention == "heads":
         check_heads(teacher_model, student_model, where)
     return model_binder(teacher_model, student_model, list(ckpt.tensors), [t.name for t in tensors])

@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ..axes import Binder
-from . import attention, common, mlp
+from . import attention, common, mla, mlp, moe
 from .binder import ModelBinder
 from .geometry import check_geometry, geometry, rotary_convention
 from .view import ModelView
 
-RULES = [attention.bind, mlp.bind, common.bind_embeddings, common.bind_norms]
-COMPONENT_RULES: list = []
+RULES = [mla.bind, moe.bind, attention.bind, mlp.bind, common.bind_embeddings, common.bind_norms]
+COMPONENT_RULES: list = [moe.component]
 
 
 def model_binder(teacher_model, student_model, teacher_names: Sequence[str],
@@ -29,6 +29,11 @@ def model_binder(teacher_model, student_model, teacher_names: Sequence[str],
                            options.method, rules=list(RULES), component_rules=list(COMPONENT_RULES))
 
     return make
+
+
+def check_experts(teacher_model, student_model, where: str) -> None:
+    """Refuse, naming the config key, a student whose routers cannot route over the experts kept."""
+    moe.check_experts(teacher_model, student_model, where)
 
 
 def check_heads(teacher_model, student_model, where: str) -> None:
@@ -44,6 +49,9 @@ def check_heads(teacher_model, student_model, where: str) -> None:
             continue
         seen.add(type(s_mod))
         t_cfg, s_cfg = _config_of(teacher_model, path), _config_of(student_model, path)
+        if mla.is_mla(s_mod):  # latent attention: its own geometry
+            mla.check(mla.MlaGeometry.of(t_mod, t_cfg), mla.MlaGeometry.of(s_mod, s_cfg), where)
+            continue
         rotary = rotary_convention(t_mod)
         gt, gs = geometry(t_mod, t_cfg, rotary), geometry(s_mod, s_cfg, rotary_convention(s_mod) if rotary else None)
         if gt is not None and gs is not None:

@@ -12,8 +12,12 @@ With ``--attention flat`` the rows are selected like any other axis (the paper's
 """
 from __future__ import annotations
 
+import inspect
+import re
+
 from ..axes import Layout, axis, concat, product
-from .binder import ModelBinder, TensorRef
+from ..errors import SlicerError
+from .binder import ModelBinder, TensorRef, _attention_path
 from .geometry import HeadGeometry
 
 # Leaf module names, by what their output rows (input columns for "o") hold.
@@ -75,7 +79,25 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
         return tuple(out)
     axes = HeadAxes(ref, b, *pair)
     out[head_dim] = axes.rows(which)
+    if which == "q" and _gated_query(ref, b, pair[0], ref.tshape[head_dim]):
+        out[head_dim] = product(axes.q, 2, axes.dim)  # per head [query | gate], gate over the head's dims
     return tuple(out)
+
+
+def _gated_query(ref: TensorRef, b: ModelBinder, T: HeadGeometry, rows: int) -> bool:
+    """Qwen3-Next: q_proj holds twice the query rows, viewed per head as (head_dim * 2) and chunked
+    into [query | gate]; read from the attention module's forward, never assumed."""
+    if rows != 2 * T.heads * T.head_dim:
+        return False
+    module = b.teacher.modules.get(_attention_path(b.teacher, ref.owner.module_path) or "")
+    try:
+        source = inspect.getsource(type(module).forward)
+    except (OSError, TypeError):
+        source = ""
+    if re.search(r"view\([^)]*-1,\s*self\.head_dim\s*\*\s*2\s*\)", source) and re.search(r"chunk\(", source):
+        return True
+    raise SlicerError(f"tensor {ref.student_name!r}: {rows} query rows for {T.heads} heads of {T.head_dim}, and "
+                      f"{type(module).__name__}.forward does not say how they split; its heads cannot be kept whole")
 
 
 class HeadAxes:

@@ -88,6 +88,7 @@ class ModelBinder(Binder):
         self._heads: dict[str, tuple[HeadGeometry, HeadGeometry] | None] = {}
         self._rotary: dict[tuple[int, int], bool] = {}
         self._refs: dict[str, TensorRef] = {}
+        self._listed: dict[str, dict[str, dict[int, str]]] = {}
 
     # ------------------------------------------------------------------ Binder
 
@@ -96,6 +97,7 @@ class ModelBinder(Binder):
         return {p: (t[p], s[p]) for p in s if p in t}
 
     def component(self, student_prefix, teacher_prefix, t, s, table):
+        self._table = table
         for rule in self.component_rules:
             name = rule(student_prefix, teacher_prefix, t, s, table, self)
             if name is not None:
@@ -170,6 +172,28 @@ class ModelBinder(Binder):
             self._rotary[key] = any(n.endswith("inv_freq") and n.startswith(prefix)
                                     for n, _ in view.model.named_buffers())
         return self._rotary[key]
+
+    def listed(self, prefix: str, student: bool = False) -> dict[int, str]:
+        """Member index -> one checkpoint name under ``prefix.N.`` (teacher names, or the student's)."""
+        side = "student" if student else "teacher"
+        if side not in self._listed:
+            found: dict[str, dict[int, str]] = {}
+            for name in (self.student_names if student else self.teacher_names):
+                parts = name.split(".")
+                for k, part in enumerate(parts):
+                    if part.isascii() and part.isdigit():
+                        found.setdefault(".".join(parts[:k]), {}).setdefault(int(part), name)
+            self._listed[side] = found
+        return self._listed[side].get(prefix, {})
+
+    def is_component(self, teacher_name: str) -> str | None:
+        """The teacher prefix of the component (``...experts``) ``teacher_name`` sits under, if any."""
+        for prefix in self._components:
+            if teacher_name.startswith(prefix + "."):
+                rest = teacher_name[len(prefix) + 1:].split(".", 1)[0]
+                if rest.isascii() and rest.isdigit():
+                    return prefix
+        return None
 
     # ------------------------------------------------------------------ leftovers
 
