@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ..axes import Binder
-from . import attention, common, mla, mlp, moe
+from . import attention, common, linear_attention, mla, mlp, moe
 from .binder import ModelBinder
 from .geometry import check_geometry, geometry, rotary_convention
 from .view import ModelView
 
-RULES = [mla.bind, moe.bind, attention.bind, mlp.bind, common.bind_embeddings, common.bind_norms]
+RULES = [mla.bind, moe.bind, linear_attention.bind, attention.bind, mlp.bind, common.bind_embeddings, common.bind_norms]
 COMPONENT_RULES: list = [moe.component]
 
 

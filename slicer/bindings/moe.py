@@ -70,6 +70,7 @@ class Routing:
     top_k: int | None
     groups: int = 1  # n_group: experts in groups of experts // groups, consecutive
     topk_group: int | None = None
+    count_key: str = "the experts count"  # the config key that holds ``experts``
 
     @classmethod
     def of(cls, block) -> "Routing":
@@ -88,11 +89,15 @@ class Routing:
 
         n = n or attr("num_experts", "n_routed_experts", "num_local_experts") or _int(config, *EXPERT_COUNT_KEYS)
         top_k = attr("top_k", "num_experts_per_tok") or _int(config, "num_experts_per_tok")
-        return cls(n, top_k, attr("num_group", "n_group") or 1, attr("topk_group"))
+        key = next((k for k in EXPERT_COUNT_KEYS if config is not None and config.to_dict().get(k) == n), None)
+        return cls(n, top_k, attr("num_group", "n_group") or 1, attr("topk_group"), key or cls.count_key)
 
 
 def check_routing(teacher: Routing, student: Routing, where: str) -> None:
     """Refuse, naming the config key, a student whose router cannot route over the experts kept."""
+    if student.experts is not None and teacher.experts is not None and student.experts > teacher.experts:
+        raise SlicerError(f"{where}: student {student.count_key}={student.experts} exceeds the teacher's "
+                          f"{teacher.experts} experts")
     if student.top_k is not None and student.experts is not None and student.top_k > student.experts:
         raise SlicerError(f"{where}: num_experts_per_tok={student.top_k} exceeds the {student.experts} experts the "
                           "student keeps; lower num_experts_per_tok")
@@ -142,7 +147,8 @@ def check_experts(teacher_model, student_model, where: str) -> None:
 def experts_axis(b: ModelBinder, block: str, t_block, s_block, t: int, s: int, where: str) -> str:
     """``block:experts`` (``block`` a teacher checkpoint path), grouped where the router groups."""
     T, S = Routing.of(t_block), Routing.of(s_block)
-    T, S = Routing(t, T.top_k, T.groups, T.topk_group), Routing(s, S.top_k, S.groups, S.topk_group)
+    T = Routing(t, T.top_k, T.groups, T.topk_group, T.count_key)
+    S = Routing(s, S.top_k, S.groups, S.topk_group, S.count_key)
     check_routing(T, S, where)
     name = f"{block}:experts"
     if T.groups == 1:
