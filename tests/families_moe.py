@@ -212,3 +212,59 @@ FAMILIES["qwen3_next"] = Family(
          linear_value_head_dim=8, linear_conv_kernel_dim=4),
     dict(ATTN_EDITS, moe_intermediate_size=16, shared_expert_intermediate_size=32, num_hidden_layers=4, num_experts=4),
     _qwen3_next_spec())
+
+
+FAMILIES["phimoe"] = Family(
+    "PhimoeConfig",
+    dict(architectures=["PhimoeForCausalLM"], **{k: v for k, v in ATTN_TEACHER.items() if k != "head_dim"},
+         intermediate_size=96, num_hidden_layers=4, num_local_experts=8, num_experts_per_tok=2),
+    dict(ATTN_EDITS, intermediate_size=48, num_hidden_layers=2, num_local_experts=4),
+    # LayerNorms with biases; the router is ``gate`` in checkpoints (``router`` in the model)
+    Spec(_llama_like() + _moe_rules(r"model\.layers", "block_sparse_moe", ("w1", "w3", "w2")) + [
+        (r"model\.(?:norm|layers\.\d+\.(?:input_layernorm|post_attention_layernorm))\.bias", ("hidden",)),
+    ], dict(ATTN_SIZES, effn=96, E=8), _experts_component(r"model\.layers", "block_sparse_moe")))
+
+# GLM-4-MoE: DeepSeek-V3's router (sigmoid scores + e_score_correction_bias, n_group / topk_group),
+# grouped-query attention with partial rotary, the first layer dense
+FAMILIES["glm4_moe"] = Family(
+    "Glm4MoeConfig",
+    dict(architectures=["Glm4MoeForCausalLM"], **ATTN_TEACHER, intermediate_size=128, moe_intermediate_size=32,
+         num_hidden_layers=4, first_k_dense_replace=1, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
+         n_group=2, topk_group=1),
+    dict(ATTN_EDITS, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=3, n_routed_experts=4),
+    Spec(_llama_like() + _moe_rules(r"model\.layers", "mlp", shared="shared_experts") + [
+        (r"model\.layers\.(\d+)\.mlp\.gate\.e_score_correction_bias", ("L{1}.E",)),
+    ], dict(ATTN_SIZES, ffn=128, effn=32, sffn=32, E=8), _experts_component(r"model\.layers", "mlp")))
+
+# ERNIE-4.5-MoE: MoE from layer 1 (moe_layer_start_index), shared experts, ``moe_statics`` [1, E]
+# holding the experts' score correction; embeddings tied
+FAMILIES["ernie4_5_moe"] = Family(
+    "Ernie4_5_MoeConfig",
+    dict(architectures=["Ernie4_5_MoeForCausalLM"], **{**ATTN_TEACHER, "tie_word_embeddings": True},
+         intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=4, moe_num_experts=8, moe_k=2,
+         moe_num_shared_experts=1, moe_layer_start_index=1),
+    dict(ATTN_EDITS, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=3, moe_num_experts=4),
+    Spec(_llama_like() + _moe_rules(r"model\.layers", "mlp", shared="shared_experts") + [
+        (r"model\.layers\.(\d+)\.mlp\.moe_statics\.e_score_correction_bias", ("*", "L{1}.E")),
+    ], dict(ATTN_SIZES, ffn=128, effn=32, sffn=32, E=8), _experts_component(r"model\.layers", "mlp")))
+
+
+def _minimax_spec() -> Spec:
+    L = r"model\.layers\.(\d+)\."
+    rules = _llama_like() + _moe_rules(r"model\.layers", "block_sparse_moe", ("w1", "w3", "w2")) + [
+        # lightning (linear) attention: heads are kept, only the residual stream shrinks
+        (L + r"self_attn\.(?:qkv_proj|output_gate)\.weight", ("*", "hidden")),
+        (L + r"self_attn\.out_proj\.weight", ("hidden", "*")),
+    ]
+    return Spec(rules, dict(ATTN_SIZES, effn=96, E=8), _experts_component(r"model\.layers", "block_sparse_moe"))
+
+
+# MiniMax: lightning attention and softmax attention alternating (layer_types), Mixtral's experts.
+# One num_attention_heads for both kinds, and lightning heads are not bound: heads are kept.
+FAMILIES["minimax"] = Family(
+    "MiniMaxConfig",
+    dict(architectures=["MiniMaxForCausalLM"], **ATTN_TEACHER, intermediate_size=96, num_hidden_layers=4,
+         num_local_experts=8, num_experts_per_tok=2, block_size=16,
+         layer_types=["linear_attention", "full_attention"] * 2),
+    dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_local_experts=4),
+    _minimax_spec())

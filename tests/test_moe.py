@@ -209,3 +209,34 @@ def test_per_layer_lists_that_are_not_about_layers_are_left_alone():
     # InternVL's vision tower: two layers, and an image size of two numbers that has nothing to do with them
     vision = {"num_hidden_layers": 2, "image_size": [448, 448], "patch_size": [14, 14]}
     assert classify(transformers.InternVLVisionConfig, vision, "num_hidden_layers") == {}
+
+
+def _template(folder, fam: str, edits: dict, with_config: bool = True):
+    """What a user has: a randomly initialized student saved with save_pretrained."""
+    family = FAMILIES[fam]
+    config = {**family.config, **edits}
+    cfg = getattr(transformers, family.config_class)(**{k: v for k, v in config.items() if k != "architectures"})
+    model = getattr(transformers, config["architectures"][0])(cfg)
+    model.config.architectures = config["architectures"]
+    model.save_pretrained(folder)
+    if not with_config:
+        (folder / "config.json").unlink()
+    return folder
+
+
+def test_a_template_with_a_config_keeps_experts_consistent(teachers, tmp_path):
+    family = FAMILIES["mixtral"]
+    template = _template(tmp_path / "template", "mixtral", family.edits)
+    out = tmp_path / "out"
+    slicer.shrink(str(teachers("mixtral")), str(out), template=str(template), method="consecutive",
+                  layer_selection="uniform", progress=False)
+    report = check(out, teachers("mixtral"), family.spec)
+    assert not report.problems, report.problems[:5]
+    assert report.members["L0.E"] == [0, 1, 2, 3]  # the method's, while the layers are uniform (0, 2)
+    assert layer_map(report, LAYERS) == {0: 0, 1: 2}
+
+
+def test_packed_experts_without_a_config_are_refused(teachers, tmp_path):
+    template = _template(tmp_path / "template", "gpt_oss", FAMILIES["gpt_oss"].edits, with_config=False)
+    with pytest.raises(slicer.SlicerError, match="packs every expert of a layer"):
+        slicer.plan(str(teachers("gpt_oss")), template=str(template))

@@ -13,12 +13,19 @@ from .binder import ModelBinder, TensorRef
 from .geometry import _int
 
 
+_NOT_HEADS = {"hidden_size", "num_hidden_layers", "layer_idx"}  # sizes a mixer keeps that are not its own
+
+
 def _mixer(view, module_path: str) -> str | None:
-    """The enclosing module (the owner included) the config calls a linear-attention layer."""
+    """The enclosing module (the owner included) that is a layer's linear-attention mixer: its
+    ``layer_type`` is the config's ``layer_types`` entry, and it sits right inside a layer (the
+    layer itself may carry the same entry, and holds norms and MLPs too)."""
     path = module_path
     while path:
         m = view.modules.get(path)
-        if m is not None and getattr(m, "layer_type", None) == "linear_attention":
+        parent = path.rsplit(".", 1)[0] if "." in path else ""
+        in_layer = parent.rsplit(".", 1)[-1].isdigit()
+        if m is not None and in_layer and getattr(m, "layer_type", None) == "linear_attention":
             return path
         path = path.rsplit(".", 1)[0] if "." in path else ""
     return None
@@ -30,7 +37,8 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
         return None
     s_path = _mixer(b.student, ref.student_owner.module_path)
     t_mix, s_mix = b.teacher.modules[t_path], b.student.modules.get(s_path or "")
-    hidden = (_int(t_mix, "hidden_size"), _int(s_mix, "hidden_size"))
+    hidden = (_int(t_mix, "hidden_size") or _int(ref.owner.config, "hidden_size"),
+              _int(s_mix, "hidden_size") or _int(ref.student_owner.config, "hidden_size"))
     module = ref.owner.module
     out: list[Layout | None] = [None] * len(ref.tshape)
     for d, (t, s) in enumerate(zip(ref.tshape, ref.sshape)):
@@ -40,8 +48,9 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
         elif t != s:
             changed = [f"{k} {v} -> {getattr(s_mix, k, None)}" for k, v in sorted(vars(t_mix).items())
                        if isinstance(v, int) and not isinstance(v, bool) and getattr(s_mix, k, None) != v
-                       and k != "hidden_size"]
+                       and k not in _NOT_HEADS]
             raise SlicerError(f"tensor {ref.student_name!r} dimension {d} [{t} -> {s}]: slicer does not bind the heads "
                               f"of linear attention ({type(t_mix).__name__}: {', '.join(changed) or 'its sizes'}); "
-                              "keep their sizes (linear_num_value_heads, linear_num_key_heads, linear_*_head_dim)")
+                              "keep their sizes (e.g. linear_num_value_heads, linear_num_key_heads, linear_*_head_dim, "
+                              "or num_attention_heads where one count serves both attentions)")
     return tuple(out)

@@ -18,9 +18,9 @@ Tensors bound to them:
   their ``_bias``): dim 0 the experts, the others as the module says they are laid out
   (``is_transposed`` / ``is_concatenated`` of transformers' experts interface, else read
   from its forward code: gpt-oss interleaves gate and up columns, Llama 4 has halves);
-- the router (any direct child of the block): rows and biases of E are the experts
+- the router and whatever else the block holds besides experts and a shared MLP: dims of E are the experts
   (``gate.weight``, ``router.bias``, ``e_score_correction_bias``), columns the hidden axis;
-  ``shared_expert_gate`` [1, H] only has the hidden axis.
+  ``shared_expert_gate`` [1, H] only has the hidden axis; ERNIE's ``moe_statics`` [1, E] too.
 Shared experts are an MLP inside the block: mlp.py binds them to their own FFN axis.
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from ..axes import Layout, axis, concat, product
 from ..errors import SlicerError
+from . import mlp
 from .binder import ModelBinder, TensorRef
 from .geometry import _int
 from .view import ModelView
@@ -71,6 +72,7 @@ class Routing:
     groups: int = 1  # n_group: experts in groups of experts // groups, consecutive
     topk_group: int | None = None
     count_key: str = "the experts count"  # the config key that holds ``experts``
+    top_k_key: str = "num_experts_per_tok"  # the config key that holds ``top_k`` (ERNIE: moe_k)
 
     @classmethod
     def of(cls, block) -> "Routing":
@@ -90,7 +92,8 @@ class Routing:
         n = n or attr("num_experts", "n_routed_experts", "num_local_experts") or _int(config, *EXPERT_COUNT_KEYS)
         top_k = attr("top_k", "num_experts_per_tok") or _int(config, "num_experts_per_tok")
         key = next((k for k in EXPERT_COUNT_KEYS if config is not None and config.to_dict().get(k) == n), None)
-        return cls(n, top_k, attr("num_group", "n_group") or 1, attr("topk_group"), key or cls.count_key)
+        top_k_key = (getattr(config, "attribute_map", None) or {}).get("num_experts_per_tok", cls.top_k_key)
+        return cls(n, top_k, attr("num_group", "n_group") or 1, attr("topk_group"), key or cls.count_key, top_k_key)
 
 
 def check_routing(teacher: Routing, student: Routing, where: str) -> None:
@@ -99,8 +102,8 @@ def check_routing(teacher: Routing, student: Routing, where: str) -> None:
         raise SlicerError(f"{where}: student {student.count_key}={student.experts} exceeds the teacher's "
                           f"{teacher.experts} experts")
     if student.top_k is not None and student.experts is not None and student.top_k > student.experts:
-        raise SlicerError(f"{where}: num_experts_per_tok={student.top_k} exceeds the {student.experts} experts the "
-                          "student keeps; lower num_experts_per_tok")
+        raise SlicerError(f"{where}: {student.top_k_key}={student.top_k} exceeds the {student.experts} experts the "
+                          f"student keeps; lower {student.top_k_key}")
     if teacher.groups == 1 and student.groups == 1:
         return
     if teacher.groups == 1:
@@ -124,9 +127,9 @@ def check_routing(teacher: Routing, student: Routing, where: str) -> None:
         raise SlicerError(f"{where}: topk_group={student.topk_group} exceeds the student's n_group={g}; lower "
                           "topk_group")
     if student.top_k is not None and student.topk_group is not None and student.top_k > student.topk_group * per_s:
-        raise SlicerError(f"{where}: num_experts_per_tok={student.top_k} exceeds the {student.topk_group * per_s} "
+        raise SlicerError(f"{where}: {student.top_k_key}={student.top_k} exceeds the {student.topk_group * per_s} "
                           f"experts of the topk_group={student.topk_group} groups a token may use; lower "
-                          "num_experts_per_tok or raise topk_group")
+                          f"{student.top_k_key} or raise topk_group")
 
 
 def check_experts(teacher_model, student_model, where: str) -> None:
@@ -147,8 +150,8 @@ def check_experts(teacher_model, student_model, where: str) -> None:
 def experts_axis(b: ModelBinder, block: str, t_block, s_block, t: int, s: int, where: str) -> str:
     """``block:experts`` (``block`` a teacher checkpoint path), grouped where the router groups."""
     T, S = Routing.of(t_block), Routing.of(s_block)
-    T = Routing(t, T.top_k, T.groups, T.topk_group, T.count_key)
-    S = Routing(s, S.top_k, S.groups, S.topk_group, S.count_key)
+    T = Routing(t, T.top_k, T.groups, T.topk_group, T.count_key, T.top_k_key)
+    S = Routing(s, S.top_k, S.groups, S.topk_group, S.count_key, S.top_k_key)
     check_routing(T, S, where)
     name = f"{block}:experts"
     if T.groups == 1:
@@ -210,30 +213,46 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
         return _experts_tensor(ref, b, t_mod, s_mod)
     if ref.owner.module_path.startswith(experts + "."):
         return None  # experts in an nn.ModuleList: mlp.py binds them, to the FFN axis of the list
-    rel = ref.owner.key[len(block) + 1:] if block else ref.owner.key
-    if rel.count(".") != 1:
-        return None  # deeper: the shared experts' MLP (mlp.py)
-    return _router(ref, b, t_mod, s_mod)
+    if mlp.role(ref) is not None:
+        return None  # the shared experts' MLP: mlp.py, with its own FFN axis
+    return _router(ref, b, t_mod, s_mod, block)
 
 
-def _router(ref: TensorRef, b: ModelBinder, t_mod, s_mod) -> tuple[Layout | None, ...] | None:
+def _router(ref: TensorRef, b: ModelBinder, t_mod, s_mod, block: str) -> tuple[Layout | None, ...] | None:
+    """Any other parameter of the block (the router, its biases, ERNIE's ``gate.moe_statics``
+    [1, E], Qwen3-Next's ``shared_expert_gate``): dimensions of E are the experts, the input of a Linear (or the last dimension of a
+    matrix) of the hidden size the hidden axis; any other dimension must keep its size."""
+    import torch
+
     rank = len(ref.tshape)
     if rank not in (1, 2):
         return None
     T, S = Routing.of(t_mod), Routing.of(s_mod)
+    hidden = (_hidden(ref.owner.config), _hidden(ref.student_owner.config))
+    linear = isinstance(ref.owner.module, torch.nn.Linear)
     out: list[Layout | None] = [None] * rank
-    if (ref.tshape[0], ref.sshape[0]) == (T.experts, S.experts):
-        block = ".".join(ref.teacher_name.split(".")[:-2])
-        out[0] = axis(experts_axis(b, block, t_mod, s_mod, T.experts, S.experts, f"tensor {ref.student_name!r}"))
-    elif ref.tshape[0] != ref.sshape[0]:
-        return None
-    if rank == 2:
-        hidden = (_hidden(ref.owner.config), _hidden(ref.student_owner.config))
-        if (ref.tshape[1], ref.sshape[1]) == hidden:
-            out[1] = b.hidden(ref, 1)
-        elif ref.tshape[1] != ref.sshape[1]:
+    for d, pair in enumerate(zip(ref.tshape, ref.sshape)):
+        experts = pair == (T.experts, S.experts)
+        residual = rank == 2 and d == 1 and pair == hidden
+        if experts and residual and not linear:
+            raise SlicerError(f"tensor {ref.student_name!r} dimension 1: {pair[0]} -> {pair[1]} is both the experts "
+                              "and the hidden size; slicer cannot tell which it is")
+        if residual:
+            out[d] = b.hidden(ref, d)
+        elif experts:
+            out[d] = axis(experts_axis(b, _checkpoint_path(ref, block), t_mod, s_mod, T.experts, S.experts, f"tensor {ref.student_name!r}"))
+        elif pair[0] != pair[1]:
             return None
     return tuple(out) if any(x is not None for x in out) else None
+
+
+def _checkpoint_path(ref: TensorRef, block: str) -> str:
+    """The teacher checkpoint path of the block (model path ``block``) holding ``ref``: its name, less
+    the components the model key has below the block (renamings change prefixes, e.g. Mixtral's
+    block_sparse_moe -> mlp; PhiMoE's gate -> router)."""
+    below = len(ref.owner.key.split(".")) - (len(block.split(".")) if block else 0)
+    parts = ref.teacher_name.split(".")
+    return ".".join(parts[:len(parts) - below])
 
 
 def _hidden(config) -> int | None:
