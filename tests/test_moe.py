@@ -237,6 +237,7 @@ def test_a_template_with_a_config_keeps_experts_consistent(teachers, tmp_path):
 
 
 def test_packed_experts_without_a_config_are_refused(teachers, tmp_path):
-    template = _template(tmp_path / "template", "gpt_oss", FAMILIES["gpt_oss"].edits, with_config=False)
+    edits = {**FAMILIES["gpt_oss"].edits, "layer_types": ["sliding_attention", "full_attention"]}
+    template = _template(tmp_path / "template", "gpt_oss", edits, with_config=False)
     with pytest.raises(slicer.SlicerError, match="packs every expert of a layer"):
         slicer.plan(str(teachers("gpt_oss")), template=str(template))
