@@ -268,3 +268,18 @@ FAMILIES["minimax"] = Family(
          layer_types=["linear_attention", "full_attention"] * 2),
     dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_local_experts=4),
     _minimax_spec())
+
+# Qwen2-MoE: dense layers named by index (mlp_only_layers), q/k/v biases, a shared expert behind a
+# sigmoid gate [1, H]: kinds [moe, dense, moe, moe]
+FAMILIES["qwen2_moe"] = Family(
+    "Qwen2MoeConfig",
+    dict(architectures=["Qwen2MoeForCausalLM"], **ATTN_TEACHER, intermediate_size=128, moe_intermediate_size=32,
+         shared_expert_intermediate_size=64, num_hidden_layers=4, num_experts=8, num_experts_per_tok=2,
+         mlp_only_layers=[1]),
+    dict(ATTN_EDITS, intermediate_size=48, moe_intermediate_size=16, shared_expert_intermediate_size=32,
+         num_hidden_layers=3, num_experts=4),
+    Spec(_llama_like() + _moe_rules(r"model\.layers", "mlp", shared="shared_expert") + [
+        (r"model\.layers\.(\d+)\.self_attn\.q_proj\.bias", ("L{1}.kv * L{1}.grp * L{1}.hd",)),
+        (r"model\.layers\.(\d+)\.self_attn\.[kv]_proj\.bias", ("L{1}.kv * L{1}.hd",)),
+        (r"model\.layers\.(\d+)\.mlp\.shared_expert_gate\.weight", ("*", "hidden")),
+    ], dict(ATTN_SIZES, ffn=128, effn=32, sffn=64, E=8), _experts_component(r"model\.layers", "mlp")))

@@ -16,6 +16,7 @@ import json
 import re
 
 import pytest
+import torch
 
 transformers = pytest.importorskip("transformers")
 
@@ -172,6 +173,8 @@ HYBRIDS = {  # family -> the layer map each layer selection must give (kinds of 
     "qwen3_next": {"first": [0, 1, 2, 3], "uniform": [0, 1, 4, 5]},
     # [dense, moe, moe, moe] -> [dense, moe, moe]: the MoE layers uniformly from 1, 2, 3
     "deepseek_v3": {"first": [0, 1, 2], "uniform": [0, 1, 3]},
+    # [moe, dense, moe, moe] (mlp_only_layers [1]) -> [moe, dense, moe]
+    "qwen2_moe": {"first": [0, 1, 2], "uniform": [0, 1, 3]},
 }
 
 
@@ -195,8 +198,26 @@ def test_every_student_layer_is_fed_by_a_teacher_layer_of_its_kind(teachers, tmp
     for key in ("layer_types", "no_rope_layers"):
         if key in t_cfg:
             assert s_cfg[key] == [t_cfg[key][got[j]] for j in sorted(got)], key
-    if "moe_layers" in t_cfg:
-        assert s_cfg["moe_layers"] == [j for j in sorted(got) if got[j] in t_cfg["moe_layers"]]
+    for key in ("moe_layers", "mlp_only_layers"):
+        if key in t_cfg:
+            assert s_cfg[key] == [j for j in sorted(got) if got[j] in t_cfg[key]], key
+
+
+@pytest.mark.parametrize("fam", ["llama4_text", "jamba"])
+def test_depth_only_copies_the_layers_of_each_kind_bit_for_bit(teachers, tmp_path, fam):
+    from consistency import read_folder
+
+    teacher = teachers(fam, coded=False)
+    out = tmp_path / "out"
+    slicer.shrink(str(teacher), str(out), config_set={"num_hidden_layers": 4}, layer_selection="uniform",
+                  progress=False)
+    got, want = read_folder(out), read_folder(teacher)
+    layers = json.loads((out / "slicer_manifest.json").read_text())["layer_maps"]["model.layers"]
+    for name, tensor in got.items():
+        m = re.fullmatch(LAYERS, name)
+        source = f"{m.group(1)}{layers[int(m.group(2))]}{m.group(3)}" if m else name
+        assert torch.equal(tensor, want[source]), name
+    assert _kinds(got) == {j: _kinds(want)[i] for j, i in enumerate(layers)}
 
 
 def test_per_layer_lists_that_are_not_about_layers_are_left_alone():
