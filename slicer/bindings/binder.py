@@ -188,11 +188,10 @@ class ModelBinder(Binder):
 
     def is_component(self, teacher_name: str) -> str | None:
         """The teacher prefix of the component (``...experts``) ``teacher_name`` sits under, if any."""
-        for prefix in self._components:
-            if teacher_name.startswith(prefix + "."):
-                rest = teacher_name[len(prefix) + 1:].split(".", 1)[0]
-                if rest.isascii() and rest.isdigit():
-                    return prefix
+        parts = teacher_name.split(".")
+        for k, part in enumerate(parts):
+            if part.isascii() and part.isdigit() and ".".join(parts[:k]) in self._components:
+                return ".".join(parts[:k])
         return None
 
     # ------------------------------------------------------------------ leftovers

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import weakref
 from dataclasses import dataclass
 
 from ..axes import Layout, axis, concat, product
@@ -76,6 +77,13 @@ class Routing:
 
     @classmethod
     def of(cls, block) -> "Routing":
+        found = _ROUTING.get(block)
+        if found is None:
+            found = _ROUTING[block] = cls._read(block)
+        return found
+
+    @classmethod
+    def _read(cls, block) -> "Routing":
         import torch
 
         experts_mod = block.experts
@@ -91,9 +99,12 @@ class Routing:
 
         n = n or attr("num_experts", "n_routed_experts", "num_local_experts") or _int(config, *EXPERT_COUNT_KEYS)
         top_k = attr("top_k", "num_experts_per_tok") or _int(config, "num_experts_per_tok")
-        key = next((k for k in EXPERT_COUNT_KEYS if config is not None and config.to_dict().get(k) == n), None)
+        key = next((k for k in EXPERT_COUNT_KEYS if config is not None and vars(config).get(k) == n), None)
         top_k_key = (getattr(config, "attribute_map", None) or {}).get("num_experts_per_tok", cls.top_k_key)
         return cls(n, top_k, attr("num_group", "n_group") or 1, attr("topk_group"), key or cls.count_key, top_k_key)
+
+
+_ROUTING: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # block module -> its Routing
 
 
 def check_routing(teacher: Routing, student: Routing, where: str) -> None:
