@@ -28,6 +28,7 @@ from __future__ import annotations
 import inspect
 import re
 import weakref
+import dataclasses
 from dataclasses import dataclass
 
 from ..axes import Layout, axis, concat, product
@@ -74,6 +75,7 @@ class Routing:
     topk_group: int | None = None
     count_key: str = "the experts count"  # the config key that holds ``experts``
     top_k_key: str = "num_experts_per_tok"  # the config key that holds ``top_k`` (ERNIE: moe_k)
+    group_min: int = 1  # experts a group needs: DeepSeek-V3 scores a group by its top 2
 
     @classmethod
     def of(cls, block) -> "Routing":
@@ -101,7 +103,16 @@ class Routing:
         top_k = attr("top_k", "num_experts_per_tok") or _int(config, "num_experts_per_tok")
         key = next((k for k in EXPERT_COUNT_KEYS if config is not None and vars(config).get(k) == n), None)
         top_k_key = (getattr(config, "attribute_map", None) or {}).get("num_experts_per_tok", cls.top_k_key)
-        return cls(n, top_k, attr("num_group", "n_group") or 1, attr("topk_group"), key or cls.count_key, top_k_key)
+        router = next((m for m in mods if _int(m, "num_group", "n_group")), None)
+        group_min = 1
+        if router is not None:
+            try:
+                found = re.search(r"\.topk\(\s*(\d+)", inspect.getsource(type(router).forward))
+            except (OSError, TypeError):
+                found = None
+            group_min = int(found.group(1)) if found else 1
+        return cls(n, top_k, attr("num_group", "n_group") or 1, attr("topk_group"), key or cls.count_key, top_k_key,
+                   group_min)
 
 
 _ROUTING: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # block module -> its Routing
@@ -131,9 +142,10 @@ def check_routing(teacher: Routing, student: Routing, where: str) -> None:
         raise SlicerError(f"{where}: the student puts {per_s} experts in each of its n_group={g} groups, the teacher "
                           f"{per_t}; a student group keeps experts of one teacher group, so keep at most {per_t} per "
                           "group (shrink the experts count with n_group)")
-    if per_s < 2 <= per_t:
-        raise SlicerError(f"{where}: the student keeps {per_s} expert per group; the router scores a group by its "
-                          "top 2 experts, so keep at least 2 per group (lower n_group)")
+    if per_s < student.group_min <= per_t:
+        raise SlicerError(f"{where}: the student keeps {per_s} expert(s) per group; the router scores a group by its "
+                          f"top {student.group_min} experts, so keep at least {student.group_min} per group (lower "
+                          "n_group)")
     if student.topk_group is not None and student.topk_group > g:
         raise SlicerError(f"{where}: topk_group={student.topk_group} exceeds the student's n_group={g}; lower "
                           "topk_group")
@@ -161,8 +173,7 @@ def check_experts(teacher_model, student_model, where: str) -> None:
 def experts_axis(b: ModelBinder, block: str, t_block, s_block, t: int, s: int, where: str) -> str:
     """``block:experts`` (``block`` a teacher checkpoint path), grouped where the router groups."""
     T, S = Routing.of(t_block), Routing.of(s_block)
-    T = Routing(t, T.top_k, T.groups, T.topk_group, T.count_key, T.top_k_key)
-    S = Routing(s, S.top_k, S.groups, S.topk_group, S.count_key, S.top_k_key)
+    T, S = dataclasses.replace(T, experts=t), dataclasses.replace(S, experts=s)
     check_routing(T, S, where)
     name = f"{block}:experts"
     if T.groups == 1:
