@@ -262,3 +262,24 @@ def test_packed_experts_without_a_config_are_refused(teachers, tmp_path):
     template = _template(tmp_path / "template", "gpt_oss", edits, with_config=False)
     with pytest.raises(slicer.SlicerError, match="packs every expert of a layer"):
         slicer.plan(str(teachers("gpt_oss")), template=str(template))
+
+
+def test_lists_of_a_nested_text_config_follow_its_layer_map():
+    from slicer import layer_lists
+
+    text = {**FAMILIES["llama4_text"].config}
+    text.pop("architectures")
+    base = {"model_type": "llama4", "architectures": ["Llama4ForConditionalGeneration"],
+            "text_config": {**transformers.Llama4TextConfig(**text).to_dict()}}
+    student = json.loads(json.dumps(base))
+    student["text_config"]["num_hidden_layers"] = 4
+    found = layer_lists.find(base, student, {"text_config.num_hidden_layers": 4}, transformers.Llama4Config,
+                             "num_hidden_layers")
+    assert {(x.path, x.key, x.kind) for x in found} == {
+        ("text_config.", "moe_layers", "indices"), ("text_config.", "no_rope_layers", "per-layer"),
+        ("text_config.", "layer_types", "per-layer")}
+    layer_lists.provisional(found, student)
+    assert student["text_config"]["moe_layers"] == [1, 3]  # the teacher's first four layers: [dense, moe] x 2
+    assert layer_lists.apply(found, student, {"text_config.": [0, 1, 4, 5]})
+    assert student["text_config"]["moe_layers"] == [1, 3]
+    assert student["text_config"]["no_rope_layers"] == [1, 1, 1, 1]  # teacher layers 0, 1, 4, 5: no NoPE layer
