@@ -10,10 +10,11 @@ The module's own attributes (``kv_lora_rank``, ``q_lora_rank``, ``qk_nope_head_d
 Axes of one block ``B``: ``B:heads``, ``B:q-lora``, ``B:kv-lora``, ``B:nope-dims`` (a query's
 nope dims are dotted with the key's: one axis in q and in kv_b), ``B:v-dims``, ``B:rope-dims``,
 and the derived per-head ``B:qk-head-dim`` = nope | rope and ``B:kv-head-dim`` = nope | v.
-Heads, both latents, nope and v dims may shrink. The rotary dims may not: the rotary
-frequencies are spread over ``qk_rope_head_dim``, so a shrunk rope would turn every kept pair
-at another speed (refused, naming the key). With --attention flat the per-head dimensions are
-refused: flat selection would mix the latent, rope and per-head parts.
+Heads, both latents, nope and v dims may shrink. The rotary dims are kept whole (refused,
+naming ``qk_rope_head_dim``): they are one rotary key shared by every head, laid out in pairs
+as the model's ``rope_interleave`` says, and a smaller rope respaces every frequency. With
+--attention flat a change of the per-head dimensions is refused: flat selection would mix the
+latent, rotary and per-head parts.
 """
 from __future__ import annotations
 
@@ -51,8 +52,9 @@ def is_mla(module) -> bool:
 def check(teacher: MlaGeometry, student: MlaGeometry, where: str) -> None:
     """Refuse, naming the config key, what latent attention cannot keep consistently."""
     if student.rope != teacher.rope:
-        raise SlicerError(f"{where}: qk_rope_head_dim {teacher.rope} -> {student.rope}: the rotary frequencies are "
-                          "spread over these dims, so none can be dropped; keep qk_rope_head_dim")
+        raise SlicerError(f"{where}: qk_rope_head_dim {teacher.rope} -> {student.rope}: slicer keeps the rotary dims "
+                          "of latent attention whole (one rotary key shared by every head, its pairs laid out as "
+                          "the model's rope_interleave says); keep qk_rope_head_dim")
     if bool(student.q_lora) != bool(teacher.q_lora):
         raise SlicerError(f"{where}: q_lora_rank {teacher.q_lora or None} -> {student.q_lora or None}: a query latent "
                           "cannot be added or removed; keep q_lora_rank set (or unset) as the teacher has it")
