@@ -252,15 +252,15 @@ FAMILIES["ernie4_5_moe"] = Family(
 def _minimax_spec() -> Spec:
     L = r"model\.layers\.(\d+)\."
     rules = _llama_like() + _moe_rules(r"model\.layers", "block_sparse_moe", ("w1", "w3", "w2")) + [
-        # lightning (linear) attention: heads are kept, only the residual stream shrinks
+        # lightning (linear) attention: its heads are tests/families_attention.py's; here the residual shrinks
         (L + r"self_attn\.(?:qkv_proj|output_gate)\.weight", ("*", "hidden")),
         (L + r"self_attn\.out_proj\.weight", ("hidden", "*")),
     ]
     return Spec(rules, dict(ATTN_SIZES, effn=96, E=8), _experts_component(r"model\.layers", "block_sparse_moe"))
 
 
-# MiniMax: lightning attention and softmax attention alternating (layer_types), Mixtral's experts.
-# One num_attention_heads for both kinds, and lightning heads are not bound: heads are kept.
+# MiniMax: lightning attention and softmax attention alternating (layer_types), Mixtral's experts;
+# heads kept here (one num_attention_heads serves both kinds of attention).
 FAMILIES["minimax"] = Family(
     "MiniMaxConfig",
     dict(architectures=["MiniMaxForCausalLM"], **ATTN_TEACHER, intermediate_size=96, num_hidden_layers=4,

@@ -81,12 +81,12 @@ def audit(manifest: dict, indices_of, tensors=None) -> tuple[list[str], int]:
         if not isinstance(entry, dict) or entry.get("axis") not in table:
             problems.append(f"component {prefix!r}: no axis recorded")
             continue
-        try:  # a derived axis (experts in groups) is composed from its parts
-            members = compose(table, ((entry["axis"],),), leaf)
+        try:
+            members = compose(table, ((entry["axis"],),), leaf)  # derived axes too (per-head norms: q heads)
         except _Unknown as e:
             problems.append(f"component {prefix!r}: {e}")
             continue
-        if not ablation and entry.get("members") != members:
+        if members is not None and not ablation and entry.get("members") != members:
             problems.append(f"component {prefix!r} keeps members {entry.get('members')} but its axis "
                             f"{entry['axis']!r} keeps {members}")
     return problems, checked

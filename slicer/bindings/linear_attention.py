@@ -1,7 +1,9 @@
-"""Linear-attention mixers (Qwen3-Next's Gated DeltaNet, layers whose ``layer_types`` entry is
-``linear_attention``): the residual stream they read and write is the hidden axis; their
-own heads and state are not bound, so a student that changes them is refused, naming what
-changed (keep ``linear_num_value_heads``, ``linear_num_key_heads``, ``linear_*_head_dim``).
+"""Linear-attention mixers that are not attention modules (Qwen3-Next's Gated DeltaNet: the
+mixer of a layer whose ``layer_types`` entry is ``linear_attention``): the residual stream they
+read and write is the hidden axis; their own heads and state are not bound, so a student that
+changes them is refused, naming what changed (keep ``linear_num_value_heads``,
+``linear_num_key_heads``, ``linear_*_head_dim``). An attention module of a linear kind
+(MiniMax's lightning attention) is attention.py's: it binds its heads.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import torch
 
 from ..axes import Layout
 from ..errors import SlicerError
-from .binder import ModelBinder, TensorRef
+from .binder import ModelBinder, TensorRef, _attention_path
 from .geometry import _int
 
 
@@ -33,8 +35,8 @@ def _mixer(view, module_path: str) -> str | None:
 
 def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
     t_path = _mixer(b.teacher, ref.owner.module_path)
-    if t_path is None:
-        return None
+    if t_path is None or _attention_path(b.teacher, ref.owner.module_path) is not None:
+        return None  # an attention module (MiniMax's lightning attention): attention.py binds its heads
     s_path = _mixer(b.student, ref.student_owner.module_path)
     t_mix, s_mix = b.teacher.modules[t_path], b.student.modules.get(s_path or "")
     hidden = (_int(t_mix, "hidden_size") or _int(ref.owner.config, "hidden_size"),
@@ -51,6 +53,5 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
                        and k not in _NOT_HEADS]
             raise SlicerError(f"tensor {ref.student_name!r} dimension {d} [{t} -> {s}]: slicer does not bind the heads "
                               f"of linear attention ({type(t_mix).__name__}: {', '.join(changed) or 'its sizes'}); "
-                              "keep their sizes (e.g. linear_num_value_heads, linear_num_key_heads, linear_*_head_dim, "
-                              "or num_attention_heads where one count serves both attentions)")
+                              "keep their sizes (linear_num_value_heads, linear_num_key_heads, linear_*_head_dim)")
     return tuple(out)
