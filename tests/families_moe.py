@@ -251,22 +251,27 @@ FAMILIES["ernie4_5_moe"] = Family(
 
 def _minimax_spec() -> Spec:
     L = r"model\.layers\.(\d+)\."
+    A = L + r"self_attn\."
     rules = _llama_like() + _moe_rules(r"model\.layers", "block_sparse_moe", ("w1", "w3", "w2")) + [
-        # lightning (linear) attention: its heads are tests/families_attention.py's; here the residual shrinks
-        (L + r"self_attn\.(?:qkv_proj|output_gate)\.weight", ("*", "hidden")),
-        (L + r"self_attn\.out_proj\.weight", ("hidden", "*")),
+        # lightning attention (MiniMaxLightningAttention): qkv viewed (heads, 3 * head_dim) and split
+        # per head into [q, k, v]; norm and output gate over heads * head_dim; per-head decay rates
+        (A + r"qkv_proj\.weight", ("L{1}.h * 3 * L{1}.hd", "hidden")),
+        (A + r"output_gate\.weight", ("L{1}.h * L{1}.hd", "hidden")),
+        (A + r"out_proj\.weight", ("hidden", "L{1}.h * L{1}.hd")),
+        (A + r"norm\.weight", ("L{1}.h * L{1}.hd",)),
+        (A + r"(?:slope_rate|query_decay|key_decay)", ("L{1}.h", "*", "*")),
+        (A + r"diagonal_decay", ("*", "L{1}.h", "*", "*")),
     ]
-    return Spec(rules, dict(ATTN_SIZES, effn=96, E=8), _experts_component(r"model\.layers", "block_sparse_moe"))
+    return Spec(rules, dict(ATTN_SIZES, h=8, effn=96, E=8), _experts_component(r"model\.layers", "block_sparse_moe"))
 
 
-# MiniMax: lightning attention and softmax attention alternating (layer_types), Mixtral's experts;
-# heads kept here (one num_attention_heads serves both kinds of attention).
+# MiniMax: lightning attention and softmax attention alternating (layer_types), Mixtral's experts.
 FAMILIES["minimax"] = Family(
     "MiniMaxConfig",
     dict(architectures=["MiniMaxForCausalLM"], **ATTN_TEACHER, intermediate_size=96, num_hidden_layers=4,
          num_local_experts=8, num_experts_per_tok=2, block_size=16,
          layer_types=["linear_attention", "full_attention"] * 2),
-    dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_local_experts=4),
+    dict(ATTN_EDITS, intermediate_size=48, num_hidden_layers=2, num_local_experts=4),
     _minimax_spec())
 
 # Qwen2-MoE: dense layers named by index (mlp_only_layers), q/k/v biases, a shared expert behind a
