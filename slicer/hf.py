@@ -184,9 +184,13 @@ def _follow_depth(base: dict, student: dict, edits: dict, config_cls, mode: str)
 
 
 def _build_config(config_cls, d: dict, where: str):
+    # config.json holds floats JSON cannot (inf, nan) as transformers writes them ({"__float__": "Infinity"}):
+    # decode them as its own from_json_file does; the dict itself (written to the student) keeps that form.
+    decode = getattr(config_cls, "_decode_special_floats", None)
+    d = decode(copy.deepcopy(d)) if callable(decode) else copy.deepcopy(d)
     try:
         with _quiet():
-            return config_cls.from_dict(copy.deepcopy(d))
+            return config_cls.from_dict(d)
     except Exception as e:  # transformers validates configs with ValueError, TypeError, its own errors
         raise SlicerError(f"{where}: invalid {config_cls.__name__}: {_first_line(e)}") from e
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ..axes import Binder
-from . import attention, common, mlp
+from . import attention, common, mlp, vision
 from .binder import ModelBinder
 from .geometry import check_geometry, geometry, rotary_convention
 from .view import ModelView
 
-RULES = [attention.bind, mlp.bind, common.bind_embeddings, common.bind_norms]
+RULES = [vision.bind, attention.bind, mlp.bind, common.bind_embeddings, common.bind_norms]
 COMPONENT_RULES: list = []
+RESIDUAL_RULES = [vision.stage_channels]
 
 
 def model_binder(teacher_model, student_model, teacher_names: Sequence[str],
@@ -26,7 +27,8 @@ def model_binder(teacher_model, student_model, teacher_names: Sequence[str],
 
     def make(options) -> Binder:
         return ModelBinder(teacher, student, list(teacher_names), list(student_names), options.attention,
-                           options.method, rules=list(RULES), component_rules=list(COMPONENT_RULES))
+                           options.method, rules=list(RULES), component_rules=list(COMPONENT_RULES),
+                           residual_rules=list(RESIDUAL_RULES))
 
     return make
 
