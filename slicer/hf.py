@@ -127,24 +127,58 @@ def _config_class(transformers, d: dict, path: Path):
 def _apply_edits(base: dict, edits: dict, config_cls, where: str) -> dict:
     """base with edits applied; keys go through the config's attribute_map (GPT-2's hidden_size -> n_embd)."""
     out = copy.deepcopy(base)
-    defaults = None
+    defaults: dict = {}
     for key, value in edits.items():
         *path, leaf = key.split(".")
-        target = out
+        target, cls = out, config_cls
         for part in path:
             target = target.get(part) if isinstance(target, dict) else None
             if not isinstance(target, dict):
                 raise SlicerError(f"{where}: --set {key}: {part!r} is not a nested config object")
-        if not path:
-            leaf = getattr(config_cls, "attribute_map", {}).get(leaf, leaf)
+            cls = _sub_config_class(cls, part, target)
+        if cls is not None:  # nested keys are checked against their own config class (text_config: LlamaConfig)
+            leaf = getattr(cls, "attribute_map", {}).get(leaf, leaf)
             if leaf not in target:
-                if defaults is None:
+                if cls not in defaults:
                     with _quiet():
-                        defaults = config_cls()
-                if not _is_config_key(config_cls, defaults, leaf, value):
-                    raise SlicerError(f"{where}: --set {key}: {config_cls.__name__} has no such key (a typo?)")
+                        defaults[cls] = cls()
+                if not _is_config_key(cls, defaults[cls], leaf, value):
+                    raise SlicerError(f"{where}: --set {key}: {cls.__name__} has no such key (a typo?)")
         target[leaf] = value
     return out
+
+
+def _sub_config_class(parent_cls, key: str, d: dict):
+    """The config class of the nested config ``key`` of ``parent_cls`` (None: not known), as transformers
+    resolves it: the class it declares, or for an AutoConfig slot the class of the dict's model_type."""
+    from transformers import CONFIG_MAPPING
+
+    if parent_cls is None:
+        return None
+    declared = (getattr(parent_cls, "sub_configs", None) or {}).get(key)
+    if isinstance(declared, type) and declared.__name__ != "AutoConfig":
+        return declared
+    model_type = d.get("model_type")
+    if model_type is None:
+        spec = (getattr(parent_cls, "sub_configs_defaults", None) or {}).get(key)
+        model_type = getattr(spec, "model_type", None)
+    return CONFIG_MAPPING[model_type] if isinstance(model_type, str) and model_type in CONFIG_MAPPING else None
+
+
+def _per_layer_keys(cls, depth_key: str, depth: int) -> set[str]:
+    """Keys of a config class whose lists follow its depth (layer_types): those its own defaults make as
+    long as the depth, for two depths. Nothing else is per-layer, whatever its length (image_size [448, 448]
+    at depth 2)."""
+    found = None
+    for probe in (depth + 1, depth + 2):
+        try:
+            with _quiet():
+                d = cls(**{depth_key: probe}).to_dict()
+        except Exception:  # noqa: BLE001 - a class that cannot be built alone: trust none of its lists
+            return set()
+        keys = {k for k, v in d.items() if isinstance(v, list) and len(v) == probe}
+        found = keys if found is None else found & keys
+    return found or set()
 
 
 def _is_config_key(config_cls, defaults, key: str, value) -> bool:
@@ -166,21 +200,25 @@ def _follow_depth(base: dict, student: dict, edits: dict, config_cls, mode: str)
     A list is per-layer when its length is the old depth and it was not edited itself.
     Applied at the top level and in nested configs (text_config, ...).
     """
-    def visit(b: dict, s: dict, prefix: str, depth_key: str) -> None:
+    def visit(b: dict, s: dict, prefix: str, cls, nested: bool) -> None:
+        depth_key = getattr(cls, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
         t_depth, s_depth = b.get(depth_key), s.get(depth_key)
         if isinstance(t_depth, int) and isinstance(s_depth, int) and 0 < s_depth < t_depth:
             layers = layer_indices(t_depth, s_depth, mode)
+            # in a nested config only the lists its class makes per layer follow (InternVL's vision
+            # image_size [448, 448] is no per-layer list at depth 2)
+            per_layer = _per_layer_keys(cls, depth_key, t_depth) if nested and cls is not None else None
             for key, value in s.items():
                 edited = (prefix + key) in edits
                 if (not edited and key != "architectures" and isinstance(value, list) and len(value) == t_depth
-                        and value == b.get(key) and all(isinstance(v, (str, int, float, bool)) for v in value)):
+                        and value == b.get(key) and all(isinstance(v, (str, int, float, bool)) for v in value)
+                        and (per_layer is None or key in per_layer) and not (nested and cls is None)):
                     s[key] = [value[i] for i in layers]
         for key, value in s.items():
             if isinstance(value, dict) and isinstance(b.get(key), dict):
-                visit(b[key], value, prefix + key + ".", "num_hidden_layers")
+                visit(b[key], value, prefix + key + ".", _sub_config_class(cls, key, value), True)
 
-    depth_key = getattr(config_cls, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
-    visit(base, student, "", depth_key)
+    visit(base, student, "", config_cls, False)
 
 
 def _build_config(config_cls, d: dict, where: str):

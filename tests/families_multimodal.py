@@ -138,7 +138,8 @@ def _qwen_vl_inputs(config: dict) -> dict:
     grid = torch.tensor([[1, 4, 4]])  # t, h, w in patches
     patches = _pixels(16, v.get("in_channels", 3) * t * p * p)
     ids = _ids(config, config["image_token_id"], 16 // (m * m), before=(config["vision_start_token_id"],))
-    return {"input_ids": ids, "pixel_values": patches, "image_grid_thw": grid}
+    return {"input_ids": ids, "pixel_values": patches, "image_grid_thw": grid,
+            "mm_token_type_ids": (ids == config["image_token_id"]).long()}  # 1: image, as the processor returns it
 
 
 def _gemma3_inputs(config: dict) -> dict:
@@ -401,6 +402,23 @@ FAMILIES: dict[str, Family] = {
                          (r"lm_head\.weight", ("*", "hidden")),
                          (r"backbone\.(?:norm_f|layers\.\d+\.norm)\.weight", ("hidden",)),
                      ] + _mamba2_rules("backbone"), MAMBA2_SIZES)),
+    "mamba": Family("MambaConfig", dict(architectures=["MambaForCausalLM"], hidden_size=32, state_size=8, expand=2,
+                                        conv_kernel=4, time_step_rank=4, num_hidden_layers=3, vocab_size=VOCAB,
+                                        tie_word_embeddings=False),
+                    dict(hidden_size=16, state_size=4, time_step_rank=2, num_hidden_layers=2),
+                    Spec([
+                        (r"backbone\.embeddings\.weight", ("*", "hidden")),
+                        (r"lm_head\.weight", ("*", "hidden")),
+                        (r"backbone\.(?:norm_f|layers\.\d+\.norm)\.weight", ("hidden",)),
+                        # in_proj(x).chunk(2) = [x | z]; x_proj(x).split([rank, state, state]) = [dt | B | C]
+                        (r"backbone\.layers\.(\d+)\.mixer\.in_proj\.weight", ("L{1}.di | L{1}.di", "hidden")),
+                        (r"backbone\.layers\.(\d+)\.mixer\.conv1d\.weight", ("L{1}.di", "*", "*")),
+                        (r"backbone\.layers\.(\d+)\.mixer\.(?:conv1d\.bias|dt_proj\.bias|D)", ("L{1}.di",)),
+                        (r"backbone\.layers\.(\d+)\.mixer\.x_proj\.weight", ("L{1}.r | L{1}.n | L{1}.n", "L{1}.di")),
+                        (r"backbone\.layers\.(\d+)\.mixer\.dt_proj\.weight", ("L{1}.di", "L{1}.r")),
+                        (r"backbone\.layers\.(\d+)\.mixer\.A_log", ("L{1}.di", "L{1}.n")),
+                        (r"backbone\.layers\.(\d+)\.mixer\.out_proj\.weight", ("hidden", "L{1}.di")),
+                    ], dict(hidden=32, di=64, n=8, r=4))),
     # Granite-4 hybrid: Mamba-2 layers beside attention layers; its config holds time_step_limit [0, inf]
     "granite_hybrid": Family("GraniteMoeHybridConfig", dict(
         architectures=["GraniteMoeHybridForCausalLM"], hidden_size=32, intermediate_size=64, shared_intermediate_size=64,

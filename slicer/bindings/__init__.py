@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ..axes import Binder
-from . import attention, common, mlp, vision
+from . import attention, common, mamba, mlp, multimodal, vision
 from .binder import ModelBinder
 from .geometry import check_geometry, geometry, rotary_convention
 from .view import ModelView
 
-RULES = [vision.bind, attention.bind, mlp.bind, common.bind_embeddings, common.bind_norms]
+RULES = [multimodal.bind, vision.bind, mamba.bind, attention.bind, mlp.bind, common.bind_embeddings, common.bind_norms]
 COMPONENT_RULES: list = []
 RESIDUAL_RULES = [vision.stage_channels]
 

@@ -20,7 +20,7 @@ from .geometry import HeadGeometry
 _Q = {"q_proj", "query", "q", "wq", "q_lin", "query_proj", "q_attn", "to_q"}
 _K = {"k_proj", "key", "k", "wk", "k_lin", "key_proj", "to_k"}
 _V = {"v_proj", "value", "v", "wv", "v_lin", "value_proj", "to_v"}
-_O = {"o_proj", "out_proj", "o", "wo", "out_lin", "proj", "c_proj", "dense", "to_out"}
+_O = {"o_proj", "out_proj", "o", "wo", "out_lin", "proj", "c_proj", "dense", "to_out", "projection_layer"}
 _QKV = {"qkv", "qkv_proj", "wqkv", "c_attn", "in_proj"}  # [q | k | v] (or [k | v] for GPT-2 cross-attention)
 _INTERLEAVED = {"query_key_value"}  # GPT-NeoX: per head [q, k, v]
 _IN_MAJOR = {"Conv1D"}  # GPT-2's Conv1D stores its weight [in, out]
