@@ -84,6 +84,10 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
     where = f"tensor {ref.student_name!r}"
     _check(T, "teacher", where)
     _check(S, "student", where)
+    if T.v2 and S.heads // S.groups > T.heads // T.groups:
+        raise SlicerError(f"{where}: the student's Mamba-2 mixer has {S.heads // S.groups} heads per group (num_heads / "
+                          f"n_groups), the teacher's {T.heads // T.groups}; a kept group keeps only its own heads: keep "
+                          "n_groups, or shrink the heads with it")
     ax = _Axes(ref, b, T, S)
     child = ref.owner.module_path[len(T.path):].lstrip(".")
     layouts = ax.v2(child, ref) if T.v2 else ax.v1(child, ref)

@@ -140,6 +140,7 @@ def _channels(ref: TensorRef, b: ModelBinder, pair: tuple[Stages, Stages], i: in
 def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
     if ref.param.endswith("relative_position_bias_table"):
         return _bias_table(ref, b)
+    _check_patch_grid(ref)
     pair = _pair(ref, b)
     if pair is None:
         return None
@@ -193,13 +194,28 @@ def _transition(ref: TensorRef, b: ModelBinder, pair, source: int, target: int) 
         raise SlicerError(f"tensor {ref.student_name!r} dimension {d} [{ref.tshape[d]} -> {ref.sshape[d]}] between stages "
                           f"is no whole multiple of the channels of the stage before ({st.widths[source]} -> "
                           f"{ss.widths[source]}); slicer cannot tell its layout")
-        # (a patch merging of k neighbours holds k times the channels, the channel innermost)
     channels = _channels(ref, b, pair, source)
     inner = axis(channels) if k == 1 else product(k, channels)
     if rank == 1:
         return (inner,)
     out: list[Layout | None] = [into, inner] + [None] * (rank - 2)
     return tuple(out)
+
+
+def _check_patch_grid(ref: TensorRef) -> None:
+    """A vision tower's position table is a grid of patches (+ a class token): a smaller grid is not its
+    first rows, so it is refused rather than kept as text positions are."""
+    cfg = ref.owner.config
+    if getattr(cfg, "image_size", None) is None or getattr(cfg, "patch_size", None) is None:
+        return
+    name = ref.owner.key.lower()
+    if "position" not in name or "relative" in name or len(ref.tshape) not in (2, 3):
+        return
+    d = len(ref.tshape) - 2  # [positions, hidden] (an Embedding) or [1, positions, hidden]
+    if ref.tshape[d] != ref.sshape[d]:
+        raise SlicerError(f"tensor {ref.student_name!r}: the patch grid changes ({ref.tshape[d]} -> {ref.sshape[d]} "
+                          "positions); a smaller grid is not the first rows of the teacher's table: keep image_size "
+                          "and patch_size")
 
 
 def _bias_table(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
