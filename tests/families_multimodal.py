@@ -402,6 +402,16 @@ FAMILIES: dict[str, Family] = {
                          (r"lm_head\.weight", ("*", "hidden")),
                          (r"backbone\.(?:norm_f|layers\.\d+\.norm)\.weight", ("hidden",)),
                      ] + _mamba2_rules("backbone"), MAMBA2_SIZES)),
+    # whole groups dropped (with their heads and their B, C rows): n_groups 2 -> 1, heads 8 -> 4
+    "mamba2_groups": Family("Mamba2Config", dict(architectures=["Mamba2ForCausalLM"], hidden_size=32, num_heads=8,
+                                                 head_dim=8, expand=2, n_groups=2, state_size=8, num_hidden_layers=2,
+                                                 vocab_size=VOCAB, chunk_size=4, tie_word_embeddings=False),
+                            dict(hidden_size=16, num_heads=4, n_groups=1, num_hidden_layers=1),
+                            Spec([
+                                (r"backbone\.embeddings\.weight", ("*", "hidden")),
+                                (r"lm_head\.weight", ("*", "hidden")),
+                                (r"backbone\.(?:norm_f|layers\.\d+\.norm)\.weight", ("hidden",)),
+                            ] + _mamba2_rules("backbone"), MAMBA2_SIZES)),
     "mamba": Family("MambaConfig", dict(architectures=["MambaForCausalLM"], hidden_size=32, state_size=8, expand=2,
                                         conv_kernel=4, time_step_rank=4, num_hidden_layers=3, vocab_size=VOCAB,
                                         tie_word_embeddings=False),
