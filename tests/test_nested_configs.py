@@ -143,8 +143,8 @@ def test_the_manifest_binds_the_bridges_to_the_axes_of_both_towers(teacher, tmp_
     fam = FAMILIES["qwen2_5_vl"]
     _shrink(teacher("qwen2_5_vl"), tmp_path / "out", **fam.edits)
     axes = _axes(tmp_path / "out")
-    assert axes["visual.merger.mlp.0.weight"] == ["model.visual.merger:ffn", "4 * vision_config.hidden"]
-    assert axes["visual.merger.mlp.2.weight"] == ["text_config.hidden", "model.visual.merger:ffn"]
+    assert axes["visual.merger.mlp.0.weight"] == ["visual.merger:ffn", "4 * vision_config.hidden"]
+    assert axes["visual.merger.mlp.2.weight"] == ["text_config.hidden", "visual.merger:ffn"]
     assert axes["visual.merger.ln_q.weight"] == ["vision_config.hidden"]
     assert axes["model.layers.0.mlp.up_proj.weight"][1] == "text_config.hidden"
 

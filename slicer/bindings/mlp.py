@@ -16,8 +16,8 @@ from ..axes import Layout, axis, concat, product
 from ..errors import SlicerError
 from .binder import ModelBinder, TensorRef
 
-_UP = {"gate_proj", "up_proj", "w1", "w3", "fc1", "c_fc", "dense_h_to_4h", "fc_in", "wi", "wi_0", "wi_1", "lin1", "pwconv1"}
-_DOWN = {"down_proj", "w2", "fc2", "c_proj", "dense_4h_to_h", "fc_out", "wo", "lin2", "pwconv2"}
+_UP = {"gate_proj", "up_proj", "w1", "w3", "fc1", "c_fc", "dense_h_to_4h", "fc_in", "wi", "wi_0", "wi_1", "lin1", "pwconv1", "linear_fc1"}
+_DOWN = {"down_proj", "w2", "fc2", "c_proj", "dense_4h_to_h", "fc_out", "wo", "lin2", "pwconv2", "linear_fc2"}
 _FUSED = {"gate_up_proj"}
 _IN_MAJOR = {"Conv1D"}
 

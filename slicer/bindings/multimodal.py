@@ -6,7 +6,8 @@ attention, FFN, embeddings and norms bind them. What connects the towers is boun
 only along the axes it really shares:
 
 - a VLM's *projector* (the modules outside both towers: Llava's ``multi_modal_projector``,
-  Idefics3's ``connector``; or a ``merger`` at the end of the vision tower: Qwen2-VL) is a chain
+  Idefics3's ``connector``; or a ``merger`` inside the vision tower: Qwen2-VL's, Qwen3-VL's
+  ``deepstack_merger_list.N`` whose outputs are added to early decoder layers) is a chain
   of projections W_1 .. W_n in registration (= forward) order. W_1 reads the vision tower's
   hidden, ``k * vision hidden`` where k neighbouring patches (or k feature layers) are merged
   side by side with the channel innermost (Qwen's ``ln_q(x).view(-1, 4C)``, InternVL's and
@@ -76,8 +77,10 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
         return _projector(ref, b, root, text, vision)
     if ref.owner.config_path == vision:
         parts = path.split(".")
-        if "merger" in parts:
-            return _projector(ref, b, ".".join(parts[:parts.index("merger") + 1]), text, vision)
+        for k, part in enumerate(parts):  # merger; Qwen3-VL's deepstack_merger_list.N too
+            if "merger" in part:
+                k += 1 if k + 1 < len(parts) and parts[k + 1].isdigit() else 0
+                return _projector(ref, b, ".".join(parts[:k + 1]), text, vision)
         return None
     if ref.owner.config_path == text and ref.module_name == "head" and len(ref.tshape) in (1, 2):
         root = _tower_root(b.teacher, text)
@@ -136,7 +139,7 @@ def _projector(ref: TensorRef, b: ModelBinder, root: str, text: str, vision: str
     if chain is None:
         raise SlicerError(f"tensor {ref.student_name!r}: slicer cannot tell how the projector {root!r} "
                           f"({type(b.teacher.modules.get(root)).__name__}) orders its weights; it cannot be shrunk")
-    sites = _sites(b, root, chain, text, vision)
+    sites = _sites(b, root, _teacher_naming(ref, root), chain, text, vision)
     key, rank = ref.owner.key, len(ref.tshape)
     weights = [w for w, _ in chain]
     if key in weights:
@@ -151,10 +154,17 @@ def _projector(ref: TensorRef, b: ModelBinder, root: str, text: str, vision: str
     for i, w in enumerate(weights):
         if w.rsplit(".", 1)[0] == module and module != root:  # the bias of W_i: its output
             return (sites[i + 1].layout(),)
-    # a norm (or a bare vector): the one place of the chain its sizes match (Qwen's ln_q is over
-    # the vision hidden itself, before 4 patches are merged; InternVL's layer_norm after)
+    # a norm (or a bare vector): the place of the chain where the module is registered (before W_1:
+    # the vision side, over C as Qwen2's ln_q or over the merged k * C as InternVL's layer_norm), and
+    # of those the one its sizes match
     sizes = (ref.tshape[0], ref.sshape[0])
-    found = {site.name: site for site in sites + [_vision_site(b, vision)] if (site.t, site.s) == sizes}
+    places = sites + [_vision_site(b, vision)]
+    modules = [w.rsplit(".", 1)[0] for w in weights]
+    if root not in modules:  # weights held by submodules: their registration order is the forward order
+        order = {p: i for i, p in enumerate(b.teacher.modules)}
+        before = sum(order.get(m, -1) < order.get(module, -1) for m in modules)
+        places = [sites[0], places[-1]] if before == 0 else [sites[before]]
+    found = {site.name: site for site in places if (site.t, site.s) == sizes}
     if len(found) == 1 or (found and sizes[0] == sizes[1]):
         return (next(iter(found.values())).layout(),)
     raise SlicerError(f"tensor {ref.student_name!r} [{sizes[0]} -> {sizes[1]}] in the projector {root!r} matches "
@@ -204,7 +214,16 @@ class _Site:
     layout: Callable[[], Layout]
 
 
-def _sites(b: ModelBinder, root: str, chain, text: str, vision: str) -> list[_Site]:
+def _teacher_naming(ref: TensorRef, root: str) -> str:
+    """The projector's path in the teacher's checkpoint naming (axes are named after teacher paths):
+    Llava's model.multi_modal_projector is saved as multi_modal_projector."""
+    suffix = ref.owner.key[len(root):]
+    if ref.owner.key.startswith(root) and suffix and ref.teacher_name.endswith(suffix):
+        return ref.teacher_name[:-len(suffix)]
+    return root
+
+
+def _sites(b: ModelBinder, root: str, named: str, chain, text: str, vision: str) -> list[_Site]:
     """The n + 1 places of a chain of n weights: the vision side, the places in between, the language side."""
     t_params = dict(b.teacher.model.named_parameters())
     s_params = dict(b.student.model.named_parameters())
@@ -229,7 +248,7 @@ def _sites(b: ModelBinder, root: str, chain, text: str, vision: str) -> list[_Si
     sites = [_Site(f"{vision}hidden" if k == 1 else f"{k} * {vision}hidden", vt_in, vs_in, vision_side)]
     for i in range(1, n):
         (t, s), _ = dims(*chain[i])
-        name = f"{root}:ffn" + ("" if n == 2 else str(i))
+        name = f"{named}:ffn" + ("" if n == 2 else str(i))
         sites.append(_Site(name, t, s, lambda name=name, t=t, s=s: axis(b.add(name, "ffn", t, s))))
     _, (t_out, s_out) = dims(*chain[-1])
     lm_s = _int(_sub_config(b.student.top, text), "hidden_size", "d_model", "n_embd")
