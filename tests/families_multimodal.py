@@ -165,6 +165,19 @@ def _idefics3_inputs(config: dict) -> dict:
     return {"input_ids": _ids(config, config["image_token_id"], n), "pixel_values": _pixels(1, 1, 3, 16, 16)}
 
 
+def _mistral3_inputs(config: dict) -> dict:
+    v = config["vision_config"]
+    n = (v["image_size"] // v["patch_size"]) ** 2 // config["spatial_merge_size"] ** 2
+    return {"input_ids": _ids(config, config["image_token_index"], n), "pixel_values": _pixels(1, 3, 16, 16),
+            "image_sizes": torch.tensor([[16, 16]])}
+
+
+def _aya_inputs(config: dict) -> dict:
+    v = config["vision_config"]
+    n = (v["image_size"] // v["patch_size"]) ** 2 // config["downsample_factor"] ** 2
+    return {"input_ids": _ids(config, config["image_token_index"], n), "pixel_values": _pixels(1, 3, 16, 16)}
+
+
 def _dual_inputs(config: dict) -> dict:
     gen = torch.Generator().manual_seed(1)
     return {"input_ids": torch.randint(3, 80, (2, 6), generator=gen), "pixel_values": _pixels(2, 3, 16, 16)}
@@ -386,6 +399,37 @@ FAMILIES: dict[str, Family] = {
         text_config=dict(model_type="llama", **TEXT), vision_config=dict(**VISION)),
         TEXT_EDITS | VISION_EDITS,
         Spec(_lm(r"model\.text_model") + _IDEFICS3_VISION, TEXT_SIZES | VISION_SIZES), inputs=_idefics3_inputs),
+    # Pixtral vision; the patch merger unfolds 2 x 2 patches of a [C, h, w] grid: C * 4, the channel outermost
+    "mistral3": Family("Mistral3Config", dict(
+        architectures=["Mistral3ForConditionalGeneration"], image_token_index=95, spatial_merge_size=2,
+        text_config=dict(model_type="mistral", **TEXT),
+        vision_config=dict(model_type="pixtral", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, head_dim=8, image_size=16, patch_size=4)),
+        TEXT_EDITS | VISION_EDITS,
+        Spec(_lm(r"language_model\.model", r"language_model\.lm_head") + [
+            (r"vision_tower\.patch_conv\.weight", ("vhidden", "*", "*", "*")),
+            (r"vision_tower\.(?:ln_pre|transformer\.layers\.\d+\.(?:attention_norm|ffn_norm))\.weight", ("vhidden",)),
+            (r"vision_tower\.transformer\.layers\.(\d+)\.attention\.[qkv]_proj\.weight", ("V{1}.vh * V{1}.vhd", "vhidden")),
+            (r"vision_tower\.transformer\.layers\.(\d+)\.attention\.o_proj\.weight", ("vhidden", "V{1}.vh * V{1}.vhd")),
+            (r"vision_tower\.transformer\.layers\.(\d+)\.feed_forward\.(?:gate|up)_proj\.weight", ("V{1}.vffn", "vhidden")),
+            (r"vision_tower\.transformer\.layers\.(\d+)\.feed_forward\.down_proj\.weight", ("vhidden", "V{1}.vffn")),
+            (r"multi_modal_projector\.norm\.weight", ("vhidden",)),
+            (r"multi_modal_projector\.patch_merger\.merging_layer\.weight", ("pm", "vhidden * 4")),
+            (r"multi_modal_projector\.linear_1\.weight", ("pffn", "pm")),
+            (r"multi_modal_projector\.linear_2\.weight", ("hidden", "pffn")),
+        ], TEXT_SIZES | VISION_SIZES | dict(pm=32)), inputs=_mistral3_inputs),
+    # the projector's pixel shuffle, then SwiGLU: linear_1 writes [x | gate] (chunk(2)), linear_2 reads x * silu(gate)
+    "aya_vision": Family("AyaVisionConfig", dict(
+        architectures=["AyaVisionForConditionalGeneration"], image_token_index=95, downsample_factor=2,
+        text_config=dict(model_type="cohere2", **TEXT), vision_config=dict(model_type="siglip_vision_model", **VISION)),
+        TEXT_EDITS | VISION_EDITS,
+        Spec(_lm(r"language_model\.model", r"language_model\.lm_head") + _siglip_vision(r"vision_tower") + [
+            (r"multi_modal_projector\.layernorm\.(?:weight|bias)", ("4 * vhidden",)),
+            (r"multi_modal_projector\.linear_1\.weight", ("pffn | pffn", "4 * vhidden")),
+            (r"multi_modal_projector\.linear_1\.bias", ("pffn | pffn",)),
+            (r"multi_modal_projector\.linear_2\.weight", ("hidden", "pffn")),
+            (r"multi_modal_projector\.linear_2\.bias", ("hidden",)),
+        ], TEXT_SIZES | VISION_SIZES | dict(pffn=32)), inputs=_aya_inputs),
     "clip": Family("CLIPConfig", dict(
         architectures=["CLIPModel"], projection_dim=24,
         text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

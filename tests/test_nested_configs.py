@@ -157,6 +157,26 @@ def test_clip_projections_share_one_projection_axis(teacher, tmp_path):
     assert axes["visual_projection.weight"] == ["projection", "vision_config.hidden"]
 
 
+def test_a_connector_holding_a_model_of_its_own_is_copied_and_never_guessed(tmp_path):
+    """Idefics2's connector runs a perceiver (its own sub-config) between the towers: identity and depth-only
+    runs copy it; a width change that reaches it is refused, naming it."""
+    from consistency import Spec
+    from families import Family
+    from families_multimodal import TEXT as TEXT_BASE
+
+    fam = Family("Idefics2Config", dict(
+        architectures=["Idefics2ForConditionalGeneration"], image_token_id=95, text_config=dict(model_type="mistral",
+                                                                                                **TEXT_BASE),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=16, patch_size=4),
+        perceiver_config=dict(hidden_size=64, resampler_n_latents=4, resampler_depth=1, resampler_n_heads=4,
+                              resampler_head_dim=8, num_key_value_heads=2)), {}, Spec([], {}))
+    src = build(tmp_path / "idefics2", fam, coded=False)
+    _shrink(src, tmp_path / "depth", **{"text_config.num_hidden_layers": 1})
+    _refused(src, tmp_path / "out", {"text_config.intermediate_size": 48, "vision_config.hidden_size": 16},
+             "model.connector", "holds a model of its own")
+
+
 # ------------------------------------------------------------------ vision encoders
 
 def test_a_smaller_patch_grid_is_refused_not_cut_to_the_first_positions(teacher, tmp_path):

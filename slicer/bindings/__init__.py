@@ -10,12 +10,32 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ..axes import Binder
+from ..errors import SlicerError
 from . import attention, common, mamba, mlp, multimodal, vision
 from .binder import ModelBinder
 from .geometry import check_geometry, geometry, rotary_convention
 from .view import ModelView
 
-RULES = [multimodal.bind, vision.bind, mamba.bind, attention.bind, mlp.bind, common.bind_embeddings, common.bind_norms]
+
+def _unless_unchanged(rule):
+    """A tensor that keeps its shape needs no axis: whatever its block's rule cannot tell about it
+    (an unknown projector, an odd mixer) must not stop an identity or depth-only run."""
+    def bind(ref, b):
+        try:
+            return rule(ref, b)
+        except SlicerError:
+            if ref.tshape == ref.sshape:
+                return None
+            raise
+
+    bind.__name__ = rule.__module__.rsplit(".", 1)[-1] + ".bind"
+    return bind
+
+
+# multimodal, vision and mamba first: they claim the tensors of their blocks (a projector's Linear,
+# a stage transition, a mixer's in_proj) before the generic attention / FFN / norm rules see them.
+RULES = [multimodal.bind, _unless_unchanged(vision.bind), _unless_unchanged(mamba.bind),
+         attention.bind, mlp.bind, common.bind_embeddings, common.bind_norms]
 COMPONENT_RULES: list = []
 RESIDUAL_RULES = [vision.stage_channels]
 

@@ -69,8 +69,12 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
         return None
     if ref.owner.config_path == "":
         root = _top_child(b.teacher, path)
-        if not root or not ref.tshape:
-            return None  # a parameter of the whole model (CLIP's logit_scale)
+        if not ref.tshape:
+            return ()  # a scalar of the whole model (CLIP's logit_scale)
+        if not root:
+            return _model_vector(ref, b, text)
+        if _holds_a_tower(b.teacher, root):
+            return _unknown(ref, f"{root!r} holds a model of its own between the towers")
         leaf = root.rsplit(".", 1)[-1].lower()
         if "proj" in leaf and ("text" in leaf or "vis" in leaf or "image" in leaf):
             return _shared_projection(ref, b, text if "text" in leaf else vision)
@@ -86,18 +90,49 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
         root = _tower_root(b.teacher, text)
         if root is not None and path == f"{root}.head":
             return _head_into_vision(ref, b, vision)
+    if ref.owner.config_path not in (text, vision):
+        return _unknown(ref, f"its sub-model ({ref.owner.config_path.rstrip('.')}) sits between the towers")
     return None
 
 
+def _unknown(ref: TensorRef, why: str) -> tuple[None, ...]:
+    """Unchanged: kept whole (open dimensions, identity). Changed: refused, never guessed."""
+    if ref.tshape != ref.sshape:
+        raise SlicerError(f"tensor {ref.student_name!r} [{list(ref.tshape)} -> {list(ref.sshape)}]: {why}; slicer cannot "
+                          "tell which axes of the towers it shares, so it is not shrunk (keep the sizes that reach it)")
+    return (None,) * len(ref.tshape)
+
+
+def _model_vector(ref: TensorRef, b: ModelBinder, text: str) -> tuple[Layout | None, ...]:
+    """A vector held by the VLM itself, as wide as the language model (LlavaNext's image_newline, appended
+    to the projected image features): the language model's hidden axis."""
+    lm_t = _int(_sub_config(b.teacher.top, text), "hidden_size", "d_model", "n_embd")
+    lm_s = _int(_sub_config(b.student.top, text), "hidden_size", "d_model", "n_embd")
+    if len(ref.tshape) == 1 and (ref.tshape[0], ref.sshape[0]) == (lm_t, lm_s):
+        return (axis(b.add(f"{text}hidden", "hidden", lm_t, lm_s)),)
+    return _unknown(ref, "it belongs to the whole model")
+
+
+def _holds_a_tower(view, root: str) -> bool:
+    return any(getattr(m, "config", None) not in (None, view.top) for p, m in view.modules.items()
+               if p == root or p.startswith(root + "."))
+
+
 def _top_child(view, module_path: str) -> str:
-    """The module below the top-level model(s) that holds ``module_path`` (e.g. model.multi_modal_projector)."""
-    parts = module_path.split(".")
-    for k in range(len(parts) - 1, -1, -1):
-        parent = ".".join(parts[:k])
-        m = view.modules.get(parent)
-        if m is not None and getattr(m, "config", None) is view.top:
-            return ".".join(parts[:k + 1])
-    return module_path
+    """The module right below the top-level model(s) that holds ``module_path`` (model.multi_modal_projector);
+    "" for a parameter of a top-level model itself. Projector modules may keep the top config too
+    (Mistral3's patch merger): only a PreTrainedModel is a model."""
+    from transformers import PreTrainedModel
+
+    parts = module_path.split(".") if module_path else []
+    root = ""
+    for k in range(len(parts)):
+        m = view.modules.get(".".join(parts[:k]))
+        if isinstance(m, PreTrainedModel) and m.config is view.top:
+            root = ".".join(parts[:k + 1])
+    if isinstance(view.modules.get(module_path), PreTrainedModel):
+        return ""
+    return root
 
 
 # ------------------------------------------------------------------ dual encoders
@@ -110,14 +145,13 @@ def _shared_projection(ref: TensorRef, b: ModelBinder, tower: str) -> tuple[Layo
 
 
 def _head_into_vision(ref: TensorRef, b: ModelBinder, vision: str) -> tuple[Layout | None, ...] | None:
-    t_width = _vision_width(b.teacher, vision)
+    t_width, s_width = _vision_width(b.teacher, vision), _vision_width(b.student, vision)
     if ref.tshape[0] != t_width:
         return None
-    rows = axis(b.add(f"{vision}hidden", "hidden", ref.tshape[0], ref.sshape[0]))
-    if ref.sshape[0] != _vision_width(b.student, vision):
+    if ref.sshape[0] != s_width:
         raise SlicerError(f"tensor {ref.student_name!r}: the text head's output ({ref.sshape[0]}) is compared with the vision "
-                          f"tower's output ({_vision_width(b.student, vision)}); set text_config.projection_size to "
-                          "the vision hidden size")
+                          f"tower's output ({s_width}); set text_config.projection_size to the vision hidden size")
+    rows = axis(b.add(f"{vision}hidden", "hidden", t_width, s_width))
     return (rows,) if len(ref.tshape) == 1 else (rows, b.hidden(ref, 1))
 
 
@@ -136,24 +170,31 @@ def _sub_config(config, path: str):
 
 def _projector(ref: TensorRef, b: ModelBinder, root: str, text: str, vision: str) -> tuple[Layout | None, ...] | None:
     chain = _chain(b, root)
-    if chain is None:
-        raise SlicerError(f"tensor {ref.student_name!r}: slicer cannot tell how the projector {root!r} "
-                          f"({type(b.teacher.modules.get(root)).__name__}) orders its weights; it cannot be shrunk")
-    sites = _sites(b, root, _teacher_naming(ref, root), chain, text, vision)
+    if chain is not None:
+        _check_output(b, root, chain, text)  # whatever this tensor does: the student must be usable
+    try:
+        if chain is None:
+            raise SlicerError(f"tensor {ref.student_name!r}: slicer cannot tell how the projector {root!r} "
+                              f"({type(b.teacher.modules.get(root)).__name__}) orders its weights; it cannot be shrunk")
+        sites = _sites(b, root, _teacher_naming(ref, root), chain, text, vision)
+    except SlicerError:
+        if ref.tshape == ref.sshape:
+            return None  # an unchanged tensor needs no axis (identity, depth-only)
+        raise
     key, rank = ref.owner.key, len(ref.tshape)
     weights = [w for w, _ in chain]
     if key in weights:
         if rank != 2:
             return None
         i = weights.index(key)
-        inp, out = sites[i].layout(), sites[i + 1].layout()
+        inp, out = sites[i].layout(), sites[i + 1].written()
         return (inp, out) if dict(chain)[key] else (out, inp)
     if rank != 1:
         return None
     module = ref.owner.module_path
     for i, w in enumerate(weights):
         if w.rsplit(".", 1)[0] == module and module != root:  # the bias of W_i: its output
-            return (sites[i + 1].layout(),)
+            return (sites[i + 1].written(),)
     # a norm (or a bare vector): the place of the chain where the module is registered (before W_1:
     # the vision side, over C as Qwen2's ln_q or over the merged k * C as InternVL's layer_norm), and
     # of those the one its sizes match
@@ -204,6 +245,23 @@ def _orientation(module, param: str) -> bool | None:
     return None
 
 
+# How a projector lays k vision features side by side along its input (k > 1), read from the modeling
+# code: "inner" = k blocks of C channels (the channel innermost), "outer" = C blocks of k.
+_MERGES = {
+    "PatchMerger": "inner",  # Qwen2-VL: ln_q(x).view(-1, self.hidden_size), 4 neighbouring patches
+    "Qwen2_5_VLPatchMerger": "inner",  # the same
+    "Qwen3VLVisionPatchMerger": "inner",  # x.view(-1, self.hidden_size) before or after its norm
+    "InternVLMultiModalProjector": "inner",  # InternVLModel.pixel_shuffle: view / permute, channel last
+    "Idefics3Connector": "inner",  # pixel_shuffle: view / permute / reshape, channel last
+    "SmolVLMConnector": "inner",  # the same
+    "AyaVisionMultiModalProjector": "inner",  # pixel_shuffle: reshape / permute, channel last
+    "LlavaMultiModalProjector": "inner",  # torch.cat(hidden states of k feature layers, dim=-1)
+    "LlavaNextMultiModalProjector": "inner",  # the same
+    "LlavaOnevisionMultiModalProjector": "inner",  # the same
+    "Mistral3MultiModalProjector": "outer",  # Mistral3PatchMerger: unfold(grid [C, h, w]) -> C * k
+}
+
+
 @dataclass
 class _Site:
     """One place along the projector: its sizes and the layout it is bound to."""
@@ -212,6 +270,10 @@ class _Site:
     t: int
     s: int
     layout: Callable[[], Layout]
+    produced: Callable[[], Layout] | None = None  # what the weight before writes, if not ``layout`` (a gated pair)
+
+    def written(self) -> Layout:
+        return (self.produced or self.layout)()
 
 
 def _teacher_naming(ref: TensorRef, root: str) -> str:
@@ -241,22 +303,58 @@ def _sites(b: ModelBinder, root: str, named: str, chain, text: str, vision: str)
         raise SlicerError(f"the projector {root!r} reads {vt_in} -> {vs_in} features from the vision tower, no whole "
                           f"multiple of its hidden size ({vt} -> {vs}); slicer cannot tell their layout")
 
+    merge = _MERGES.get(type(b.teacher.modules.get(root)).__name__) if k > 1 else "inner"
+    if merge is None and vt != vs:
+        raise SlicerError(f"the projector {root!r} ({type(b.teacher.modules.get(root)).__name__}) reads {k} vision "
+                          "features side by side, in an order slicer does not know; keep the vision hidden size")
+
     def vision_side() -> Layout:
         name = b.add(f"{vision}hidden", "hidden", vt, vs)
-        return axis(name) if k == 1 else product(k, name)
+        if k == 1:
+            return axis(name)
+        return product(name, k) if merge == "outer" else product(k, name)
 
     sites = [_Site(f"{vision}hidden" if k == 1 else f"{k} * {vision}hidden", vt_in, vs_in, vision_side)]
     for i in range(1, n):
         (t, s), _ = dims(*chain[i])
+        _, (t_prev, s_prev) = dims(*chain[i - 1])
         name = f"{named}:ffn" + ("" if n == 2 else str(i))
-        sites.append(_Site(name, t, s, lambda name=name, t=t, s=s: axis(b.add(name, "ffn", t, s))))
+        site = _Site(name, t, s, lambda name=name, t=t, s=s: axis(b.add(name, "ffn", t, s)))
+        if (t_prev, s_prev) == (2 * t, 2 * s):  # a gated pair: W_i writes [x | gate], W_i+1 reads x * act(gate)
+            split = _gated_split(b, root)
+            site.produced = lambda site=site, split=split: (
+                site.layout() + site.layout() if split == "halves" else product(site.layout()[0][0], 2))
+        elif (t_prev, s_prev) != (t, s):
+            raise SlicerError(f"the projector {root!r} writes {t_prev} features where the next weight reads {t}; slicer "
+                              "does not know this layout")
+        sites.append(site)
     _, (t_out, s_out) = dims(*chain[-1])
+    sites.append(_Site(f"{text}hidden", t_out, s_out, lambda: axis(b.add(f"{text}hidden", "hidden", t_out, s_out))))
+    return sites
+
+
+def _gated_split(b: ModelBinder, root: str) -> str:
+    """How the projector splits a gated pair, read from its forward (as mlp.py does for gate_up_proj)."""
+    try:
+        source = inspect.getsource(type(b.teacher.modules.get(root)).forward)
+    except (OSError, TypeError):
+        source = ""
+    if re.search(r"\.chunk\(\s*2", source):
+        return "halves"
+    if re.search(r"\[\s*\.\.\.\s*,\s*::2\s*\]", source):
+        return "interleaved"
+    raise SlicerError(f"the projector {root!r} writes a gated pair, split in a way slicer cannot read from its forward")
+
+
+def _check_output(b: ModelBinder, root: str, chain, text: str) -> None:
+    """The projector's output is scattered into the language model's embeddings: one width."""
+    key, in_major = chain[-1]
+    t_out = b.teacher.model.get_parameter(key).shape[1 if in_major else 0]
+    s_out = b.student.model.get_parameter(key).shape[1 if in_major else 0]
     lm_s = _int(_sub_config(b.student.top, text), "hidden_size", "d_model", "n_embd")
     if lm_s is not None and s_out != lm_s:
         raise SlicerError(f"the projector {root!r} writes {s_out} features into the language model, whose hidden size is "
                           f"{lm_s}; set the key that sizes the projector's output too{_hint(b, text, t_out, s_out)}")
-    sites.append(_Site(f"{text}hidden", t_out, s_out, lambda: axis(b.add(f"{text}hidden", "hidden", t_out, s_out))))
-    return sites
 
 
 def _vision_site(b: ModelBinder, vision: str) -> _Site:
