@@ -198,6 +198,16 @@ def test_swin_stages_have_their_own_channel_axes(teacher, tmp_path):
     assert axes["classifier.weight"][1] == "swin.encoder.layers.1:channels"
 
 
+def test_convnext_stages_and_layers_have_their_own_axes(teacher, tmp_path):
+    _shrink(teacher("convnext"), tmp_path / "out", **FAMILIES["convnext"].edits)
+    axes = _axes(tmp_path / "out")
+    stage = "convnext.encoder.stages"
+    assert axes[f"{stage}.1.downsampling_layer.1.weight"][:2] == [f"{stage}.1:channels", f"{stage}.0:channels"]
+    assert axes[f"{stage}.0.layers.0.pwconv1.weight"] == [f"{stage}.0.layers.0:ffn", f"{stage}.0:channels"]
+    assert axes[f"{stage}.0.layers.0.dwconv.weight"][0] == f"{stage}.0:channels"
+    assert axes["convnext.embeddings.patch_embeddings.weight"][0] == f"{stage}.0:channels"
+
+
 # ------------------------------------------------------------------ state-space models
 
 def test_mamba2_heads_that_no_longer_fit_whole_groups_are_refused(teacher, tmp_path):

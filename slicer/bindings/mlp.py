@@ -46,6 +46,8 @@ def ffn_block(ref: TensorRef) -> str:
     """The teacher path the FFN axis is named after."""
     parts = ref.teacher_name.split(".")[:-2]  # drop module and parameter
     while parts and parts[-1].isascii() and parts[-1].isdigit():
+        if ".".join(parts) == ref.layer and len(parts) > 1 and "expert" not in parts[-2]:
+            break  # ConvNeXt's layers.0.pwconv1: the FFN of layer 0, not of every layer of the stage
         parts.pop()  # experts.5.w1: the experts of a layer share one FFN axis
     if parts and parts[-1] in ("intermediate", "output"):
         return ref.layer or ".".join(parts[:-1])

@@ -46,6 +46,8 @@ def _towers(view) -> tuple[str | None, str | None]:
         text = next(iter(inputs.values()), None)
         names = list(getattr(type(view.top), "sub_configs", {}) or {})
         vision = next((f"{n}." for n in names if "vision" in n and getattr(view.top, n, None) is not None), None)
+        if text == vision:  # a vision model alone (SiglipForImageClassification): no language tower
+            text = None
         found = view.__dict__["_towers"] = (text or None, vision)
     return found
 

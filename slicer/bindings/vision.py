@@ -15,8 +15,8 @@ transformers' modeling code):
   ``torch.cat([x[:, r::2, c::2, :] ...], -1)``), its output (and bias) the other stage's channels;
 - before the stage list (the patch embeddings): the first stage's channels; after it (the
   final norm, the classifier's columns): the last stage's.
-A stage's width is the input width of the first module of its first layer that has one
-(``in_features`` / ``in_channels``): Swin's ``q_proj``, ConvNeXt's depthwise ``dwconv``.
+A stage's width is what the norms of its first layer normalize (Swin's ``layernorm_before``,
+ConvNeXt's ``layernorm``), else the input width of its first Linear or Conv.
 
 ``relative_position_bias_table`` [relative positions, heads] (Swin, BEiT) belongs to the heads
 of its attention block: its columns are the block's query heads, its rows kept whole.
@@ -95,7 +95,14 @@ def _find_stages(view, config) -> Stages | None:
 
 
 def _width(layer_list) -> int | None:
-    for m in layer_list[0].modules():
+    """The channels of a stage: what the norms of its first layer normalize (Swin's layernorm_before,
+    ConvNeXt's layernorm), else the input width of its first Linear or Conv."""
+    modules = list(layer_list[0].modules())
+    for m in modules:
+        shape = getattr(m, "normalized_shape", None)
+        if isinstance(shape, (tuple, list)) and len(shape) == 1 and isinstance(shape[0], int):
+            return shape[0]
+    for m in modules:
         for name in ("in_features", "in_channels"):
             value = getattr(m, name, None)
             if isinstance(value, int):
@@ -208,9 +215,10 @@ def _check_patch_grid(ref: TensorRef) -> None:
     cfg = ref.owner.config
     if getattr(cfg, "image_size", None) is None or getattr(cfg, "patch_size", None) is None:
         return
-    name = ref.owner.key.lower()
-    if "position" not in name or "relative" in name or len(ref.tshape) not in (2, 3):
-        return
+    param = ref.owner.key.rsplit(".", 1)[-1].lower()
+    table = ref.module_class.endswith("Embedding") and "pos" in ref.module_name.lower() and param == "weight"
+    if not (table or "position_embedding" in param or param == "pos_embed") or len(ref.tshape) not in (2, 3):
+        return  # (Swin-v2's continuous position bias MLP is no table of positions)
     d = len(ref.tshape) - 2  # [positions, hidden] (an Embedding) or [1, positions, hidden]
     if ref.tshape[d] != ref.sshape[d]:
         raise SlicerError(f"tensor {ref.student_name!r}: the patch grid changes ({ref.tshape[d]} -> {ref.sshape[d]} "
