@@ -301,20 +301,28 @@ def _sites(b: ModelBinder, root: str, named: str, chain, text: str, vision: str)
     (vt_in, vs_in), _ = dims(*chain[0])
     vt, vs = _vision_width(b.teacher, vision), _vision_width(b.student, vision)
     k, rest = divmod(vt_in, vt or 1)
-    if not vt or not vs or rest or k * vs != vs_in:
+    # with a third sub-model (BLIP-2's Q-Former) the projector may read that one, not the vision tower
+    third = [n for n in getattr(type(b.teacher.top), "sub_configs", {}) or {}
+             if getattr(b.teacher.top, n, None) is not None and f"{n}." not in (text, vision)]
+    known = bool(vt and vs and not rest and k * vs == vs_in) and not third
+    merge = _MERGES.get(type(b.teacher.modules.get(root)).__name__) if k > 1 else "inner"
+    if vt_in == vs_in and (not known or merge is None):
+        # the input is kept whole: whatever its layout (Llama 4's vision adapter, BLIP-2's Q-Former), the
+        # projector then follows the language model alone
+        def vision_side() -> Layout:
+            return axis(b.add(f"{named}:input", "projector-input", vt_in, vs_in))
+    elif not known:
         raise SlicerError(f"the projector {root!r} reads {vt_in} -> {vs_in} features from the vision tower, no whole "
                           f"multiple of its hidden size ({vt} -> {vs}); slicer cannot tell their layout")
-
-    merge = _MERGES.get(type(b.teacher.modules.get(root)).__name__) if k > 1 else "inner"
-    if merge is None and vt != vs:
+    elif merge is None:
         raise SlicerError(f"the projector {root!r} ({type(b.teacher.modules.get(root)).__name__}) reads {k} vision "
                           "features side by side, in an order slicer does not know; keep the vision hidden size")
-
-    def vision_side() -> Layout:
-        name = b.add(f"{vision}hidden", "hidden", vt, vs)
-        if k == 1:
-            return axis(name)
-        return product(name, k) if merge == "outer" else product(k, name)
+    else:
+        def vision_side() -> Layout:
+            name = b.add(f"{vision}hidden", "hidden", vt, vs)
+            if k == 1:
+                return axis(name)
+            return product(name, k) if merge == "outer" else product(k, name)
 
     sites = [_Site(f"{vision}hidden" if k == 1 else f"{k} * {vision}hidden", vt_in, vs_in, vision_side)]
     for i in range(1, n):
