@@ -65,6 +65,7 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
     config_cls = _config_class(transformers, base, base_path)
     student_dict = _apply_edits(base, edits, config_cls, where)
     _follow_depth(base, student_dict, edits, config_cls, layer_selection)
+    _nested_layer_numbers(base, student_dict, edits, config_cls, layer_selection, where)
     config = _build_config(config_cls, student_dict, where)
     arch = _architecture(transformers, student_dict, where)
     model = _meta_model(transformers, arch, config, where)
@@ -219,6 +220,35 @@ def _follow_depth(base: dict, student: dict, edits: dict, config_cls, mode: str)
                 visit(b[key], value, prefix + key + ".", _sub_config_class(cls, key, value), True)
 
     visit(base, student, "", config_cls, False)
+
+
+_LAYER_NUMBERS = ("indexes", "indices", "_layers", "_layer_ids")
+
+
+def _nested_layer_numbers(base: dict, student: dict, edits: dict, config_cls, mode: str, where: str) -> None:
+    """Lists of layer numbers in a nested config (Qwen2.5-VL's vision ``fullatt_block_indexes``, Qwen3-VL's
+    ``deepstack_visual_indexes``) follow a depth change there: renumbered to the layers kept. One that
+    names a layer the student does not keep is refused: which layer takes its role is the user's call."""
+    for key, sub in student.items():
+        if not (isinstance(sub, dict) and isinstance(base.get(key), dict)):
+            continue
+        cls = _sub_config_class(config_cls, key, sub)
+        depth_key = getattr(cls, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
+        t_depth, s_depth = base[key].get(depth_key), sub.get(depth_key)
+        if not (isinstance(t_depth, int) and isinstance(s_depth, int) and 0 < s_depth < t_depth):
+            continue
+        layers = layer_indices(t_depth, s_depth, mode)
+        for name, value in sub.items():
+            if (f"{key}.{name}" in edits or not name.endswith(_LAYER_NUMBERS) or value != base[key].get(name)
+                    or not isinstance(value, list) or not value
+                    or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < t_depth for i in value)):
+                continue
+            kept = [layers.index(i) for i in value if i in layers]
+            if len(kept) != len(value):
+                raise SlicerError(f"{where}: {key}.{name} = {value} names teacher layers the student does not keep "
+                                  f"(--layer-selection {mode} keeps {layers} of {t_depth}); set it too, e.g. "
+                                  f"--set {key}.{name}=[...]")
+            sub[name] = kept
 
 
 def _build_config(config_cls, d: dict, where: str):

@@ -106,6 +106,20 @@ def test_a_nested_depth_edit_still_shortens_the_per_layer_lists(teacher, tmp_pat
     assert len(text["layer_types"]) == 2
 
 
+def test_layer_numbers_in_a_nested_config_follow_the_kept_layers_or_are_refused(teacher, tmp_path):
+    src = teacher("qwen2_5_vl")  # vision depth 2, fullatt_block_indexes [0]
+    _shrink(src, tmp_path / "kept", **{"vision_config.depth": 1})
+    assert json.loads((tmp_path / "kept" / "config.json").read_text())["vision_config"]["fullatt_block_indexes"] == [0]
+    config = json.loads((src / "config.json").read_text())
+    config["vision_config"]["fullatt_block_indexes"] = [1]
+    (tmp_path / "t").mkdir()
+    for f in src.iterdir():
+        (tmp_path / "t" / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "t" / "config.json").write_text(json.dumps(config))
+    _refused(tmp_path / "t", tmp_path / "out", {"vision_config.depth": 1},
+             "vision_config.fullatt_block_indexes = [1]", "keeps [0] of 2")
+
+
 def test_a_config_transformers_wrote_with_infinity_is_read_back_and_kept_as_written(teacher, tmp_path):
     src = teacher("mamba2")
     written = json.loads((src / "config.json").read_text())
