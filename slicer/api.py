@@ -11,13 +11,14 @@ from pathlib import Path
 import torch
 
 from . import manifest
+from . import quantized as quantized_weights
 from .backends import choose
 from .checkpoint import Checkpoint
 from .engine import DEFAULT_CHUNK_BYTES, Engine
 from .errors import SlicerError
 from .memory import PeakSampler
-from .reader import TeacherReader
 from .plan import Options, Plan, build_plan, parse_size
+from .report import format_bytes
 from .student import StudentSpec, from_template
 from .writer import INDEX_NAME, OutputDir, index_json
 
@@ -38,6 +39,8 @@ class Summary:
     peak_memory_bytes: int  # RssAnon + RssShmem, sampled
     backend: str
     device: str
+    bytes_fetched: int | None = None  # a remote teacher: bytes received over the network (headers included)
+    teacher_bytes: int = 0  # the teacher's tensor bytes, all of them
 
     @property
     def gb_per_s(self) -> float:
@@ -60,26 +63,38 @@ def plan(
     exclude: Iterable[str] = (),
     dtype: str = "keep",
     max_shard_size: int | str = "5GB",
+    quantized: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    remote: dict | None = None,
 ) -> Plan:
     """Plan a student without reading tensor data: sources, index sets, shards.
 
     The student comes from ``template`` (a checkpoint whose headers give names and
     shapes) or from a Hugging Face config: ``student_config`` (a config.json) and/or
     ``config_set`` (keys edited into the teacher's config.json, or into student_config).
+    ``quantized`` chooses how an FP8 block-scaled teacher is shrunk: "blocks" (whole blocks, bits
+    exact) or "dequantize" (implied by a float ``dtype``); see slicer.quantized.
+
+    ``teacher`` may be a URL (``hf://ORG/NAME``, ``s3://bucket/prefix/``, any fsspec URL,
+    ``https://host/folder/``): only headers are fetched. ``revision`` (hf:// only) pins a
+    branch, tag or commit; ``cache_dir`` keeps fetched bytes on disk for later runs;
+    ``remote`` tunes the fetching (a dict of :class:`slicer.remote.RemoteOptions` fields).
     """
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
-                                              dtype=dtype, max_shard_size=max_shard_size)
+                                              dtype=dtype, max_shard_size=max_shard_size, revision=revision,
+                                              cache_dir=cache_dir, remote=remote, quantized=quantized)
     return _plan(ckpt, student, options)
 
 
-def describe_student(teacher, template, student_config, config_set, *, attention,
-                     **options) -> tuple[Checkpoint, StudentSpec, Options]:
+def describe_student(teacher, template, student_config, config_set, *, attention, revision=None, cache_dir=None,
+                     remote=None, **options) -> tuple[Checkpoint, StudentSpec, Options]:
     """The teacher's headers, the student spec and the run's options, whichever route
     the student comes by."""
     if (template is None) == (student_config is None and not config_set):
         raise SlicerError("name the student: a --template checkpoint, or --student-config / --set (a Hugging Face config)")
-    ckpt = Checkpoint.open(teacher, role="teacher")
+    ckpt = Checkpoint.open(teacher, role="teacher", revision=revision, cache_dir=cache_dir, remote=remote)
     if template is not None:
         from .hf import template_structure
 
@@ -99,7 +114,8 @@ def describe_student(teacher, template, student_config, config_set, *, attention
 
 
 def _plan(teacher: Checkpoint, student: StudentSpec, options: Options) -> Plan:
-    return build_plan(teacher, student.tensors, options, student.make_binder(options), origin=student.origin)
+    return build_plan(teacher, student.tensors, options, student.make_binder(options), origin=student.origin,
+                      quantization=quantized_weights.teacher_scheme(teacher))
 
 
 def shrink(
@@ -122,17 +138,23 @@ def shrink(
     resume: bool = False,
     progress: bool = False,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    quantized: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    remote: dict | None = None,
 ) -> Summary:
     """Write the student selected from ``teacher`` into the folder ``out``.
 
     The student is named as for :func:`plan`. Everything is checked (paths, headers,
     shapes) before anything is written; on any error nothing is left in ``out`` and
     the inputs are untouched. ``resume=True`` continues a killed run into the same
-    ``out``: completed shards whose size and sha256 check out are kept.
+    ``out``: completed shards whose size and sha256 check out are kept. A remote
+    ``teacher`` (see :func:`plan`) is read by range requests of the kept rows only.
     """
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
-                                              dtype=dtype, max_shard_size=max_shard_size)
+                                              dtype=dtype, max_shard_size=max_shard_size, revision=revision,
+                                              cache_dir=cache_dir, remote=remote, quantized=quantized)
     return run(ckpt, out, student, options, device=device, backend=backend, overwrite=overwrite,
                resume=resume, progress=progress, chunk_bytes=chunk_bytes)
 
@@ -152,6 +174,10 @@ def stream(
     device: str = "auto",
     backend: str = "auto",
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    quantized: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    remote: dict | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` for every student tensor, on ``device``, writing no file.
 
@@ -161,11 +187,12 @@ def stream(
     """
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
-                                              dtype=dtype, max_shard_size="5GB")
+                                              dtype=dtype, max_shard_size="5GB", revision=revision,
+                                              cache_dir=cache_dir, remote=remote, quantized=quantized)
     the_plan = _plan(ckpt, student, options)
     chosen = choose(device, backend)
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
-    with TeacherReader() as reader:
+    with engine.open_reader(the_plan, whole_copies=False) as reader:
         for job in the_plan.jobs:
             yield job.name, engine.tensor(job, reader)
 
@@ -186,7 +213,7 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
     try:
         with PeakSampler() as memory:
             bytes_read = engine.run(the_plan, output, *(bar.callbacks() if bar else ()))
-            extra = dict(student.files)
+            extra = quantized_weights.student_config(dict(student.files), the_plan.quantization)
             if the_plan.is_sharded:
                 shards = [(s.filename, [j.name for j in s.jobs]) for s in the_plan.shards]
                 extra[INDEX_NAME] = index_json(shards, sum(j.nbytes for j in the_plan.jobs))
@@ -213,6 +240,8 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
         peak_memory_bytes=memory.peak,
         backend=chosen.name,
         device=chosen.device,
+        bytes_fetched=teacher.source.bytes_fetched if teacher.source is not None else None,
+        teacher_bytes=teacher.total_bytes,
     )
     log.debug("wrote %s", summary)
     return summary
@@ -239,6 +268,8 @@ class _Progress:
     def __init__(self, the_plan: Plan):
         from tqdm import tqdm
 
+        self.remote = the_plan.teacher.source  # a remote teacher: bytes fetched so far, next to its size
+        self.teacher_bytes = the_plan.teacher.total_bytes
         self.total_tensors = len(the_plan.jobs)
         self.tensors = 0
         self.bar = tqdm(total=the_plan.bytes_to_write, unit="B", unit_scale=True, unit_divisor=1000,
@@ -253,7 +284,10 @@ class _Progress:
         self._show()
 
     def _show(self) -> None:
-        self.bar.set_postfix_str(f"{self.tensors}/{self.total_tensors} tensors", refresh=False)
+        text = f"{self.tensors}/{self.total_tensors} tensors"
+        if self.remote is not None:
+            text += f", fetched {format_bytes(self.remote.bytes_fetched)} of {format_bytes(self.teacher_bytes)}"
+        self.bar.set_postfix_str(text, refresh=False)
 
     def close(self) -> None:
         self.bar.close()

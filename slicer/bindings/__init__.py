@@ -14,6 +14,7 @@ from ..errors import SlicerError
 from . import attention, common, mamba, mlp, multimodal, vision
 from .binder import ModelBinder
 from .geometry import check_geometry, geometry, rotary_convention
+from .qkv_layout import per_head_kv
 from .view import ModelView
 
 
@@ -36,7 +37,7 @@ def _unless_unchanged(rule):
 # a stage transition, a mixer's in_proj) before the generic attention / FFN / norm rules see them.
 RULES = [multimodal.bind, _unless_unchanged(vision.bind), _unless_unchanged(mamba.bind),
          attention.bind, mlp.bind, common.bind_embeddings, common.bind_norms]
-COMPONENT_RULES: list = []
+COMPONENT_RULES: list = [attention.head_component]
 RESIDUAL_RULES = [vision.stage_channels]
 
 
@@ -69,7 +70,7 @@ def check_heads(teacher_model, student_model, where: str) -> None:
         rotary = rotary_convention(t_mod)
         gt, gs = geometry(t_mod, t_cfg, rotary), geometry(s_mod, s_cfg, rotary_convention(s_mod) if rotary else None)
         if gt is not None and gs is not None:
-            check_geometry(gt, gs, where)
+            check_geometry(per_head_kv(t_mod, gt), per_head_kv(s_mod, gs), where)
 
 
 def _config_of(model, path: str):
