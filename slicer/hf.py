@@ -23,6 +23,7 @@ from .errors import SlicerError
 from .layers import LayerMapper
 from .plan import StudentTensor
 from .safetensors_format import CAST_TARGETS
+from .selection import layer_indices
 from .student import StudentSpec
 
 log = logging.getLogger("slicer")
@@ -66,6 +67,8 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
     student_dict = _apply_edits(base, edits, config_cls, where)
     lists = layer_lists.find(base, student_dict, edits, config_cls, _depth_key(config_cls))
     layer_lists.provisional(lists, student_dict)
+    _nested_layer_numbers(base, student_dict, edits, config_cls, layer_selection, where,
+                          skip={x.path + x.key for x in lists})
     if dtype != "keep":  # a float dtype dequantizes every quantized weight: the student is a plain model
         student_dict.pop("quantization_config", None)
     arch = _architecture(transformers, student_dict, where)
@@ -143,24 +146,42 @@ def _config_class(transformers, d: dict, path: Path):
 def _apply_edits(base: dict, edits: dict, config_cls, where: str) -> dict:
     """base with edits applied; keys go through the config's attribute_map (GPT-2's hidden_size -> n_embd)."""
     out = copy.deepcopy(base)
-    defaults = None
+    defaults: dict = {}
     for key, value in edits.items():
         *path, leaf = key.split(".")
-        target = out
+        target, cls = out, config_cls
         for part in path:
             target = target.get(part) if isinstance(target, dict) else None
             if not isinstance(target, dict):
                 raise SlicerError(f"{where}: --set {key}: {part!r} is not a nested config object")
-        if not path:
-            leaf = getattr(config_cls, "attribute_map", {}).get(leaf, leaf)
+            cls = _sub_config_class(cls, part, target)
+        if cls is not None:  # nested keys are checked against their own config class (text_config: LlamaConfig)
+            leaf = getattr(cls, "attribute_map", {}).get(leaf, leaf)
             if leaf not in target:
-                if defaults is None:
+                if cls not in defaults:
                     with _quiet():
-                        defaults = config_cls()
-                if not _is_config_key(config_cls, defaults, leaf, value):
-                    raise SlicerError(f"{where}: --set {key}: {config_cls.__name__} has no such key (a typo?)")
+                        defaults[cls] = cls()
+                if not _is_config_key(cls, defaults[cls], leaf, value):
+                    raise SlicerError(f"{where}: --set {key}: {cls.__name__} has no such key (a typo?)")
         target[leaf] = value
     return out
+
+
+def _sub_config_class(parent_cls, key: str, d: dict):
+    """The config class of the nested config ``key`` of ``parent_cls`` (None: not known), as transformers
+    resolves it: the class it declares, or for an AutoConfig slot the class of the dict's model_type."""
+    from transformers import CONFIG_MAPPING
+
+    if parent_cls is None:
+        return None
+    declared = (getattr(parent_cls, "sub_configs", None) or {}).get(key)
+    if isinstance(declared, type) and declared.__name__ != "AutoConfig":
+        return declared
+    model_type = d.get("model_type")
+    if model_type is None:
+        spec = (getattr(parent_cls, "sub_configs_defaults", None) or {}).get(key)
+        model_type = getattr(spec, "model_type", None)
+    return CONFIG_MAPPING[model_type] if isinstance(model_type, str) and model_type in CONFIG_MAPPING else None
 
 
 def _is_config_key(config_cls, defaults, key: str, value) -> bool:
@@ -216,10 +237,44 @@ def _config_layer_maps(ckpt: Checkpoint, model, shapes: dict, mode: str, where: 
     return {p: m for p, m in found.items() if m is not None}
 
 
+_LAYER_NUMBERS = ("indexes", "indices", "_layers", "_layer_ids")
+
+
+def _nested_layer_numbers(base: dict, student: dict, edits: dict, config_cls, mode: str, where: str,
+                          skip: set[str] = frozenset()) -> None:
+    """Lists of layer numbers in a nested config (Qwen2.5-VL's vision ``fullatt_block_indexes``, Qwen3-VL's
+    ``deepstack_visual_indexes``) follow a depth change there: renumbered to the layers kept. One that
+    names a layer the student does not keep is refused: which layer takes its role is the user's call."""
+    for key, sub in student.items():
+        if not (isinstance(sub, dict) and isinstance(base.get(key), dict)):
+            continue
+        cls = _sub_config_class(config_cls, key, sub)
+        depth_key = getattr(cls, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
+        t_depth, s_depth = base[key].get(depth_key), sub.get(depth_key)
+        if not (isinstance(t_depth, int) and isinstance(s_depth, int) and 0 < s_depth < t_depth):
+            continue
+        layers = layer_indices(t_depth, s_depth, mode)
+        for name, value in sub.items():
+            if (f"{key}.{name}" in edits or f"{key}.{name}" in skip or not name.endswith(_LAYER_NUMBERS) or value != base[key].get(name)
+                    or not isinstance(value, list) or not value
+                    or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < t_depth for i in value)):
+                continue
+            kept = [layers.index(i) for i in value if i in layers]
+            if len(kept) != len(value):
+                raise SlicerError(f"{where}: {key}.{name} = {value} names teacher layers the student does not keep "
+                                  f"(--layer-selection {mode} keeps {layers} of {t_depth}); set it too, e.g. "
+                                  f"--set {key}.{name}=[...]")
+            sub[name] = kept
+
+
 def _build_config(config_cls, d: dict, where: str):
+    # config.json holds floats JSON cannot (inf, nan) as transformers writes them ({"__float__": "Infinity"}):
+    # decode them as its own from_json_file does; the dict itself (written to the student) keeps that form.
+    decode = getattr(config_cls, "_decode_special_floats", None)
+    d = decode(copy.deepcopy(d)) if callable(decode) else copy.deepcopy(d)
     try:
         with _quiet():
-            return config_cls.from_dict(copy.deepcopy(d))
+            return config_cls.from_dict(d)
     except Exception as e:  # transformers validates configs with ValueError, TypeError, its own errors
         raise SlicerError(f"{where}: invalid {config_cls.__name__}: {_first_line(e)}") from e
 

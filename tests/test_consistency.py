@@ -69,7 +69,8 @@ def test_student_loads_cleanly_and_runs(teachers, tmp_path, fam):
     for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
         assert not info.get(key), f"{key}: {info.get(key)}"
     with torch.no_grad():
-        logits = model.eval()(**example_inputs(family, config)).logits
+        out = model.eval()(**example_inputs(family, config))
+    logits = out["logits"] if "logits" in out else out["logits_per_image"]  # dual encoders (CLIP) score image-text pairs
     assert torch.isfinite(logits).all()
 
 

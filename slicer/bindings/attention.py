@@ -31,7 +31,7 @@ from .qkv_layout import fused_layout
 _Q = {"q_proj", "query", "q", "wq", "q_lin", "query_proj", "q_attn", "to_q"}
 _K = {"k_proj", "key", "k", "wk", "k_lin", "key_proj", "to_k"}
 _V = {"v_proj", "value", "v", "wv", "v_lin", "value_proj", "to_v"}
-_O = {"o_proj", "out_proj", "o", "wo", "out_lin", "proj", "c_proj", "dense", "to_out"}
+_O = {"o_proj", "out_proj", "o", "wo", "out_lin", "proj", "c_proj", "dense", "to_out", "projection_layer"}
 _FUSED = {"qkv", "qkv_proj", "wqkv", "c_attn", "in_proj", "query_key_value"}  # layout: qkv_layout
 _GATE = {"output_gate", "o_gate", "g_proj", "gate_proj"}  # inside attention: gates of the heads' output
 _IN_MAJOR = {"Conv1D"}  # GPT-2's Conv1D stores its weight [in, out]

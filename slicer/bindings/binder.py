@@ -81,6 +81,8 @@ class ModelBinder(Binder):
     method: str
     rules: list[Rule] = field(default_factory=list)
     component_rules: list[Callable] = field(default_factory=list)
+    # ref -> the residual axis where it is not its (sub-)model's one hidden axis (a stage's channels)
+    residual_rules: list[Callable] = field(default_factory=list)
     name: str = "transformers"
 
     def __post_init__(self) -> None:
@@ -138,7 +140,14 @@ class ModelBinder(Binder):
         return self.table.add(Axis(name, kind, t, s, parts))
 
     def hidden(self, ref: TensorRef, d: int) -> Layout:
-        """Dimension ``d`` of ``ref`` is its (sub-)model's hidden axis."""
+        """Dimension ``d`` of ``ref`` is its (sub-)model's hidden axis (its stage's channels in a hierarchical model)."""
+        for rule in self.residual_rules:
+            name = rule(ref, self)
+            if name is not None:
+                if (self.table[name].t, self.table[name].s) != (ref.tshape[d], ref.sshape[d]):
+                    raise SlicerError(f"tensor {ref.student_name!r} dimension {d} [{ref.tshape[d]} -> {ref.sshape[d]}] "
+                                      f"should hold {name} ({self.table[name].t} -> {self.table[name].s})")
+                return axis(name)
         return axis(self.add(f"{ref.owner.config_path}hidden", "hidden", ref.tshape[d], ref.sshape[d]))
 
     def flat(self, ref: TensorRef, d: int) -> Layout:
