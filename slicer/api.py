@@ -11,13 +11,14 @@ from pathlib import Path
 import torch
 
 from . import manifest
+from . import quantized as quantized_weights
 from .backends import choose
 from .checkpoint import Checkpoint
 from .engine import DEFAULT_CHUNK_BYTES, Engine
 from .errors import SlicerError
 from .memory import PeakSampler
-from .reader import TeacherReader
 from .plan import Options, Plan, build_plan, parse_size
+from .report import format_bytes
 from .student import StudentSpec, from_template
 from .writer import INDEX_NAME, OutputDir, index_json
 
@@ -39,6 +40,8 @@ class Summary:
     peak_memory_bytes: int  # RssAnon + RssShmem, sampled
     backend: str
     device: str
+    bytes_fetched: int | None = None  # a remote teacher: bytes received over the network (headers included)
+    teacher_bytes: int = 0  # the teacher's tensor bytes, all of them
 
     @property
     def gb_per_s(self) -> float:
@@ -61,6 +64,10 @@ def plan(
     exclude: Iterable[str] = (),
     dtype: str = "keep",
     max_shard_size: int | str = "5GB",
+    quantized: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    remote: dict | None = None,
     scores: str | Path | None = None,
     calibration: str | Path | None = None,
     samples: int = DEFAULT_SAMPLES,
@@ -72,24 +79,33 @@ def plan(
     The student comes from ``template`` (a checkpoint whose headers give names and
     shapes) or from a Hugging Face config: ``student_config`` (a config.json) and/or
     ``config_set`` (keys edited into the teacher's config.json, or into student_config).
+    ``quantized`` chooses how an FP8 block-scaled teacher is shrunk: "blocks" (whole blocks, bits
+    exact) or "dequantize" (implied by a float ``dtype``); see slicer.quantized.
+
+    ``teacher`` may be a URL (``hf://ORG/NAME``, ``s3://bucket/prefix/``, any fsspec URL,
+    ``https://host/folder/``): only headers are fetched. ``revision`` (hf:// only) pins a
+    branch, tag or commit; ``cache_dir`` keeps fetched bytes on disk for later runs;
+    ``remote`` tunes the fetching (a dict of :class:`slicer.remote.RemoteOptions` fields).
+
     ``method="importance"`` / ``layer_selection="importance"`` rank by ``scores`` (a file of
     ``slicer score``), or score the teacher first on ``calibration`` (None: the default text).
     """
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
-                                              dtype=dtype, max_shard_size=max_shard_size, scores=scores,
+                                              dtype=dtype, max_shard_size=max_shard_size, revision=revision,
+                                              cache_dir=cache_dir, remote=remote, quantized=quantized, scores=scores,
                                               calibration=calibration, samples=samples, seq_len=seq_len, device=device)
     return _plan(ckpt, student, options)
 
 
-def describe_student(teacher, template, student_config, config_set, *, attention, scores=None, calibration=None,
-                     samples=DEFAULT_SAMPLES, seq_len=DEFAULT_SEQ_LEN, device="auto",
-                     **options) -> tuple[Checkpoint, StudentSpec, Options]:
+def describe_student(teacher, template, student_config, config_set, *, attention, revision=None, cache_dir=None,
+                     remote=None, scores=None, calibration=None, samples=DEFAULT_SAMPLES, seq_len=DEFAULT_SEQ_LEN,
+                     device="auto", **options) -> tuple[Checkpoint, StudentSpec, Options]:
     """The teacher's headers, the student spec (with its importance scores, if the run ranks)
     and the run's options, whichever route the student comes by."""
     if (template is None) == (student_config is None and not config_set):
         raise SlicerError("name the student: a --template checkpoint, or --student-config / --set (a Hugging Face config)")
-    ckpt = Checkpoint.open(teacher, role="teacher")
+    ckpt = Checkpoint.open(teacher, role="teacher", revision=revision, cache_dir=cache_dir, remote=remote)
     rank = lambda: _ranking(ckpt, options["method"], options["layer_selection"], scores, calibration,  # noqa: E731
                             samples, seq_len, device)
     # Scores are computed once the student is known to be valid, except where the student's
@@ -141,7 +157,7 @@ def _ranking(ckpt: Checkpoint, method: str, layer_selection: str, scores, calibr
 
 def _plan(teacher: Checkpoint, student: StudentSpec, options: Options) -> Plan:
     return build_plan(teacher, student.tensors, options, student.make_binder(options), origin=student.origin,
-                      ranking=student.ranking)
+                      quantization=quantized_weights.teacher_scheme(teacher), ranking=student.ranking)
 
 
 def shrink(
@@ -164,6 +180,10 @@ def shrink(
     resume: bool = False,
     progress: bool = False,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    quantized: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    remote: dict | None = None,
     scores: str | Path | None = None,
     calibration: str | Path | None = None,
     samples: int = DEFAULT_SAMPLES,
@@ -174,12 +194,14 @@ def shrink(
     The student is named as for :func:`plan`. Everything is checked (paths, headers,
     shapes) before anything is written; on any error nothing is left in ``out`` and
     the inputs are untouched. ``resume=True`` continues a killed run into the same
-    ``out``: completed shards whose size and sha256 check out are kept. Importance options
-    as for :func:`plan` (scoring runs on ``device``).
+    ``out``: completed shards whose size and sha256 check out are kept. A remote
+    ``teacher`` (see :func:`plan`) is read by range requests of the kept rows only.
+    Importance options as for :func:`plan` (scoring runs on ``device``).
     """
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
-                                              dtype=dtype, max_shard_size=max_shard_size, scores=scores,
+                                              dtype=dtype, max_shard_size=max_shard_size, revision=revision,
+                                              cache_dir=cache_dir, remote=remote, quantized=quantized, scores=scores,
                                               calibration=calibration, samples=samples, seq_len=seq_len, device=device)
     return run(ckpt, out, student, options, device=device, backend=backend, overwrite=overwrite,
                resume=resume, progress=progress, chunk_bytes=chunk_bytes)
@@ -200,6 +222,10 @@ def stream(
     device: str = "auto",
     backend: str = "auto",
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    quantized: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    remote: dict | None = None,
     scores: str | Path | None = None,
     calibration: str | Path | None = None,
     samples: int = DEFAULT_SAMPLES,
@@ -213,12 +239,13 @@ def stream(
     """
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
-                                              dtype=dtype, max_shard_size="5GB", scores=scores,
+                                              dtype=dtype, max_shard_size="5GB", revision=revision,
+                                              cache_dir=cache_dir, remote=remote, quantized=quantized, scores=scores,
                                               calibration=calibration, samples=samples, seq_len=seq_len, device=device)
     the_plan = _plan(ckpt, student, options)
     chosen = choose(device, backend)
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
-    with TeacherReader() as reader:
+    with engine.open_reader(the_plan, whole_copies=False) as reader:
         for job in the_plan.jobs:
             yield job.name, engine.tensor(job, reader)
 
@@ -239,7 +266,7 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
     try:
         with PeakSampler() as memory:
             bytes_read = engine.run(the_plan, output, *(bar.callbacks() if bar else ()))
-            extra = dict(student.files)
+            extra = quantized_weights.student_config(dict(student.files), the_plan.quantization)
             if the_plan.is_sharded:
                 shards = [(s.filename, [j.name for j in s.jobs]) for s in the_plan.shards]
                 extra[INDEX_NAME] = index_json(shards, sum(j.nbytes for j in the_plan.jobs))
@@ -266,6 +293,8 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
         peak_memory_bytes=memory.peak,
         backend=chosen.name,
         device=chosen.device,
+        bytes_fetched=teacher.source.bytes_fetched if teacher.source is not None else None,
+        teacher_bytes=teacher.total_bytes,
     )
     log.debug("wrote %s", summary)
     return summary
@@ -292,6 +321,8 @@ class _Progress:
     def __init__(self, the_plan: Plan):
         from tqdm import tqdm
 
+        self.remote = the_plan.teacher.source  # a remote teacher: bytes fetched so far, next to its size
+        self.teacher_bytes = the_plan.teacher.total_bytes
         self.total_tensors = len(the_plan.jobs)
         self.tensors = 0
         self.bar = tqdm(total=the_plan.bytes_to_write, unit="B", unit_scale=True, unit_divisor=1000,
@@ -306,7 +337,10 @@ class _Progress:
         self._show()
 
     def _show(self) -> None:
-        self.bar.set_postfix_str(f"{self.tensors}/{self.total_tensors} tensors", refresh=False)
+        text = f"{self.tensors}/{self.total_tensors} tensors"
+        if self.remote is not None:
+            text += f", fetched {format_bytes(self.remote.bytes_fetched)} of {format_bytes(self.teacher_bytes)}"
+        self.bar.set_postfix_str(text, refresh=False)
 
     def close(self) -> None:
         self.bar.close()

@@ -21,6 +21,8 @@ _PAGE = mmap.ALLOCATIONGRANULARITY
 
 
 class TeacherReader:
+    streams_copies = False  # whole-tensor copies are done from fd(path) (a remote reader streams them)
+
     def __init__(self) -> None:
         self._fds: dict[Path, int] = {}
 

@@ -10,13 +10,35 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ..axes import Binder
-from . import attention, common, mlp
+from ..errors import SlicerError
+from . import attention, common, linear_attention, mamba, mla, mlp, moe, multimodal, vision
 from .binder import ModelBinder
 from .geometry import check_geometry, geometry, rotary_convention
+from .qkv_layout import per_head_kv
 from .view import ModelView
 
-RULES = [attention.bind, mlp.bind, common.bind_embeddings, common.bind_norms]
-COMPONENT_RULES: list = []
+
+def _unless_unchanged(rule):
+    """A tensor that keeps its shape needs no axis: whatever its block's rule cannot tell about it
+    (an unknown projector, an odd mixer) must not stop an identity or depth-only run."""
+    def bind(ref, b):
+        try:
+            return rule(ref, b)
+        except SlicerError:
+            if ref.tshape == ref.sshape:
+                return None
+            raise
+
+    bind.__name__ = rule.__module__.rsplit(".", 1)[-1] + ".bind"
+    return bind
+
+
+# multimodal, vision and mamba first: they claim the tensors of their blocks (a projector's Linear,
+# a stage transition, a mixer's in_proj) before the generic attention / FFN / norm rules see them.
+RULES = [multimodal.bind, _unless_unchanged(vision.bind), _unless_unchanged(mamba.bind),
+         mla.bind, moe.bind, linear_attention.bind, attention.bind, mlp.bind, common.bind_embeddings, common.bind_norms]
+COMPONENT_RULES: list = [moe.component, attention.head_component]
+RESIDUAL_RULES = [vision.stage_channels]
 
 
 def model_binder(teacher_model, student_model, teacher_names: Sequence[str],
@@ -26,9 +48,15 @@ def model_binder(teacher_model, student_model, teacher_names: Sequence[str],
 
     def make(options) -> Binder:
         return ModelBinder(teacher, student, list(teacher_names), list(student_names), options.attention,
-                           options.method, rules=list(RULES), component_rules=list(COMPONENT_RULES))
+                           options.method, rules=list(RULES), component_rules=list(COMPONENT_RULES),
+                           residual_rules=list(RESIDUAL_RULES))
 
     return make
+
+
+def check_experts(teacher_model, student_model, where: str) -> None:
+    """Refuse, naming the config key, a student whose routers cannot route over the experts kept."""
+    moe.check_experts(teacher_model, student_model, where)
 
 
 def check_heads(teacher_model, student_model, where: str) -> None:
@@ -44,10 +72,13 @@ def check_heads(teacher_model, student_model, where: str) -> None:
             continue
         seen.add(type(s_mod))
         t_cfg, s_cfg = _config_of(teacher_model, path), _config_of(student_model, path)
+        if mla.is_mla(s_mod):  # latent attention: its own geometry
+            mla.check(mla.MlaGeometry.of(t_mod, t_cfg), mla.MlaGeometry.of(s_mod, s_cfg), where)
+            continue
         rotary = rotary_convention(t_mod)
         gt, gs = geometry(t_mod, t_cfg, rotary), geometry(s_mod, s_cfg, rotary_convention(s_mod) if rotary else None)
         if gt is not None and gs is not None:
-            check_geometry(gt, gs, where)
+            check_geometry(per_head_kv(t_mod, gt), per_head_kv(s_mod, gs), where)
 
 
 def _config_of(model, path: str):

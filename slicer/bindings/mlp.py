@@ -16,8 +16,8 @@ from ..axes import Layout, axis, concat, product
 from ..errors import SlicerError
 from .binder import ModelBinder, TensorRef
 
-_UP = {"gate_proj", "up_proj", "w1", "w3", "fc1", "c_fc", "dense_h_to_4h", "fc_in", "wi", "wi_0", "wi_1", "lin1"}
-_DOWN = {"down_proj", "w2", "fc2", "c_proj", "dense_4h_to_h", "fc_out", "wo", "lin2"}
+_UP = {"gate_proj", "up_proj", "w1", "w3", "fc1", "c_fc", "dense_h_to_4h", "fc_in", "wi", "wi_0", "wi_1", "lin1", "pwconv1", "linear_fc1"}
+_DOWN = {"down_proj", "w2", "fc2", "c_proj", "dense_4h_to_h", "fc_out", "wo", "lin2", "pwconv2", "linear_fc2"}
 _FUSED = {"gate_up_proj"}
 _IN_MAJOR = {"Conv1D"}
 
@@ -46,6 +46,8 @@ def ffn_block(ref: TensorRef) -> str:
     """The teacher path the FFN axis is named after."""
     parts = ref.teacher_name.split(".")[:-2]  # drop module and parameter
     while parts and parts[-1].isascii() and parts[-1].isdigit():
+        if ".".join(parts) == ref.layer and len(parts) > 1 and "expert" not in parts[-2]:
+            break  # ConvNeXt's layers.0.pwconv1: the FFN of layer 0, not of every layer of the stage
         parts.pop()  # experts.5.w1: the experts of a layer share one FFN axis
     if parts and parts[-1] in ("intermediate", "output"):
         return ref.layer or ".".join(parts[:-1])

@@ -68,6 +68,9 @@ def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | No
     start = time.perf_counter()
     import_accelerate()
     ckpt = teacher if isinstance(teacher, Checkpoint) else Checkpoint.open(teacher, role="teacher")
+    if getattr(ckpt, "source", None) is not None:
+        raise SlicerError(f"{ckpt.path}: scoring runs the teacher from local files; a remote teacher is read for its "
+                          "kept rows only, never as a whole: download it, or score it where it is stored")
     plan = identity_plan(ckpt)
     batch = calib.load(calibration, ckpt.folder, samples=samples, seq_len=seq_len)
     dev = pick_device(device)
