@@ -223,7 +223,7 @@ def _config_layer_maps(ckpt: Checkpoint, model, shapes: dict, mode: str, where: 
     from .bindings.view import ModelView
 
     mapper = LayerMapper(ckpt.tensors, shapes, mode, kinds=_layer_kinds_of(ckpt.tensors, shapes),
-                         layer_scores=layer_scores)
+                         layer_scores=layer_scores, unscored="uniform")
     try:
         for name in shapes:
             mapper.teacher_name(name)
@@ -421,7 +421,7 @@ def _check_fits(ckpt: Checkpoint, tensors: list[StudentTensor], teacher_dict, st
     try:
         names = [t.name for t in tensors]
         mapper = LayerMapper(ckpt.tensors, names, mode, kinds=_layer_kinds_of(ckpt.tensors, names),
-                             layer_scores=layer_scores)
+                             layer_scores=layer_scores, unscored="uniform")
         for t in tensors:
             source = ckpt.tensors.get(mapper.teacher_name(t.source or t.name))
             if source is None or len(source.shape) != len(t.shape):

@@ -41,12 +41,15 @@ class LayerMapper:
     def __init__(self, teacher_names: Iterable[str], student_names: Iterable[str], mode: str, *,
                  kinds: dict[str, tuple[Sequence[str], Sequence[str]]] | None = None,
                  component: Callable[[str, str, int, int], list[int] | None] | None = None,
-                 layer_scores: dict[str, Sequence[float]] | None = None):
+                 layer_scores: dict[str, Sequence[float]] | None = None, unscored: str | None = None):
         self.teacher_depths = depths(teacher_names)
         self.student_depths = depths(student_names)
         self.mode = mode
         layer_indices(1, 1, mode, [0.0])  # validate the mode early
         self.layer_scores = layer_scores or {}  # teacher prefix -> a score per layer (--layer-selection importance)
+        # a list importance has no scores for: refused (None), or selected by this mode instead (mappers that
+        # only check shapes, and know no components: ``experts.N`` looks like a depth to them)
+        self.unscored = unscored
         self.kinds = kinds or {}
         self.component = component or (lambda sp, tp, t, s: None)
         self.maps: dict[str, list[int]] = {}  # student prefix -> teacher layer per student layer
@@ -89,11 +92,11 @@ class LayerMapper:
                 "a student cannot be deeper than its teacher"
             )
         if kinds is None:
-            return None if t == s else layer_indices(t, s, self.mode, self._scores(teacher_prefix, t))
+            return None if t == s else layer_indices(t, s, *self._mode_scores(teacher_prefix, t))
         teacher_kinds, student_kinds = list(kinds[0]), list(kinds[1])
         if teacher_kinds == student_kinds:
             return None
-        scores = self._scores(teacher_prefix, t)
+        mode, scores = self._mode_scores(teacher_prefix, t)
         out = [0] * s
         for kind in dict.fromkeys(student_kinds):
             mine = [j for j, k in enumerate(student_kinds) if k == kind]
@@ -103,21 +106,23 @@ class LayerMapper:
                                   f"{student_prefix!r} but the teacher has {len(theirs)} under {teacher_prefix!r}; a "
                                   "student layer is only ever selected from a teacher layer of its own kind")
             mine_scores = None if scores is None else [scores[i] for i in theirs]
-            for j, i in zip(mine, layer_indices(len(theirs), len(mine), self.mode, mine_scores)):
+            for j, i in zip(mine, layer_indices(len(theirs), len(mine), mode, mine_scores)):
                 out[j] = theirs[i]
         return out
 
-    def _scores(self, teacher_prefix: str, t: int) -> Sequence[float] | None:
+    def _mode_scores(self, teacher_prefix: str, t: int) -> tuple[str, Sequence[float] | None]:
         if self.mode != "importance":
-            return None
+            return self.mode, None
         scores = self.layer_scores.get(teacher_prefix)
+        if scores is None and self.unscored is not None:
+            return self.unscored, None
         if scores is None:
             raise SlicerError(f"--layer-selection importance: the scores hold no layer scores for {teacher_prefix!r} "
                               f"({teacher_prefix}:layers)")
         if len(scores) != t:
             raise SlicerError(f"--layer-selection importance: {len(scores)} layer scores for the {t} layers of "
                               f"{teacher_prefix!r}")
-        return scores
+        return self.mode, scores
 
 
 def _describe(kind: str, kinds: Sequence[str]) -> str:

@@ -179,6 +179,26 @@ def test_a_vision_teacher_scores_from_pixel_values(root, tmp_path):
     assert all(torch.isfinite(v).all() and (v >= 0).all() for v in scores.values())
 
 
+def test_importance_keeps_an_moe_student_consistent(root, calibration, tmp_path):
+    """The same check on Qwen3-MoE (tests/families_moe.py): experts, their FFN axis, heads."""
+    from families_moe import FAMILIES as MOE
+    from slicer.checkpoint import Checkpoint
+    from slicer.importance.scores import Scores, save, teacher_files
+
+    family = MOE["qwen3_moe"]
+    twin = build(root / "qwen3-moe", family, coded=False)
+    coded = build(root / "qwen3-moe-coded", family, coded=True)
+    vectors = read_folder_scores(_score(twin, calibration, root / "qwen3-moe.safetensors"))
+    assert {"model.layers.0.mlp:experts", "model.layers.0.mlp.experts:ffn"} <= set(vectors)
+    imported = tmp_path / "imported.safetensors"
+    save(imported, Scores(vectors, {"teacher": teacher_files(Checkpoint.open(coded))}))
+    out = tmp_path / "out"
+    slicer.shrink(str(coded), str(out), config_set=family.edits, method="importance", scores=str(imported),
+                  layer_selection="importance")
+    report = check(out, coded, family.spec)
+    assert not report.problems, "\n".join(report.problems[:10])
+
+
 # --------------------------------------------------------------------------- planted importance
 
 HIDDEN = [3, 4, 8, 11, 15, 19, 20, 23, 26, 30, 33, 34, 38, 41, 42, 45, 47, 50, 51, 53, 55, 57, 58, 59, 60, 61, 62, 63,
@@ -261,8 +281,9 @@ def test_hidden_channels_scored_by_linear_inputs_find_the_planted_ones_too(root,
         assert sorted(torch.topk(hidden, 32).indices.tolist()) == sorted(HIDDEN), hidden_from
 
 
-def test_importance_ranks_the_planted_experts_first(root, calibration):
-    """REAP scores: experts whose outputs are near zero rank last, whatever the router does."""
+def test_importance_keeps_the_planted_experts(root, calibration, tmp_path):
+    """REAP scores: experts whose outputs are near zero rank last, whatever the router does; the
+    student keeps exactly the planted ones (the experts axis of slicer/bindings/moe.py)."""
     model = transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(**QWEN3_MOE.config))
     planted = {0: [1, 4, 6], 1: [0, 2, 7]}
     with torch.no_grad():
@@ -276,10 +297,18 @@ def test_importance_ranks_the_planted_experts_first(root, calibration):
             block.mlp.gate.weight.normal_(0, 0.02)  # near-uniform routing: every expert gets tokens
     teacher = root / "planted-moe"
     model.save_pretrained(teacher)
-    scores = read_folder_scores(_score(teacher, calibration, root / "planted-moe.safetensors"))
+    path = _score(teacher, calibration, root / "planted-moe.safetensors")
+    scores = read_folder_scores(path)
     for layer, want in planted.items():
         got = scores[f"model.layers.{layer}.mlp:experts"]
         assert sorted(torch.topk(got, 3).indices.tolist()) == want, got
+    assert {"model.layers.0.mlp.experts:ffn", "model.layers.1.mlp.experts:ffn"} <= set(scores)  # inside the experts
+    out = tmp_path / "out"
+    slicer.shrink(str(teacher), str(out), config_set={"num_experts": 3}, method="importance", scores=str(path))
+    m = json.loads((out / "slicer_manifest.json").read_text())
+    for layer, want in planted.items():
+        entry = m["index_sets"][m["axes"][f"model.layers.{layer}.mlp:experts"]["index"]]
+        assert entry.get("indices") == want, entry
 
 
 # --------------------------------------------------------------------------- bad input
