@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,13 +14,13 @@ import torch
 from . import manifest
 from .backends import choose
 from .checkpoint import Checkpoint
-from .engine import DEFAULT_CHUNK_BYTES, Engine
-from .errors import SlicerError
+from .engine import DEFAULT_CHUNK_BYTES, PIPELINE_DEPTH, Engine
+from .errors import Interrupted, SlicerError
 from .memory import PeakSampler
 from .reader import TeacherReader
 from .plan import Options, Plan, build_plan, parse_size
 from .student import StudentSpec, from_template
-from .writer import INDEX_NAME, OutputDir, index_json
+from .writer import INDEX_NAME, MANIFEST_NAME, OutputDir, index_json
 
 log = logging.getLogger("slicer")
 ATTENTION_CHOICES = ("flat", "heads")
@@ -38,6 +39,9 @@ class Summary:
     peak_memory_bytes: int  # RssAnon + RssShmem, sampled
     backend: str
     device: str
+    replaced: list[str] = field(default_factory=list)  # files of OUT replaced or removed (a previous student's)
+    resumed: list[str] = field(default_factory=list)  # shards of the interrupted run that were kept
+    unchanged: bool = False  # --resume found this very student finished in OUT: nothing was written
 
     @property
     def gb_per_s(self) -> float:
@@ -160,10 +164,11 @@ def stream(
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
                                               dtype=dtype, max_shard_size="5GB")
+    check_chunk_bytes(chunk_bytes)
     the_plan = _plan(ckpt, student, options)
     chosen = choose(device, backend)
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
-    with TeacherReader() as reader:
+    with TeacherReader(the_plan.teacher.stamps) as reader:
         for job in the_plan.jobs:
             yield job.name, engine.tensor(job, reader)
 
@@ -172,6 +177,7 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
         overwrite=False, resume=False, progress=False, chunk_bytes=DEFAULT_CHUNK_BYTES) -> Summary:
     """Shared by every route to a student spec (template, config)."""
     start = time.perf_counter()
+    check_chunk_bytes(chunk_bytes)
     the_plan = _plan(teacher, student, options)
     out = Path(out)
     _check_out(out, the_plan.teacher, student)
@@ -179,18 +185,28 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
     output = OutputDir(out, overwrite=overwrite, resume=resume)
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
     record = manifest.build(the_plan)
-    resumed = output.open(manifest.fingerprint(record))
+    extra = dict(student.files)
+    if the_plan.is_sharded:
+        shards = [(s.filename, [j.name for j in s.jobs]) for s in the_plan.shards]
+        extra[INDEX_NAME] = index_json(shards, sum(j.nbytes for j in the_plan.jobs))
+    record["files"] = [*(s.filename for s in the_plan.shards), *extra, MANIFEST_NAME]  # what --overwrite may replace later
+    try:
+        resumed = output.open(manifest.fingerprint(record), record["files"])
+    except KeyboardInterrupt:
+        raise Interrupted(output.outcome()) from None
+    if output.unchanged:
+        return _summary(out, the_plan, chosen, bytes_read=0, seconds=time.perf_counter() - start, peak=0,
+                        unchanged=True)
     bar = _progress_bar(the_plan, progress)
     try:
         with PeakSampler() as memory:
             bytes_read = engine.run(the_plan, output, *(bar.callbacks() if bar else ()))
-            extra = dict(student.files)
-            if the_plan.is_sharded:
-                shards = [(s.filename, [j.name for j in s.jobs]) for s in the_plan.shards]
-                extra[INDEX_NAME] = index_json(shards, sum(j.nbytes for j in the_plan.jobs))
             for shard in record["shards"]:
                 shard["sha256"] = output.done[shard["name"]]["sha256"]
             output.finish([s.filename for s in the_plan.shards], extra, record)
+    except KeyboardInterrupt:
+        output.abort()
+        raise Interrupted(output.outcome()) from None
     except BaseException:
         output.abort()
         raise
@@ -199,32 +215,66 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
             bar.close()
     if resumed:
         log.info("resumed: kept %d completed shard(s): %s", len(resumed), ", ".join(sorted(resumed)))
-    summary = Summary(
-        out=str(out),
-        tensors_written=len(the_plan.jobs),
-        tensors_skipped=len(the_plan.skipped),
-        tensors_excluded=len(the_plan.excluded),
-        shards=len(the_plan.shards),
-        bytes_read=bytes_read,
-        bytes_written=the_plan.bytes_to_write,
-        seconds=time.perf_counter() - start,
-        peak_memory_bytes=memory.peak,
-        backend=chosen.name,
-        device=chosen.device,
-    )
+    summary = _summary(out, the_plan, chosen, bytes_read=bytes_read, seconds=time.perf_counter() - start,
+                       peak=memory.peak, replaced=list(output.replace), resumed=sorted(resumed))
     log.debug("wrote %s", summary)
     return summary
 
 
+def _summary(out: Path, the_plan: Plan, chosen, *, bytes_read: int, seconds: float, peak: int,
+             unchanged: bool = False, **lists) -> Summary:
+    return Summary(
+        out=str(out),
+        tensors_written=0 if unchanged else len(the_plan.jobs),
+        tensors_skipped=len(the_plan.skipped),
+        tensors_excluded=len(the_plan.excluded),
+        shards=len(the_plan.shards),
+        bytes_read=bytes_read,
+        bytes_written=0 if unchanged else the_plan.bytes_to_write,
+        seconds=seconds,
+        peak_memory_bytes=peak,
+        backend=chosen.name,
+        device=chosen.device,
+        unchanged=unchanged,
+        **lists,
+    )
+
+
+def check_chunk_bytes(chunk_bytes: int) -> None:
+    """Memory per chunk in flight: a positive size that leaves the machine room to run."""
+    if not isinstance(chunk_bytes, int) or isinstance(chunk_bytes, bool) or chunk_bytes < 16:
+        raise SlicerError(f"chunk size {chunk_bytes!r} bytes is too small: a chunk holds at least 16 bytes "
+                          "(--chunk-mb takes a whole number of MB, at least 1)")
+    total = _physical_memory()
+    if total and chunk_bytes * PIPELINE_DEPTH > total // 2:
+        raise SlicerError(f"chunk size {chunk_bytes / 2**20:.0f} MB is too large: {PIPELINE_DEPTH} chunks in flight "
+                          f"need more than half of this machine's {total / 2**30:.1f} GiB of memory")
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def _check_out(out: Path, teacher: Checkpoint, student: StudentSpec) -> None:
-    """OUT must not be, or be inside, an input's folder: inputs stay untouched."""
-    target = out.resolve()
-    for role, folder in (("teacher", teacher.folder), ("template", student.folder)):
+    """OUT must not be, be inside, or hold an input's folder: inputs stay untouched
+    (also with --overwrite, which removes files of OUT)."""
+    try:
+        target = out.resolve()
+    except (OSError, RuntimeError) as e:  # a name too long, a symlink loop
+        raise SlicerError(f"{out}: cannot use as the output folder: {getattr(e, 'strerror', None) or e}") from e
+    inputs = [("teacher", teacher.folder), ("template", student.folder)]
+    inputs += [("teacher", Path(f).resolve().parent) for f in teacher.files]  # where the shards really are (symlinks resolved)
+    for role, folder in inputs:
         if folder is None:
             continue
         folder = folder.resolve()
         if target == folder or folder in target.parents:
             raise SlicerError(f"{out}: output folder is {'' if target == folder else 'inside '}the {role}'s folder {folder}; choose another OUT")
+        if target in folder.parents:
+            raise SlicerError(f"{out}: output folder holds the {role}'s folder {folder}; choose another OUT")
 
 
 def _progress_bar(the_plan: Plan, enabled: bool) -> "_Progress | None":

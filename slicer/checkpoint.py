@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SlicerError
-from .safetensors_format import Header, TensorInfo, json_int, read_header
+from .safetensors_format import FileStamp, Header, TensorInfo, file_kind, json_int, read_header
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -31,6 +32,8 @@ class Checkpoint:
     folder: Path  # where config.json and friends would be
     files: tuple[Path, ...]
     tensors: dict[str, TensorInfo]  # in file order, then offset order
+    # fstat of each file when its header was read: the reader refuses a file changed since
+    stamps: dict[Path, FileStamp] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def open(cls, path: str | Path, role: str = "checkpoint") -> "Checkpoint":
@@ -39,6 +42,7 @@ class Checkpoint:
             raise SlicerError(f"{path}: {role} not found")
         if path.is_dir():
             return cls._open_folder(path, role)
+        require_regular_file(path, role)
         if path.name.endswith(".index.json"):
             return cls._open_index(path, path, role)
         if path.suffix == ".safetensors":
@@ -62,6 +66,7 @@ class Checkpoint:
     @classmethod
     def _open_index(cls, named: Path, index_path: Path, role: str) -> "Checkpoint":
         folder = index_path.parent
+        require_regular_file(index_path, f"{role} index")
         try:
             obj = json.loads(index_path.read_text(encoding="utf-8"), parse_int=json_int)
         except ValueError as e:  # not UTF-8, not JSON, or an absurd integer
@@ -83,6 +88,9 @@ class Checkpoint:
             if os.path.isabs(shard) or os.path.normpath(shard).split(os.sep)[0] in ("..", ""):
                 raise SlicerError(f"{index_path}: shard {shard!r} is outside the checkpoint's folder; refusing to read it")
             if not shard_path.is_file():
+                if shard_path.exists():
+                    raise SlicerError(f"{index_path}: shard {shard!r} named by the index is not a regular file "
+                                      f"({file_kind(shard_path.stat().st_mode)})")
                 raise SlicerError(f"{index_path}: shard {shard!r} named by the index is missing")
             headers.append(read_header(shard_path))
         ckpt = cls._from_headers(named, folder, headers)
@@ -100,7 +108,8 @@ class Checkpoint:
                 if info.name in tensors:
                     raise SlicerError(f"{header.path}: tensor {info.name!r} also appears in {tensors[info.name].path.name}")
                 tensors[info.name] = info
-        return cls(named, folder, tuple(h.path for h in headers), tensors)
+        stamps = {h.path: h.stamp for h in headers if h.stamp is not None}
+        return cls(named, folder, tuple(h.path for h in headers), tensors, stamps)
 
     @property
     def total_bytes(self) -> int:
@@ -109,3 +118,13 @@ class Checkpoint:
     def config_path(self) -> Path | None:
         p = self.folder / "config.json"
         return p if p.is_file() else None
+
+
+def require_regular_file(path: Path, role: str) -> None:
+    """A FIFO, socket or device named as an input is refused at once (reading one could hang)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise SlicerError(f"{path}: cannot read: {e.strerror or e}") from e
+    if not stat.S_ISREG(mode):
+        raise SlicerError(f"{path}: {role} is {file_kind(mode)}, not a file or folder")

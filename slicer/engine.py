@@ -102,22 +102,32 @@ class Engine:
         bytes_read = 0
         out: ShardWriter | None = None
         try:
-            with TeacherReader() as reader:
-                for shard in plan.shards:
-                    if shard.filename in output.done:  # completed by the run we resume
-                        on_bytes(shard.size)
-                        for _ in shard.jobs:
-                            on_tensor()
-                        continue
-                    out = output.shard(shard.filename, shard.size)
-                    writer.submit(("open", out))
-                    writer.submit(("bytes", shard.header, None))
-                    for job in shard.jobs:
-                        bytes_read += self._run_job(job, reader, writer, free)
-                        writer.submit(("tensor",))
-                    writer.submit(("finish", out))
-                writer.submit(None)
-                writer.join()
+            with TeacherReader(plan.teacher.stamps) as reader:
+                try:
+                    for shard in plan.shards:
+                        if shard.filename in output.done:  # completed by the run we resume
+                            on_bytes(shard.size)
+                            for _ in shard.jobs:
+                                on_tensor()
+                            continue
+                        out = output.shard(shard.filename, shard.size)
+                        writer.submit(("open", out))
+                        writer.submit(("bytes", shard.header, None))
+                        for job in shard.jobs:
+                            bytes_read += self._run_job(job, reader, writer, free)
+                            writer.submit(("tensor",))
+                        writer.submit(("finish", out))
+                    writer.submit(None)
+                    writer.join()
+                    writer.raise_error()
+                    reader.check_all()  # every byte read was the teacher's as planned
+                except Exception as e:
+                    # A teacher that changed under us explains a short read or a bad chunk best.
+                    try:
+                        reader.check_all()
+                    except SlicerError as changed:
+                        raise changed from e
+                    raise
         finally:
             writer.stop()
             if out is not None:  # opened here but maybe never reached the writer: close it
@@ -167,8 +177,8 @@ class Engine:
         src_dtype = _torch_dtype(job.source.dtype) if cast else BITS_DTYPE[job.source.itemsize]
         out_dtype = _torch_dtype(job.dtype) if cast else BITS_DTYPE[DTYPES[job.dtype].itemsize]
         for chunk in chunks(job, self.chunk_bytes):
+            out = destination(chunk, out_dtype)  # first: it may wait; the span is checked and read right away
             span = reader.span(job.source, chunk.first, chunk.count, src_dtype, prefetch=chunk.dense).view(chunk.span_shape)
-            out = destination(chunk, out_dtype)
             try:
                 self.gather(span, self._index(job, chunk), out)
             except SlicerError:

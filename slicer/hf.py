@@ -17,7 +17,7 @@ import logging
 import re
 from pathlib import Path
 
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, require_regular_file
 from .errors import SlicerError
 from .heads import HeadAwareSelector, HeadGeometry, check_geometry
 from .layers import LayerMapper
@@ -55,6 +55,8 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
         if base_path.is_dir():
             base_path = base_path / "config.json"
         if not base_path.is_file():
+            if base_path.exists():  # a FIFO or a device: refused, never read (it could hang)
+                require_regular_file(base_path, "student config")
             raise SlicerError(f"{student_config}: student config not found")
         base = _read_json(base_path)
     elif teacher_dict is not None:
@@ -64,6 +66,7 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
     where = str(base_path) + (" with " + " ".join(f"--set {k}={json.dumps(v)}" for k, v in edits.items()) if edits else "")
 
     config_cls = _config_class(transformers, base, base_path)
+    _refuse_architecture_change(base, edits, base_path)
     student_dict = _apply_edits(base, edits, config_cls, where)
     _follow_depth(base, student_dict, edits, config_cls, layer_selection)
     config = _build_config(config_cls, student_dict, where)
@@ -146,6 +149,23 @@ def _apply_edits(base: dict, edits: dict, config_cls, where: str) -> dict:
                     raise SlicerError(f"{where}: --set {key}: {config_cls.__name__} has no such key (a typo?)")
         target[leaf] = value
     return out
+
+
+def _refuse_architecture_change(base: dict, edits: dict, base_path: Path) -> None:
+    """--set model_type / architectures would describe another model than the one whose
+    tensors are written (the tensors follow the base config's class): refused."""
+    for key, value in edits.items():
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf not in ("model_type", "architectures"):
+            continue
+        target = base
+        for part in key.split(".")[:-1]:
+            target = target.get(part) if isinstance(target, dict) else None
+        old = target.get(leaf) if isinstance(target, dict) else None
+        if value != old:
+            raise SlicerError(f"{base_path}: --set {key}={json.dumps(value)}: changing the architecture "
+                              f"(from {json.dumps(old)}) is not supported: the student's tensors follow the teacher's "
+                              "architecture; to name another one, pass its config with --student-config")
 
 
 def _is_config_key(config_cls, defaults, key: str, value) -> bool:

@@ -22,10 +22,16 @@ def depths(names: Iterable[str]) -> dict[str, int]:
     for name in names:
         parts = name.split(".")
         for k, part in enumerate(parts):
-            if part.isdigit():
+            if _is_layer_index(part):
                 prefix = ".".join(parts[:k])
                 out[prefix] = max(out.get(prefix, 0), int(part) + 1)
     return out
+
+
+def _is_layer_index(part: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²' or '٣', which int() refuses or
+    reads as another number, and which a mapped name could never spell back."""
+    return part.isascii() and part.isdigit()
 
 
 class LayerMapper:
@@ -43,7 +49,7 @@ class LayerMapper:
         parts = student_name.split(".")
         mapped = list(parts)
         for k, part in enumerate(parts):
-            if not part.isdigit():
+            if not _is_layer_index(part):
                 continue
             student_prefix = ".".join(parts[:k])
             teacher_prefix = ".".join(mapped[:k])

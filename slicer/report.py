@@ -50,9 +50,14 @@ def format_plan(plan: Plan) -> str:
 
 
 def format_summary(s) -> str:
-    return (
+    if getattr(s, "unchanged", False):
+        return f"nothing to do: {s.out} already holds this student (same teacher, options and layout); nothing was written"
+    text = (
         f"wrote {s.tensors_written} tensors in {s.shards} shard{'s' * (s.shards != 1)} to {s.out} "
         f"({s.tensors_skipped} teacher tensors unused, {s.tensors_excluded} excluded)\n"
         f"read {format_bytes(s.bytes_read)}, wrote {format_bytes(s.bytes_written)} in {s.seconds:.2f} s "
         f"({s.gb_per_s:.2f} GB/s), peak memory {format_bytes(s.peak_memory_bytes)}, {s.backend} on {s.device}"
     )
+    if getattr(s, "replaced", None):
+        text += f"\nreplaced {len(s.replaced)} file{'s' * (len(s.replaced) != 1)} of OUT: {', '.join(s.replaced)}"
+    return text
