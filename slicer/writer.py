@@ -252,7 +252,8 @@ class OutputDir:
         if entries and not self.overwrite:
             if self.resume:
                 raise SlicerError(f"{self.out}: cannot resume: OUT holds no interrupted slicer run ({listing()}); "
-                                  "pass --overwrite to replace the student in it")
+                                  "pass --overwrite instead to write the student into it (only files of the same "
+                                  "names are replaced)")
             raise SlicerError(f"{self.out}: output folder is not empty ({listing()}); "
                               "pass --overwrite to replace the student in it")
         return "fresh"
