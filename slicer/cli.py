@@ -188,15 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except _StdoutFailed as e:
         _silence_stdout()
-        done = " (after the command had completed)" if e.after else ""
-        _say(f"slicer: error: cannot write to stdout: {e.strerror or e}{done}")
+        _say(f"slicer: error: cannot write to stdout: {e.strerror or e}{e.note}")
         return 2
 
 
 class _StdoutFailed(OSError):
     """Writing the command's output failed (a full disk, a closed terminal)."""
 
-    after = False
+    note = ""  # what was done all the same
 
 
 def _out(text: str = "") -> None:
@@ -217,7 +216,7 @@ def _flush_stdout() -> None:
         raise
     except (OSError, ValueError) as e:
         failed = _StdoutFailed(getattr(e, "errno", None) or 0, getattr(e, "strerror", None) or str(e))
-        failed.after = True
+        failed.note = " (after the command had completed)"
         raise failed from e
 
 
@@ -299,7 +298,12 @@ def cmd_shrink(args) -> int:
 
     summary = api.shrink(args.teacher, args.out, **_selection_kwargs(args), device=args.device, backend=args.backend,
                          overwrite=args.overwrite, resume=args.resume, progress=_show_progress(args), chunk_bytes=args.chunk_mb << 20)
-    _print_summary(args, summary)
+    try:
+        _print_summary(args, summary)
+        _flush_stdout()
+    except _StdoutFailed as e:
+        e.note = f" (the student in {args.out} is complete)"
+        raise
     return 0
 
 

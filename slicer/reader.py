@@ -53,12 +53,13 @@ class TeacherReader:
                 fd = os.open(path, os.O_RDONLY)
             except OSError as e:
                 raise SlicerError(f"{path}: cannot open: {e.strerror or e}") from e
-            self._fds[path] = fd
             now = FileStamp.of(os.fstat(fd))
             before = self._expected.setdefault(path, now)
             if now != before:
+                os.close(fd)
                 raise SlicerError(f"{path}: teacher file changed since its header was read "
                                   f"({_difference(before, now)}); nothing was written, run again")
+            self._fds[path] = fd
             if USE_LEASES and _take_lease(fd):
                 self._leased.add(path)
         return fd
