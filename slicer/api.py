@@ -129,8 +129,13 @@ def shrink(
 
     The student is named as for :func:`plan`. Everything is checked (paths, headers,
     shapes) before anything is written; on any error nothing is left in ``out`` and
-    the inputs are untouched. ``resume=True`` continues a killed run into the same
-    ``out``: completed shards whose size and sha256 check out are kept.
+    the inputs are untouched. A non-empty ``out`` needs ``overwrite=True``, which
+    replaces only a previous slicer student's files and files of the names this run
+    writes (``Summary.replaced`` lists them). ``resume=True`` continues a killed run
+    into the same ``out`` (completed shards that provably did not change are kept),
+    or, over the same finished student, does nothing (``Summary.unchanged``).
+    Ctrl-C raises :class:`slicer.errors.Interrupted` (a KeyboardInterrupt) saying
+    whether ``out`` holds the old or the complete new student.
     """
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
