@@ -178,7 +178,9 @@ class Engine:
         out_dtype = _torch_dtype(job.dtype) if cast else BITS_DTYPE[DTYPES[job.dtype].itemsize]
         for chunk in chunks(job, self.chunk_bytes):
             out = destination(chunk, out_dtype)  # first: it may wait; the span is checked and read right away
-            span = reader.span(job.source, chunk.first, chunk.count, src_dtype, prefetch=chunk.dense).view(chunk.span_shape)
+            rows = (chunk.span_shape[0], chunk.index[0]) if chunk.span_shape else None
+            span = reader.span(job.source, chunk.first, chunk.count, src_dtype, prefetch=chunk.dense,
+                               rows=rows).view(chunk.span_shape)
             try:
                 self.gather(span, self._index(job, chunk), out)
             except SlicerError:

@@ -80,9 +80,11 @@ class TeacherReader:
         for path in list(self._fds):
             self.check(path)
 
-    def span(self, info: TensorInfo, first: int, count: int, dtype: torch.dtype, prefetch: bool = False) -> torch.Tensor:
+    def span(self, info: TensorInfo, first: int, count: int, dtype: torch.dtype, prefetch: bool = False,
+             rows: tuple[int, range | tuple[int, ...]] | None = None) -> torch.Tensor:
         """Elements first..first+count-1 of a tensor, as a 1-D tensor over a private map
-        (or, for a file without a lease, over a copy read with pread)."""
+        (or, for a file without a lease, over a copy read with pread). ``rows`` (the
+        span's row count and the rows the gather keeps) lets the pread path read just those."""
         itemsize = info.itemsize
         begin = info.offset + first * itemsize
         nbytes = count * itemsize
@@ -91,7 +93,7 @@ class TeacherReader:
         self.check(info.path)
         fd = self.fd(info.path)
         if info.path not in self._leased:
-            return _pread(fd, info, begin, nbytes).view(dtype)
+            return _pread(fd, info, begin, nbytes, rows).view(dtype)
         aligned = begin - begin % _PAGE
         try:
             mm = mmap.mmap(fd, begin + nbytes - aligned, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=aligned)
@@ -128,20 +130,40 @@ def _take_lease(fd: int) -> bool:
     return True
 
 
-def _pread(fd: int, info: TensorInfo, begin: int, nbytes: int) -> torch.Tensor:
+def _pread(fd: int, info: TensorInfo, begin: int, nbytes: int, rows) -> torch.Tensor:
+    """The span in anonymous memory. Where rows of a page or more are skipped, only the
+    kept rows are read: the pages of the others are never touched, so never resident."""
     buf = torch.empty(nbytes, dtype=torch.uint8)
     view = memoryview(buf.numpy())
-    done = 0
-    while done < nbytes:
-        try:
-            n = os.preadv(fd, [view[done:]], begin + done)
-        except OSError as e:
-            raise SlicerError(f"{info.path}: cannot read tensor {info.name!r}: {e.strerror or e}") from e
-        if n == 0:
-            raise SlicerError(f"{info.path}: teacher file ended while reading tensor {info.name!r} "
-                              "(truncated during the run); nothing was written")
-        done += n
+    for start, length in _pieces(nbytes, rows):
+        done = 0
+        while done < length:
+            try:
+                n = os.preadv(fd, [view[start + done:start + length]], begin + start + done)
+            except OSError as e:
+                raise SlicerError(f"{info.path}: cannot read tensor {info.name!r}: {e.strerror or e}") from e
+            if n == 0:
+                raise SlicerError(f"{info.path}: teacher file ended while reading tensor {info.name!r} "
+                                  "(truncated during the run); nothing was written")
+            done += n
     return buf
+
+
+def _pieces(nbytes: int, rows) -> list[tuple[int, int]]:
+    """(offset, length) runs of kept rows; the whole span where rows are small or all kept."""
+    if rows is None or not rows[0]:
+        return [(0, nbytes)]
+    count, kept = rows
+    row = nbytes // count
+    if row < _PAGE or (isinstance(kept, range) and kept.step == 1):
+        return [(0, nbytes)]
+    runs: list[list[int]] = []
+    for i in kept:
+        if runs and runs[-1][1] == i:
+            runs[-1][1] = i + 1
+        else:
+            runs.append([i, i + 1])
+    return [(a * row, (b - a) * row) for a, b in runs]
 
 
 def _difference(before: FileStamp, now: FileStamp) -> str:

@@ -635,6 +635,21 @@ def test_the_pread_path_writes_the_same_student(e, tmp_path, monkeypatch):
     assert _tree(tmp_path / "out") == _new_student(e)
 
 
+@pytest.mark.parametrize("method", ["uniform", "consecutive"])
+def test_the_pread_path_reads_only_kept_rows_and_still_matches_the_reference(tmp_path, monkeypatch, method):
+    monkeypatch.setattr(reader, "USE_LEASES", False)
+    gen = torch.Generator().manual_seed(5)
+    teacher = {"w": torch.randn(9, 2048, generator=gen), "v": torch.randn(7, 3, 1024, generator=gen)}  # 8 kB, 12 kB rows
+    shapes = {"w": (4, 1024), "v": (3, 3, 512)}
+    (tmp_path / "in").mkdir()
+    save_file(teacher, str(tmp_path / "in" / "t.safetensors"))
+    save_file({n: torch.zeros(sh) for n, sh in shapes.items()}, str(tmp_path / "in" / "s.safetensors"))
+    slicer.shrink(tmp_path / "in" / "t.safetensors", tmp_path / "out", template=tmp_path / "in" / "s.safetensors",
+                  method=method, chunk_bytes=3 * 8192)
+    got, _ = helpers.read_output(tmp_path / "out")
+    helpers.assert_state_bit_equal(got, helpers.reference_student(teacher, shapes, method))
+
+
 def test_a_lease_is_taken_and_released(e, tmp_path):
     import fcntl
 
