@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     rows: dict[str, dict[str, list[float]]] = {k: {"clean": [], "resume": [], "clean_run": [], "resume_run": [],
                                                    "kept": []} for k in roots}
-    for rep in range(args.repeats):
+    for rep in range(args.repeats + 1):  # round 0 warms the page cache and is not counted
         for name, root in roots.items():
             env = env_for(root)
             work = args.workdir / "resume-bench"
@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             for d in (clean, resumed):
                 shutil.rmtree(d, ignore_errors=True)
             wall, summary = timed(shrink_cmd(teacher, template, clean, args.max_shard_size), env)
+            if rep == 0:
+                continue
             rows[name]["clean"].append(wall)
             rows[name]["clean_run"].append(summary["seconds"])
             kept = kill_at(shrink_cmd(teacher, template, resumed, args.max_shard_size), env, resumed, sizes, args.fraction)
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             same = (clean / "slicer_manifest.json").read_bytes() == (resumed / "slicer_manifest.json").read_bytes()
             if not same:
                 raise SystemExit(f"{name}: the resumed student differs from the clean one")
-            print(f"[{rep + 1}/{args.repeats}] {name}: clean {wall:.2f} s (run {summary['seconds']:.2f}), "
+            print(f"[{rep}/{args.repeats}] {name}: clean {wall:.2f} s (run {summary['seconds']:.2f}), "
                   f"killed with {len(kept)} shards complete ({rows[name]['kept'][-1]:.0%} of the bytes), "
                   f"resume {wall_r:.2f} s (run {summary_r['seconds']:.2f}): {wall_r / wall:.2f}x", file=sys.stderr)
     shard = next(iter(sorted(sizes)))
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         m = {k: statistics.median(v) for k, v in r.items()}
         print(f"| {name} | {m['clean']:.2f} | {m['resume']:.2f} | {m['resume'] / m['clean']:.2f} | {m['clean_run']:.2f} | "
               f"{m['resume_run']:.2f} | {m['resume_run'] / m['clean_run']:.2f} |")
-    print(f"\nmedian of {args.repeats}, whole processes (python start and imports included); sha256 of one kept "
+    print(f"\nmedian of {args.repeats} after a warm-up round, whole processes (python start and imports included); sha256 of one kept "
           f"shard (the fallback check, page cache warm): {speed:.2f} GB/s")
     if not args.keep:
         shutil.rmtree(args.workdir / "resume-bench", ignore_errors=True)

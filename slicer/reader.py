@@ -133,8 +133,10 @@ def _take_lease(fd: int) -> bool:
 def _pread(fd: int, info: TensorInfo, begin: int, nbytes: int, rows) -> torch.Tensor:
     """The span in anonymous memory. Where rows of a page or more are skipped, only the
     kept rows are read: the pages of the others are never touched, so never resident."""
-    buf = torch.empty(nbytes, dtype=torch.uint8)
-    view = memoryview(buf.numpy())
+    # Fresh anonymous pages, never reused heap: rows skipped stay untouched, and the
+    # memory goes back to the system when the chunk is dropped.
+    mm = mmap.mmap(-1, nbytes)
+    view = memoryview(mm)
     for start, length in _pieces(nbytes, rows):
         done = 0
         while done < length:
@@ -146,7 +148,8 @@ def _pread(fd: int, info: TensorInfo, begin: int, nbytes: int, rows) -> torch.Te
                 raise SlicerError(f"{info.path}: teacher file ended while reading tensor {info.name!r} "
                                   "(truncated during the run); nothing was written")
             done += n
-    return buf
+    view.release()
+    return torch.frombuffer(mm, dtype=torch.uint8)  # keeps the map alive
 
 
 def _pieces(nbytes: int, rows) -> list[tuple[int, int]]:
