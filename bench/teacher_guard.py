@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
             t = time.perf_counter()
             r = subprocess.run([sys.executable, "-c", code, "shrink", str(teacher), str(out), "--template", str(template),
-                                "--quiet", "--json"], env=env, capture_output=True, text=True)
+                                "--quiet", "--json"], env=env, capture_output=True, text=True,
+                               cwd=root)  # `-c` looks in the current folder before PYTHONPATH
             wall = time.perf_counter() - t
             if r.returncode:
                 raise SystemExit(r.stderr)
