@@ -85,8 +85,10 @@ def describe_student(teacher, template, student_config, config_set, *, attention
         raise SlicerError("name the student: a --template checkpoint, or --student-config / --set (a Hugging Face config)")
     ckpt = Checkpoint.open(teacher, role="teacher")
     if template is not None:
+        from .hf import template_structure
+
         student = from_template(template)
-        attention = attention or "flat"
+        attention = template_structure(ckpt, student, attention)
     else:
         from .hf import from_config
 
@@ -101,7 +103,7 @@ def describe_student(teacher, template, student_config, config_set, *, attention
 
 
 def _plan(teacher: Checkpoint, student: StudentSpec, options: Options) -> Plan:
-    return build_plan(teacher, student.tensors, options, student.make_selector(options), origin=student.origin)
+    return build_plan(teacher, student.tensors, options, student.make_binder(options), origin=student.origin)
 
 
 def shrink(

@@ -19,11 +19,10 @@ from pathlib import Path
 
 from .checkpoint import Checkpoint, require_regular_file
 from .errors import SlicerError
-from .heads import HeadAwareSelector, HeadGeometry, check_geometry
 from .layers import LayerMapper
-from .plan import Options, StudentTensor
+from .plan import StudentTensor
 from .safetensors_format import CAST_TARGETS
-from .selection import Selector, layer_indices
+from .selection import layer_indices
 from .student import StudentSpec
 
 log = logging.getLogger("slicer")
@@ -75,7 +74,7 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
     shapes = _saved_shapes(model)
 
     tensors = _tensors(model, shapes, ckpt)
-    make_selector = _selector_factory(transformers, model, config, teacher_dict, attention, ckpt, where)
+    make_binder = _binder_factory(transformers, model, tensors, teacher_dict, ckpt, attention, where)
     _check_fits(ckpt, tensors, teacher_dict, student_dict, layer_selection, where)
     _set_dtype(student_dict, _output_dtype(ckpt, tensors, dtype))
     files = {"config.json": (json.dumps(student_dict, indent=2) + "\n").encode()}
@@ -91,7 +90,7 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
         "copied_files": sorted(n for n in files if n != "config.json"),
         "transformers_version": transformers.__version__,
     }
-    return StudentSpec(tensors, origin, None, files, make_selector)
+    return StudentSpec(tensors, origin, None, files, make_binder)
 
 
 # ------------------------------------------------------------------ configs
@@ -401,67 +400,78 @@ def _teacher_files(folder: Path) -> dict[str, bytes]:
     return files
 
 
-# ------------------------------------------------------------------ attention heads
+# ------------------------------------------------------------------ the model's structure
 
-def _first_int(config, keys: tuple[str, ...]) -> int | None:
-    """The first of ``keys`` the config sets to an int (architectures name things differently)."""
-    for key in keys:
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            return value
-    return None
+def _binder_factory(transformers, student_model, tensors: list[StudentTensor], teacher_dict: dict | None,
+                    ckpt: Checkpoint, attention: str, where: str):
+    """StudentSpec.make_binder: the teacher's and the student's models, both on the meta device,
+    bind every tensor dimension to the model's own axes (slicer.bindings)."""
+    from .bindings import guard
 
-
-def _geometry(config, rotary: bool) -> HeadGeometry | None:
-    """Head counts and size from a config; None for a model without attention heads."""
-    heads = getattr(config, "num_attention_heads", None)
-    if not isinstance(heads, int) or heads < 1:
-        return None
-    kv = _first_int(config, ("num_key_value_heads", "num_kv_heads", "n_head_kv"))
-    if kv is None:
-        kv = 1 if getattr(config, "multi_query", False) else heads
-    head_dim = _first_int(config, ("head_dim", "d_kv", "attention_head_size"))
-    if head_dim is None:
-        hidden = getattr(config, "hidden_size", None)
-        if not isinstance(hidden, int):
-            return None
-        head_dim = hidden // heads
-    rotary_dim = 0
-    if rotary:
-        factor = getattr(config, "partial_rotary_factor", None) or getattr(config, "rotary_pct", None)
-        params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
-        if factor is None and isinstance(params, dict):
-            nested = [params] + [v for v in params.values() if isinstance(v, dict)]
-            factor = next((p["partial_rotary_factor"] for p in nested if p.get("partial_rotary_factor")), None)
-        rotary_dim = int(head_dim * (factor or 1.0))
-    return HeadGeometry(heads, kv, head_dim, rotary_dim)
-
-
-def _selector_factory(transformers, model, student_config, teacher_dict, attention: str, ckpt: Checkpoint, where: str):
-    """StudentSpec.make_selector: head-aware for --attention heads (checked now, before any work)."""
-    def flat(options: Options) -> Selector:
-        return Selector(options.method, options.seed)
-
-    if attention != "heads":
-        return flat
-    rotary = any(name.endswith("inv_freq") for name, _ in model.named_buffers())
-    student = _geometry(student_config, rotary)
-    if student is None:
-        return flat  # no attention heads in this architecture: nothing to keep whole
     if teacher_dict is None:
-        raise SlicerError(f"{ckpt.path}: teacher has no config.json, and whole-head selection needs its head counts; "
-                          "add it, or pass --attention flat")
+        if attention == "heads":
+            raise SlicerError(f"{ckpt.path}: teacher has no config.json, and whole-head selection needs its structure; "
+                              "add it, or pass --attention flat")
+        return guard.names_binder
+    teacher_model = _teacher_model(transformers, teacher_dict, ckpt.config_path(), student_model)
+    from .bindings import check_heads, model_binder
+
+    if attention == "heads":
+        check_heads(teacher_model, student_model, where)
+    return model_binder(teacher_model, student_model, list(ckpt.tensors), [t.name for t in tensors])
+
+
+def _teacher_model(transformers, teacher_dict: dict, path: Path, student_model):
+    """The teacher's model on the meta device (its architecture, else the student's class)."""
+    cls = _config_class(transformers, teacher_dict, path)
+    config = _build_config(cls, teacher_dict, str(path))
+    arch = (_architecture(transformers, teacher_dict, str(path)) if teacher_dict.get("architectures")
+            else type(student_model))
+    return _meta_model(transformers, arch, config, str(path))
+
+
+def template_structure(ckpt: Checkpoint, spec: StudentSpec, attention: str | None) -> str:
+    """Give a template the model's structure when the teacher's folder and the template's both
+    hold a config transformers can build; returns the run's attention mode.
+
+    Without them the template is selected flat (the paper's rule) behind a guard that refuses
+    names whose structure flat selection would break; ``--attention heads`` is then refused."""
+    from .bindings import guard
+
     teacher_path = ckpt.config_path()
-    teacher_cls = _config_class(transformers, teacher_dict, teacher_path)
-    teacher = _geometry(_build_config(teacher_cls, teacher_dict, str(teacher_path)), rotary)
-    if teacher is None:
-        raise SlicerError(f"{teacher_path}: no attention head counts (num_attention_heads); pass --attention flat")
-    check_geometry(teacher, student, where)
-    input_major = frozenset(name for name, m in model.named_modules() if type(m).__name__ == "Conv1D")
+    student_path = spec.folder / "config.json" if spec.folder is not None else None
+    dicts = None
+    if teacher_path is not None and student_path is not None and student_path.is_file():
+        teacher_dict, student_dict = _read_json(teacher_path), _read_json(student_path)
+        if _is_hf_config(teacher_dict) and _is_hf_config(student_dict):
+            dicts = teacher_dict, student_dict
+    if dicts is None:
+        if attention == "heads":
+            raise SlicerError(f"{spec.folder or ckpt.path}: --attention heads needs the model's structure: a Hugging Face "
+                              "config.json beside the teacher's weights and the template's (or use --set / --student-config)")
+        spec.make_binder = guard.names_binder_fused_ok if attention == "flat" else guard.names_binder
+        return "flat"
+    try:
+        transformers = _import_transformers()
+    except SlicerError:
+        if attention == "heads":
+            raise
+        log.warning("%s: transformers is not installed, so the template is selected flat (the paper's rule); install "
+                    "it (%s) to keep whole heads, experts and fused projections consistent", spec.folder, INSTALL_HINT)
+        spec.make_binder = guard.names_binder_fused_ok if attention == "flat" else guard.names_binder
+        return "flat"
+    teacher_dict, student_dict = dicts
+    cls = _config_class(transformers, student_dict, student_path)
+    config = _build_config(cls, student_dict, str(student_path))
+    arch = _architecture(transformers, student_dict, str(student_path))
+    student_model = _meta_model(transformers, arch, config, str(student_path))
+    teacher_model = _teacher_model(transformers, teacher_dict, teacher_path, student_model)
+    from .bindings import model_binder
 
-    def heads(options: Options) -> Selector:
-        if options.attention != "heads":
-            return flat(options)
-        return HeadAwareSelector(options.method, options.seed, teacher, student, input_major=input_major)
+    spec.make_binder = model_binder(teacher_model, student_model, list(ckpt.tensors), [t.name for t in spec.tensors])
+    spec.origin["structure"] = "config.json of the teacher and the template"
+    return attention or "heads"
 
-    return heads
+
+def _is_hf_config(d: dict) -> bool:
+    return isinstance(d.get("model_type"), str) and isinstance(d.get("architectures"), list) and bool(d["architectures"])

@@ -11,6 +11,7 @@ import json
 import os
 
 from . import __version__
+from .axes import format_layout
 from .plan import Plan
 from .safetensors_format import FileStamp
 
@@ -40,6 +41,9 @@ def build(plan: Plan) -> dict:
         "student": plan.student,
         "options": plan.options.as_dict(),
         "layer_maps": plan.layer_maps,
+        "binding": plan.binding,
+        "axes": _axes(plan),
+        "component_maps": plan.component_maps,
         "index_sets": {key: ix.describe() for key, ix in sorted(plan.index_sets.items())},
         "tensors": {
             j.name: {
@@ -49,6 +53,7 @@ def build(plan: Plan) -> dict:
                 "source_dtype": j.source.dtype,
                 "dtype": j.dtype,
                 "shard": plan.shards[j.shard].filename,
+                "axes": [format_layout(layout) for layout in j.layouts],
                 "index": [ix.key for ix in j.index],
             }
             for j in plan.jobs
@@ -57,3 +62,17 @@ def build(plan: Plan) -> dict:
         "excluded": plan.excluded,
         "shards": [{"name": s.filename, "size": s.size} for s in plan.shards],
     }
+
+
+def _axes(plan: Plan) -> dict:
+    """Every axis instance: kind, sizes, and its index set's key (leaves) or its parts (derived).
+
+    A leaf of the inconsistent ablation has no one index set (each dimension draws its own):
+    its ``index`` is null."""
+    out = {}
+    for name, ax in sorted(plan.axes.axes.items()):
+        entry = ax.describe()
+        if ax.parts is None:
+            entry["index"] = plan.leaf_keys.get(name)
+        out[name] = entry
+    return out

@@ -10,11 +10,12 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from .axes import AxisTable, Binder, Chooser, Layout, Ranking, complete
 from .checkpoint import Checkpoint
 from .errors import SlicerError
 from .layers import LayerMapper
 from .safetensors_format import CAST_TARGETS, DTYPES, TensorInfo, build_header
-from .selection import LAYER_SELECTIONS, IndexSet, Selector
+from .selection import LAYER_SELECTIONS, IndexSet
 
 SHARD_METADATA = {"format": "pt"}
 DTYPE_CHOICES = ("keep", *CAST_TARGETS)
@@ -58,6 +59,7 @@ class TensorJob:
     shape: tuple[int, ...]
     dtype: str  # output dtype (safetensors name)
     index: tuple[IndexSet, ...]  # one per dimension
+    layouts: tuple[Layout, ...] = ()  # one per dimension: the axes it is bound to (plan.axes)
     shard: int = 0
     offset: int = 0  # relative to the shard's data section
 
@@ -101,6 +103,10 @@ class Plan:
     excluded: list[str] = field(default_factory=list)  # student tensors dropped by --exclude
     teacher_depths: dict[str, int] = field(default_factory=dict)  # per layer-map prefix
     student: dict = field(default_factory=dict)  # where the student spec came from (StudentSpec.origin)
+    axes: AxisTable = field(default_factory=AxisTable)  # every axis instance the layouts name
+    component_maps: dict[str, list[int]] = field(default_factory=dict)  # student prefix -> teacher member (experts.N)
+    binding: str = "flat"  # which binder bound the dimensions
+    leaf_keys: dict[str, str] = field(default_factory=dict)  # leaf axis -> its index set's key
 
     @property
     def bytes_to_write(self) -> int:
@@ -131,20 +137,30 @@ def parse_size(value: int | str) -> int:
     return size
 
 
-def build_plan(teacher: Checkpoint, student: list[StudentTensor], options: Options, selector: Selector | None = None,
-               *, origin: dict | None = None) -> Plan:
+def build_plan(teacher: Checkpoint, student: list[StudentTensor], options: Options, binder: Binder | None = None,
+               *, origin: dict | None = None, ranking: Ranking | None = None) -> Plan:
     """Match every student tensor to its teacher source and lay out the output.
 
+    ``binder`` says which axes every dimension is bound to (the flat binder: none, the
+    reference's per-size rule); ``ranking`` holds the scores of importance selection;
     ``origin`` says where the student spec came from (kept for the manifest)."""
     if options.layer_selection not in LAYER_SELECTIONS:
         raise SlicerError(f"unknown layer selection {options.layer_selection!r} (choose from {', '.join(LAYER_SELECTIONS)})")
     if options.dtype not in DTYPE_CHOICES:
         raise SlicerError(f"unknown dtype {options.dtype!r} (choose from {', '.join(DTYPE_CHOICES)})")
-    selector = selector or Selector(options.method, options.seed)
+    binder = binder or Binder()
+    chooser = Chooser(options.method, options.seed, ranking)
+    table = AxisTable()
     excludes = _compile(options.exclude)
-    mapper = LayerMapper(teacher.tensors, (t.name for t in student), options.layer_selection)
 
-    jobs, excluded, problems = [], [], []
+    def component(student_prefix: str, teacher_prefix: str, t: int, s: int) -> list[int] | None:
+        name = binder.component(student_prefix, teacher_prefix, t, s, table)
+        return None if name is None else chooser.leaf(table[name], student_prefix).indices()
+
+    mapper = LayerMapper(teacher.tensors, (t.name for t in student), options.layer_selection,
+                         kinds=binder.layer_kinds(), component=component)
+
+    bound, excluded, problems = [], [], []
     for tensor in student:
         if any(rx.search(tensor.name) for rx in excludes):
             excluded.append(tensor.name)
@@ -155,13 +171,27 @@ def build_plan(teacher: Checkpoint, student: list[StudentTensor], options: Optio
         if problem:
             problems.append(problem)
             continue
-        index = selector.for_tensor(tensor.name, source.shape, tensor.shape)
-        jobs.append(TensorJob(tensor.name, source, tensor.shape, _out_dtype(source.dtype, options.dtype), index))
+        try:
+            bound.append((tensor, source, binder.bind(tensor.name, source_name, source.shape, tensor.shape, table)))
+        except SlicerError as e:
+            raise SlicerError(f"{teacher.path}: {e}") from e
+    jobs = []
+    for tensor, source, layouts in bound:  # a second pass: open dimensions may match any axis named above
+        try:
+            layouts = complete(binder, table, tensor.name, layouts, source.shape, tensor.shape)
+        except SlicerError as e:
+            raise SlicerError(f"{teacher.path}: {e}") from e
+        index = tuple(chooser.dim(table, layout, f"{tensor.name}/{d}") for d, layout in enumerate(layouts))
+        jobs.append(TensorJob(tensor.name, source, tensor.shape, _out_dtype(source.dtype, options.dtype), index, layouts))
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise SlicerError(f"{teacher.path}: {problems[0]}{more}")
     if not jobs:
         raise SlicerError(f"{teacher.path}: nothing to write: every student tensor was excluded")
+    try:
+        binder.finish(jobs, dict(mapper.maps))
+    except SlicerError as e:
+        raise SlicerError(f"{teacher.path}: {e}") from e
 
     # Visit teacher tensors in file order: reads stay sequential, even on a cold cache.
     files = {p: i for i, p in enumerate(teacher.files)}
@@ -169,8 +199,9 @@ def build_plan(teacher: Checkpoint, student: list[StudentTensor], options: Optio
     used = {j.source.name for j in jobs}
     skipped = [n for n in teacher.tensors if n not in used]
     shards = _lay_out_shards(jobs, options.max_shard_size)
-    return Plan(teacher, options, jobs, shards, dict(mapper.maps), dict(selector.sets), skipped, excluded,
-                dict(mapper.mapped_depths), dict(origin or {}))
+    return Plan(teacher, options, jobs, shards, dict(mapper.maps), dict(chooser.sets), skipped, excluded,
+                dict(mapper.mapped_depths), dict(origin or {}), table, dict(mapper.component_maps), binder.name,
+                dict(chooser.leaf_keys))
 
 
 def _compile(patterns: tuple[str, ...]) -> list[re.Pattern]:

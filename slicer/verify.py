@@ -251,9 +251,13 @@ def _compare(name: str, rec: dict, stored: TensorInfo, ckpt: Checkpoint, sets: d
         report.problems.append(f"{where}: teacher tensor {rec['source']!r} is {source.dtype} {list(source.shape)}, "
                                f"the manifest says {rec['source_dtype']} {rec['teacher_shape']}")
         return
-    index = [manifest_indices(sets[key]) for key in rec["index"]]
-    for d, (key, ix) in enumerate(zip(rec["index"], index)):
+    index = []
+    for d, key in enumerate(rec["index"]):
         t, s = source.shape[d], rec["shape"][d]
+        entry = sets[key]
+        size = len(entry["indices"]) if "indices" in entry else entry["s"]
+        ix = manifest_indices(entry) if size == s else []  # a lying "s" never sizes a list
+        index.append(ix)
         if len(ix) != s or not all(is_json_int(i) and 0 <= i < t for i in ix):
             report.problems.append(f"{where}: index set {key!r} of dimension {d} does not select {s} of 0..{t - 1}")
             return

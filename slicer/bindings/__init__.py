@@ -1,0 +1,61 @@
+"""Bindings from a model's structure: every tensor dimension of a transformers model bound to
+the model's own axes (heads, FFN neurons, experts, hidden, vocab), read off the modules and
+configs transformers builds on the meta device.
+
+``model_binder`` makes the binder the plan asks (``slicer.axes.Binder``); each rule module
+knows one kind of block and nothing else.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ..axes import Binder
+from . import attention, common, mlp
+from .binder import ModelBinder
+from .geometry import check_geometry, geometry, rotary_convention
+from .view import ModelView
+
+RULES = [attention.bind, mlp.bind, common.bind_embeddings, common.bind_norms]
+COMPONENT_RULES: list = []
+
+
+def model_binder(teacher_model, student_model, teacher_names: Sequence[str],
+                 student_names: Sequence[str]) -> Callable[..., Binder]:
+    """options -> the binder of one run (the method and --attention are the run's)."""
+    teacher, student = ModelView(teacher_model), ModelView(student_model)
+
+    def make(options) -> Binder:
+        return ModelBinder(teacher, student, list(teacher_names), list(student_names), options.attention,
+                           options.method, rules=list(RULES), component_rules=list(COMPONENT_RULES))
+
+    return make
+
+
+def check_heads(teacher_model, student_model, where: str) -> None:
+    """Refuse, naming the config, a student whose attention heads cannot be whole teacher heads.
+
+    The binder checks every attention block anyway; this runs once per kind of block before
+    anything else, so the message names the config edit rather than a tensor."""
+    teacher_modules = dict(teacher_model.named_modules())
+    seen = set()
+    for path, s_mod in student_model.named_modules():
+        t_mod = teacher_modules.get(path)
+        if t_mod is None or "Attention" not in type(s_mod).__name__ or type(s_mod) in seen:
+            continue
+        seen.add(type(s_mod))
+        t_cfg, s_cfg = _config_of(teacher_model, path), _config_of(student_model, path)
+        rotary = rotary_convention(t_mod)
+        gt, gs = geometry(t_mod, t_cfg, rotary), geometry(s_mod, s_cfg, rotary_convention(s_mod) if rotary else None)
+        if gt is not None and gs is not None:
+            check_geometry(gt, gs, where)
+
+
+def _config_of(model, path: str):
+    modules = dict(model.named_modules())
+    while True:
+        cfg = getattr(modules.get(path), "config", None)
+        if cfg is not None and hasattr(cfg, "to_dict"):
+            return cfg
+        if not path:
+            return model.config
+        path = path.rsplit(".", 1)[0] if "." in path else ""
