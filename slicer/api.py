@@ -197,15 +197,13 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
         shards = [(s.filename, [j.name for j in s.jobs]) for s in the_plan.shards]
         extra[INDEX_NAME] = index_json(shards, sum(j.nbytes for j in the_plan.jobs))
     record["files"] = [*(s.filename for s in the_plan.shards), *extra, MANIFEST_NAME]  # what --overwrite may replace later
+    bar = None
     try:
         resumed = output.open(manifest.fingerprint(record), record["files"])
-    except KeyboardInterrupt:
-        raise Interrupted(output.outcome()) from None
-    if output.unchanged:
-        return _summary(out, the_plan, chosen, bytes_read=0, seconds=time.perf_counter() - start, peak=0,
-                        unchanged=True)
-    bar = _progress_bar(the_plan, progress)
-    try:
+        if output.unchanged:
+            return _summary(out, the_plan, chosen, bytes_read=0, seconds=time.perf_counter() - start, peak=0,
+                            unchanged=True)
+        bar = _progress_bar(the_plan, progress)
         with PeakSampler() as memory:
             bytes_read = engine.run(the_plan, output, *(bar.callbacks() if bar else ()))
             for shard in record["shards"]:
@@ -249,8 +247,8 @@ def _summary(out: Path, the_plan: Plan, chosen, *, bytes_read: int, seconds: flo
 
 def check_chunk_bytes(chunk_bytes: int) -> None:
     """Memory per chunk in flight: a positive size that leaves the machine room to run."""
-    if not isinstance(chunk_bytes, int) or isinstance(chunk_bytes, bool) or chunk_bytes < 16:
-        raise SlicerError(f"chunk size {chunk_bytes!r} bytes is too small: a chunk holds at least 16 bytes "
+    if not isinstance(chunk_bytes, int) or isinstance(chunk_bytes, bool) or chunk_bytes < 1:
+        raise SlicerError(f"chunk size {chunk_bytes!r}: give a whole number of bytes, at least 1 "
                           "(--chunk-mb takes a whole number of MB, at least 1)")
     total = _physical_memory()
     if total and chunk_bytes * PIPELINE_DEPTH > total // 2:

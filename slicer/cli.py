@@ -192,6 +192,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def entry() -> None:
+    """The console script and ``python -m slicer``: ``main``, then exit with its code.
+
+    Once main has returned, its work is done or undone: a Ctrl-C while Python shuts
+    down (torch's teardown takes a while) is ignored instead of printing a traceback
+    from an exit handler.
+    """
+    code = main()
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
 class _StdoutFailed(OSError):
     """Writing the command's output failed (a full disk, a closed terminal)."""
 

@@ -147,6 +147,8 @@ class OutputDir:
         self.replace: list[str] = []  # files of OUT this run replaces or removes (the summary lists them)
         self.unchanged = False  # --resume found this very student finished: nothing to do
         self.committed = False  # the new student is complete in OUT
+        self._opened = False  # open() succeeded: abort() has a run to undo
+        self._lock_refused = False  # another run holds OUT: its files are not ours to remove
         self._had_student = False
         try:
             st = os.lstat(self.out)
@@ -203,14 +205,14 @@ class OutputDir:
                 _write_atomic(self.staging / RUN_NAME, _dump(record))
                 self.done = {}
             _fsync_dir(self.staging)
+            self._opened = True
         except BaseException as e:
             # Refused or failed: no run holds OUT now (the staging of a refused --resume
             # stays for a corrected rerun), so a later run in this process may lock it.
-            held = self._lock_fd >= 0  # not when another run holds OUT: its files stay
             if fresh:
                 shutil.rmtree(self.staging, ignore_errors=True)
             self._unlock()
-            if self.created and held:
+            if self.created and not self._lock_refused:
                 shutil.rmtree(self.out, ignore_errors=True)
             if isinstance(e, OSError):
                 raise SlicerError(f"{self.out}: cannot prepare the output folder: {e.strerror or e}") from e
@@ -272,6 +274,7 @@ class OutputDir:
         except BlockingIOError:
             os.close(self._lock_fd)
             self._lock_fd = -1
+            self._lock_refused = True
             raise SlicerError(f"{self.out}: another slicer run is writing into this folder; wait for it or choose another OUT") from None
 
     def _resumable(self) -> dict[str, dict]:
@@ -413,6 +416,8 @@ class OutputDir:
 
     def abort(self) -> None:
         """Undo the run: staging removed, and OUT too if this run created it."""
+        if not self._opened:  # open() refused or failed, and has cleaned up after itself
+            return
         with _signals_deferred():
             if not self.committed:
                 shutil.rmtree(self.staging, ignore_errors=True)
