@@ -2,8 +2,8 @@
 
 Everything is written inside ``OUT/.slicer-partial/`` first; a shard is written as
 ``NAME.incomplete``, fsynced, and renamed to ``NAME`` there once all its bytes are on
-disk. Only when every shard, the index, config.json and the manifest are complete in
-staging are they moved into OUT, the manifest last. A run that dies therefore never
+disk. Only when every shard, and the index, config.json and the manifest (in
+``new/``), are complete in staging are they moved into OUT, the manifest last. A run that dies therefore never
 leaves anything in OUT that looks like a finished checkpoint, and a failed run
 removes what it wrote.
 
@@ -44,6 +44,7 @@ RUN_NAME = "run.json"  # in staging: what the run is and which files of OUT it m
 DONE_NAME = "done.json"  # in staging: completed shards (size, sha256 and what stat said after the fsync)
 JOURNAL_NAME = "finish.json"  # in staging while the new student moves in: what a killed finish must undo
 ASIDE_NAME = "replaced"  # in staging while the new student moves in: the files it replaces
+NEW_NAME = "new"  # in staging: index, config, copied files and manifest (apart: any name is safe there)
 INDEX_NAME = "model.safetensors.index.json"
 RUN_FORMAT = "slicer-run/2"
 # Names that hold weights: kept (with a warning) where slicer did not write them.
@@ -186,7 +187,7 @@ class OutputDir:
                 self._unlock()
                 return {}
             owned = recorded_files(previous) | ({n for n in staged.get("files", []) if _plain_name(n)} if staged else set())
-            self.replace = [n for n in entries if n in owned or n in files]
+            self.replace = [n for n in entries if (n in owned or n in files) and not _is_folder(self.out / n)]
             self._had_student = bool(recorded_files(previous) & set(entries))
             self._check_replaceable(files)
             kept_weights = [n for n in entries if n not in self.replace and n.endswith(WEIGHT_SUFFIXES)]
@@ -263,7 +264,7 @@ class OutputDir:
     def _check_replaceable(self, files: list[str]) -> None:
         for name in files:
             path = self.out / name
-            if path.is_dir() and not path.is_symlink():
+            if _is_folder(path):
                 raise SlicerError(f"{path}: is a folder where the student's file {name} goes; move it away first")
 
     def _lock(self) -> None:
@@ -332,20 +333,24 @@ class OutputDir:
         failure or interrupt puts the old files back; Ctrl-C and SIGTERM wait for the
         swap to end, so OUT always holds one student or the other.
         """
-        journal = None
         placed: list[str] = []
         aside: list[str] = []
+        extra = [*extra_files, MANIFEST_NAME]
         with _signals_deferred():
             try:
+                (self.staging / NEW_NAME).mkdir(exist_ok=True)
                 for name, data in extra_files.items():
-                    _write_atomic(self.staging / name, data, sync=True)
-                _write_atomic(self.staging / MANIFEST_NAME, json.dumps(manifest, indent=1).encode() + b"\n", sync=True)
-                placing = [*shard_names, *extra_files, MANIFEST_NAME]
+                    _write_atomic(self.staging / NEW_NAME / name, data, sync=True)
+                _write_atomic(self.staging / NEW_NAME / MANIFEST_NAME, json.dumps(manifest, indent=1).encode() + b"\n",
+                              sync=True)
+                _fsync_dir(self.staging / NEW_NAME)
+                placing = [*shard_names, *extra]
                 appeared = [n for n in placing if os.path.lexists(self.out / n) and n not in self.replace]
                 if appeared:
                     raise SlicerError(f"{self.out / appeared[0]}: appeared in OUT during the run; not replacing it "
                                       "(rerun with --overwrite to replace it)")
-                journal = {"aside": [n for n in self.replace if os.path.lexists(self.out / n)], "placing": placing}
+                journal = {"aside": [n for n in self.replace if os.path.lexists(self.out / n)], "placing": placing,
+                           "extra": extra}
                 (self.staging / ASIDE_NAME).mkdir(exist_ok=True)
                 _write_atomic(self.staging / JOURNAL_NAME, _dump(journal), sync=True)
                 _fsync_dir(self.staging)
@@ -353,12 +358,12 @@ class OutputDir:
                     _move(self.out / name, self.staging / ASIDE_NAME / name)
                     aside.append(name)
                 for name in placing:
-                    _move(self.staging / name, self.out / name)
+                    _move(self._staged(name, extra), self.out / name)
                     placed.append(name)
                 _fsync_dir(self.out)
             except BaseException as e:
                 # e.g. the disk filled up, or a hook raised: OUT gets its old files back
-                self._roll_back(placed, aside)
+                self._roll_back(placed, aside, extra)
                 if isinstance(e, OSError):
                     what = f"{os.path.basename(e.filename)}: " if e.filename else ""
                     raise SlicerError(f"{self.out}: cannot finish the student: {what}{e.strerror or e}") from e
@@ -367,10 +372,14 @@ class OutputDir:
             shutil.rmtree(self.staging, ignore_errors=True)
             self._unlock()
 
-    def _roll_back(self, placed: list[str], aside: list[str]) -> None:
+    def _staged(self, name: str, extra: list[str]) -> Path:
+        """Where a file of the new student waits in staging."""
+        return self.staging / NEW_NAME / name if name in extra else self.staging / name
+
+    def _roll_back(self, placed: list[str], aside: list[str], extra: list[str]) -> None:
         for name in reversed(placed):
             with contextlib.suppress(OSError):
-                _move(self.out / name, self.staging / name)
+                _move(self.out / name, self._staged(name, extra))
         for name in reversed(aside):
             with contextlib.suppress(OSError):
                 _move(self.staging / ASIDE_NAME / name, self.out / name)
@@ -393,13 +402,14 @@ class OutputDir:
             return
         placing = [n for n in journal.get("placing", []) if _plain_name(n)]
         aside = [n for n in journal.get("aside", []) if _plain_name(n)]
-        if MANIFEST_NAME in placing and not os.path.lexists(self.staging / MANIFEST_NAME):
+        extra = [n for n in journal.get("extra", []) if _plain_name(n)]
+        if MANIFEST_NAME in placing and not os.path.lexists(self._staged(MANIFEST_NAME, extra)):
             shutil.rmtree(self.staging, ignore_errors=True)
             log.warning("%s: an interrupted run had finished writing its student; removed its staging folder", self.out)
             return
-        placed = [n for n in placing if not os.path.lexists(self.staging / n) and os.path.lexists(self.out / n)]
+        placed = [n for n in placing if not os.path.lexists(self._staged(n, extra)) and os.path.lexists(self.out / n)]
         moved = [n for n in aside if os.path.lexists(self.staging / ASIDE_NAME / n)]
-        self._roll_back(placed, moved)
+        self._roll_back(placed, moved, extra)
         if moved:
             log.warning("%s: put back %d file(s) of the previous student that an interrupted run had moved aside",
                         self.out, len(moved))
@@ -463,6 +473,10 @@ def _signals_deferred() -> Iterator[None]:
                 handler(pending[0], None)
             elif handler in (signal.SIG_DFL, None):
                 signal.raise_signal(pending[0])
+
+
+def _is_folder(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
 
 
 def _stamp(st: os.stat_result) -> dict:

@@ -412,7 +412,7 @@ def test_an_interrupt_at_every_step_leaves_the_old_or_the_complete_new_student(e
         assert _tree(out) == want, step  # old or new, and no staging, no lock
 
 
-def _inject(m, step: str) -> None:
+def _inject(m, step: str) -> None:  # noqa: C901 - one branch per step
     if step == "plan":
         def plan(*a, **k):
             raise KeyboardInterrupt
@@ -478,7 +478,7 @@ def test_a_run_killed_at_any_rename_is_undone_or_completed_by_the_next_run(e, tm
                 self._lock_fd = -1
         with monkeypatch.context() as m:
             m.setattr(writer, "_move", move)
-            m.setattr(writer.OutputDir, "_roll_back", lambda self, placed, aside: None)
+            m.setattr(writer.OutputDir, "_roll_back", lambda self, placed, aside, extra: None)
             m.setattr(writer.OutputDir, "abort", dead)
             with pytest.raises(_Killed):
                 slicer.shrink(e.teacher, out, template=e.template, max_shard_size=SHARD, overwrite=True)
