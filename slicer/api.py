@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 
 from . import manifest
+from . import quantized as quantized_weights
 from .backends import choose
 from .checkpoint import Checkpoint
 from .engine import DEFAULT_CHUNK_BYTES, PIPELINE_DEPTH, Engine
 from .errors import Interrupted, SlicerError
 from .memory import PeakSampler
-from .reader import TeacherReader
 from .plan import Options, Plan, build_plan, parse_size
+from .report import format_bytes
 from .student import StudentSpec, from_template
 from .writer import INDEX_NAME, MANIFEST_NAME, OutputDir, index_json
 
@@ -39,6 +40,8 @@ class Summary:
     peak_memory_bytes: int  # RssAnon + RssShmem, sampled
     backend: str
     device: str
+    bytes_fetched: int | None = None  # a remote teacher: bytes received over the network (headers included)
+    teacher_bytes: int = 0  # the teacher's tensor bytes, all of them
     replaced: list[str] = field(default_factory=list)  # files of OUT replaced or removed (a previous student's)
     resumed: list[str] = field(default_factory=list)  # shards of the interrupted run that were kept
     unchanged: bool = False  # --resume found this very student finished in OUT: nothing was written
@@ -64,26 +67,38 @@ def plan(
     exclude: Iterable[str] = (),
     dtype: str = "keep",
     max_shard_size: int | str = "5GB",
+    quantized: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    remote: dict | None = None,
 ) -> Plan:
     """Plan a student without reading tensor data: sources, index sets, shards.
 
     The student comes from ``template`` (a checkpoint whose headers give names and
     shapes) or from a Hugging Face config: ``student_config`` (a config.json) and/or
     ``config_set`` (keys edited into the teacher's config.json, or into student_config).
+    ``quantized`` chooses how an FP8 block-scaled teacher is shrunk: "blocks" (whole blocks, bits
+    exact) or "dequantize" (implied by a float ``dtype``); see slicer.quantized.
+
+    ``teacher`` may be a URL (``hf://ORG/NAME``, ``s3://bucket/prefix/``, any fsspec URL,
+    ``https://host/folder/``): only headers are fetched. ``revision`` (hf:// only) pins a
+    branch, tag or commit; ``cache_dir`` keeps fetched bytes on disk for later runs;
+    ``remote`` tunes the fetching (a dict of :class:`slicer.remote.RemoteOptions` fields).
     """
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
-                                              dtype=dtype, max_shard_size=max_shard_size)
+                                              dtype=dtype, max_shard_size=max_shard_size, revision=revision,
+                                              cache_dir=cache_dir, remote=remote, quantized=quantized)
     return _plan(ckpt, student, options)
 
 
-def describe_student(teacher, template, student_config, config_set, *, attention,
-                     **options) -> tuple[Checkpoint, StudentSpec, Options]:
+def describe_student(teacher, template, student_config, config_set, *, attention, revision=None, cache_dir=None,
+                     remote=None, **options) -> tuple[Checkpoint, StudentSpec, Options]:
     """The teacher's headers, the student spec and the run's options, whichever route
     the student comes by."""
     if (template is None) == (student_config is None and not config_set):
         raise SlicerError("name the student: a --template checkpoint, or --student-config / --set (a Hugging Face config)")
-    ckpt = Checkpoint.open(teacher, role="teacher")
+    ckpt = Checkpoint.open(teacher, role="teacher", revision=revision, cache_dir=cache_dir, remote=remote)
     if template is not None:
         from .hf import template_structure
 
@@ -103,7 +118,8 @@ def describe_student(teacher, template, student_config, config_set, *, attention
 
 
 def _plan(teacher: Checkpoint, student: StudentSpec, options: Options) -> Plan:
-    return build_plan(teacher, student.tensors, options, student.make_binder(options), origin=student.origin)
+    return build_plan(teacher, student.tensors, options, student.make_binder(options), origin=student.origin,
+                      quantization=quantized_weights.teacher_scheme(teacher))
 
 
 def shrink(
@@ -126,6 +142,10 @@ def shrink(
     resume: bool = False,
     progress: bool = False,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    quantized: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    remote: dict | None = None,
 ) -> Summary:
     """Write the student selected from ``teacher`` into the folder ``out``.
 
@@ -137,11 +157,13 @@ def shrink(
     into the same ``out`` (completed shards that provably did not change are kept),
     or, over the same finished student, does nothing (``Summary.unchanged``).
     Ctrl-C raises :class:`slicer.errors.Interrupted` (a KeyboardInterrupt) saying
-    whether ``out`` holds the old or the complete new student.
+    whether ``out`` holds the old or the complete new student. A remote ``teacher``
+    (see :func:`plan`) is read by range requests of the kept rows only.
     """
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
-                                              dtype=dtype, max_shard_size=max_shard_size)
+                                              dtype=dtype, max_shard_size=max_shard_size, revision=revision,
+                                              cache_dir=cache_dir, remote=remote, quantized=quantized)
     return run(ckpt, out, student, options, device=device, backend=backend, overwrite=overwrite,
                resume=resume, progress=progress, chunk_bytes=chunk_bytes)
 
@@ -161,6 +183,10 @@ def stream(
     device: str = "auto",
     backend: str = "auto",
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    quantized: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    remote: dict | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` for every student tensor, on ``device``, writing no file.
 
@@ -170,12 +196,13 @@ def stream(
     """
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
-                                              dtype=dtype, max_shard_size="5GB")
+                                              dtype=dtype, max_shard_size="5GB", revision=revision,
+                                              cache_dir=cache_dir, remote=remote, quantized=quantized)
     check_chunk_bytes(chunk_bytes)
     the_plan = _plan(ckpt, student, options)
     chosen = choose(device, backend)
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
-    with TeacherReader(the_plan.teacher.stamps) as reader:
+    with engine.open_reader(the_plan, whole_copies=False) as reader:
         for job in the_plan.jobs:
             yield job.name, engine.tensor(job, reader)
 
@@ -192,7 +219,7 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
     output = OutputDir(out, overwrite=overwrite, resume=resume)
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
     record = manifest.build(the_plan)
-    extra = dict(student.files)
+    extra = quantized_weights.student_config(dict(student.files), the_plan.quantization)
     if the_plan.is_sharded:
         shards = [(s.filename, [j.name for j in s.jobs]) for s in the_plan.shards]
         extra[INDEX_NAME] = index_json(shards, sum(j.nbytes for j in the_plan.jobs))
@@ -240,6 +267,8 @@ def _summary(out: Path, the_plan: Plan, chosen, *, bytes_read: int, seconds: flo
         peak_memory_bytes=peak,
         backend=chosen.name,
         device=chosen.device,
+        bytes_fetched=the_plan.teacher.source.bytes_fetched if the_plan.teacher.source is not None else None,
+        teacher_bytes=the_plan.teacher.total_bytes,
         unchanged=unchanged,
         **lists,
     )
@@ -271,7 +300,8 @@ def _check_out(out: Path, teacher: Checkpoint, student: StudentSpec) -> None:
     except (OSError, RuntimeError) as e:  # a name too long, a symlink loop
         raise SlicerError(f"{out}: cannot use as the output folder: {getattr(e, 'strerror', None) or e}") from e
     inputs = [("teacher", teacher.folder), ("template", student.folder)]
-    inputs += [("teacher", Path(f).resolve().parent) for f in teacher.files]  # where the shards really are (symlinks resolved)
+    if teacher.source is None:  # local shards: where they really are (symlinks resolved)
+        inputs += [("teacher", Path(f).resolve().parent) for f in teacher.files]
     for role, folder in inputs:
         if folder is None:
             continue
@@ -292,6 +322,8 @@ class _Progress:
     def __init__(self, the_plan: Plan):
         from tqdm import tqdm
 
+        self.remote = the_plan.teacher.source  # a remote teacher: bytes fetched so far, next to its size
+        self.teacher_bytes = the_plan.teacher.total_bytes
         self.total_tensors = len(the_plan.jobs)
         self.tensors = 0
         self.bar = tqdm(total=the_plan.bytes_to_write, unit="B", unit_scale=True, unit_divisor=1000,
@@ -306,7 +338,10 @@ class _Progress:
         self._show()
 
     def _show(self) -> None:
-        self.bar.set_postfix_str(f"{self.tensors}/{self.total_tensors} tensors", refresh=False)
+        text = f"{self.tensors}/{self.total_tensors} tensors"
+        if self.remote is not None:
+            text += f", fetched {format_bytes(self.remote.bytes_fetched)} of {format_bytes(self.teacher_bytes)}"
+        self.bar.set_postfix_str(text, refresh=False)
 
     def close(self) -> None:
         self.bar.close()

@@ -31,6 +31,10 @@ EPILOG = textwrap.dedent(
     TEACHER and --template take a .safetensors file, a model.safetensors.index.json,
     or a folder holding either (the Hugging Face layout). Only the template's headers
     (names, shapes) are read; the student keeps its tensor names.
+
+    TEACHER may also be remote: hf://ORG/NAME[@REV], s3://bucket/prefix/ (or any fsspec
+    URL), https://host/folder/. Only headers and the kept rows are fetched (needs the
+    [remote] extra); e.g. slicer plan hf://meta-llama/Llama-3.1-8B --set hidden_size=2048
     """
 )
 
@@ -63,8 +67,40 @@ def _add_selection_args(p: argparse.ArgumentParser) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--dtype", choices=DTYPE_CHOICES, default="keep",
                      help="cast floating tensors (integer and bool tensors keep theirs). Default: keep the teacher's")
+    out.add_argument("--quantized", choices=("blocks", "dequantize"), default=None,
+                     help="an FP8 block-scaled teacher (DeepSeek-V3, Qwen3-FP8): blocks keeps whole quantization blocks "
+                          "(every axis that touches an FP8 weight is selected in whole blocks, bits exact, scales "
+                          "selected with them; refused where a size is not whole blocks); dequantize (implied by a "
+                          "float --dtype) multiplies every weight by its block's scale and writes a plain student. "
+                          "MXFP4 (gpt-oss) is dequantized by a float --dtype. Default: FP8 weights that keep their "
+                          "shape are copied with their scales, one the student changes is refused until you choose")
     out.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
                      help="largest shard, decimal units as Hugging Face uses them (5GB, 500MB, or bytes). Default: 5GB")
+
+
+def _add_remote_args(p: argparse.ArgumentParser) -> None:
+    rem = p.add_argument_group("remote teacher (hf://, s3://, http(s)://)")
+    rem.add_argument("--revision", metavar="REV", help="hf:// only: branch, tag or commit (default: main; resolved to "
+                                                      "a commit once, recorded in the manifest)")
+    rem.add_argument("--cache-dir", metavar="DIR", help="keep the fetched byte ranges in DIR for later runs "
+                                                        "(default: nothing is written to disk)")
+    rem.add_argument("--max-requests", type=int, metavar="N", help="requests in flight (default 16)")
+    rem.add_argument("--coalesce-gap", metavar="SIZE", help="fetch kept ranges closer than SIZE as one request, the gap "
+                                                           "with them (default 64kB: measured, see the README; 0: the fewest bytes)")
+
+
+def _remote_kwargs(args) -> dict:
+    remote = {}
+    if args.max_requests is not None:
+        remote["requests"] = args.max_requests
+    if args.coalesce_gap is not None:
+        from .plan import parse_size
+
+        try:
+            remote["gap_bytes"] = 0 if args.coalesce_gap.strip() in ("0", "0B") else parse_size(args.coalesce_gap)
+        except SlicerError:
+            raise SlicerError(f"--coalesce-gap {args.coalesce_gap!r} is not a size like 64kB, 1MB or 0") from None
+    return dict(revision=args.revision, cache_dir=args.cache_dir, remote=remote or None)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue a killed run into the same OUT: completed shards that are provably unchanged are "
                           "kept, the rest redone; refused if the teacher or the options changed")
     _add_output_flags(run)
+    _add_remote_args(shrink)
 
     plan = sub.add_parser("plan", help="dry run: show what shrink would do, reading headers only",
                           description="Show every student tensor's source, shapes, shards and the bytes to read and "
@@ -109,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection_args(plan)
     plan.add_argument("--json", action="store_true", help="the plan (the manifest shrink would write) as JSON")
     plan.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_remote_args(plan)
 
     verify = sub.add_parser("verify", help="check a written student against its manifest (and the teacher)",
                             description="Re-read OUT's shards and check them against slicer_manifest.json (sizes, "
@@ -119,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--teacher", metavar="TEACHER", help="the teacher the student was selected from")
     verify.add_argument("--full", action="store_true", help="with --teacher: compare every element, not a sample of rows")
     _add_output_flags(verify)
+    _add_remote_args(verify)
 
     demo = sub.add_parser("demo", help="build a small Llama-shaped teacher, shrink it, show plan and summary",
                           description="Runs the whole job on an embedded default in a temporary folder.")
@@ -167,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="slicer: %(message)s")
+        if not args.debug:  # the HTTP libraries of remote teachers log every request at INFO
+            for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "botocore", "aiobotocore", "s3fs",
+                          "fsspec"):
+                logging.getLogger(noisy).setLevel(logging.WARNING)
         if args.quiet if hasattr(args, "quiet") else False:
             logging.getLogger().setLevel(logging.WARNING)
         code = COMMANDS[args.command](args)
@@ -278,7 +321,8 @@ def _interrupt(signum, frame):
 def _selection_kwargs(args) -> dict:
     return dict(template=args.template, student_config=args.student_config, config_set=_parse_set(args.config_set),
                 method=args.method, seed=args.seed, layer_selection=args.layer_selection, attention=args.attention,
-                exclude=args.exclude, dtype=args.dtype, max_shard_size=args.max_shard_size)
+                exclude=args.exclude, dtype=args.dtype, max_shard_size=args.max_shard_size,
+                quantized=args.quantized)
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -298,7 +342,7 @@ def _parse_set(items: list[str]) -> dict:
 def cmd_plan(args) -> int:
     from . import api, manifest
 
-    the_plan: Plan = api.plan(args.teacher, **_selection_kwargs(args))
+    the_plan: Plan = api.plan(args.teacher, **_selection_kwargs(args), **_remote_kwargs(args))
     if args.json:
         _out(json.dumps(manifest.build(the_plan), indent=1))
     else:
@@ -309,7 +353,8 @@ def cmd_plan(args) -> int:
 def cmd_shrink(args) -> int:
     from . import api
 
-    summary = api.shrink(args.teacher, args.out, **_selection_kwargs(args), device=args.device, backend=args.backend,
+    summary = api.shrink(args.teacher, args.out, **_selection_kwargs(args), **_remote_kwargs(args),
+                         device=args.device, backend=args.backend,
                          overwrite=args.overwrite, resume=args.resume, progress=_show_progress(args), chunk_bytes=args.chunk_mb << 20)
     try:
         _print_summary(args, summary)
@@ -323,7 +368,7 @@ def cmd_shrink(args) -> int:
 def cmd_verify(args) -> int:
     from .verify import verify
 
-    report = verify(args.out, teacher=args.teacher, full=args.full)
+    report = verify(args.out, teacher=args.teacher, full=args.full, **_remote_kwargs(args))
     if args.json:
         _out(json.dumps(report.as_dict()))
         return 0 if report.ok else 1
@@ -331,6 +376,8 @@ def cmd_verify(args) -> int:
         _out(problem)
     if not args.quiet:
         checked = f"{report.shards} shard(s), {report.tensors} tensor(s)"
+        if report.dimensions_audited:
+            checked += f", {report.dimensions_audited} dimension(s) consistent with their axes"
         if report.teacher is not None:
             how = "every element" if report.full else "sampled rows"
             checked += f", {report.tensors_compared} compared with the teacher ({how}: {report.elements_compared} elements)"

@@ -102,7 +102,7 @@ class Engine:
         bytes_read = 0
         out: ShardWriter | None = None
         try:
-            with TeacherReader(plan.teacher.stamps) as reader:
+            with self.open_reader(plan, skip_shards=output.done) as reader:
                 try:
                     for shard in plan.shards:
                         if shard.filename in output.done:  # completed by the run we resume
@@ -120,11 +120,11 @@ class Engine:
                     writer.submit(None)
                     writer.join()
                     writer.raise_error()
-                    reader.check_all()  # every byte read was the teacher's as planned
+                    _check_teacher(reader)  # every byte read was the teacher's as planned
                 except Exception as e:
                     # A teacher that changed under us explains a short read or a bad chunk best.
                     try:
-                        reader.check_all()
+                        _check_teacher(reader)
                     except SlicerError as changed:
                         raise changed from e
                     raise
@@ -135,9 +135,21 @@ class Engine:
         writer.raise_error()
         return bytes_read
 
+    def open_reader(self, plan: Plan, skip_shards=(), whole_copies: bool = True) -> TeacherReader:
+        """The teacher's reader: short-lived maps of local files, or (a remote teacher) a
+        reader that fetches the plan's kept rows ahead of the engine, in the order ``run``
+        (``whole_copies``) or ``tensor`` (not) asks for them."""
+        if plan.teacher.source is None:
+            return TeacherReader(plan.teacher.stamps)
+        return plan.teacher.source.plan_reader(plan, skip_shards, self.chunk_bytes, whole_copies)
+
     def _run_job(self, job: TensorJob, reader: TeacherReader, writer: "_WriterThread", free: queue.Queue) -> int:
         if job.is_copy:
-            writer.submit(("copy", reader.fd(job.source.path), job.source.offset, job.nbytes))
+            if reader.streams_copies:  # remote: the bytes come as buffers, not from a file descriptor
+                for block in reader.copy_blocks(job.source):
+                    writer.submit(("bytes", block, None))
+            else:
+                writer.submit(("copy", reader.fd(job.source.path), job.source.offset, job.nbytes))
             return job.nbytes
         out_size = DTYPES[job.dtype].itemsize
         touched = 0
@@ -173,14 +185,17 @@ class Engine:
     def select(self, job: TensorJob, reader: TeacherReader,
                destination: Callable[[Chunk, torch.dtype], torch.Tensor]) -> Iterator[tuple[Chunk, torch.Tensor]]:
         """Gather every chunk of a job into ``destination(chunk, dtype)``, in output order."""
+        if job.dequant is not None:
+            yield from self._dequantized(job, reader, destination)
+            return
         cast = job.dtype != job.source.dtype
         src_dtype = _torch_dtype(job.source.dtype) if cast else BITS_DTYPE[job.source.itemsize]
         out_dtype = _torch_dtype(job.dtype) if cast else BITS_DTYPE[DTYPES[job.dtype].itemsize]
         for chunk in chunks(job, self.chunk_bytes):
             out = destination(chunk, out_dtype)  # first: it may wait; the span is checked and read right away
-            rows = (chunk.span_shape[0], chunk.index[0]) if chunk.span_shape else None
+            rows = {"rows": (chunk.span_shape[0], chunk.index[0])} if chunk.span_shape and getattr(reader, "reads_rows", False) else {}
             span = reader.span(job.source, chunk.first, chunk.count, src_dtype, prefetch=chunk.dense,
-                               rows=rows).view(chunk.span_shape)
+                               **rows).view(chunk.span_shape)
             try:
                 self.gather(span, self._index(job, chunk), out)
             except SlicerError:
@@ -189,6 +204,46 @@ class Engine:
                 raise SlicerError(f"{job.source.path}: selecting tensor {job.source.name!r} failed: {e}") from e
             del span  # unmaps the teacher span before the next one is mapped
             yield chunk, out
+
+    def _dequantized(self, job: TensorJob, reader: TeacherReader,
+                     destination: Callable[[Chunk, torch.dtype], torch.Tensor]) -> Iterator[tuple[Chunk, torch.Tensor]]:
+        """A job whose values are dequantized from the teacher's stored tensors (slicer.dequant), on the
+        CPU whatever the device: chunks sized so that the temporaries fit the chunk budget too."""
+        from . import dequant
+
+        out_dtype = _torch_dtype(job.dtype)
+        budget = max(16, self.chunk_bytes * DTYPES[job.dtype].itemsize // dequant.BYTES_PER_ELEMENT)
+
+        last: dict[str, tuple[int, int, torch.Tensor]] = {}
+
+        def read(info, first: int, count: int) -> torch.Tensor:
+            # Chunks of one packed expert read the same span (a chunk is a range of its inputs, the innermost
+            # packed dimension): keep the last span of each tensor mapped rather than map it per chunk.
+            got = last.get(info.name)
+            if got is None or got[:2] != (first, count):
+                got = last[info.name] = (first, count, reader.span(info, first, count, BITS_DTYPE[info.itemsize]))
+            return got[2]
+
+        for chunk in chunks(job, budget):
+            try:
+                got = dequant.values(read, job.dequant, job.source, self._absolute(job, chunk), out_dtype)
+            except (RuntimeError, ValueError) as e:
+                raise SlicerError(f"{job.source.path}: dequantizing tensor {job.source.name!r} failed: {e}") from e
+            out = destination(chunk, out_dtype)
+            out.copy_(got.reshape(chunk.out_shape))
+            yield chunk, out
+
+    def _absolute(self, job: TensorJob, chunk: Chunk) -> list[torch.Tensor]:
+        """The teacher indices of every dimension a chunk keeps (those before the chunked one: one each)."""
+        shape = job.source.shape
+        k = len(shape) - len(chunk.index)
+        strides = [math.prod(shape[d + 1:]) for d in range(len(shape))]
+        out = [torch.tensor([chunk.first // strides[d] % shape[d]], dtype=torch.int64) for d in range(k)]
+        if k < len(shape):
+            lo = chunk.first // strides[k] % shape[k]
+            out.append(torch.tensor(list(chunk.index[0]), dtype=torch.int64) + lo)
+        out += [self._full_index(job.index[d]) for d in range(k + 1, len(shape))]
+        return out
 
     def _index(self, job: TensorJob, chunk: Chunk) -> list[range | torch.Tensor]:
         out: list[range | torch.Tensor] = []
@@ -210,11 +265,19 @@ class Engine:
         return t
 
 
+def _check_teacher(reader) -> None:
+    """The local teacher's files are as planned (a remote reader checks its ETags itself)."""
+    check = getattr(reader, "check_all", None)
+    if check is not None:
+        check()
+
+
 def _bytes_touched(job: TensorJob, chunk: Chunk) -> int:
     """Teacher bytes in the rows a chunk keeps (the pages a gather faults in)."""
+    itemsize = job.source.itemsize if job.dequant is None else job.dequant.stored_itemsize
     if not chunk.out_shape:
-        return job.source.itemsize
-    return chunk.out_shape[0] * math.prod(chunk.span_shape[1:]) * job.source.itemsize
+        return int(itemsize)
+    return int(chunk.out_shape[0] * math.prod(chunk.span_shape[1:]) * itemsize)
 
 
 def _torch_dtype(name: str) -> torch.dtype:

@@ -68,6 +68,8 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
     _refuse_architecture_change(base, edits, base_path)
     student_dict = _apply_edits(base, edits, config_cls, where)
     _follow_depth(base, student_dict, edits, config_cls, layer_selection)
+    if dtype != "keep":  # a float dtype dequantizes every quantized weight: the student is a plain model
+        student_dict.pop("quantization_config", None)
     config = _build_config(config_cls, student_dict, where)
     arch = _architecture(transformers, student_dict, where)
     model = _meta_model(transformers, arch, config, where)
@@ -78,7 +80,9 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
     _check_fits(ckpt, tensors, teacher_dict, student_dict, layer_selection, where)
     _set_dtype(student_dict, _output_dtype(ckpt, tensors, dtype))
     files = {"config.json": (json.dumps(student_dict, indent=2) + "\n").encode()}
-    if teacher_config_path is not None:
+    if teacher_config_path is not None and ckpt.source is not None:  # remote: names now, bytes when written
+        files = ckpt.source.side_files(files, _is_copied, MAX_COPIED_BYTES)
+    elif teacher_config_path is not None:
         files |= _teacher_files(ckpt.folder)
     origin = {
         "route": "config",
@@ -105,7 +109,7 @@ def _import_transformers():
 
 def _read_json(path: Path) -> dict:
     try:
-        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))  # a Path, or a remote teacher's RemotePath
     except OSError as e:
         raise SlicerError(f"{path}: cannot read: {e.strerror or e}") from e
     except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, absurd numbers, nested too deeply
@@ -384,13 +388,18 @@ def _changes(teacher: dict, student: dict, prefix: str = "") -> dict[str, list]:
     return out
 
 
+def _is_copied(name: str) -> bool:
+    """A file beside the teacher's weights that the student gets too (by name; the size is checked apart)."""
+    return not (name.startswith(".") or name in NOT_COPIED or name.endswith(WEIGHT_SUFFIXES)
+                or (name.startswith("model") and "safetensors" in name))
+
+
 def _teacher_files(folder: Path) -> dict[str, bytes]:
     """Tokenizer, generation config and other small non-weight files beside the teacher's weights."""
     files = {}
     for p in sorted(folder.iterdir()):
         name = p.name
-        if (name.startswith(".") or name in NOT_COPIED or name.endswith(WEIGHT_SUFFIXES)
-                or (name.startswith("model") and "safetensors" in name) or not p.is_file()):
+        if not _is_copied(name) or not p.is_file():
             continue
         size = p.stat().st_size
         if size > MAX_COPIED_BYTES:
@@ -438,12 +447,14 @@ def template_structure(ckpt: Checkpoint, spec: StudentSpec, attention: str | Non
     names whose structure flat selection would break; ``--attention heads`` is then refused."""
     from .bindings import guard
 
-    teacher_path = ckpt.config_path()
     student_path = spec.folder / "config.json" if spec.folder is not None else None
     dicts = None
-    if teacher_path is not None and student_path is not None and student_path.is_file():
-        teacher_dict, student_dict = _read_json(teacher_path), _read_json(student_path)
-        if _is_hf_config(teacher_dict) and _is_hf_config(student_dict):
+    teacher_path = None
+    if student_path is not None and student_path.is_file():  # the template's first: a remote teacher's costs a fetch
+        student_dict = _read_json(student_path)
+        teacher_path = ckpt.config_path() if _is_hf_config(student_dict) else None
+        teacher_dict = _read_json(teacher_path) if teacher_path is not None else None
+        if teacher_dict is not None and _is_hf_config(teacher_dict):
             dicts = teacher_dict, student_dict
     if dicts is None:
         if attention == "heads":

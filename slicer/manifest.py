@@ -1,6 +1,7 @@
 """The manifest: what was selected, from where, with which options.
 
-Enough to reproduce and audit a student: the teacher's files (names, sizes, mtimes),
+Enough to reproduce and audit a student: the teacher's files (names, sizes, mtimes;
+for a remote teacher its URL, revision and the files' ETags),
 the options, the layer maps, every index set (its rule and its indices) and, per
 student tensor, its source and the index set of each dimension.
 """
@@ -30,20 +31,26 @@ def fingerprint(record: dict) -> dict:
 
 def build(plan: Plan) -> dict:
     teacher = plan.teacher
-    files = []
-    for p in teacher.files:
-        stamp = teacher.stamps.get(p) or FileStamp.of(os.stat(p))  # as the header was read: later changes are refused
-        files.append({"name": os.path.relpath(p, teacher.folder), "size": stamp.size, "mtime_ns": stamp.mtime_ns})
+    if teacher.source is not None:  # remote: URL, revision, sizes and ETags (--resume compares them)
+        teacher_record = teacher.source.record(teacher.files)
+    else:
+        files = []
+        for p in teacher.files:
+            stamp = teacher.stamps.get(p) or FileStamp.of(os.stat(p))  # as the header was read: later changes are refused
+            files.append({"name": os.path.relpath(p, teacher.folder), "size": stamp.size, "mtime_ns": stamp.mtime_ns})
+        teacher_record = {"path": str(teacher.path.resolve()), "files": files}
     return {
         "format": FORMAT,
         "slicer_version": __version__,
-        "teacher": {"path": str(teacher.path.resolve()), "files": files},
+        "teacher": teacher_record,
         "student": plan.student,
         "options": plan.options.as_dict(),
         "layer_maps": plan.layer_maps,
         "binding": plan.binding,
         "axes": _axes(plan),
-        "component_maps": plan.component_maps,
+        "component_maps": {prefix: {"axis": plan.component_axes[prefix], "members": members}
+                           for prefix, members in plan.component_maps.items()},
+        **({"quantization": plan.quantization} if plan.quantization else {}),
         "index_sets": {key: ix.describe() for key, ix in sorted(plan.index_sets.items())},
         "tensors": {
             j.name: {
@@ -55,6 +62,7 @@ def build(plan: Plan) -> dict:
                 "shard": plan.shards[j.shard].filename,
                 "axes": [format_layout(layout) for layout in j.layouts],
                 "index": [ix.key for ix in j.index],
+                **({"dequantize": j.dequant.describe()} if j.dequant is not None else {}),
             }
             for j in plan.jobs
         },

@@ -41,6 +41,9 @@ USE_LEASES = hasattr(fcntl, "F_SETLEASE")  # tests turn this off to take the pre
 
 
 class TeacherReader:
+    streams_copies = False  # whole-tensor copies are done from fd(path) (a remote reader streams them)
+    reads_rows = True  # span() takes rows=: the pread path reads only the kept ones
+
     def __init__(self, stamps: Mapping[Path, FileStamp] | None = None) -> None:
         self._fds: dict[Path, int] = {}
         self._leased: set[Path] = set()

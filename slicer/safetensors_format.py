@@ -9,6 +9,7 @@ single tensor byte is touched, so a lying header can never size an allocation.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -118,16 +119,29 @@ def read_header(path: Path) -> Header:
             if not stat.S_ISREG(st.st_mode):
                 raise SlicerError(f"{path}: not a regular file ({file_kind(st.st_mode)}); name a .safetensors file")
             file_size = st.st_size
-            if file_size < 8:
-                raise SlicerError(f"{path}: not a safetensors file ({file_size} bytes, too short for a header)")
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > MAX_HEADER_BYTES:
-                raise SlicerError(f"{path}: header length {n} is absurd (limit {MAX_HEADER_BYTES}); file is corrupt or not safetensors")
-            if 8 + n > file_size:
-                raise SlicerError(f"{path}: header length {n} runs past the end of the file ({file_size} bytes); file is truncated or not safetensors")
+            n = header_length(path, f.read(8), file_size)
             raw = f.read(n)
     except OSError as e:
         raise SlicerError(f"{path}: cannot read: {e.strerror or e}") from e
+    return dataclasses.replace(parse_header(path, raw, file_size), stamp=FileStamp.of(st))
+
+
+def header_length(path, prefix: bytes, file_size: int) -> int:
+    """The header's JSON length from a file's first 8 bytes, checked against the file's size.
+
+    ``path`` names the file in messages (a local path, or a remote file's URL)."""
+    if file_size < 8:
+        raise SlicerError(f"{path}: not a safetensors file ({file_size} bytes, too short for a header)")
+    (n,) = struct.unpack("<Q", prefix[:8])
+    if n > MAX_HEADER_BYTES:
+        raise SlicerError(f"{path}: header length {n} is absurd (limit {MAX_HEADER_BYTES}); file is corrupt or not safetensors")
+    if 8 + n > file_size:
+        raise SlicerError(f"{path}: header length {n} runs past the end of the file ({file_size} bytes); file is truncated or not safetensors")
+    return n
+
+
+def parse_header(path, raw: bytes, file_size: int) -> Header:
+    """Validate the header JSON ``raw`` (the bytes after the length prefix) of a file of ``file_size`` bytes."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -142,7 +156,7 @@ def read_header(path: Path) -> Header:
         raise SlicerError(f"{path}: header JSON is nested too deeply; file is corrupt or not safetensors") from None
     if not isinstance(obj, dict):
         raise SlicerError(f"{path}: header is a JSON {type(obj).__name__}, expected an object")
-    return _validate(path, obj, data_start=8 + n, file_size=file_size, stamp=FileStamp.of(st))
+    return _validate(path, obj, data_start=8 + len(raw), file_size=file_size)
 
 
 def file_kind(mode: int) -> str:

@@ -17,6 +17,11 @@ Spec language, per dimension of the teacher tensor (``{1}`` is a regex group of 
     "L{1}.kv * L{1}.grp * L{1}.hd"  a row-major product (q rows: kv heads x group x head dim)
     "L{1}.ffn | L{1}.ffn"         a concatenation (fused [gate | up])
     "L{1}.ffn * 2"                an int is a block kept whole (interleaved gate/up pairs)
+    "L{1}.kv * (L{1}.grp | 1 | 1) * L{1}.hd"
+                                  a parenthesized group is one factor whose members follow the
+                                  inner layout (Falcon's [q heads of the group, k, v] per kv group;
+                                  a head's rotary pairs then its unrotated dims); a segment of ints
+                                  only is a block that must be kept whole
     "*"                           not checked
 Sizes of axes come from ``sizes``: {kind: teacher size}, the kind being the axis name's last
 dotted part ("L3.kv" -> "kv"). ``components`` bind an integer in the *name* to an axis (the
@@ -139,13 +144,33 @@ class Report:
         self.seen.setdefault(axis, []).append(where)
 
 
+def _top_level(expr: str, sep: str) -> list[str]:
+    """Split on ``sep`` outside parentheses."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(expr):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == sep and depth == 0:
+            parts.append(expr[start:i])
+            start = i + 1
+    parts.append(expr[start:])
+    return parts
+
+
 def _parse(expr: str) -> list[list[str]]:
-    return [[f.strip() for f in seg.split("*")] for seg in expr.split("|")]
+    return [[f.strip() for f in _top_level(seg, "*")] for seg in _top_level(expr, "|")]
+
+
+def _group(factor: str) -> str | None:
+    """The inner layout of a parenthesized factor, else None."""
+    return factor[1:-1] if factor.startswith("(") and factor.endswith(")") else None
 
 
 def _size(factor: str, sizes: dict[str, int]) -> int:
     if factor.isdigit():
         return int(factor)
+    inner = _group(factor)
+    if inner is not None:
+        return sum(math.prod(_size(f, sizes) for f in seg) for seg in _parse(inner))
     kind = factor.rsplit(".", 1)[-1]
     if kind not in sizes:
         raise KeyError(f"spec names axis kind {kind!r} without a size")
@@ -157,7 +182,7 @@ def _split_product(indices: list[int], factors: list[str], sizes: dict[str, int]
     """Kept indices of a product segment -> kept members of each factor (a full product, row-major)."""
     dims = [_size(f, sizes) for f in factors]
     if not indices:
-        return {f: [] for f in factors if not f.isdigit()}
+        return {f: [] for f in factors if not f.isdigit() and _group(f) is None}
     coords = np.unravel_index(np.asarray(indices, dtype=np.int64), dims)
     per = [list(dict.fromkeys(c.tolist())) for c in coords]  # members of each factor, first-seen order
     expected = [sum(m * math.prod(dims[j + 1:]) for j, m in enumerate(combo)) for combo in _product(per)]
@@ -169,6 +194,8 @@ def _split_product(indices: list[int], factors: list[str], sizes: dict[str, int]
         if f.isdigit():
             if members != list(range(int(f))):
                 report.problems.append(f"{where}: a block of {f} is not kept whole: {members}")
+        elif _group(f) is not None:
+            check_dim(members, _group(f), sizes, f"{where} {f}", report)
         else:
             out[f] = members
     return out
@@ -194,8 +221,11 @@ def check_dim(indices: list[int], expr: str, sizes: dict[str, int], where: str, 
             report.problems.append(f"{where}: segment {k} ({' * '.join(seg)}) is not kept in order: {indices[:16]}")
             return
         rest = rest[len(mine):]
-        for f, members in _split_product(mine, seg, sizes, f"{where} segment {k}", report).items():
-            report.record(f, members, where)
+        if all(f.isdigit() for f in seg) and len(mine) != span:
+            report.problems.append(f"{where}: segment {k} (a block of {span}) is not kept whole: {mine}")
+        else:
+            for f, members in _split_product(mine, seg, sizes, f"{where} segment {k}", report).items():
+                report.record(f, members, where)
         offset += span
     if rest:
         report.problems.append(f"{where}: indices past the layout {expr!r}: {rest[:8]}")

@@ -52,6 +52,9 @@ def test_every_kept_member_sits_at_the_same_place_in_every_tensor(teachers, tmp_
     assert not report.problems, "\n".join(report.problems[:10])
     assert report.members, "the spec checked nothing"
     assert layer_map(report)  # the depth really changed and was read from the values
+    verified = slicer.verify(out, teacher=teacher)  # the manifest proves the same from its axes
+    assert verified.ok, verified.problems[:5]
+    assert verified.dimensions_audited > 0
 
 
 @pytest.mark.parametrize("fam", sorted(FAMILIES))
@@ -105,3 +108,19 @@ def test_the_checker_catches_a_row_of_another_neuron(teachers, tmp_path):
     save_file(state, shard, metadata={"format": "pt"})
     report = check(out, teacher, family.spec)
     assert any("L0.ffn" in p or "ffn" in p for p in report.problems), report.problems[:3]
+
+
+def test_verify_catches_a_manifest_whose_dimension_leaves_its_axes(teachers, tmp_path):
+    family = FAMILIES["llama"]
+    teacher = teachers("llama", coded=True)
+    out = tmp_path / "out"
+    _shrink(teacher, out, config_set=family.edits)
+    path = out / "slicer_manifest.json"
+    manifest = json.loads(path.read_text())
+    rec = manifest["tensors"]["model.layers.1.mlp.up_proj.weight"]
+    other = "consecutive:128->48"  # a set of the right size, but not the FFN axis's
+    manifest["index_sets"][other] = {"t": 128, "s": 48, "start": 0, "step": 1}
+    rec["index"][0] = other
+    path.write_text(json.dumps(manifest))
+    report = slicer.verify(out)
+    assert any("model.layers.1.mlp.up_proj.weight" in p and "inconsistent" in p for p in report.problems), report.problems

@@ -414,6 +414,7 @@ def test_cli_refuses_an_impossible_config_in_one_line(teachers, tmp_path, subpro
     ("llama", {"hiden_size": 32}, ["hiden_size", "no such key"]),
     ("qwen2", {"num_attention_heads": 2, "num_key_value_heads": 1}, ["head size 32 exceeds the teacher's 8"]),
     ("mistral", {"num_key_value_heads": 1}, ["8 query heads per kv head, the teacher 4", "--attention flat"]),
+    ("llama", {"vocab_size": 50}, ["vocabulary is 50 tokens", "tokenizer", "keep vocab_size"]),
 ])
 def test_impossible_configs_are_refused_before_anything_is_written(teachers, tmp_path, fam, edits, words):
     out = tmp_path / "out"

@@ -99,6 +99,19 @@ class AxisTable:
                               f"and {ax.t} -> {ax.s} {ax.kind} in another")
         return ax.name
 
+    def refine(self, name: str, parts: Layout) -> None:
+        """Make the leaf axis ``name`` derived from ``parts`` (of the same sizes): every dimension
+        bound to it then keeps whole members of the parts (whole quantization blocks)."""
+        ax = self.axes[name]
+        if ax.parts is not None:
+            raise SlicerError(f"internal error: axis {name} is already derived")
+        del self.axes[name]
+        try:
+            self.add(Axis(ax.name, ax.kind, ax.t, ax.s, parts))
+        except SlicerError:
+            self.axes[name] = ax
+            raise
+
     def __getitem__(self, name: str) -> Axis:
         return self.axes[name]
 

@@ -13,10 +13,11 @@ from ..axes import Binder
 from . import attention, common, mlp
 from .binder import ModelBinder
 from .geometry import check_geometry, geometry, rotary_convention
+from .qkv_layout import per_head_kv
 from .view import ModelView
 
 RULES = [attention.bind, mlp.bind, common.bind_embeddings, common.bind_norms]
-COMPONENT_RULES: list = []
+COMPONENT_RULES: list = [attention.head_component]
 
 
 def model_binder(teacher_model, student_model, teacher_names: Sequence[str],
@@ -47,7 +48,7 @@ def check_heads(teacher_model, student_model, where: str) -> None:
         rotary = rotary_convention(t_mod)
         gt, gs = geometry(t_mod, t_cfg, rotary), geometry(s_mod, s_cfg, rotary_convention(s_mod) if rotary else None)
         if gt is not None and gs is not None:
-            check_geometry(gt, gs, where)
+            check_geometry(per_head_kv(t_mod, gt), per_head_kv(s_mod, gs), where)
 
 
 def _config_of(model, path: str):

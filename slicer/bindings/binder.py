@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from ..axes import Axis, AxisTable, Binder, Layout, axis, flat_axis, format_layout
 from ..errors import SlicerError
 from .geometry import HeadGeometry, check_geometry, geometry, rotary_convention
+from .qkv_layout import per_head_kv
 from .view import ModelView, Owner, layer_kinds
 
 log = logging.getLogger("slicer")
@@ -96,16 +97,17 @@ class ModelBinder(Binder):
         return {p: (t[p], s[p]) for p in s if p in t}
 
     def component(self, student_prefix, teacher_prefix, t, s, table):
+        self._table = table
+        self._components.add(teacher_prefix)  # while the rules look: names below it are not in a layer of it
         for rule in self.component_rules:
             name = rule(student_prefix, teacher_prefix, t, s, table, self)
             if name is not None:
-                self._components.add(teacher_prefix)
                 return name
+        self._components.discard(teacher_prefix)
         return None
 
     def bind(self, student_name, teacher_name, tshape, sshape, table):
-        ref = TensorRef(student_name, teacher_name, tshape, sshape, self.teacher.owner(teacher_name),
-                        self.student.owner(student_name), self._layer_of(teacher_name))
+        ref = self.ref(student_name, teacher_name, tshape, sshape)
         self._table = table
         for rule in self.rules:
             layouts = rule(ref, self)
@@ -120,6 +122,12 @@ class ModelBinder(Binder):
         return self._by_size(self._refs[student_name], d, table)
 
     # ------------------------------------------------------------------ for the rules
+
+    def ref(self, student_name: str, teacher_name: str, tshape: tuple[int, ...] = (),
+            sshape: tuple[int, ...] = ()) -> TensorRef:
+        """One tensor as the rules see it (component rules ask for a tensor below their prefix)."""
+        return TensorRef(student_name, teacher_name, tshape, sshape, self.teacher.owner(teacher_name),
+                         self.student.owner(student_name), self._layer_of(teacher_name))
 
     @property
     def table(self) -> AxisTable:
@@ -153,22 +161,27 @@ class ModelBinder(Binder):
         if s_path is None:
             return None
         t_attn, s_attn = self.teacher.modules[t_path], self.student.modules[s_path]
-        rotary = rotary_convention(t_attn) if self._has_rotary(self.teacher, ref.owner) else None
+        # a rotary embedding whose rotation slicer cannot find (gpt-oss, Llama 4 rotate by other
+        # functions) pairs its dims in a way slicer cannot tell: "unknown" keeps the head size
+        rotary = (rotary_convention(t_attn) or "unknown") if self._has_rotary(self.teacher, ref.owner) else None
         gt = geometry(t_attn, ref.owner.config, rotary)
-        gs = geometry(s_attn, ref.student_owner.config, rotary_convention(s_attn) if rotary else None)
+        gs = geometry(s_attn, ref.student_owner.config, (rotary_convention(s_attn) or "unknown") if rotary else None)
         if gt is None or gs is None:
             return None
+        gt, gs = per_head_kv(t_attn, gt), per_head_kv(s_attn, gs)
         check_geometry(gt, gs, f"{ref.teacher_name}: attention heads ({gt.describe()} -> {gs.describe()})")
         return gt, gs
 
     def _has_rotary(self, view: ModelView, owner: Owner) -> bool:
-        """A rotary embedding (an ``inv_freq`` buffer) in the (sub-)model that owns the tensor."""
+        """A rotary embedding (an ``inv_freq`` buffer, or a module transformers calls ``*Rotary*``:
+        GPT-J keeps sin/cos tables instead) in the (sub-)model that owns the tensor."""
         key = (id(view), id(owner.config))
         if key not in self._rotary:
             roots = [p for p, m in view.modules.items() if getattr(m, "config", None) is owner.config]
             prefix = min(roots, key=len) if roots else ""
             self._rotary[key] = any(n.endswith("inv_freq") and n.startswith(prefix)
-                                    for n, _ in view.model.named_buffers())
+                                    for n, _ in view.model.named_buffers()) or \
+                any("Rotary" in type(m).__name__ and p.startswith(prefix) for p, m in view.modules.items())
         return self._rotary[key]
 
     # ------------------------------------------------------------------ leftovers
@@ -186,7 +199,8 @@ class ModelBinder(Binder):
             if len(kinds) > 1:
                 raise SlicerError(f"tensor {ref.student_name!r} dimension {d} [{t} -> {s}] could be any of "
                                   f"{', '.join(sorted(a.name for a in candidates))}; slicer cannot tell which axis it "
-                                  "belongs to, so it will not guess")
+                                  "belongs to, so it will not guess (keep its size, or use --template for flat "
+                                  "selection)")
         raise SlicerError(f"tensor {ref.student_name!r} dimension {d} [{t} -> {s}] ({ref.module_class or 'no module'} "
                           f"{ref.owner.key!r}) is bound to no axis slicer knows in this model; it cannot be shrunk "
                           "consistently (keep its size, or use --template for flat selection)")

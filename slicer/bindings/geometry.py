@@ -73,7 +73,9 @@ def rotary_convention(module) -> str | None:
     """How the model pairs rotary dims, from its own rotation function; None: no rotation found.
 
     ``rotate_half(arange(4))`` is ``[-2, -3, 0, 1]`` for pairs (i, i + d/2) and
-    ``[-1, 0, -3, 2]`` for interleaved pairs (2i, 2i + 1)."""
+    ``[-1, 0, -3, 2]`` for interleaved pairs (2i, 2i + 1). The probe is shaped like the
+    [batch, heads, seq, head_dim] tensors the models rotate: GPT-J's ``rotate_every_two``
+    indexes ``x[:, :, :, ::2]``."""
     mod = sys.modules.get(type(module).__module__)
     for name in ("rotate_half", "rotate_every_two"):
         fn = getattr(mod, name, None)
@@ -82,7 +84,7 @@ def rotary_convention(module) -> str | None:
         import torch
 
         try:
-            got = fn(torch.arange(4.0).view(1, 4)).view(-1).tolist()
+            got = fn(torch.arange(4.0).view(1, 1, 1, 4)).reshape(-1).tolist()
         except Exception:  # noqa: BLE001 - a signature we do not know: say we cannot tell
             return "unknown"
         if got == [-2.0, -3.0, 0.0, 1.0]:
@@ -119,3 +121,7 @@ def check_geometry(teacher: HeadGeometry, student: HeadGeometry, where: str) -> 
             or student.head_dim - student.rotary_dim > teacher.head_dim - teacher.rotary_dim):
         raise SlicerError(f"{where}: student rotates {student.rotary_dim} of {student.head_dim} dims per head, the teacher "
                           f"{teacher.rotary_dim} of {teacher.head_dim}: rotary pairs cannot be kept{hint}")
+    if teacher.head_dim > teacher.rotary_dim and student.head_dim == student.rotary_dim:
+        raise SlicerError(f"{where}: student rotates all {student.head_dim} dims per head, the teacher {teacher.rotary_dim} "
+                          f"of {teacher.head_dim}: every unrotated dim would be dropped; keep at least one (rotary_dim, "
+                          f"partial_rotary_factor){hint}")
