@@ -17,12 +17,12 @@ import logging
 import re
 from pathlib import Path
 
+from . import layer_lists
 from .checkpoint import Checkpoint, require_regular_file
 from .errors import SlicerError
 from .layers import LayerMapper
 from .plan import StudentTensor
 from .safetensors_format import CAST_TARGETS
-from .selection import layer_indices
 from .student import StudentSpec
 
 log = logging.getLogger("slicer")
@@ -67,13 +67,25 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
     config_cls = _config_class(transformers, base, base_path)
     _refuse_architecture_change(base, edits, base_path)
     student_dict = _apply_edits(base, edits, config_cls, where)
-    _follow_depth(base, student_dict, edits, config_cls, layer_selection)
+    lists = layer_lists.find(base, student_dict, edits, config_cls, _depth_key(config_cls))
+    layer_lists.provisional(lists, student_dict)
     if dtype != "keep":  # a float dtype dequantizes every quantized weight: the student is a plain model
         student_dict.pop("quantization_config", None)
-    config = _build_config(config_cls, student_dict, where)
     arch = _architecture(transformers, student_dict, where)
-    model = _meta_model(transformers, arch, config, where)
+    model = _meta_model(transformers, arch, _build_config(config_cls, student_dict, where), where)
     shapes = _saved_shapes(model)
+    if lists and teacher_dict is base:  # per-layer lists follow the layers the student is given
+        maps = _config_layer_maps(ckpt, model, shapes, layer_selection, where)
+        if layer_lists.apply(lists, student_dict, maps):
+            from .bindings.view import layer_kinds
+
+            before = layer_kinds(list(shapes))
+            model = _meta_model(transformers, arch, _build_config(config_cls, student_dict, where), where)
+            shapes = _saved_shapes(model)
+            if layer_kinds(list(shapes)) != before:
+                raise SlicerError(f"{where}: the per-layer lists {', '.join(sorted({x.key for x in lists}))} decide "
+                                  "which layers are which, and following the selected teacher layers changes them; "
+                                  "set them with --set")
 
     tensors = _tensors(model, shapes, ckpt)
     make_binder = _binder_factory(transformers, model, tensors, teacher_dict, ckpt, attention, where)
@@ -184,27 +196,44 @@ def _is_config_key(config_cls, defaults, key: str, value) -> bool:
     return any(edited.get(k) != before.get(k) for k in set(edited) | set(before) if k != key)
 
 
-def _follow_depth(base: dict, student: dict, edits: dict, config_cls, mode: str) -> None:
-    """Per-layer lists (e.g. layer_types) follow a depth change: the selected layers' entries.
+def _depth_key(config_cls) -> str:
+    return getattr(config_cls, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
 
-    A list is per-layer when its length is the old depth and it was not edited itself.
-    Applied at the top level and in nested configs (text_config, ...).
-    """
-    def visit(b: dict, s: dict, prefix: str, depth_key: str) -> None:
-        t_depth, s_depth = b.get(depth_key), s.get(depth_key)
-        if isinstance(t_depth, int) and isinstance(s_depth, int) and 0 < s_depth < t_depth:
-            layers = layer_indices(t_depth, s_depth, mode)
-            for key, value in s.items():
-                edited = (prefix + key) in edits
-                if (not edited and key != "architectures" and isinstance(value, list) and len(value) == t_depth
-                        and value == b.get(key) and all(isinstance(v, (str, int, float, bool)) for v in value)):
-                    s[key] = [value[i] for i in layers]
-        for key, value in s.items():
-            if isinstance(value, dict) and isinstance(b.get(key), dict):
-                visit(b[key], value, prefix + key + ".", "num_hidden_layers")
 
-    depth_key = getattr(config_cls, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
-    visit(base, student, "", depth_key)
+def _layer_kinds_of(teacher_names, student_names) -> dict:
+    """Depth prefix -> (teacher kinds, student kinds): a student layer is fed by a layer of its kind."""
+    from .bindings.view import layer_kinds
+
+    from .quantized import fold_kind
+
+    t, s = layer_kinds(list(teacher_names)), layer_kinds(list(student_names))
+    # a quantized teacher's scales are part of its weights, not of its layers' kind
+    return {p: ([fold_kind(k) for k in t[p]], [fold_kind(k) for k in s[p]]) for p in s if p in t}
+
+
+def _config_layer_maps(ckpt: Checkpoint, model, shapes: dict, mode: str, where: str) -> dict[str, list[int]]:
+    """(Sub-)config path ("" or "text_config.") -> the teacher layer of each student layer of its layer list.
+
+    The same map the plan makes (LayerMapper with the layer kinds); a config whose layers
+    sit under several lists that are selected differently gets none (its lists keep the
+    teacher's pattern of its first layers)."""
+    from .bindings.view import ModelView
+
+    mapper = LayerMapper(ckpt.tensors, shapes, mode, kinds=_layer_kinds_of(ckpt.tensors, shapes))
+    try:
+        for name in shapes:
+            mapper.teacher_name(name)
+    except SlicerError as e:
+        raise SlicerError(f"{where}: {e}") from e
+    view = ModelView(model)
+    found: dict[str, list[int] | None] = {}
+    for prefix, layer_map in mapper.maps.items():
+        first = next((n for n in shapes if n.startswith(prefix + ".0.")), None)
+        if first is None:
+            continue
+        path = view.owner(first).config_path
+        found[path] = layer_map if found.get(path, layer_map) == layer_map else None
+    return {p: m for p, m in found.items() if m is not None}
 
 
 def _build_config(config_cls, d: dict, where: str):
@@ -338,7 +367,8 @@ def _check_fits(ckpt: Checkpoint, tensors: list[StudentTensor], teacher_dict, st
                   if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and b > a]
         grew = f" (grew: {', '.join(bigger)})" if bigger else ""
     try:
-        mapper = LayerMapper(ckpt.tensors, (t.name for t in tensors), mode)
+        names = [t.name for t in tensors]
+        mapper = LayerMapper(ckpt.tensors, names, mode, kinds=_layer_kinds_of(ckpt.tensors, names))
         for t in tensors:
             source = ckpt.tensors.get(mapper.teacher_name(t.source or t.name))
             if source is None or len(source.shape) != len(t.shape):
@@ -423,8 +453,9 @@ def _binder_factory(transformers, student_model, tensors: list[StudentTensor], t
                               "add it, or pass --attention flat")
         return guard.names_binder
     teacher_model = _teacher_model(transformers, teacher_dict, ckpt.config_path(), student_model)
-    from .bindings import check_heads, model_binder
+    from .bindings import check_experts, check_heads, model_binder
 
+    check_experts(teacher_model, student_model, where)
     if attention == "heads":
         check_heads(teacher_model, student_model, where)
     return model_binder(teacher_model, student_model, list(ckpt.tensors), [t.name for t in tensors])

@@ -96,12 +96,23 @@ class LayerMapper:
             mine = [j for j, k in enumerate(student_kinds) if k == kind]
             theirs = [i for i, k in enumerate(teacher_kinds) if k == kind]
             if len(mine) > len(theirs):
-                raise SlicerError(f"student has {len(mine)} layers of kind {kind} under {student_prefix!r} but the teacher "
-                                  f"has {len(theirs)} under {teacher_prefix!r}; a student layer is only ever selected "
-                                  "from a teacher layer of its own kind")
+                raise SlicerError(f"student has {len(mine)} layers {_describe(kind, teacher_kinds + student_kinds)} under "
+                                  f"{student_prefix!r} but the teacher has {len(theirs)} under {teacher_prefix!r}; a "
+                                  "student layer is only ever selected from a teacher layer of its own kind")
             for j, i in zip(mine, layer_indices(len(theirs), len(mine), self.mode)):
                 out[j] = theirs[i]
         return out
+
+
+def _describe(kind: str, kinds: Sequence[str]) -> str:
+    """A kind by what sets it apart: its modules that some other kind lacks (a kind is its parameter names)."""
+    others = [set(k.split("|")) for k in set(kinds) if k != kind]
+    own = [n for n in kind.split("|") if any(n not in o for o in others)]
+    modules = list(dict.fromkeys(n.rsplit(".", 1)[0] if "." in n else n for n in own))
+    if not modules:
+        return "of one kind"
+    more = f" and {len(modules) - 3} more" if len(modules) > 3 else ""
+    return "with " + ", ".join(modules[:3]) + more
 
 
 def _is_index(part: str) -> bool:

@@ -260,7 +260,7 @@ class Quantized:
     def kinds(self, kinds: dict) -> dict:
         """Layer kinds with companions folded the same way on both sides (a student built from a config
         has no scales, the teacher's files have them)."""
-        return {p: ([_kind(k) for k in t], [_kind(k) for k in s]) for p, (t, s) in kinds.items()}
+        return {p: ([fold_kind(k) for k in t], [fold_kind(k) for k in s]) for p, (t, s) in kinds.items()}
 
     # ------------------------------------------------------------------ after binding
 
@@ -466,7 +466,8 @@ def _weights_named(name: str, names: set[str]) -> list[str]:
     return []
 
 
-def _kind(kind: str) -> str:
+def fold_kind(kind: str) -> str:
+    """A layer kind (slicer.bindings.view.layer_kinds) with quantization companions folded into their weights."""
     names = kind.split("|") if kind else []
     have = set(names)
     out = set()

@@ -35,6 +35,7 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"axes      {_axes_summary(plan)}")
     for prefix, layers in plan.layer_maps.items():
         lines.append(f"layers    {prefix}: {len(layers)} of {plan.teacher_depths[prefix]}, teacher layers {layers}")
+    lines += _experts_lines(plan)
     lines += [
         f"tensors   {len(plan.jobs)} written, {len(plan.skipped)} teacher tensors unused, {len(plan.excluded)} excluded",
         f"read      {format_bytes(plan.bytes_to_read)} of {format_bytes(t.total_bytes)}"
@@ -52,6 +53,30 @@ def format_plan(plan: Plan) -> str:
         dtype = j.dtype if j.dtype == stored else f"{stored}->{j.dtype}"
         lines.append(f"{j.name:<{width}}  {_shape(j.source.shape):>20} -> {_shape(j.shape):<20} {dtype:<7} {source}")
     return "\n".join(lines)
+
+
+def _experts_lines(plan: Plan) -> list[str]:
+    """The experts each MoE block keeps (chosen by --method, never by the layer selection)."""
+    from .axes import axis, compose
+
+    def leaf(ax):
+        return plan.index_sets[plan.leaf_keys[ax.name]].indices()
+
+    kept: dict[tuple[int, tuple[int, ...]], list[str]] = {}
+    for name, ax in plan.axes.axes.items():
+        if ax.kind != "experts":
+            continue
+        try:
+            members = tuple(compose(plan.axes, axis(name), leaf))
+        except KeyError:  # the inconsistent ablation: no one index set per axis
+            return []
+        kept.setdefault((ax.t, members), []).append(name.rsplit(":", 1)[0])
+    lines = []
+    for (t, members), blocks in kept.items():
+        where = blocks[0] if len(blocks) == 1 else f"{len(blocks)} MoE blocks ({blocks[0]}, ...)"
+        shown = list(members[:16]) + (["..."] if len(members) > 16 else [])
+        lines.append(f"experts   {where}: {len(members)} of {t}, teacher experts [{', '.join(map(str, shown))}]")
+    return lines
 
 
 def _axes_summary(plan: Plan) -> str:

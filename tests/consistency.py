@@ -46,7 +46,9 @@ MAX_EXACT = {torch.float32: 2**24, torch.float64: 2**53}
 
 def coded_teacher(model, dtype=torch.float32) -> None:
     """Give every element of every parameter (and persistent float buffer) a distinct value."""
+    saved = set(model.state_dict())  # persistent buffers too (e.g. DeepSeek's e_score_correction_bias)
     tensors = [t for _, t in model.named_parameters()]
+    tensors += [t for n, t in model.named_buffers() if n in saved and t.is_floating_point()]
     total = sum(t.numel() for t in tensors)
     if total >= MAX_EXACT[dtype]:
         raise ValueError(f"{total} elements do not fit exact codes in {dtype}; use a smaller teacher or float64")

@@ -50,31 +50,36 @@ def test_http_student_is_byte_identical_to_the_local_run_and_the_manifest_names_
 
 
 def test_only_kept_rows_cross_the_network_within_1_1x_of_bytes_to_read_plus_headers(remote_root, server, tmp_path):
-    # Half width, half depth: every other row of each kept tensor. With no gap bridged
-    # (rows here are 512 B; the default bridges gaps up to 64 kB) only kept rows are fetched.
+    # Half width, half depth: every other row of each kept tensor. The default bridges small gaps
+    # only within a 10 % over-fetch budget; with no gap bridged exactly the kept rows are fetched.
     plan = slicer.plan(server.teacher_url, template=remote_root["template"], max_shard_size=SHARDS)
     headers = server.stats.bytes_sent
     index = (server.teacher_dir / "model.safetensors.index.json").stat().st_size
     assert headers == header_bytes(server.teacher_dir) + index  # the index and the headers, exactly
-    server.stats.reset()
-    summary = _shrink(server.teacher_url, tmp_path / "out", remote_root["template"], remote={**FAST, "gap_bytes": 0})
-    data = server.stats.bytes_sent - headers  # the run reads the headers again, then the rows
-    assert plan.bytes_to_read <= data <= 1.1 * plan.bytes_to_read, (data, plan.bytes_to_read)
-    assert data == plan.bytes_to_read  # exactly: gaps of 0 are never bridged
-    assert plan.bytes_to_read < 0.3 * summary.teacher_bytes
-    assert tree(tmp_path / "out") == remote_root["local_tree"]
+    for remote, exact in (({**FAST}, False), ({**FAST, "gap_bytes": 0}, True)):
+        server.stats.reset()
+        out = tmp_path / f"out-{exact}"
+        summary = _shrink(server.teacher_url, out, remote_root["template"], remote=remote)
+        data = server.stats.bytes_sent - headers  # the run reads the headers again, then the rows
+        assert plan.bytes_to_read <= data <= 1.1 * plan.bytes_to_read, (remote, data, plan.bytes_to_read)
+        if exact:
+            assert data == plan.bytes_to_read  # gaps of 0 are never bridged
+        assert plan.bytes_to_read < 0.3 * summary.teacher_bytes
+        assert tree(out) == remote_root["local_tree"]
 
 
 def test_bridging_gaps_trades_bytes_for_requests(remote_root, server, tmp_path):
     counts = {}
-    for gap in (0, 64 << 10):
+    for gap, overfetch in ((0, 0.1), (64 << 10, 0.1), (64 << 10, 1.0)):
         server.stats.reset()
-        _shrink(server.teacher_url, tmp_path / f"out{gap}", remote_root["template"], remote={**FAST, "gap_bytes": gap})
-        counts[gap] = (server.stats.ranged_requests, server.stats.bytes_sent)
-        assert tree(tmp_path / f"out{gap}") == remote_root["local_tree"]
-    (few_bytes_requests, few_bytes), (bridged_requests, bridged) = counts[0], counts[64 << 10]
-    assert bridged_requests * 20 < few_bytes_requests  # thousands of rows -> a few dozen requests
+        out = tmp_path / f"out{gap}-{overfetch}"
+        _shrink(server.teacher_url, out, remote_root["template"], remote={**FAST, "gap_bytes": gap, "overfetch": overfetch})
+        counts[gap, overfetch] = (server.stats.ranged_requests, server.stats.bytes_sent)
+        assert tree(out) == remote_root["local_tree"]
+    (few_requests, few_bytes), (budget_requests, budget_bytes), (bridged_requests, bridged) = counts.values()
+    assert bridged_requests * 20 < few_requests  # thousands of rows -> a few dozen requests
     assert few_bytes < bridged <= 2.2 * few_bytes  # half the rows kept: at most the spans' bytes
+    assert budget_requests < few_requests and few_bytes < budget_bytes <= 1.1 * few_bytes  # the budget in between
 
 
 @pytest.mark.parametrize("chunk_bytes", [700])

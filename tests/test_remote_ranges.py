@@ -35,12 +35,16 @@ def span_lists(draw):
 
 
 @settings(max_examples=150, deadline=None)
-@given(spans=span_lists(), gap=st.integers(0, 20), max_bytes=st.integers(1, 40))
-def test_coalesced_requests_deliver_every_kept_byte_once_and_bridge_only_small_gaps(spans, gap, max_bytes):
+@given(spans=span_lists(), gap=st.integers(0, 20), max_bytes=st.integers(1, 40),
+       overfetch=st.sampled_from([0.0, 0.1, 0.5, 10.0]))
+def test_coalesced_requests_deliver_every_kept_byte_once_and_bridge_only_small_gaps(spans, gap, max_bytes, overfetch):
     delivered = {id(s): [0] * s.nbytes for s in spans}
     sealed = []
     last_request_of = {}
-    for r, req in enumerate(coalesce(spans, gap, max_bytes)):
+    requests = list(coalesce(spans, gap, max_bytes, overfetch))
+    kept_total = sum(s.kept_bytes for s in spans)
+    assert sum(r.nbytes for r in requests) <= (1 + overfetch) * kept_total  # the over-fetch budget holds
+    for r, req in enumerate(requests):
         assert 0 < req.nbytes <= max_bytes and sum(n for _, _, n in req.pieces) == req.nbytes
         pos = req.start
         for span, off, n in req.pieces:

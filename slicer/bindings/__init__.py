@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ..axes import Binder
-from . import attention, common, mlp
+from . import attention, common, linear_attention, mla, mlp, moe
 from .binder import ModelBinder
 from .geometry import check_geometry, geometry, rotary_convention
 from .qkv_layout import per_head_kv
 from .view import ModelView
 
-RULES = [attention.bind, mlp.bind, common.bind_embeddings, common.bind_norms]
-COMPONENT_RULES: list = [attention.head_component]
+RULES = [mla.bind, moe.bind, linear_attention.bind, attention.bind, mlp.bind, common.bind_embeddings, common.bind_norms]
+COMPONENT_RULES: list = [moe.component, attention.head_component]
 
 
 def model_binder(teacher_model, student_model, teacher_names: Sequence[str],
@@ -30,6 +30,11 @@ def model_binder(teacher_model, student_model, teacher_names: Sequence[str],
                            options.method, rules=list(RULES), component_rules=list(COMPONENT_RULES))
 
     return make
+
+
+def check_experts(teacher_model, student_model, where: str) -> None:
+    """Refuse, naming the config key, a student whose routers cannot route over the experts kept."""
+    moe.check_experts(teacher_model, student_model, where)
 
 
 def check_heads(teacher_model, student_model, where: str) -> None:
@@ -45,6 +50,9 @@ def check_heads(teacher_model, student_model, where: str) -> None:
             continue
         seen.add(type(s_mod))
         t_cfg, s_cfg = _config_of(teacher_model, path), _config_of(student_model, path)
+        if mla.is_mla(s_mod):  # latent attention: its own geometry
+            mla.check(mla.MlaGeometry.of(t_mod, t_cfg), mla.MlaGeometry.of(s_mod, s_cfg), where)
+            continue
         rotary = rotary_convention(t_mod)
         gt, gs = geometry(t_mod, t_cfg, rotary), geometry(s_mod, s_cfg, rotary_convention(s_mod) if rotary else None)
         if gt is not None and gs is not None:

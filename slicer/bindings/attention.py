@@ -18,6 +18,7 @@ With ``--attention flat`` the rows are selected like any other axis (the paper's
 """
 from __future__ import annotations
 
+import inspect
 import re
 
 from ..axes import Layout, axis, concat, product
@@ -90,7 +91,25 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
         out[head_dim] = axis(axes.q)  # one gate per head
         return tuple(out)
     out[head_dim] = axes.rows(which)
+    if which == "q" and _gated_query(ref, b, pair[0], ref.tshape[head_dim]):
+        out[head_dim] = product(axes.q, 2, axes.dim)  # per head [query | gate], gate over the head's dims
     return tuple(out)
+
+
+def _gated_query(ref: TensorRef, b: ModelBinder, T: HeadGeometry, rows: int) -> bool:
+    """Qwen3-Next: q_proj holds twice the query rows, viewed per head as (head_dim * 2) and chunked
+    into [query | gate]; read from the attention module's forward, never assumed."""
+    if rows != 2 * T.heads * T.head_dim:
+        return False
+    module = b.teacher.modules.get(_attention_path(b.teacher, ref.owner.module_path) or "")
+    try:
+        source = inspect.getsource(type(module).forward)
+    except (OSError, TypeError):
+        source = ""
+    if re.search(r"view\([^)]*-1,\s*self\.head_dim\s*\*\s*2\s*\)", source) and re.search(r"chunk\(", source):
+        return True
+    raise SlicerError(f"tensor {ref.student_name!r}: {rows} query rows for {T.heads} heads of {T.head_dim}, and "
+                      f"{type(module).__name__}.forward does not say how they split; its heads cannot be kept whole")
 
 
 def _fused(ref: TensorRef, b: ModelBinder, T: HeadGeometry, S: HeadGeometry, d: int) -> str:

@@ -89,6 +89,7 @@ class ModelBinder(Binder):
         self._heads: dict[str, tuple[HeadGeometry, HeadGeometry] | None] = {}
         self._rotary: dict[tuple[int, int], bool] = {}
         self._refs: dict[str, TensorRef] = {}
+        self._listed: dict[str, dict[str, dict[int, str]]] = {}
 
     # ------------------------------------------------------------------ Binder
 
@@ -183,6 +184,27 @@ class ModelBinder(Binder):
                                     for n, _ in view.model.named_buffers()) or \
                 any("Rotary" in type(m).__name__ and p.startswith(prefix) for p, m in view.modules.items())
         return self._rotary[key]
+
+    def listed(self, prefix: str, student: bool = False) -> dict[int, str]:
+        """Member index -> one checkpoint name under ``prefix.N.`` (teacher names, or the student's)."""
+        side = "student" if student else "teacher"
+        if side not in self._listed:
+            found: dict[str, dict[int, str]] = {}
+            for name in (self.student_names if student else self.teacher_names):
+                parts = name.split(".")
+                for k, part in enumerate(parts):
+                    if part.isascii() and part.isdigit():
+                        found.setdefault(".".join(parts[:k]), {}).setdefault(int(part), name)
+            self._listed[side] = found
+        return self._listed[side].get(prefix, {})
+
+    def is_component(self, teacher_name: str) -> str | None:
+        """The teacher prefix of the component (``...experts``) ``teacher_name`` sits under, if any."""
+        parts = teacher_name.split(".")
+        for k, part in enumerate(parts):
+            if part.isascii() and part.isdigit() and ".".join(parts[:k]) in self._components:
+                return ".".join(parts[:k])
+        return None
 
     # ------------------------------------------------------------------ leftovers
 

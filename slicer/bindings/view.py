@@ -57,18 +57,25 @@ class ModelView:
 
     def model_key(self, checkpoint_name: str) -> tuple[str, int]:
         """The model's parameter name for a checkpoint name, and the converter part it is."""
+        key, part, _ = self.conversion(checkpoint_name)
+        return key, part
+
+    def conversion(self, checkpoint_name: str) -> tuple[str, int, object | None]:
+        """(model key, converter part, transformers' WeightConverter or None) for a checkpoint name.
+
+        The converter says how checkpoint tensors become one model parameter: e.g. Mixtral's
+        ``experts.*.w1.weight`` / ``experts.*.w3.weight`` are stacked (``MergeModulelist``) and
+        concatenated (``Concatenate``) into the packed ``experts.gate_up_proj``."""
         if checkpoint_name in self.param_names or not (self._renamings or self._converters):
-            return checkpoint_name, 0
+            return checkpoint_name, 0, None
         from transformers.core_model_loading import rename_source_key
 
         key, pattern = rename_source_key(checkpoint_name, self._renamings, self._converters)
-        part = 0
         if pattern is not None:
             for conv in self._converters:
                 if pattern in conv.source_patterns:
-                    part = conv.source_patterns.index(pattern)
-                    break
-        return key, part
+                    return key, conv.source_patterns.index(pattern), conv
+        return key, 0, None
 
     def config_path(self, config) -> str:
         """Where a sub-config sits in the top config: "" or "text_config." (nested: "a.b.")."""

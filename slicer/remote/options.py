@@ -22,6 +22,7 @@ class RemoteOptions:
     requests: int = 16  # requests in flight at once
     gap_bytes: int = DEFAULT_GAP_BYTES  # coalesce kept ranges whose gap is at most this
     max_request_bytes: int = 8 << 20  # longer runs are split, so large copies still fetch in parallel
+    overfetch: float = 0.1  # bridged gap bytes at most this share of the kept bytes (fetched <= 1.1x kept)
     ahead_bytes: int | None = None  # fetched but not yet used; None: two chunk budgets (at least 64 MB)
     retries: int = 5  # after the first attempt, for dropped connections, timeouts, 5xx, 429
     backoff_s: float = 0.5  # first retry's delay; doubles per retry (with jitter), at most 30 s
@@ -48,11 +49,12 @@ class RemoteOptions:
         opts = replace(opts, **{k: v for k, v in overrides.items() if v is not None})
         if opts.cache_dir is not None and not isinstance(opts.cache_dir, Path):
             opts = replace(opts, cache_dir=Path(opts.cache_dir))
-        if opts.requests < 1 or opts.gap_bytes < 0 or opts.max_request_bytes < 1 or opts.retries < 0:
+        if opts.requests < 1 or opts.gap_bytes < 0 or opts.max_request_bytes < 1 or opts.retries < 0 or not opts.overfetch >= 0:
             from ..errors import SlicerError
 
             raise SlicerError(f"remote options out of range: requests={opts.requests} (>= 1), gap_bytes={opts.gap_bytes} "
-                              f"(>= 0), max_request_bytes={opts.max_request_bytes} (>= 1), retries={opts.retries} (>= 0)")
+                              f"(>= 0), max_request_bytes={opts.max_request_bytes} (>= 1), retries={opts.retries} (>= 0), "
+                              f"overfetch={opts.overfetch} (>= 0)")
         return opts
 
     def ahead(self, chunk_bytes: int) -> int:

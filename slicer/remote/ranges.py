@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from ..engine import Chunk, chunks
 from ..plan import Plan
 
+# Gap bytes a run may fetch beyond what it keeps, as a share of the kept bytes.
+DEFAULT_OVERFETCH = 0.1
+
 
 @dataclass(eq=False)
 class Span:
@@ -96,25 +99,32 @@ def plan_spans(plan: Plan, chunk_bytes: int, skip_shards: Iterable[str] = (), wh
                     yield chunk_span(info.path, info.offset, info.itemsize, chunk)
 
 
-def coalesce(spans: Iterable[Span], gap: int, max_bytes: int) -> Iterator[Request]:
+def coalesce(spans: Iterable[Span], gap: int, max_bytes: int, overfetch: float = DEFAULT_OVERFETCH) -> Iterator[Request]:
     """Requests that fetch every kept run of ``spans``, in order.
 
     A run joins the open request when it is in the same file, starts at or after the
-    request's end, no more than ``gap`` bytes later, and the request stays within
-    ``max_bytes``. Gap bytes inside one span are written into that span's buffer (they
-    are its unkept rows); gap bytes between spans are dropped.
+    request's end, no more than ``gap`` bytes later, the request stays within
+    ``max_bytes``, and the gap bytes bridged so far stay within ``overfetch`` times the
+    kept bytes so far (so a run never fetches more than 1 + overfetch times what it keeps,
+    whatever the gaps: keeping every other 8 kB row would otherwise fetch twice the bytes).
+    Gap bytes inside one span are written into that span's buffer (they are its unkept
+    rows); gap bytes between spans are dropped.
     """
     req: Request | None = None
+    kept = bridged = 0
     for span in spans:
-        last = len(span.runs) - 1
-        for i, (rel, length) in enumerate(span.runs):
+        for rel, length in span.runs:
             start = span.offset + rel
             end = start + length
+            kept += length
             while start < end:
                 if req is not None and not (req.file == span.file and req.end <= start <= req.end + gap
-                                            and start - req.start < max_bytes):
+                                            and start - req.start < max_bytes
+                                            and bridged + (start - req.end) <= overfetch * kept):
                     yield req
                     req = None
+                if req is not None:
+                    bridged += start - req.end
                 if req is None:
                     req = Request(span.file, start, start)
                 piece_end = min(end, req.start + max_bytes)

@@ -55,7 +55,7 @@ class RemoteReader:
         self.folder = folder
         options = folder.options
         self.chunk_bytes = chunk_bytes
-        self._requests: Iterator[Request] = coalesce(spans, options.gap_bytes, options.max_request_bytes)
+        self._requests: Iterator[Request] = coalesce(spans, options.gap_bytes, options.max_request_bytes, options.overfetch)
         self._limit = options.ahead(chunk_bytes)
         self._cond = threading.Condition()
         self._queue: collections.deque[_Buffer] = collections.deque()  # registered, in plan order
