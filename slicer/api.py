@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,13 +15,13 @@ from . import manifest
 from . import quantized as quantized_weights
 from .backends import choose
 from .checkpoint import Checkpoint
-from .engine import DEFAULT_CHUNK_BYTES, Engine
-from .errors import SlicerError
+from .engine import DEFAULT_CHUNK_BYTES, PIPELINE_DEPTH, Engine
+from .errors import Interrupted, SlicerError
 from .memory import PeakSampler
 from .plan import Options, Plan, build_plan, parse_size
 from .report import format_bytes
 from .student import StudentSpec, from_template
-from .writer import INDEX_NAME, OutputDir, index_json
+from .writer import INDEX_NAME, MANIFEST_NAME, OutputDir, index_json
 
 log = logging.getLogger("slicer")
 ATTENTION_CHOICES = ("flat", "heads")
@@ -42,6 +43,9 @@ class Summary:
     device: str
     bytes_fetched: int | None = None  # a remote teacher: bytes received over the network (headers included)
     teacher_bytes: int = 0  # the teacher's tensor bytes, all of them
+    replaced: list[str] = field(default_factory=list)  # files of OUT replaced or removed (a previous student's)
+    resumed: list[str] = field(default_factory=list)  # shards of the interrupted run that were kept
+    unchanged: bool = False  # --resume found this very student finished in OUT: nothing was written
 
     @property
     def gb_per_s(self) -> float:
@@ -193,10 +197,15 @@ def shrink(
 
     The student is named as for :func:`plan`. Everything is checked (paths, headers,
     shapes) before anything is written; on any error nothing is left in ``out`` and
-    the inputs are untouched. ``resume=True`` continues a killed run into the same
-    ``out``: completed shards whose size and sha256 check out are kept. A remote
-    ``teacher`` (see :func:`plan`) is read by range requests of the kept rows only.
-    Importance options as for :func:`plan` (scoring runs on ``device``).
+    the inputs are untouched. A non-empty ``out`` needs ``overwrite=True``, which
+    replaces only a previous slicer student's files and files of the names this run
+    writes (``Summary.replaced`` lists them). ``resume=True`` continues a killed run
+    into the same ``out`` (completed shards that provably did not change are kept),
+    or, over the same finished student, does nothing (``Summary.unchanged``).
+    Ctrl-C raises :class:`slicer.errors.Interrupted` (a KeyboardInterrupt) saying
+    whether ``out`` holds the old or the complete new student. A remote ``teacher``
+    (see :func:`plan`) is read by range requests of the kept rows only. Importance
+    options as for :func:`plan` (scoring runs on ``device``).
     """
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
@@ -242,6 +251,7 @@ def stream(
                                               dtype=dtype, max_shard_size="5GB", revision=revision,
                                               cache_dir=cache_dir, remote=remote, quantized=quantized, scores=scores,
                                               calibration=calibration, samples=samples, seq_len=seq_len, device=device)
+    check_chunk_bytes(chunk_bytes)
     the_plan = _plan(ckpt, student, options)
     chosen = choose(device, backend)
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
@@ -254,6 +264,7 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
         overwrite=False, resume=False, progress=False, chunk_bytes=DEFAULT_CHUNK_BYTES) -> Summary:
     """Shared by every route to a student spec (template, config)."""
     start = time.perf_counter()
+    check_chunk_bytes(chunk_bytes)
     the_plan = _plan(teacher, student, options)
     out = Path(out)
     _check_out(out, the_plan.teacher, student)
@@ -261,18 +272,26 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
     output = OutputDir(out, overwrite=overwrite, resume=resume)
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
     record = manifest.build(the_plan)
-    resumed = output.open(manifest.fingerprint(record))
-    bar = _progress_bar(the_plan, progress)
+    extra = quantized_weights.student_config(dict(student.files), the_plan.quantization)
+    if the_plan.is_sharded:
+        shards = [(s.filename, [j.name for j in s.jobs]) for s in the_plan.shards]
+        extra[INDEX_NAME] = index_json(shards, sum(j.nbytes for j in the_plan.jobs))
+    record["files"] = [*(s.filename for s in the_plan.shards), *extra, MANIFEST_NAME]  # what --overwrite may replace later
+    bar = None
     try:
+        resumed = output.open(manifest.fingerprint(record), record["files"])
+        if output.unchanged:
+            return _summary(out, the_plan, chosen, bytes_read=0, seconds=time.perf_counter() - start, peak=0,
+                            unchanged=True)
+        bar = _progress_bar(the_plan, progress)
         with PeakSampler() as memory:
             bytes_read = engine.run(the_plan, output, *(bar.callbacks() if bar else ()))
-            extra = quantized_weights.student_config(dict(student.files), the_plan.quantization)
-            if the_plan.is_sharded:
-                shards = [(s.filename, [j.name for j in s.jobs]) for s in the_plan.shards]
-                extra[INDEX_NAME] = index_json(shards, sum(j.nbytes for j in the_plan.jobs))
             for shard in record["shards"]:
                 shard["sha256"] = output.done[shard["name"]]["sha256"]
             output.finish([s.filename for s in the_plan.shards], extra, record)
+    except KeyboardInterrupt:
+        output.abort()
+        raise Interrupted(output.outcome()) from None
     except BaseException:
         output.abort()
         raise
@@ -281,34 +300,69 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
             bar.close()
     if resumed:
         log.info("resumed: kept %d completed shard(s): %s", len(resumed), ", ".join(sorted(resumed)))
-    summary = Summary(
-        out=str(out),
-        tensors_written=len(the_plan.jobs),
-        tensors_skipped=len(the_plan.skipped),
-        tensors_excluded=len(the_plan.excluded),
-        shards=len(the_plan.shards),
-        bytes_read=bytes_read,
-        bytes_written=the_plan.bytes_to_write,
-        seconds=time.perf_counter() - start,
-        peak_memory_bytes=memory.peak,
-        backend=chosen.name,
-        device=chosen.device,
-        bytes_fetched=teacher.source.bytes_fetched if teacher.source is not None else None,
-        teacher_bytes=teacher.total_bytes,
-    )
+    summary = _summary(out, the_plan, chosen, bytes_read=bytes_read, seconds=time.perf_counter() - start,
+                       peak=memory.peak, replaced=list(output.replace), resumed=sorted(resumed))
     log.debug("wrote %s", summary)
     return summary
 
 
+def _summary(out: Path, the_plan: Plan, chosen, *, bytes_read: int, seconds: float, peak: int,
+             unchanged: bool = False, **lists) -> Summary:
+    return Summary(
+        out=str(out),
+        tensors_written=0 if unchanged else len(the_plan.jobs),
+        tensors_skipped=len(the_plan.skipped),
+        tensors_excluded=len(the_plan.excluded),
+        shards=len(the_plan.shards),
+        bytes_read=bytes_read,
+        bytes_written=0 if unchanged else the_plan.bytes_to_write,
+        seconds=seconds,
+        peak_memory_bytes=peak,
+        backend=chosen.name,
+        device=chosen.device,
+        bytes_fetched=the_plan.teacher.source.bytes_fetched if the_plan.teacher.source is not None else None,
+        teacher_bytes=the_plan.teacher.total_bytes,
+        unchanged=unchanged,
+        **lists,
+    )
+
+
+def check_chunk_bytes(chunk_bytes: int) -> None:
+    """Memory per chunk in flight: a positive size that leaves the machine room to run."""
+    if not isinstance(chunk_bytes, int) or isinstance(chunk_bytes, bool) or chunk_bytes < 1:
+        raise SlicerError(f"chunk size {chunk_bytes!r}: give a whole number of bytes, at least 1 "
+                          "(--chunk-mb takes a whole number of MB, at least 1)")
+    total = _physical_memory()
+    if total and chunk_bytes * PIPELINE_DEPTH > total // 2:
+        raise SlicerError(f"chunk size {chunk_bytes / 2**20:.0f} MB is too large: {PIPELINE_DEPTH} chunks in flight "
+                          f"need more than half of this machine's {total / 2**30:.1f} GiB of memory")
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def _check_out(out: Path, teacher: Checkpoint, student: StudentSpec) -> None:
-    """OUT must not be, or be inside, an input's folder: inputs stay untouched."""
-    target = out.resolve()
-    for role, folder in (("teacher", teacher.folder), ("template", student.folder)):
+    """OUT must not be, be inside, or hold an input's folder: inputs stay untouched
+    (also with --overwrite, which removes files of OUT)."""
+    try:
+        target = out.resolve()
+    except (OSError, RuntimeError) as e:  # a name too long, a symlink loop
+        raise SlicerError(f"{out}: cannot use as the output folder: {getattr(e, 'strerror', None) or e}") from e
+    inputs = [("teacher", teacher.folder), ("template", student.folder)]
+    if teacher.source is None:  # local shards: where they really are (symlinks resolved)
+        inputs += [("teacher", Path(f).resolve().parent) for f in teacher.files]
+    for role, folder in inputs:
         if folder is None:
             continue
         folder = folder.resolve()
         if target == folder or folder in target.parents:
             raise SlicerError(f"{out}: output folder is {'' if target == folder else 'inside '}the {role}'s folder {folder}; choose another OUT")
+        if target in folder.parents:
+            raise SlicerError(f"{out}: output folder holds the {role}'s folder {folder}; choose another OUT")
 
 
 def _progress_bar(the_plan: Plan, enabled: bool) -> "_Progress | None":

@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import SlicerError
-from .safetensors_format import Header, TensorInfo, json_int, read_header
+from .safetensors_format import FileStamp, Header, TensorInfo, file_kind, json_int, read_header
 
 if TYPE_CHECKING:
     from .remote.folder import RemoteFolder
@@ -49,6 +50,8 @@ class Checkpoint:
     # A remote checkpoint's files, reached through the network (folder is then None and
     # the paths are RemotePaths); None for a local one.
     source: "RemoteFolder | None" = field(default=None, compare=False, repr=False)
+    # fstat of each local file when its header was read: the reader refuses a file changed since
+    stamps: dict[Path, FileStamp] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def open(cls, path: str | Path, role: str = "checkpoint", *, revision: str | None = None,
@@ -66,6 +69,7 @@ class Checkpoint:
             raise SlicerError(f"{path}: {role} not found")
         if path.is_dir():
             return cls._open_folder(path, role)
+        require_regular_file(path, role)
         if path.name.endswith(".index.json"):
             return cls._open_index(path, path, role)
         if path.suffix == ".safetensors":
@@ -89,10 +93,14 @@ class Checkpoint:
     @classmethod
     def _open_index(cls, named: Path, index_path: Path, role: str) -> "Checkpoint":
         folder = index_path.parent
+        require_regular_file(index_path, f"{role} index")
 
         def shard_header(shard: str) -> Header:
             shard_path = folder / shard
             if not shard_path.is_file():
+                if shard_path.exists():
+                    raise SlicerError(f"{index_path}: shard {shard!r} named by the index is not a regular file "
+                                      f"({file_kind(shard_path.stat().st_mode)})")
                 raise SlicerError(f"{index_path}: shard {shard!r} named by the index is missing")
             return read_header(shard_path)
 
@@ -140,7 +148,8 @@ class Checkpoint:
                 if info.name in tensors:
                     raise SlicerError(f"{header.path}: tensor {info.name!r} also appears in {tensors[info.name].path.name}")
                 tensors[info.name] = info
-        return cls(named, folder, tuple(h.path for h in headers), tensors)
+        stamps = {h.path: h.stamp for h in headers if h.stamp is not None}
+        return cls(named, folder, tuple(h.path for h in headers), tensors, stamps=stamps)
 
     @property
     def total_bytes(self) -> int:
@@ -151,3 +160,13 @@ class Checkpoint:
             return self.source.config_path()
         p = self.folder / "config.json"
         return p if p.is_file() else None
+
+
+def require_regular_file(path: Path, role: str) -> None:
+    """A FIFO, socket or device named as an input is refused at once (reading one could hang)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise SlicerError(f"{path}: cannot read: {e.strerror or e}") from e
+    if not stat.S_ISREG(mode):
+        raise SlicerError(f"{path}: {role} is {file_kind(mode)}, not a file or folder")

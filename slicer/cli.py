@@ -6,6 +6,7 @@ nothing written); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import sys
 import textwrap
 
 from . import __version__
-from .errors import SlicerError
+from .errors import Interrupted, SlicerError
 from .plan import DTYPE_CHOICES, Plan
 from .report import format_bytes, format_plan, format_summary
 from .selection import LAYER_SELECTIONS, METHODS
@@ -140,10 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to gather (default: cuda if available)")
     run.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto",
                      help="torch ops or the Triton kernel (on the CPU it runs in Triton's interpreter: exact but slow)")
-    run.add_argument("--chunk-mb", type=int, default=32, help="memory per chunk in flight, MB (default 32; 3 in flight)")
-    run.add_argument("--overwrite", action="store_true", help="replace the student files in a non-empty OUT")
+    run.add_argument("--chunk-mb", type=_chunk_mb, default=32, help="memory per chunk in flight, MB (default 32; 3 in flight)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="write into a non-empty OUT, replacing only a previous slicer student's files and files of "
+                          "the same names; every other file is kept")
     run.add_argument("--resume", action="store_true",
-                     help="continue a killed run into the same OUT: completed shards whose size and sha256 match are "
+                     help="continue a killed run into the same OUT: completed shards that are provably unchanged are "
                           "kept, the rest redone; refused if the teacher or the options changed")
     _add_output_flags(run)
     _add_remote_args(shrink)
@@ -180,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="build a small Llama-shaped teacher, shrink it, show plan and summary",
                           description="Runs the whole job on an embedded default in a temporary folder.")
-    demo.add_argument("--keep", metavar="DIR", help="build in DIR and keep the files (default: a temporary folder)")
+    demo.add_argument("--keep", metavar="DIR", help="build in DIR and keep the files (default: a temporary folder); "
+                                                   "DIR must be empty or new")
+    demo.add_argument("--overwrite", action="store_true", help="with --keep: replace the demo's files in a non-empty DIR")
     _add_output_flags(demo)
 
     bench = sub.add_parser("bench", help="gather throughput vs a plain copy, per backend, dtype and shape; one end-to-end run",
@@ -211,31 +216,124 @@ def _add_output_flags(group) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="slicer: %(message)s")
-    if not args.debug:  # the HTTP libraries of remote teachers log every request at INFO
-        for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "botocore", "aiobotocore", "s3fs", "fsspec"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.quiet if hasattr(args, "quiet") else False:
-        logging.getLogger().setLevel(logging.WARNING)
-    signal.signal(signal.SIGTERM, _interrupt)  # a pipeline's kill cleans up like Ctrl-C
-    try:
-        return COMMANDS[args.command](args)
+    debug = command = None
+    try:  # from the first statement: Ctrl-C at any moment is one line and exit 130
+        _ensure_std_fds()
+        with contextlib.suppress(ValueError):  # not in the main thread: the caller handles signals
+            signal.signal(signal.SIGTERM, _interrupt)  # a pipeline's kill cleans up like Ctrl-C
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        debug, command = getattr(args, "debug", False), args.command
+        if args.command is None:
+            parser.print_help()
+            return 2
+        logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="slicer: %(message)s")
+        if not args.debug:  # the HTTP libraries of remote teachers log every request at INFO
+            for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "botocore", "aiobotocore", "s3fs",
+                          "fsspec"):
+                logging.getLogger(noisy).setLevel(logging.WARNING)
+        if args.quiet if hasattr(args, "quiet") else False:
+            logging.getLogger().setLevel(logging.WARNING)
+        code = COMMANDS[args.command](args)
+        _flush_stdout()
+        return code
     except SlicerError as e:
-        if args.debug:
+        if debug:
             raise
-        print(f"slicer: error: {e}", file=sys.stderr)
+        _say(f"slicer: error: {e}")
         return 2
-    except KeyboardInterrupt:
-        print("slicer: interrupted; nothing was left in OUT", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        if isinstance(e, Interrupted):
+            _say(f"slicer: interrupted; {e}")
+        else:
+            _say("slicer: interrupted; nothing was written" if command in ("shrink", None) else "slicer: interrupted")
         return 130
     except BrokenPipeError:  # stdout piped into e.g. `head`, which stopped reading: not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays quiet
+        _silence_stdout()  # so the exit flush stays quiet
         return 0
+    except _StdoutFailed as e:
+        _silence_stdout()
+        _say(f"slicer: error: cannot write to stdout: {e.strerror or e}{e.note}")
+        return 2
+
+
+def entry() -> None:
+    """The console script and ``python -m slicer``: ``main``, then exit with its code.
+
+    Once main has returned, its work is done or undone: a Ctrl-C while Python shuts
+    down (torch's teardown takes a while) is ignored instead of printing a traceback
+    from an exit handler.
+    """
+    code = main()
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
+class _StdoutFailed(OSError):
+    """Writing the command's output failed (a full disk, a closed terminal)."""
+
+    note = ""  # what was done all the same
+
+
+def _out(text: str = "") -> None:
+    """Print the command's output on stdout; a failure there is one line, not a traceback."""
+    try:
+        print(text)
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError, AttributeError) as e:
+        raise _StdoutFailed(getattr(e, "errno", None) or 0, getattr(e, "strerror", None) or str(e)) from e
+
+
+def _flush_stdout() -> None:
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as e:
+        failed = _StdoutFailed(getattr(e, "errno", None) or 0, getattr(e, "strerror", None) or str(e))
+        failed.note = " (after the command had completed)"
+        raise failed from e
+
+
+def _silence_stdout() -> None:
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+
+
+def _say(line: str) -> None:
+    """One line on stderr, if there is a stderr to write to."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        print(line, file=sys.stderr, flush=True)
+
+
+def _ensure_std_fds() -> None:
+    """Started with stdin, stdout or stderr closed: put /dev/null there, so that no file
+    this run opens (a lock, a shard) becomes fd 1 or 2 and receives log lines."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
+
+
+def _chunk_mb(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MB") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} MB: give at least 1")
+    return value
 
 
 def _interrupt(signum, frame):
@@ -269,9 +367,9 @@ def cmd_plan(args) -> int:
 
     the_plan: Plan = api.plan(args.teacher, **_selection_kwargs(args), **_remote_kwargs(args))
     if args.json:
-        print(json.dumps(manifest.build(the_plan), indent=1))
+        _out(json.dumps(manifest.build(the_plan), indent=1))
     else:
-        print(format_plan(the_plan))
+        _out(format_plan(the_plan))
     return 0
 
 
@@ -281,7 +379,12 @@ def cmd_shrink(args) -> int:
     summary = api.shrink(args.teacher, args.out, **_selection_kwargs(args), **_remote_kwargs(args),
                          device=args.device, backend=args.backend,
                          overwrite=args.overwrite, resume=args.resume, progress=_show_progress(args), chunk_bytes=args.chunk_mb << 20)
-    _print_summary(args, summary)
+    try:
+        _print_summary(args, summary)
+        _flush_stdout()
+    except _StdoutFailed as e:
+        e.note = f" (the student in {args.out} is complete)"
+        raise
     return 0
 
 
@@ -304,10 +407,10 @@ def cmd_verify(args) -> int:
 
     report = verify(args.out, teacher=args.teacher, full=args.full, **_remote_kwargs(args))
     if args.json:
-        print(json.dumps(report.as_dict()))
+        _out(json.dumps(report.as_dict()))
         return 0 if report.ok else 1
     for problem in report.problems:
-        print(problem)
+        _out(problem)
     if not args.quiet:
         checked = f"{report.shards} shard(s), {report.tensors} tensor(s)"
         if report.dimensions_audited:
@@ -316,15 +419,15 @@ def cmd_verify(args) -> int:
             how = "every element" if report.full else "sampled rows"
             checked += f", {report.tensors_compared} compared with the teacher ({how}: {report.elements_compared} elements)"
         verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
-        print(f"verify {report.out}: {verdict}; checked {checked}", file=sys.stderr)
+        _say(f"verify {report.out}: {verdict}; checked {checked}")
     return 0 if report.ok else 1
 
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(keep=args.keep, progress=_show_progress(args), quiet=args.quiet or args.json,
-                    on_summary=lambda s: _print_summary(args, s))
+    return run_demo(keep=args.keep, overwrite=args.overwrite, progress=_show_progress(args),
+                    quiet=args.quiet or args.json, on_summary=lambda s: _print_summary(args, s), say=_out)
 
 
 def cmd_bench(args) -> int:
@@ -332,17 +435,34 @@ def cmd_bench(args) -> int:
 
     lists = {k: None if getattr(args, k) is None else bm.parse_list(getattr(args, k), int if k == "sizes" else str)
              for k in ("sizes", "dtypes", "shapes", "selections")}
+    for path in (args.json_file, args.plot):
+        if path:
+            _check_writable(path)  # before minutes of timing, not after
     if args.plot:
-        bm.require_matplotlib()  # before minutes of timing, not after
+        bm.require_matplotlib()
     result = bm.run_bench(quick=args.quick, **lists, repeats=args.repeats, size_gb=args.size_gb,
                           interpreter=args.interpreter, gather=args.gather, e2e=args.e2e, workdir=args.workdir)
     if args.plot:
         bm.plot(result, args.plot)
-    print(bm.format_records(result))
+    _out(bm.format_records(result))
     if args.json_file:
-        with open(args.json_file, "w") as f:
-            json.dump(result.as_dict(), f, indent=1)
+        try:
+            with open(args.json_file, "w") as f:
+                json.dump(result.as_dict(), f, indent=1)
+        except OSError as e:
+            raise SlicerError(f"{args.json_file}: cannot write: {e.strerror or e}") from e
     return 0
+
+
+def _check_writable(path: str) -> None:
+    """A file the command will write at the end: its folder exists and takes files."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise SlicerError(f"{path}: is a folder; name a file to write")
+    if not os.path.isdir(folder):
+        raise SlicerError(f"{path}: cannot write there: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise SlicerError(f"{path}: cannot write there: folder {folder} is not writable")
 
 
 def _show_progress(args) -> bool:
@@ -351,9 +471,9 @@ def _show_progress(args) -> bool:
 
 def _print_summary(args, summary) -> None:
     if args.json:
-        print(json.dumps(summary.as_dict()))
+        _out(json.dumps(summary.as_dict()))
     elif not args.quiet:
-        print(format_summary(summary))
+        _out(format_summary(summary))
 
 
 COMMANDS = {"plan": cmd_plan, "shrink": cmd_shrink, "score": cmd_score, "verify": cmd_verify, "demo": cmd_demo,

@@ -103,21 +103,31 @@ class Engine:
         out: ShardWriter | None = None
         try:
             with self.open_reader(plan, skip_shards=output.done) as reader:
-                for shard in plan.shards:
-                    if shard.filename in output.done:  # completed by the run we resume
-                        on_bytes(shard.size)
-                        for _ in shard.jobs:
-                            on_tensor()
-                        continue
-                    out = output.shard(shard.filename, shard.size)
-                    writer.submit(("open", out))
-                    writer.submit(("bytes", shard.header, None))
-                    for job in shard.jobs:
-                        bytes_read += self._run_job(job, reader, writer, free)
-                        writer.submit(("tensor",))
-                    writer.submit(("finish", out))
-                writer.submit(None)
-                writer.join()
+                try:
+                    for shard in plan.shards:
+                        if shard.filename in output.done:  # completed by the run we resume
+                            on_bytes(shard.size)
+                            for _ in shard.jobs:
+                                on_tensor()
+                            continue
+                        out = output.shard(shard.filename, shard.size)
+                        writer.submit(("open", out))
+                        writer.submit(("bytes", shard.header, None))
+                        for job in shard.jobs:
+                            bytes_read += self._run_job(job, reader, writer, free)
+                            writer.submit(("tensor",))
+                        writer.submit(("finish", out))
+                    writer.submit(None)
+                    writer.join()
+                    writer.raise_error()
+                    _check_teacher(reader)  # every byte read was the teacher's as planned
+                except Exception as e:
+                    # A teacher that changed under us explains a short read or a bad chunk best.
+                    try:
+                        _check_teacher(reader)
+                    except SlicerError as changed:
+                        raise changed from e
+                    raise
         finally:
             writer.stop()
             if out is not None:  # opened here but maybe never reached the writer: close it
@@ -130,7 +140,7 @@ class Engine:
         reader that fetches the plan's kept rows ahead of the engine, in the order ``run``
         (``whole_copies``) or ``tensor`` (not) asks for them."""
         if plan.teacher.source is None:
-            return TeacherReader()
+            return TeacherReader(plan.teacher.stamps)
         return plan.teacher.source.plan_reader(plan, skip_shards, self.chunk_bytes, whole_copies)
 
     def _run_job(self, job: TensorJob, reader: TeacherReader, writer: "_WriterThread", free: queue.Queue) -> int:
@@ -182,8 +192,10 @@ class Engine:
         src_dtype = _torch_dtype(job.source.dtype) if cast else BITS_DTYPE[job.source.itemsize]
         out_dtype = _torch_dtype(job.dtype) if cast else BITS_DTYPE[DTYPES[job.dtype].itemsize]
         for chunk in chunks(job, self.chunk_bytes):
-            span = reader.span(job.source, chunk.first, chunk.count, src_dtype, prefetch=chunk.dense).view(chunk.span_shape)
-            out = destination(chunk, out_dtype)
+            out = destination(chunk, out_dtype)  # first: it may wait; the span is checked and read right away
+            rows = {"rows": (chunk.span_shape[0], chunk.index[0])} if chunk.span_shape and getattr(reader, "reads_rows", False) else {}
+            span = reader.span(job.source, chunk.first, chunk.count, src_dtype, prefetch=chunk.dense,
+                               **rows).view(chunk.span_shape)
             try:
                 self.gather(span, self._index(job, chunk), out)
             except SlicerError:
@@ -251,6 +263,13 @@ class Engine:
         if t is None:
             t = self._index_tensors[key] = torch.tensor(ix.indices(), dtype=torch.int64)
         return t
+
+
+def _check_teacher(reader) -> None:
+    """The local teacher's files are as planned (a remote reader checks its ETags itself)."""
+    check = getattr(reader, "check_all", None)
+    if check is not None:
+        check()
 
 
 def _bytes_touched(job: TensorJob, chunk: Chunk) -> int:

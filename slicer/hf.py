@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from . import layer_lists
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, require_regular_file
 from .errors import SlicerError
 from .layers import LayerMapper
 from .plan import StudentTensor
@@ -56,6 +56,8 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
         if base_path.is_dir():
             base_path = base_path / "config.json"
         if not base_path.is_file():
+            if base_path.exists():  # a FIFO or a device: refused, never read (it could hang)
+                require_regular_file(base_path, "student config")
             raise SlicerError(f"{student_config}: student config not found")
         base = _read_json(base_path)
     elif teacher_dict is not None:
@@ -65,6 +67,7 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
     where = str(base_path) + (" with " + " ".join(f"--set {k}={json.dumps(v)}" for k, v in edits.items()) if edits else "")
 
     config_cls = _config_class(transformers, base, base_path)
+    _refuse_architecture_change(base, edits, base_path)
     student_dict = _apply_edits(base, edits, config_cls, where)
     lists = layer_lists.find(base, student_dict, edits, config_cls, _depth_key(config_cls))
     layer_lists.provisional(lists, student_dict)
@@ -183,6 +186,23 @@ def _sub_config_class(parent_cls, key: str, d: dict):
         spec = (getattr(parent_cls, "sub_configs_defaults", None) or {}).get(key)
         model_type = getattr(spec, "model_type", None)
     return CONFIG_MAPPING[model_type] if isinstance(model_type, str) and model_type in CONFIG_MAPPING else None
+
+
+def _refuse_architecture_change(base: dict, edits: dict, base_path: Path) -> None:
+    """--set model_type / architectures would describe another model than the one whose
+    tensors are written (the tensors follow the base config's class): refused."""
+    for key, value in edits.items():
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf not in ("model_type", "architectures"):
+            continue
+        target = base
+        for part in key.split(".")[:-1]:
+            target = target.get(part) if isinstance(target, dict) else None
+        old = target.get(leaf) if isinstance(target, dict) else None
+        if value != old:
+            raise SlicerError(f"{base_path}: --set {key}={json.dumps(value)}: changing the architecture "
+                              f"(from {json.dumps(old)}) is not supported: the student's tensors follow the teacher's "
+                              "architecture; to name another one, pass its config with --student-config")
 
 
 def _is_config_key(config_cls, defaults, key: str, value) -> bool:

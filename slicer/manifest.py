@@ -14,15 +14,18 @@ import os
 from . import __version__
 from .axes import format_layout
 from .plan import Plan
+from .safetensors_format import FileStamp
 
 FORMAT = "slicer-manifest/1"
 
 
 def fingerprint(record: dict) -> dict:
-    """What makes two runs write the same bytes: compared by --resume."""
+    """What makes two runs write the same bytes: compared by --resume (with a killed
+    run's staging record, or with a finished student's manifest)."""
     layout = hashlib.sha256(json.dumps(record["tensors"], sort_keys=True).encode()).hexdigest()
+    shards = [{"name": s["name"], "size": s["size"]} for s in record["shards"]]
     keys = {"teacher": record["teacher"], "student": record["student"], "options": record["options"],
-            "layout": layout, "shards": record["shards"]}
+            "layout": layout, "shards": shards}
     if record.get("scores"):  # importance: other scores, other index sets
         keys["scores"] = record["scores"]
     return json.loads(json.dumps(keys))  # a copy, in the form it takes on disk
@@ -35,8 +38,8 @@ def build(plan: Plan) -> dict:
     else:
         files = []
         for p in teacher.files:
-            st = os.stat(p)
-            files.append({"name": os.path.relpath(p, teacher.folder), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+            stamp = teacher.stamps.get(p) or FileStamp.of(os.stat(p))  # as the header was read: later changes are refused
+            files.append({"name": os.path.relpath(p, teacher.folder), "size": stamp.size, "mtime_ns": stamp.mtime_ns})
         teacher_record = {"path": str(teacher.path.resolve()), "files": files}
     return {
         "format": FORMAT,

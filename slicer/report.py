@@ -109,13 +109,18 @@ def _quantization(q: dict) -> str:
 
 
 def format_summary(s) -> str:
+    if getattr(s, "unchanged", False):
+        return f"nothing to do: {s.out} already holds this student (same teacher, options and layout); nothing was written"
     fetched = ""
     if getattr(s, "bytes_fetched", None) is not None:  # a remote teacher
         fetched = f"\nfetched {format_bytes(s.bytes_fetched)} over the network, of the teacher's {format_bytes(s.teacher_bytes)}"
-    return (
+    text = (
         f"wrote {s.tensors_written} tensors in {s.shards} shard{'s' * (s.shards != 1)} to {s.out} "
         f"({s.tensors_skipped} teacher tensors unused, {s.tensors_excluded} excluded)\n"
         f"read {format_bytes(s.bytes_read)}, wrote {format_bytes(s.bytes_written)} in {s.seconds:.2f} s "
         f"({s.gb_per_s:.2f} GB/s), peak memory {format_bytes(s.peak_memory_bytes)}, {s.backend} on {s.device}"
         + fetched
     )
+    if getattr(s, "replaced", None):
+        text += f"\nreplaced {len(s.replaced)} file{'s' * (len(s.replaced) != 1)} of OUT: {', '.join(s.replaced)}"
+    return text

@@ -470,7 +470,7 @@ REF_METHODS = {"uniform": ref_uniform, "consecutive": ref_consecutive}
 
 
 def _is_int(c: str) -> bool:
-    return c.isdigit()
+    return c.isascii() and c.isdigit()  # '²'.isdigit() is True, but it is no layer index
 
 
 def _depth_table(names) -> dict:

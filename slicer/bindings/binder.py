@@ -220,6 +220,11 @@ class ModelBinder(Binder):
     def _by_size(self, ref: TensorRef, d: int, table: AxisTable) -> Layout:
         """A changing dimension no rule bound: the one axis of its layer or model of this size."""
         t, s = ref.tshape[d], ref.sshape[d]
+        structured = _structured_block(self.teacher, ref.owner.module_path)
+        if structured is not None:  # inside attention, experts or a mixer, equal sizes prove nothing
+            raise SlicerError(f"tensor {ref.student_name!r} dimension {d} [{t} -> {s}] belongs to "
+                              f"{structured}, whose layout slicer does not know for {ref.owner.key!r}; it will not "
+                              "match it to an axis by size (keep its size, or use --template for flat selection)")
         layer = [a for a in table.axes.values() if ref.layer and a.name.startswith((ref.layer + ".", ref.layer + ":"))
                  and (a.t, a.s) == (t, s) and a.kind != "flat"]
         scope = [a for a in table.axes.values() if a.name == f"{ref.owner.config_path}{a.kind}" and (a.t, a.s) == (t, s)]
@@ -244,6 +249,24 @@ class ModelBinder(Binder):
             if part.isascii() and part.isdigit() and prefix in self._teacher_depths and prefix not in self._components:
                 layer = ".".join(parts[:k + 1])
         return layer
+
+
+# class names end so for attention blocks, experts, MoE blocks and SSM mixers (not for an attention
+# pooling head, whose probe is just a hidden vector)
+_STRUCTURED = ("Attention", "Experts", "MoE", "MoeBlock", "Mixer", "DeltaNet")
+
+
+def _structured_block(view: ModelView, module_path: str) -> str | None:
+    """'<class> <path>' of the nearest enclosing module whose rows have a structure (heads, experts,
+    SSM sections), None outside them: there a match by size could pair unrelated members."""
+    path = module_path
+    while path:
+        m = view.modules.get(path)
+        name = type(m).__name__ if m is not None else ""
+        if name.endswith(_STRUCTURED):
+            return f"{name} {path!r}"
+        path = path.rsplit(".", 1)[0] if "." in path else ""
+    return None
 
 
 def _attention_path(view: ModelView, module_path: str) -> str | None:
