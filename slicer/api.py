@@ -7,19 +7,20 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from . import manifest
-from .backends import choose
 from .checkpoint import Checkpoint
-from .engine import DEFAULT_CHUNK_BYTES, Engine
 from .errors import SlicerError
 from .memory import PeakSampler
-from .reader import TeacherReader
 from .plan import Options, Plan, build_plan, parse_size
 from .student import StudentSpec, from_template
-from .writer import INDEX_NAME, OutputDir, index_json
+
+if TYPE_CHECKING:
+    import torch
+
+# Imported where used: planning needs none of the engine's modules (numpy, the writer).
+DEFAULT_CHUNK_BYTES = 32 << 20  # engine.DEFAULT_CHUNK_BYTES
 
 log = logging.getLogger("slicer")
 ATTENTION_CHOICES = ("flat", "heads")
@@ -160,9 +161,13 @@ def stream(
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
                                               dtype=dtype, max_shard_size="5GB")
+    from .backends import choose
+    from .engine import Engine
+    from .reader import TeacherReader
+
     the_plan = _plan(ckpt, student, options)
     chosen = choose(device, backend)
-    engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
+    engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device, arrays=chosen.arrays)
     with TeacherReader() as reader:
         for job in the_plan.jobs:
             yield job.name, engine.tensor(job, reader)
@@ -171,13 +176,17 @@ def stream(
 def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, device="auto", backend="auto",
         overwrite=False, resume=False, progress=False, chunk_bytes=DEFAULT_CHUNK_BYTES) -> Summary:
     """Shared by every route to a student spec (template, config)."""
+    from .backends import choose
+    from .engine import Engine
+    from .writer import INDEX_NAME, OutputDir, index_json
+
     start = time.perf_counter()
     the_plan = _plan(teacher, student, options)
     out = Path(out)
     _check_out(out, the_plan.teacher, student)
     chosen = choose(device, backend)
     output = OutputDir(out, overwrite=overwrite, resume=resume)
-    engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
+    engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device, arrays=chosen.arrays)
     record = manifest.build(the_plan)
     resumed = output.open(manifest.fingerprint(record))
     bar = _progress_bar(the_plan, progress)

@@ -12,7 +12,7 @@ import os
 import warnings
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from .errors import SlicerError
 from .safetensors_format import TensorInfo
@@ -33,13 +33,14 @@ class TeacherReader:
                 raise SlicerError(f"{path}: cannot open: {e.strerror or e}") from e
         return fd
 
-    def span(self, info: TensorInfo, first: int, count: int, dtype: torch.dtype, prefetch: bool = False) -> torch.Tensor:
-        """Elements first..first+count-1 of a tensor, as a 1-D tensor over a private map."""
+    def map(self, info: TensorInfo, first: int, count: int, prefetch: bool = False) -> np.ndarray:
+        """The bytes of elements first..first+count-1 of a tensor: a read-only uint8 array
+        over a private map, unmapped when the last view of it is dropped."""
         itemsize = info.itemsize
         begin = info.offset + first * itemsize
         nbytes = count * itemsize
         if count == 0:
-            return torch.empty(0, dtype=dtype)
+            return np.empty(0, dtype=np.uint8)
         aligned = begin - begin % _PAGE
         try:
             mm = mmap.mmap(self.fd(info.path), begin + nbytes - aligned, flags=mmap.MAP_SHARED,
@@ -48,11 +49,17 @@ class TeacherReader:
             raise SlicerError(f"{info.path}: cannot map tensor {info.name!r}: {e}") from e
         if prefetch:
             mm.madvise(mmap.MADV_WILLNEED)  # start readahead now: helps a cold cache
-        # The tensor keeps `mm` alive; the map closes when the last view is dropped.
+        # The array keeps `mm` alive; the map closes when the last view is dropped.
+        return np.frombuffer(mm, dtype=np.uint8, count=nbytes, offset=begin - aligned)
+
+    def span(self, info: TensorInfo, first: int, count: int, dtype, prefetch: bool = False):
+        """The same elements as a 1-D torch tensor of ``dtype`` (imports torch)."""
+        import torch
+
         # torch warns that the buffer is read-only: we only ever read through it.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return torch.frombuffer(mm, dtype=dtype, count=count, offset=begin - aligned)
+            return torch.from_numpy(self.map(info, first, count, prefetch)).view(dtype)
 
     def close(self) -> None:
         for fd in self._fds.values():

@@ -23,14 +23,18 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .checkpoint import Checkpoint
 from .errors import SlicerError
-from .safetensors_format import BITS_DTYPE, DTYPES, TensorInfo, is_json_int, read_header
+from .safetensors_format import DTYPES, TensorInfo, is_json_int, read_header
 from .selection import manifest_indices
-from .writer import INDEX_NAME, MANIFEST_NAME, STAGING, is_student_file, sha256_file
+
+if TYPE_CHECKING:
+    import torch
+# Imported where used: torch where tensor values are compared (with a teacher), so that
+# checking the shards alone (sizes, sha256, headers, index) runs without it; the writer's
+# names when verifying, so that `import slicer` (and `slicer plan`) loads neither.
 
 DEFAULT_CHUNK_BYTES = 16 << 20
 SPOT_ROWS = 4  # rows of dimension 0 compared per tensor without full=True
@@ -87,6 +91,8 @@ def verify(out: str | Path, *, teacher: str | Path | None = None, full: bool = F
 # --------------------------------------------------------------------------- manifest
 
 def _load_manifest(out: Path) -> dict:
+    from .writer import MANIFEST_NAME
+
     path = out / MANIFEST_NAME
     if not out.is_dir():
         raise SlicerError(f"{out}: {'not found' if not out.exists() else 'not a folder'}; name a folder slicer wrote")
@@ -154,6 +160,8 @@ def _valid_set(entry: dict) -> bool:
 def _check_shards(out: Path, manifest: dict, report: VerifyReport) -> dict[str, dict[str, TensorInfo]]:
     """Size, sha256 and header of every shard. Returns shard -> the tensors whose header
     entry agrees with the manifest (the others are reported, not compared)."""
+    from .writer import INDEX_NAME, MANIFEST_NAME, STAGING, is_student_file
+
     by_shard: dict[str, dict[str, dict]] = {s["name"]: {} for s in manifest["shards"]}
     for name, rec in manifest["tensors"].items():
         by_shard[rec["shard"]][name] = rec
@@ -205,6 +213,8 @@ def _check_shards(out: Path, manifest: dict, report: VerifyReport) -> dict[str, 
 
 
 def _sha256(path: Path, report: VerifyReport) -> str:
+    from .writer import sha256_file
+
     digest, size = sha256_file(path)
     report.bytes_hashed += size
     return digest
@@ -212,6 +222,8 @@ def _sha256(path: Path, report: VerifyReport) -> str:
 
 def _check_index(out: Path, manifest: dict, report: VerifyReport) -> None:
     """A sharded student has the Hugging Face index, and it agrees with the manifest."""
+    from .writer import INDEX_NAME
+
     path = out / INDEX_NAME
     if len(manifest["shards"]) <= 1:
         if path.exists():
@@ -242,6 +254,10 @@ def _check_index(out: Path, manifest: dict, report: VerifyReport) -> None:
 
 def _compare(name: str, rec: dict, stored: TensorInfo, ckpt: Checkpoint, sets: dict, report: VerifyReport,
              files: "_Files", rows: int | None, budget: int) -> None:
+    import torch
+
+    from .safetensors_format import BITS_DTYPE
+
     where = f"{stored.path}: tensor {name!r}"
     source = ckpt.tensors.get(rec["source"])
     if source is None:
@@ -359,6 +375,8 @@ def _blocks(tshape: Sequence[int], sshape: Sequence[int], index: list[list[int]]
 
 def _select(span: torch.Tensor, index: list) -> torch.Tensor:
     """span[ix_(*index)]: the reference selection, one dimension at a time."""
+    import torch
+
     for d, ix in enumerate(index):
         if len(ix) != span.shape[d] or ix != list(range(span.shape[d])):
             span = span.index_select(d, torch.tensor(ix, dtype=torch.int64))
@@ -373,6 +391,10 @@ class _Files:
 
     def read(self, info: TensorInfo, first: int, count: int) -> torch.Tensor:
         """Elements first..first+count-1 of a tensor, as same-width integers."""
+        import torch
+
+        from .safetensors_format import BITS_DTYPE
+
         fd = self._fds.get(info.path)
         if fd is None:
             try:
