@@ -113,7 +113,8 @@ class Engine:
     @property
     def budget(self) -> int:
         """Bytes per chunk: the GPU path may have lowered its own (out of device memory)."""
-        return max(16, min(self.chunk_bytes, getattr(self.gather, "chunk_bytes", self.chunk_bytes)))
+        lowered = getattr(self.gather, "chunk_bytes", None)
+        return max(16, self.chunk_bytes if lowered is None else min(self.chunk_bytes, lowered))
 
     def run(self, plan: Plan, output: OutputDir, on_bytes: Callable[[int], None] = lambda n: None,
             on_tensor: Callable[[], None] = lambda: None) -> int:
