@@ -67,7 +67,7 @@ def test_beyond_float32_integers_uniform_falls_back_to_torch():
     assert uniform_indices(t, s) == ref_uniform(t, s)
 
 
-def test_selection_imports_no_torch():
+def test_selection_imports_no_torch(subprocess_env):
     code = ("import sys; from slicer.selection import uniform_indices; uniform_indices(8934, 2686); "
             "uniform_indices(11008, 5503); assert 'torch' not in sys.modules, 'torch imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env)
