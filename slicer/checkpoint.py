@@ -8,19 +8,35 @@ Accepted paths, as Hugging Face lays checkpoints out:
 
 An index may only name files inside its own folder: a checkpoint never makes us
 read anything else.
+
+A teacher may also be a URL (``hf://``, ``s3://`` or any fsspec URL, ``http(s)://``): the
+same layouts are found there by :mod:`slicer.remote`, imported only then.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import re
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import SlicerError
-from .safetensors_format import Header, TensorInfo, json_int, read_header
+from .safetensors_format import FileStamp, Header, TensorInfo, file_kind, json_int, read_header
+
+if TYPE_CHECKING:
+    from .remote.folder import RemoteFolder
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(path: str | Path) -> bool:
+    """A remote location (``hf://``, ``s3://``, ``https://``...) rather than a local path."""
+    return isinstance(path, str) and _URL.match(path) is not None
 
 
 @dataclass(frozen=True)
@@ -31,14 +47,29 @@ class Checkpoint:
     folder: Path  # where config.json and friends would be
     files: tuple[Path, ...]
     tensors: dict[str, TensorInfo]  # in file order, then offset order
+    # A remote checkpoint's files, reached through the network (folder is then None and
+    # the paths are RemotePaths); None for a local one.
+    source: "RemoteFolder | None" = field(default=None, compare=False, repr=False)
+    # fstat of each local file when its header was read: the reader refuses a file changed since
+    stamps: dict[Path, FileStamp] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def open(cls, path: str | Path, role: str = "checkpoint") -> "Checkpoint":
+    def open(cls, path: str | Path, role: str = "checkpoint", *, revision: str | None = None,
+             cache_dir: str | Path | None = None, remote: object = None) -> "Checkpoint":
+        """``revision``, ``cache_dir`` and ``remote`` (a RemoteOptions or a dict of its
+        fields) apply to a URL only."""
+        if is_url(path):
+            from .remote import open_checkpoint
+
+            return open_checkpoint(path, role, revision=revision, cache_dir=cache_dir, options=remote)
+        if revision is not None:
+            raise SlicerError(f"{path}: --revision applies to hf:// teachers; this {role} is a local path")
         path = Path(path)
         if not path.exists():
             raise SlicerError(f"{path}: {role} not found")
         if path.is_dir():
             return cls._open_folder(path, role)
+        require_regular_file(path, role)
         if path.name.endswith(".index.json"):
             return cls._open_index(path, path, role)
         if path.suffix == ".safetensors":
@@ -62,29 +93,46 @@ class Checkpoint:
     @classmethod
     def _open_index(cls, named: Path, index_path: Path, role: str) -> "Checkpoint":
         folder = index_path.parent
+        require_regular_file(index_path, f"{role} index")
+
+        def shard_header(shard: str) -> Header:
+            shard_path = folder / shard
+            if not shard_path.is_file():
+                if shard_path.exists():
+                    raise SlicerError(f"{index_path}: shard {shard!r} named by the index is not a regular file "
+                                      f"({file_kind(shard_path.stat().st_mode)})")
+                raise SlicerError(f"{index_path}: shard {shard!r} named by the index is missing")
+            return read_header(shard_path)
+
         try:
-            obj = json.loads(index_path.read_text(encoding="utf-8"), parse_int=json_int)
+            raw = index_path.read_bytes()
+        except OSError as e:
+            raise SlicerError(f"{index_path}: cannot read: {e.strerror or e}") from e
+        return cls.from_index(named, folder, index_path, raw, shard_header, role)
+
+    @classmethod
+    def from_index(cls, named, folder, index_path, raw: bytes, shard_header: Callable[[str], Header],
+                   role: str) -> "Checkpoint":
+        """A sharded checkpoint from its index's bytes. ``shard_header(name)`` reads the
+        header of the shard the index names (a local file, or range reads of a remote one)."""
+        try:
+            obj = json.loads(raw.decode("utf-8"), parse_int=json_int)
         except ValueError as e:  # not UTF-8, not JSON, or an absurd integer
             raise SlicerError(f"{index_path}: {role} index is not valid JSON ({e})") from e
         except RecursionError:  # json's C scanner recurses per nesting level
             raise SlicerError(f"{index_path}: {role} index is not valid JSON (nested too deeply)") from None
-        except OSError as e:
-            raise SlicerError(f"{index_path}: cannot read: {e.strerror or e}") from e
         weight_map = obj.get("weight_map") if isinstance(obj, dict) else None
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise SlicerError(f"{index_path}: index has no \"weight_map\" object of tensor name -> shard file")
         shard_names = list(dict.fromkeys(weight_map.values()))  # unique, first-seen order
         headers = []
         for shard in shard_names:
-            shard_path = folder / shard
             # Refuse before opening: an index must never make us read outside its folder.
             # The check is on the name, not the resolved path, so the symlinks of a
             # Hugging Face cache snapshot (which point into ../../blobs) still work.
             if os.path.isabs(shard) or os.path.normpath(shard).split(os.sep)[0] in ("..", ""):
                 raise SlicerError(f"{index_path}: shard {shard!r} is outside the checkpoint's folder; refusing to read it")
-            if not shard_path.is_file():
-                raise SlicerError(f"{index_path}: shard {shard!r} named by the index is missing")
-            headers.append(read_header(shard_path))
+            headers.append(shard_header(shard))
         ckpt = cls._from_headers(named, folder, headers)
         for name, shard in weight_map.items():
             info = ckpt.tensors.get(name)
@@ -100,12 +148,25 @@ class Checkpoint:
                 if info.name in tensors:
                     raise SlicerError(f"{header.path}: tensor {info.name!r} also appears in {tensors[info.name].path.name}")
                 tensors[info.name] = info
-        return cls(named, folder, tuple(h.path for h in headers), tensors)
+        stamps = {h.path: h.stamp for h in headers if h.stamp is not None}
+        return cls(named, folder, tuple(h.path for h in headers), tensors, stamps=stamps)
 
     @property
     def total_bytes(self) -> int:
         return sum(i.nbytes for i in self.tensors.values())
 
     def config_path(self) -> Path | None:
+        if self.source is not None:  # a RemotePath: read_text/read_bytes fetch it
+            return self.source.config_path()
         p = self.folder / "config.json"
         return p if p.is_file() else None
+
+
+def require_regular_file(path: Path, role: str) -> None:
+    """A FIFO, socket or device named as an input is refused at once (reading one could hang)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise SlicerError(f"{path}: cannot read: {e.strerror or e}") from e
+    if not stat.S_ISREG(mode):
+        raise SlicerError(f"{path}: {role} is {file_kind(mode)}, not a file or folder")

@@ -6,6 +6,7 @@ nothing written); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import sys
 import textwrap
 
 from . import __version__
-from .errors import SlicerError
+from .errors import Interrupted, SlicerError
 from .plan import DTYPE_CHOICES, Plan
 from .report import format_plan, format_summary
 from .selection import LAYER_SELECTIONS, METHODS
@@ -30,6 +31,10 @@ EPILOG = textwrap.dedent(
     TEACHER and --template take a .safetensors file, a model.safetensors.index.json,
     or a folder holding either (the Hugging Face layout). Only the template's headers
     (names, shapes) are read; the student keeps its tensor names.
+
+    TEACHER may also be remote: hf://ORG/NAME[@REV], s3://bucket/prefix/ (or any fsspec
+    URL), https://host/folder/. Only headers and the kept rows are fetched (needs the
+    [remote] extra); e.g. slicer plan hf://meta-llama/Llama-3.1-8B --set hidden_size=2048
     """
 )
 
@@ -62,8 +67,40 @@ def _add_selection_args(p: argparse.ArgumentParser) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--dtype", choices=DTYPE_CHOICES, default="keep",
                      help="cast floating tensors (integer and bool tensors keep theirs). Default: keep the teacher's")
+    out.add_argument("--quantized", choices=("blocks", "dequantize"), default=None,
+                     help="an FP8 block-scaled teacher (DeepSeek-V3, Qwen3-FP8): blocks keeps whole quantization blocks "
+                          "(every axis that touches an FP8 weight is selected in whole blocks, bits exact, scales "
+                          "selected with them; refused where a size is not whole blocks); dequantize (implied by a "
+                          "float --dtype) multiplies every weight by its block's scale and writes a plain student. "
+                          "MXFP4 (gpt-oss) is dequantized by a float --dtype. Default: FP8 weights that keep their "
+                          "shape are copied with their scales, one the student changes is refused until you choose")
     out.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
                      help="largest shard, decimal units as Hugging Face uses them (5GB, 500MB, or bytes). Default: 5GB")
+
+
+def _add_remote_args(p: argparse.ArgumentParser) -> None:
+    rem = p.add_argument_group("remote teacher (hf://, s3://, http(s)://)")
+    rem.add_argument("--revision", metavar="REV", help="hf:// only: branch, tag or commit (default: main; resolved to "
+                                                      "a commit once, recorded in the manifest)")
+    rem.add_argument("--cache-dir", metavar="DIR", help="keep the fetched byte ranges in DIR for later runs "
+                                                        "(default: nothing is written to disk)")
+    rem.add_argument("--max-requests", type=int, metavar="N", help="requests in flight (default 16)")
+    rem.add_argument("--coalesce-gap", metavar="SIZE", help="fetch kept ranges closer than SIZE as one request, the gap "
+                                                           "with them (default 64kB: measured, see the README; 0: the fewest bytes)")
+
+
+def _remote_kwargs(args) -> dict:
+    remote = {}
+    if args.max_requests is not None:
+        remote["requests"] = args.max_requests
+    if args.coalesce_gap is not None:
+        from .plan import parse_size
+
+        try:
+            remote["gap_bytes"] = 0 if args.coalesce_gap.strip() in ("0", "0B") else parse_size(args.coalesce_gap)
+        except SlicerError:
+            raise SlicerError(f"--coalesce-gap {args.coalesce_gap!r} is not a size like 64kB, 1MB or 0") from None
+    return dict(revision=args.revision, cache_dir=args.cache_dir, remote=remote or None)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,12 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=("auto", "numpy", "torch", "triton"), default="auto",
                      help="numpy (CPU only; the CPU default: no torch import unless --dtype casts), torch ops, or the "
                           "Triton kernel (the GPU default; on the CPU it runs in Triton's interpreter: exact but slow)")
-    run.add_argument("--chunk-mb", type=int, default=32, help="memory per chunk in flight, MB (default 32; 3 in flight)")
-    run.add_argument("--overwrite", action="store_true", help="replace the student files in a non-empty OUT")
+    run.add_argument("--chunk-mb", type=_chunk_mb, default=32, help="memory per chunk in flight, MB (default 32; 3 in flight)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="write into a non-empty OUT, replacing only a previous slicer student's files and files of "
+                          "the same names; every other file is kept")
     run.add_argument("--resume", action="store_true",
-                     help="continue a killed run into the same OUT: completed shards whose size and sha256 match are "
+                     help="continue a killed run into the same OUT: completed shards that are provably unchanged are "
                           "kept, the rest redone; refused if the teacher or the options changed")
     _add_output_flags(run)
+    _add_remote_args(shrink)
 
     plan = sub.add_parser("plan", help="dry run: show what shrink would do, reading headers only",
                           description="Show every student tensor's source, shapes, shards and the bytes to read and "
@@ -107,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection_args(plan)
     plan.add_argument("--json", action="store_true", help="the plan (the manifest shrink would write) as JSON")
     plan.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_remote_args(plan)
 
     verify = sub.add_parser("verify", help="check a written student against its manifest (and the teacher)",
                             description="Re-read OUT's shards and check them against slicer_manifest.json (sizes, "
@@ -117,10 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--teacher", metavar="TEACHER", help="the teacher the student was selected from")
     verify.add_argument("--full", action="store_true", help="with --teacher: compare every element, not a sample of rows")
     _add_output_flags(verify)
+    _add_remote_args(verify)
 
     demo = sub.add_parser("demo", help="build a small Llama-shaped teacher, shrink it, show plan and summary",
                           description="Runs the whole job on an embedded default in a temporary folder.")
-    demo.add_argument("--keep", metavar="DIR", help="build in DIR and keep the files (default: a temporary folder)")
+    demo.add_argument("--keep", metavar="DIR", help="build in DIR and keep the files (default: a temporary folder); "
+                                                   "DIR must be empty or new")
+    demo.add_argument("--overwrite", action="store_true", help="with --keep: replace the demo's files in a non-empty DIR")
     _add_output_flags(demo)
 
     bench = sub.add_parser("bench", help="gather throughput vs a plain copy, per backend, dtype and shape; one end-to-end run",
@@ -151,28 +195,124 @@ def _add_output_flags(group) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="slicer: %(message)s")
-    if args.quiet if hasattr(args, "quiet") else False:
-        logging.getLogger().setLevel(logging.WARNING)
-    signal.signal(signal.SIGTERM, _interrupt)  # a pipeline's kill cleans up like Ctrl-C
-    try:
-        return COMMANDS[args.command](args)
+    debug = command = None
+    try:  # from the first statement: Ctrl-C at any moment is one line and exit 130
+        _ensure_std_fds()
+        with contextlib.suppress(ValueError):  # not in the main thread: the caller handles signals
+            signal.signal(signal.SIGTERM, _interrupt)  # a pipeline's kill cleans up like Ctrl-C
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        debug, command = getattr(args, "debug", False), args.command
+        if args.command is None:
+            parser.print_help()
+            return 2
+        logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="slicer: %(message)s")
+        if not args.debug:  # the HTTP libraries of remote teachers log every request at INFO
+            for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3", "botocore", "aiobotocore", "s3fs",
+                          "fsspec"):
+                logging.getLogger(noisy).setLevel(logging.WARNING)
+        if args.quiet if hasattr(args, "quiet") else False:
+            logging.getLogger().setLevel(logging.WARNING)
+        code = COMMANDS[args.command](args)
+        _flush_stdout()
+        return code
     except SlicerError as e:
-        if args.debug:
+        if debug:
             raise
-        print(f"slicer: error: {e}", file=sys.stderr)
+        _say(f"slicer: error: {e}")
         return 2
-    except KeyboardInterrupt:
-        print("slicer: interrupted; nothing was left in OUT", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        if isinstance(e, Interrupted):
+            _say(f"slicer: interrupted; {e}")
+        else:
+            _say("slicer: interrupted; nothing was written" if command in ("shrink", None) else "slicer: interrupted")
         return 130
     except BrokenPipeError:  # stdout piped into e.g. `head`, which stopped reading: not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays quiet
+        _silence_stdout()  # so the exit flush stays quiet
         return 0
+    except _StdoutFailed as e:
+        _silence_stdout()
+        _say(f"slicer: error: cannot write to stdout: {e.strerror or e}{e.note}")
+        return 2
+
+
+def entry() -> None:
+    """The console script and ``python -m slicer``: ``main``, then exit with its code.
+
+    Once main has returned, its work is done or undone: a Ctrl-C while Python shuts
+    down (torch's teardown takes a while) is ignored instead of printing a traceback
+    from an exit handler.
+    """
+    code = main()
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
+class _StdoutFailed(OSError):
+    """Writing the command's output failed (a full disk, a closed terminal)."""
+
+    note = ""  # what was done all the same
+
+
+def _out(text: str = "") -> None:
+    """Print the command's output on stdout; a failure there is one line, not a traceback."""
+    try:
+        print(text)
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError, AttributeError) as e:
+        raise _StdoutFailed(getattr(e, "errno", None) or 0, getattr(e, "strerror", None) or str(e)) from e
+
+
+def _flush_stdout() -> None:
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as e:
+        failed = _StdoutFailed(getattr(e, "errno", None) or 0, getattr(e, "strerror", None) or str(e))
+        failed.note = " (after the command had completed)"
+        raise failed from e
+
+
+def _silence_stdout() -> None:
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+
+
+def _say(line: str) -> None:
+    """One line on stderr, if there is a stderr to write to."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        print(line, file=sys.stderr, flush=True)
+
+
+def _ensure_std_fds() -> None:
+    """Started with stdin, stdout or stderr closed: put /dev/null there, so that no file
+    this run opens (a lock, a shard) becomes fd 1 or 2 and receives log lines."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
+
+
+def _chunk_mb(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MB") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} MB: give at least 1")
+    return value
 
 
 def _interrupt(signum, frame):
@@ -182,7 +322,8 @@ def _interrupt(signum, frame):
 def _selection_kwargs(args) -> dict:
     return dict(template=args.template, student_config=args.student_config, config_set=_parse_set(args.config_set),
                 method=args.method, seed=args.seed, layer_selection=args.layer_selection, attention=args.attention,
-                exclude=args.exclude, dtype=args.dtype, max_shard_size=args.max_shard_size)
+                exclude=args.exclude, dtype=args.dtype, max_shard_size=args.max_shard_size,
+                quantized=args.quantized)
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -202,47 +343,55 @@ def _parse_set(items: list[str]) -> dict:
 def cmd_plan(args) -> int:
     from . import api, manifest
 
-    the_plan: Plan = api.plan(args.teacher, **_selection_kwargs(args))
+    the_plan: Plan = api.plan(args.teacher, **_selection_kwargs(args), **_remote_kwargs(args))
     if args.json:
-        print(json.dumps(manifest.build(the_plan), indent=1))
+        _out(json.dumps(manifest.build(the_plan), indent=1))
     else:
-        print(format_plan(the_plan))
+        _out(format_plan(the_plan))
     return 0
 
 
 def cmd_shrink(args) -> int:
     from . import api
 
-    summary = api.shrink(args.teacher, args.out, **_selection_kwargs(args), device=args.device, backend=args.backend,
+    summary = api.shrink(args.teacher, args.out, **_selection_kwargs(args), **_remote_kwargs(args),
+                         device=args.device, backend=args.backend,
                          overwrite=args.overwrite, resume=args.resume, progress=_show_progress(args), chunk_bytes=args.chunk_mb << 20)
-    _print_summary(args, summary)
+    try:
+        _print_summary(args, summary)
+        _flush_stdout()
+    except _StdoutFailed as e:
+        e.note = f" (the student in {args.out} is complete)"
+        raise
     return 0
 
 
 def cmd_verify(args) -> int:
     from .verify import verify
 
-    report = verify(args.out, teacher=args.teacher, full=args.full)
+    report = verify(args.out, teacher=args.teacher, full=args.full, **_remote_kwargs(args))
     if args.json:
-        print(json.dumps(report.as_dict()))
+        _out(json.dumps(report.as_dict()))
         return 0 if report.ok else 1
     for problem in report.problems:
-        print(problem)
+        _out(problem)
     if not args.quiet:
         checked = f"{report.shards} shard(s), {report.tensors} tensor(s)"
+        if report.dimensions_audited:
+            checked += f", {report.dimensions_audited} dimension(s) consistent with their axes"
         if report.teacher is not None:
             how = "every element" if report.full else "sampled rows"
             checked += f", {report.tensors_compared} compared with the teacher ({how}: {report.elements_compared} elements)"
         verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
-        print(f"verify {report.out}: {verdict}; checked {checked}", file=sys.stderr)
+        _say(f"verify {report.out}: {verdict}; checked {checked}")
     return 0 if report.ok else 1
 
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(keep=args.keep, progress=_show_progress(args), quiet=args.quiet or args.json,
-                    on_summary=lambda s: _print_summary(args, s))
+    return run_demo(keep=args.keep, overwrite=args.overwrite, progress=_show_progress(args),
+                    quiet=args.quiet or args.json, on_summary=lambda s: _print_summary(args, s), say=_out)
 
 
 def cmd_bench(args) -> int:
@@ -250,17 +399,34 @@ def cmd_bench(args) -> int:
 
     lists = {k: None if getattr(args, k) is None else bm.parse_list(getattr(args, k), int if k == "sizes" else str)
              for k in ("sizes", "dtypes", "shapes", "selections")}
+    for path in (args.json_file, args.plot):
+        if path:
+            _check_writable(path)  # before minutes of timing, not after
     if args.plot:
-        bm.require_matplotlib()  # before minutes of timing, not after
+        bm.require_matplotlib()
     result = bm.run_bench(quick=args.quick, **lists, repeats=args.repeats, size_gb=args.size_gb,
                           interpreter=args.interpreter, gather=args.gather, e2e=args.e2e, workdir=args.workdir)
     if args.plot:
         bm.plot(result, args.plot)
-    print(bm.format_records(result))
+    _out(bm.format_records(result))
     if args.json_file:
-        with open(args.json_file, "w") as f:
-            json.dump(result.as_dict(), f, indent=1)
+        try:
+            with open(args.json_file, "w") as f:
+                json.dump(result.as_dict(), f, indent=1)
+        except OSError as e:
+            raise SlicerError(f"{args.json_file}: cannot write: {e.strerror or e}") from e
     return 0
+
+
+def _check_writable(path: str) -> None:
+    """A file the command will write at the end: its folder exists and takes files."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise SlicerError(f"{path}: is a folder; name a file to write")
+    if not os.path.isdir(folder):
+        raise SlicerError(f"{path}: cannot write there: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise SlicerError(f"{path}: cannot write there: folder {folder} is not writable")
 
 
 def _show_progress(args) -> bool:
@@ -269,9 +435,9 @@ def _show_progress(args) -> bool:
 
 def _print_summary(args, summary) -> None:
     if args.json:
-        print(json.dumps(summary.as_dict()))
+        _out(json.dumps(summary.as_dict()))
     elif not args.quiet:
-        print(format_summary(summary))
+        _out(format_summary(summary))
 
 
 COMMANDS = {"plan": cmd_plan, "shrink": cmd_shrink, "verify": cmd_verify, "demo": cmd_demo, "bench": cmd_bench}

@@ -7,6 +7,7 @@ shrinks, and checks a few tensors bit for bit against the spec's formulas.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 from . import api
+from .errors import SlicerError
 from .report import format_plan
 
 TEACHER = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
@@ -77,28 +79,53 @@ def write_checkpoint(folder: Path, shapes: dict[str, tuple[int, ...]], config: d
 
 
 def run_demo(keep: str | None = None, progress: bool = False, quiet: bool = False,
-             on_summary: Callable[[api.Summary], None] = lambda s: None) -> int:
-    def say(text: str = "") -> None:
+             on_summary: Callable[[api.Summary], None] = lambda s: None, *, overwrite: bool = False,
+             say: Callable[[str], None] = print) -> int:
+    """Build, plan, shrink and check in a temporary folder, or in ``keep`` (which must be
+    empty or new; with ``overwrite`` the demo's own files in it are replaced, others kept)."""
+    def show(text: str = "") -> None:
         if not quiet:
-            print(text)
+            say(text)
 
     with tempfile.TemporaryDirectory(prefix="slicer-demo-") as tmp:
         root = Path(keep) if keep else Path(tmp)
-        teacher, template, out = root / "teacher", root / "student-init", root / "student"
-        say(f"building a Llama-shaped bf16 teacher in {teacher} ({TEACHER['num_hidden_layers']} layers, hidden {TEACHER['hidden_size']})")
-        write_checkpoint(teacher, llama_shapes(**TEACHER), llama_config(**TEACHER), shards=2, seed=0)
-        say(f"building a randomly initialized half-size student template in {template}")
-        write_checkpoint(template, llama_shapes(**STUDENT), llama_config(**STUDENT), seed=1)
-        say(f"\n$ slicer plan {teacher} --template {template} --layer-selection uniform\n")
-        say(format_plan(api.plan(teacher, template=template, layer_selection="uniform")))
-        say(f"\n$ slicer shrink {teacher} {out} --template {template} --layer-selection uniform --overwrite\n")
-        sys.stdout.flush()
-        summary = api.shrink(teacher, out, template=template, layer_selection="uniform", overwrite=True, progress=progress)
-        on_summary(summary)
-        say("\n" + _check(teacher, out))
         if keep:
-            say(f"files kept in {root}")
+            _prepare_keep(root, overwrite)
+        teacher, template, out = root / "teacher", root / "student-init", root / "student"
+        try:
+            show(f"building a Llama-shaped bf16 teacher in {teacher} ({TEACHER['num_hidden_layers']} layers, hidden {TEACHER['hidden_size']})")
+            write_checkpoint(teacher, llama_shapes(**TEACHER), llama_config(**TEACHER), shards=2, seed=0)
+            show(f"building a randomly initialized half-size student template in {template}")
+            write_checkpoint(template, llama_shapes(**STUDENT), llama_config(**STUDENT), seed=1)
+        except OSError as e:
+            raise SlicerError(f"{e.filename or root}: cannot write the demo's checkpoints: {e.strerror or e}") from e
+        show(f"\n$ slicer plan {teacher} --template {template} --layer-selection uniform\n")
+        show(format_plan(api.plan(teacher, template=template, layer_selection="uniform")))
+        show(f"\n$ slicer shrink {teacher} {out} --template {template} --layer-selection uniform"
+             f"{' --overwrite' if overwrite else ''}\n")
+        sys.stdout.flush()
+        summary = api.shrink(teacher, out, template=template, layer_selection="uniform", overwrite=overwrite,
+                             progress=progress)
+        on_summary(summary)
+        show("\n" + _check(teacher, out))
+        if keep:
+            show(f"files kept in {root}")
     return 0
+
+
+def _prepare_keep(root: Path, overwrite: bool) -> None:
+    """--keep DIR: a new or empty folder, or (with overwrite) one whose demo files may be replaced."""
+    try:
+        if root.exists() and not root.is_dir():
+            raise SlicerError(f"{root}: exists and is not a folder; name a new or empty folder for --keep")
+        if root.is_dir() and any(root.iterdir()) and not overwrite:
+            raise SlicerError(f"{root}: folder is not empty; name a new or empty folder, or pass --overwrite "
+                              "to replace the demo's files in it")
+        root.mkdir(parents=True, exist_ok=True)
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise SlicerError(f"{root}: folder is not writable")
+    except OSError as e:
+        raise SlicerError(f"{root}: cannot create the demo folder: {e.strerror or e}") from e
 
 
 def _check(teacher: Path, out: Path) -> str:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import SlicerError
-from .host_arrays import HostArrays, torch_view
+from .host_arrays import HostArrays, torch_dtype, torch_view
 from .plan import Plan, TensorJob
 from .reader import TeacherReader
 from .safetensors_format import DTYPES
@@ -129,22 +129,32 @@ class Engine:
         bytes_read = 0
         out: ShardWriter | None = None
         try:
-            with TeacherReader() as reader:
-                for shard in plan.shards:
-                    if shard.filename in output.done:  # completed by the run we resume
-                        on_bytes(shard.size)
-                        for _ in shard.jobs:
-                            on_tensor()
-                        continue
-                    out = output.shard(shard.filename, shard.size)
-                    writer.submit(("open", out))
-                    writer.submit(("bytes", shard.header, None))
-                    for job in shard.jobs:
-                        bytes_read += self._run_job(job, reader, writer, free)
-                        writer.submit(("tensor",))
-                    writer.submit(("finish", out))
-                writer.submit(None)
-                writer.join()
+            with self.open_reader(plan, skip_shards=output.done) as reader:
+                try:
+                    for shard in plan.shards:
+                        if shard.filename in output.done:  # completed by the run we resume
+                            on_bytes(shard.size)
+                            for _ in shard.jobs:
+                                on_tensor()
+                            continue
+                        out = output.shard(shard.filename, shard.size)
+                        writer.submit(("open", out))
+                        writer.submit(("bytes", shard.header, None))
+                        for job in shard.jobs:
+                            bytes_read += self._run_job(job, reader, writer, free)
+                            writer.submit(("tensor",))
+                        writer.submit(("finish", out))
+                    writer.submit(None)
+                    writer.join()
+                    writer.raise_error()
+                    _check_teacher(reader)  # every byte read was the teacher's as planned
+                except Exception as e:
+                    # A teacher that changed under us explains a short read or a bad chunk best.
+                    try:
+                        _check_teacher(reader)
+                    except SlicerError as changed:
+                        raise changed from e
+                    raise
         finally:
             writer.stop()
             if out is not None:  # opened here but maybe never reached the writer: close it
@@ -152,9 +162,21 @@ class Engine:
         writer.raise_error()
         return bytes_read
 
+    def open_reader(self, plan: Plan, skip_shards=(), whole_copies: bool = True) -> TeacherReader:
+        """The teacher's reader: short-lived maps of local files, or (a remote teacher) a
+        reader that fetches the plan's kept rows ahead of the engine, in the order ``run``
+        (``whole_copies``) or ``tensor`` (not) asks for them."""
+        if plan.teacher.source is None:
+            return TeacherReader(plan.teacher.stamps)
+        return plan.teacher.source.plan_reader(plan, skip_shards, self.chunk_bytes, whole_copies)
+
     def _run_job(self, job: TensorJob, reader: TeacherReader, writer: "_WriterThread", free: queue.Queue) -> int:
         if job.is_copy:
-            writer.submit(("copy", reader.fd(job.source.path), job.source.offset, job.nbytes))
+            if reader.streams_copies:  # remote: the bytes come as buffers, not from a file descriptor
+                for block in reader.copy_blocks(job.source):
+                    writer.submit(("bytes", block, None))
+            else:
+                writer.submit(("copy", reader.fd(job.source.path), job.source.offset, job.nbytes))
             return job.nbytes
         out_size = DTYPES[job.dtype].itemsize
         touched = 0
@@ -199,11 +221,15 @@ class Engine:
                destination: Callable[[Chunk, bool], Any]) -> Iterator[tuple[Chunk, Any, object]]:
         """Gather every chunk of a job into ``destination(chunk, cast)``, in output order.
         Yields (chunk, out, what the gather returned: a Pending or not)."""
+        if job.dequant is not None:
+            yield from self._dequantized(job, reader, destination)
+            return
         cast = job.dtype != job.source.dtype
         for chunk in chunks(job, self.budget):
-            raw = reader.map(job.source, chunk.first, chunk.count, prefetch=chunk.dense)
+            out = destination(chunk, cast)  # first: it may wait; the span is checked and read right away
+            rows = {"rows": (chunk.span_shape[0], chunk.index[0])} if chunk.span_shape and getattr(reader, "reads_rows", False) else {}
+            raw = _span_bytes(reader, job.source, chunk.first, chunk.count, chunk.dense, rows)
             span = self.arrays.typed(raw, job.source.dtype, cast).reshape(chunk.span_shape)
-            out = destination(chunk, cast)
             try:
                 result = self.gather(span, self._index(job, chunk), out)
             except SlicerError:
@@ -212,6 +238,51 @@ class Engine:
                 raise SlicerError(f"{job.source.path}: selecting tensor {job.source.name!r} failed: {e}") from e
             del span, raw  # unmaps the teacher span before the next one is mapped
             yield chunk, out, result
+
+    def _dequantized(self, job: TensorJob, reader: TeacherReader,
+                     destination: Callable[[Chunk, bool], Any]) -> Iterator[tuple[Chunk, Any, object]]:
+        """A job whose values are dequantized from the teacher's stored tensors (slicer.dequant), on the
+        CPU whatever the device: chunks sized so that the temporaries fit the chunk budget too."""
+        import torch
+
+        from . import dequant
+        from .safetensors_format import BITS_DTYPE
+
+        out_dtype = torch_dtype(job.dtype)
+        budget = max(16, self.chunk_bytes * DTYPES[job.dtype].itemsize // dequant.BYTES_PER_ELEMENT)
+
+        last: dict[str, tuple[int, int, torch.Tensor]] = {}
+
+        def read(info, first: int, count: int) -> torch.Tensor:
+            # Chunks of one packed expert read the same span (a chunk is a range of its inputs, the innermost
+            # packed dimension): keep the last span of each tensor mapped rather than map it per chunk.
+            got = last.get(info.name)
+            if got is None or got[:2] != (first, count):
+                got = last[info.name] = (first, count, reader.span(info, first, count, BITS_DTYPE[info.itemsize]))
+            return got[2]
+
+        for chunk in chunks(job, budget):
+            try:
+                got = dequant.values(read, job.dequant, job.source, self._absolute(job, chunk), out_dtype)
+            except (RuntimeError, ValueError) as e:
+                raise SlicerError(f"{job.source.path}: dequantizing tensor {job.source.name!r} failed: {e}") from e
+            out = destination(chunk, True)  # values, not bits: a torch view of the output
+            out.copy_(got.reshape(chunk.out_shape))
+            yield chunk, out, None
+
+    def _absolute(self, job: TensorJob, chunk: Chunk) -> list:
+        """The teacher indices of every dimension a chunk keeps (those before the chunked one: one each)."""
+        import torch
+
+        shape = job.source.shape
+        k = len(shape) - len(chunk.index)
+        strides = [math.prod(shape[d + 1:]) for d in range(len(shape))]
+        out = [torch.tensor([chunk.first // strides[d] % shape[d]], dtype=torch.int64) for d in range(k)]
+        if k < len(shape):
+            lo = chunk.first // strides[k] % shape[k]
+            out.append(torch.tensor(list(chunk.index[0]), dtype=torch.int64) + lo)
+        out += [torch.as_tensor(self._full_index(job.index[d])) for d in range(k + 1, len(shape))]
+        return out
 
     def _index(self, job: TensorJob, chunk: Chunk) -> list:
         out: list = []
@@ -233,11 +304,29 @@ class Engine:
         return t
 
 
+def _span_bytes(reader, info, first: int, count: int, prefetch: bool, rows: dict):
+    """A chunk's teacher bytes as a uint8 numpy array: the local reader maps them; another
+    reader (a remote teacher's) hands a torch tensor, viewed without a copy."""
+    if hasattr(reader, "map"):
+        return reader.map(info, first, count, prefetch=prefetch, **rows)
+    import torch
+
+    return reader.span(info, first, count, torch.uint8, prefetch=prefetch, **rows).numpy()
+
+
+def _check_teacher(reader) -> None:
+    """The local teacher's files are as planned (a remote reader checks its ETags itself)."""
+    check = getattr(reader, "check_all", None)
+    if check is not None:
+        check()
+
+
 def _bytes_touched(job: TensorJob, chunk: Chunk) -> int:
     """Teacher bytes in the rows a chunk keeps (the pages a gather faults in)."""
+    itemsize = job.source.itemsize if job.dequant is None else job.dequant.stored_itemsize
     if not chunk.out_shape:
-        return job.source.itemsize
-    return chunk.out_shape[0] * math.prod(chunk.span_shape[1:]) * job.source.itemsize
+        return int(itemsize)
+    return int(chunk.out_shape[0] * math.prod(chunk.span_shape[1:]) * itemsize)
 
 
 def _pool_buffer(nbytes: int, pinned: bool) -> np.ndarray:

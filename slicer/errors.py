@@ -8,3 +8,11 @@ class SlicerError(Exception):
     possible, says how to fix it. The CLI prints it as ``slicer: error: <message>``
     and exits with status 2.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a run; the message says what the output folder holds now.
+
+    A KeyboardInterrupt still (code that stops on Ctrl-C keeps doing so); the CLI
+    prints it as ``slicer: interrupted; <message>`` and exits with status 130.
+    """

@@ -17,13 +17,13 @@ import logging
 import re
 from pathlib import Path
 
-from .checkpoint import Checkpoint
+from . import layer_lists
+from .checkpoint import Checkpoint, require_regular_file
 from .errors import SlicerError
-from .heads import HeadAwareSelector, HeadGeometry, check_geometry
 from .layers import LayerMapper
-from .plan import Options, StudentTensor
+from .plan import StudentTensor
 from .safetensors_format import CAST_TARGETS
-from .selection import Selector, layer_indices
+from .selection import layer_indices
 from .student import StudentSpec
 
 log = logging.getLogger("slicer")
@@ -55,6 +55,8 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
         if base_path.is_dir():
             base_path = base_path / "config.json"
         if not base_path.is_file():
+            if base_path.exists():  # a FIFO or a device: refused, never read (it could hang)
+                require_regular_file(base_path, "student config")
             raise SlicerError(f"{student_config}: student config not found")
         base = _read_json(base_path)
     elif teacher_dict is not None:
@@ -64,19 +66,38 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
     where = str(base_path) + (" with " + " ".join(f"--set {k}={json.dumps(v)}" for k, v in edits.items()) if edits else "")
 
     config_cls = _config_class(transformers, base, base_path)
+    _refuse_architecture_change(base, edits, base_path)
     student_dict = _apply_edits(base, edits, config_cls, where)
-    _follow_depth(base, student_dict, edits, config_cls, layer_selection)
-    config = _build_config(config_cls, student_dict, where)
+    lists = layer_lists.find(base, student_dict, edits, config_cls, _depth_key(config_cls))
+    layer_lists.provisional(lists, student_dict)
+    _nested_layer_numbers(base, student_dict, edits, config_cls, layer_selection, where,
+                          skip={x.path + x.key for x in lists})
+    if dtype != "keep":  # a float dtype dequantizes every quantized weight: the student is a plain model
+        student_dict.pop("quantization_config", None)
     arch = _architecture(transformers, student_dict, where)
-    model = _meta_model(transformers, arch, config, where)
+    model = _meta_model(transformers, arch, _build_config(config_cls, student_dict, where), where)
     shapes = _saved_shapes(model)
+    if lists and teacher_dict is base:  # per-layer lists follow the layers the student is given
+        maps = _config_layer_maps(ckpt, model, shapes, layer_selection, where)
+        if layer_lists.apply(lists, student_dict, maps):
+            from .bindings.view import layer_kinds
+
+            before = layer_kinds(list(shapes))
+            model = _meta_model(transformers, arch, _build_config(config_cls, student_dict, where), where)
+            shapes = _saved_shapes(model)
+            if layer_kinds(list(shapes)) != before:
+                raise SlicerError(f"{where}: the per-layer lists {', '.join(sorted({x.key for x in lists}))} decide "
+                                  "which layers are which, and following the selected teacher layers changes them; "
+                                  "set them with --set")
 
     tensors = _tensors(model, shapes, ckpt)
-    make_selector = _selector_factory(transformers, model, config, teacher_dict, attention, ckpt, where)
+    make_binder = _binder_factory(transformers, model, tensors, teacher_dict, ckpt, attention, where)
     _check_fits(ckpt, tensors, teacher_dict, student_dict, layer_selection, where)
     _set_dtype(student_dict, _output_dtype(ckpt, tensors, dtype))
     files = {"config.json": (json.dumps(student_dict, indent=2) + "\n").encode()}
-    if teacher_config_path is not None:
+    if teacher_config_path is not None and ckpt.source is not None:  # remote: names now, bytes when written
+        files = ckpt.source.side_files(files, _is_copied, MAX_COPIED_BYTES)
+    elif teacher_config_path is not None:
         files |= _teacher_files(ckpt.folder)
     origin = {
         "route": "config",
@@ -88,7 +109,7 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
         "copied_files": sorted(n for n in files if n != "config.json"),
         "transformers_version": transformers.__version__,
     }
-    return StudentSpec(tensors, origin, None, files, make_selector)
+    return StudentSpec(tensors, origin, None, files, make_binder)
 
 
 # ------------------------------------------------------------------ configs
@@ -103,7 +124,7 @@ def _import_transformers():
 
 def _read_json(path: Path) -> dict:
     try:
-        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))  # a Path, or a remote teacher's RemotePath
     except OSError as e:
         raise SlicerError(f"{path}: cannot read: {e.strerror or e}") from e
     except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, absurd numbers, nested too deeply
@@ -128,24 +149,59 @@ def _config_class(transformers, d: dict, path: Path):
 def _apply_edits(base: dict, edits: dict, config_cls, where: str) -> dict:
     """base with edits applied; keys go through the config's attribute_map (GPT-2's hidden_size -> n_embd)."""
     out = copy.deepcopy(base)
-    defaults = None
+    defaults: dict = {}
     for key, value in edits.items():
         *path, leaf = key.split(".")
-        target = out
+        target, cls = out, config_cls
         for part in path:
             target = target.get(part) if isinstance(target, dict) else None
             if not isinstance(target, dict):
                 raise SlicerError(f"{where}: --set {key}: {part!r} is not a nested config object")
-        if not path:
-            leaf = getattr(config_cls, "attribute_map", {}).get(leaf, leaf)
+            cls = _sub_config_class(cls, part, target)
+        if cls is not None:  # nested keys are checked against their own config class (text_config: LlamaConfig)
+            leaf = getattr(cls, "attribute_map", {}).get(leaf, leaf)
             if leaf not in target:
-                if defaults is None:
+                if cls not in defaults:
                     with _quiet():
-                        defaults = config_cls()
-                if not _is_config_key(config_cls, defaults, leaf, value):
-                    raise SlicerError(f"{where}: --set {key}: {config_cls.__name__} has no such key (a typo?)")
+                        defaults[cls] = cls()
+                if not _is_config_key(cls, defaults[cls], leaf, value):
+                    raise SlicerError(f"{where}: --set {key}: {cls.__name__} has no such key (a typo?)")
         target[leaf] = value
     return out
+
+
+def _sub_config_class(parent_cls, key: str, d: dict):
+    """The config class of the nested config ``key`` of ``parent_cls`` (None: not known), as transformers
+    resolves it: the class it declares, or for an AutoConfig slot the class of the dict's model_type."""
+    from transformers import CONFIG_MAPPING
+
+    if parent_cls is None:
+        return None
+    declared = (getattr(parent_cls, "sub_configs", None) or {}).get(key)
+    if isinstance(declared, type) and declared.__name__ != "AutoConfig":
+        return declared
+    model_type = d.get("model_type")
+    if model_type is None:
+        spec = (getattr(parent_cls, "sub_configs_defaults", None) or {}).get(key)
+        model_type = getattr(spec, "model_type", None)
+    return CONFIG_MAPPING[model_type] if isinstance(model_type, str) and model_type in CONFIG_MAPPING else None
+
+
+def _refuse_architecture_change(base: dict, edits: dict, base_path: Path) -> None:
+    """--set model_type / architectures would describe another model than the one whose
+    tensors are written (the tensors follow the base config's class): refused."""
+    for key, value in edits.items():
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf not in ("model_type", "architectures"):
+            continue
+        target = base
+        for part in key.split(".")[:-1]:
+            target = target.get(part) if isinstance(target, dict) else None
+        old = target.get(leaf) if isinstance(target, dict) else None
+        if value != old:
+            raise SlicerError(f"{base_path}: --set {key}={json.dumps(value)}: changing the architecture "
+                              f"(from {json.dumps(old)}) is not supported: the student's tensors follow the teacher's "
+                              "architecture; to name another one, pass its config with --student-config")
 
 
 def _is_config_key(config_cls, defaults, key: str, value) -> bool:
@@ -161,33 +217,84 @@ def _is_config_key(config_cls, defaults, key: str, value) -> bool:
     return any(edited.get(k) != before.get(k) for k in set(edited) | set(before) if k != key)
 
 
-def _follow_depth(base: dict, student: dict, edits: dict, config_cls, mode: str) -> None:
-    """Per-layer lists (e.g. layer_types) follow a depth change: the selected layers' entries.
+def _depth_key(config_cls) -> str:
+    return getattr(config_cls, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
 
-    A list is per-layer when its length is the old depth and it was not edited itself.
-    Applied at the top level and in nested configs (text_config, ...).
-    """
-    def visit(b: dict, s: dict, prefix: str, depth_key: str) -> None:
-        t_depth, s_depth = b.get(depth_key), s.get(depth_key)
-        if isinstance(t_depth, int) and isinstance(s_depth, int) and 0 < s_depth < t_depth:
-            layers = layer_indices(t_depth, s_depth, mode)
-            for key, value in s.items():
-                edited = (prefix + key) in edits
-                if (not edited and key != "architectures" and isinstance(value, list) and len(value) == t_depth
-                        and value == b.get(key) and all(isinstance(v, (str, int, float, bool)) for v in value)):
-                    s[key] = [value[i] for i in layers]
-        for key, value in s.items():
-            if isinstance(value, dict) and isinstance(b.get(key), dict):
-                visit(b[key], value, prefix + key + ".", "num_hidden_layers")
 
-    depth_key = getattr(config_cls, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
-    visit(base, student, "", depth_key)
+def _layer_kinds_of(teacher_names, student_names) -> dict:
+    """Depth prefix -> (teacher kinds, student kinds): a student layer is fed by a layer of its kind."""
+    from .bindings.view import layer_kinds
+
+    from .quantized import fold_kind
+
+    t, s = layer_kinds(list(teacher_names)), layer_kinds(list(student_names))
+    # a quantized teacher's scales are part of its weights, not of its layers' kind
+    return {p: ([fold_kind(k) for k in t[p]], [fold_kind(k) for k in s[p]]) for p in s if p in t}
+
+
+def _config_layer_maps(ckpt: Checkpoint, model, shapes: dict, mode: str, where: str) -> dict[str, list[int]]:
+    """(Sub-)config path ("" or "text_config.") -> the teacher layer of each student layer of its layer list.
+
+    The same map the plan makes (LayerMapper with the layer kinds); a config whose layers
+    sit under several lists that are selected differently gets none (its lists keep the
+    teacher's pattern of its first layers)."""
+    from .bindings.view import ModelView
+
+    mapper = LayerMapper(ckpt.tensors, shapes, mode, kinds=_layer_kinds_of(ckpt.tensors, shapes))
+    try:
+        for name in shapes:
+            mapper.teacher_name(name)
+    except SlicerError as e:
+        raise SlicerError(f"{where}: {e}") from e
+    view = ModelView(model)
+    found: dict[str, list[int] | None] = {}
+    for prefix, layer_map in mapper.maps.items():
+        first = next((n for n in shapes if n.startswith(prefix + ".0.")), None)
+        if first is None:
+            continue
+        path = view.owner(first).config_path
+        found[path] = layer_map if found.get(path, layer_map) == layer_map else None
+    return {p: m for p, m in found.items() if m is not None}
+
+
+_LAYER_NUMBERS = ("indexes", "indices", "_layers", "_layer_ids")
+
+
+def _nested_layer_numbers(base: dict, student: dict, edits: dict, config_cls, mode: str, where: str,
+                          skip: set[str] = frozenset()) -> None:
+    """Lists of layer numbers in a nested config (Qwen2.5-VL's vision ``fullatt_block_indexes``, Qwen3-VL's
+    ``deepstack_visual_indexes``) follow a depth change there: renumbered to the layers kept. One that
+    names a layer the student does not keep is refused: which layer takes its role is the user's call."""
+    for key, sub in student.items():
+        if not (isinstance(sub, dict) and isinstance(base.get(key), dict)):
+            continue
+        cls = _sub_config_class(config_cls, key, sub)
+        depth_key = getattr(cls, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
+        t_depth, s_depth = base[key].get(depth_key), sub.get(depth_key)
+        if not (isinstance(t_depth, int) and isinstance(s_depth, int) and 0 < s_depth < t_depth):
+            continue
+        layers = layer_indices(t_depth, s_depth, mode)
+        for name, value in sub.items():
+            if (f"{key}.{name}" in edits or f"{key}.{name}" in skip or not name.endswith(_LAYER_NUMBERS) or value != base[key].get(name)
+                    or not isinstance(value, list) or not value
+                    or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < t_depth for i in value)):
+                continue
+            kept = [layers.index(i) for i in value if i in layers]
+            if len(kept) != len(value):
+                raise SlicerError(f"{where}: {key}.{name} = {value} names teacher layers the student does not keep "
+                                  f"(--layer-selection {mode} keeps {layers} of {t_depth}); set it too, e.g. "
+                                  f"--set {key}.{name}=[...]")
+            sub[name] = kept
 
 
 def _build_config(config_cls, d: dict, where: str):
+    # config.json holds floats JSON cannot (inf, nan) as transformers writes them ({"__float__": "Infinity"}):
+    # decode them as its own from_json_file does; the dict itself (written to the student) keeps that form.
+    decode = getattr(config_cls, "_decode_special_floats", None)
+    d = decode(copy.deepcopy(d)) if callable(decode) else copy.deepcopy(d)
     try:
         with _quiet():
-            return config_cls.from_dict(copy.deepcopy(d))
+            return config_cls.from_dict(d)
     except Exception as e:  # transformers validates configs with ValueError, TypeError, its own errors
         raise SlicerError(f"{where}: invalid {config_cls.__name__}: {_first_line(e)}") from e
 
@@ -315,7 +422,8 @@ def _check_fits(ckpt: Checkpoint, tensors: list[StudentTensor], teacher_dict, st
                   if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and b > a]
         grew = f" (grew: {', '.join(bigger)})" if bigger else ""
     try:
-        mapper = LayerMapper(ckpt.tensors, (t.name for t in tensors), mode)
+        names = [t.name for t in tensors]
+        mapper = LayerMapper(ckpt.tensors, names, mode, kinds=_layer_kinds_of(ckpt.tensors, names))
         for t in tensors:
             source = ckpt.tensors.get(mapper.teacher_name(t.source or t.name))
             if source is None or len(source.shape) != len(t.shape):
@@ -365,13 +473,18 @@ def _changes(teacher: dict, student: dict, prefix: str = "") -> dict[str, list]:
     return out
 
 
+def _is_copied(name: str) -> bool:
+    """A file beside the teacher's weights that the student gets too (by name; the size is checked apart)."""
+    return not (name.startswith(".") or name in NOT_COPIED or name.endswith(WEIGHT_SUFFIXES)
+                or (name.startswith("model") and "safetensors" in name))
+
+
 def _teacher_files(folder: Path) -> dict[str, bytes]:
     """Tokenizer, generation config and other small non-weight files beside the teacher's weights."""
     files = {}
     for p in sorted(folder.iterdir()):
         name = p.name
-        if (name.startswith(".") or name in NOT_COPIED or name.endswith(WEIGHT_SUFFIXES)
-                or (name.startswith("model") and "safetensors" in name) or not p.is_file()):
+        if not _is_copied(name) or not p.is_file():
             continue
         size = p.stat().st_size
         if size > MAX_COPIED_BYTES:
@@ -381,67 +494,81 @@ def _teacher_files(folder: Path) -> dict[str, bytes]:
     return files
 
 
-# ------------------------------------------------------------------ attention heads
+# ------------------------------------------------------------------ the model's structure
 
-def _first_int(config, keys: tuple[str, ...]) -> int | None:
-    """The first of ``keys`` the config sets to an int (architectures name things differently)."""
-    for key in keys:
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            return value
-    return None
+def _binder_factory(transformers, student_model, tensors: list[StudentTensor], teacher_dict: dict | None,
+                    ckpt: Checkpoint, attention: str, where: str):
+    """StudentSpec.make_binder: the teacher's and the student's models, both on the meta device,
+    bind every tensor dimension to the model's own axes (slicer.bindings)."""
+    from .bindings import guard
 
-
-def _geometry(config, rotary: bool) -> HeadGeometry | None:
-    """Head counts and size from a config; None for a model without attention heads."""
-    heads = getattr(config, "num_attention_heads", None)
-    if not isinstance(heads, int) or heads < 1:
-        return None
-    kv = _first_int(config, ("num_key_value_heads", "num_kv_heads", "n_head_kv"))
-    if kv is None:
-        kv = 1 if getattr(config, "multi_query", False) else heads
-    head_dim = _first_int(config, ("head_dim", "d_kv", "attention_head_size"))
-    if head_dim is None:
-        hidden = getattr(config, "hidden_size", None)
-        if not isinstance(hidden, int):
-            return None
-        head_dim = hidden // heads
-    rotary_dim = 0
-    if rotary:
-        factor = getattr(config, "partial_rotary_factor", None) or getattr(config, "rotary_pct", None)
-        params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
-        if factor is None and isinstance(params, dict):
-            nested = [params] + [v for v in params.values() if isinstance(v, dict)]
-            factor = next((p["partial_rotary_factor"] for p in nested if p.get("partial_rotary_factor")), None)
-        rotary_dim = int(head_dim * (factor or 1.0))
-    return HeadGeometry(heads, kv, head_dim, rotary_dim)
-
-
-def _selector_factory(transformers, model, student_config, teacher_dict, attention: str, ckpt: Checkpoint, where: str):
-    """StudentSpec.make_selector: head-aware for --attention heads (checked now, before any work)."""
-    def flat(options: Options) -> Selector:
-        return Selector(options.method, options.seed)
-
-    if attention != "heads":
-        return flat
-    rotary = any(name.endswith("inv_freq") for name, _ in model.named_buffers())
-    student = _geometry(student_config, rotary)
-    if student is None:
-        return flat  # no attention heads in this architecture: nothing to keep whole
     if teacher_dict is None:
-        raise SlicerError(f"{ckpt.path}: teacher has no config.json, and whole-head selection needs its head counts; "
-                          "add it, or pass --attention flat")
-    teacher_path = ckpt.config_path()
-    teacher_cls = _config_class(transformers, teacher_dict, teacher_path)
-    teacher = _geometry(_build_config(teacher_cls, teacher_dict, str(teacher_path)), rotary)
-    if teacher is None:
-        raise SlicerError(f"{teacher_path}: no attention head counts (num_attention_heads); pass --attention flat")
-    check_geometry(teacher, student, where)
-    input_major = frozenset(name for name, m in model.named_modules() if type(m).__name__ == "Conv1D")
+        if attention == "heads":
+            raise SlicerError(f"{ckpt.path}: teacher has no config.json, and whole-head selection needs its structure; "
+                              "add it, or pass --attention flat")
+        return guard.names_binder
+    teacher_model = _teacher_model(transformers, teacher_dict, ckpt.config_path(), student_model)
+    from .bindings import check_experts, check_heads, model_binder
 
-    def heads(options: Options) -> Selector:
-        if options.attention != "heads":
-            return flat(options)
-        return HeadAwareSelector(options.method, options.seed, teacher, student, input_major=input_major)
+    check_experts(teacher_model, student_model, where)
+    if attention == "heads":
+        check_heads(teacher_model, student_model, where)
+    return model_binder(teacher_model, student_model, list(ckpt.tensors), [t.name for t in tensors])
 
-    return heads
+
+def _teacher_model(transformers, teacher_dict: dict, path: Path, student_model):
+    """The teacher's model on the meta device (its architecture, else the student's class)."""
+    cls = _config_class(transformers, teacher_dict, path)
+    config = _build_config(cls, teacher_dict, str(path))
+    arch = (_architecture(transformers, teacher_dict, str(path)) if teacher_dict.get("architectures")
+            else type(student_model))
+    return _meta_model(transformers, arch, config, str(path))
+
+
+def template_structure(ckpt: Checkpoint, spec: StudentSpec, attention: str | None) -> str:
+    """Give a template the model's structure when the teacher's folder and the template's both
+    hold a config transformers can build; returns the run's attention mode.
+
+    Without them the template is selected flat (the paper's rule) behind a guard that refuses
+    names whose structure flat selection would break; ``--attention heads`` is then refused."""
+    from .bindings import guard
+
+    student_path = spec.folder / "config.json" if spec.folder is not None else None
+    dicts = None
+    teacher_path = None
+    if student_path is not None and student_path.is_file():  # the template's first: a remote teacher's costs a fetch
+        student_dict = _read_json(student_path)
+        teacher_path = ckpt.config_path() if _is_hf_config(student_dict) else None
+        teacher_dict = _read_json(teacher_path) if teacher_path is not None else None
+        if teacher_dict is not None and _is_hf_config(teacher_dict):
+            dicts = teacher_dict, student_dict
+    if dicts is None:
+        if attention == "heads":
+            raise SlicerError(f"{spec.folder or ckpt.path}: --attention heads needs the model's structure: a Hugging Face "
+                              "config.json beside the teacher's weights and the template's (or use --set / --student-config)")
+        spec.make_binder = guard.names_binder_fused_ok if attention == "flat" else guard.names_binder
+        return "flat"
+    try:
+        transformers = _import_transformers()
+    except SlicerError:
+        if attention == "heads":
+            raise
+        log.warning("%s: transformers is not installed, so the template is selected flat (the paper's rule); install "
+                    "it (%s) to keep whole heads, experts and fused projections consistent", spec.folder, INSTALL_HINT)
+        spec.make_binder = guard.names_binder_fused_ok if attention == "flat" else guard.names_binder
+        return "flat"
+    teacher_dict, student_dict = dicts
+    cls = _config_class(transformers, student_dict, student_path)
+    config = _build_config(cls, student_dict, str(student_path))
+    arch = _architecture(transformers, student_dict, str(student_path))
+    student_model = _meta_model(transformers, arch, config, str(student_path))
+    teacher_model = _teacher_model(transformers, teacher_dict, teacher_path, student_model)
+    from .bindings import model_binder
+
+    spec.make_binder = model_binder(teacher_model, student_model, list(ckpt.tensors), [t.name for t in spec.tensors])
+    spec.origin["structure"] = "config.json of the teacher and the template"
+    return attention or "heads"
+
+
+def _is_hf_config(d: dict) -> bool:
+    return isinstance(d.get("model_type"), str) and isinstance(d.get("architectures"), list) and bool(d["architectures"])

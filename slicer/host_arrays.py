@@ -48,10 +48,15 @@ def torch_view(raw, dtype: str, cast: bool = True):
 
     from .safetensors_format import BITS_DTYPE
 
-    info = DTYPES[dtype]
-    dt = info.torch_dtype if cast else BITS_DTYPE[info.itemsize]
-    if dt is None:
-        raise SlicerError(f"this torch build has no {dtype} type, so it cannot be cast")
+    dt = torch_dtype(dtype) if cast else BITS_DTYPE[DTYPES[dtype].itemsize]
     with warnings.catch_warnings():  # a teacher map is read-only: torch warns, we only read it
         warnings.simplefilter("ignore", UserWarning)
         return (torch.from_numpy(raw) if isinstance(raw, np.ndarray) else raw).view(dt)
+
+
+def torch_dtype(name: str):
+    """The torch dtype of a safetensors dtype name (imports torch)."""
+    dt = DTYPES[name].torch_dtype
+    if dt is None:
+        raise SlicerError(f"this torch build has no {name} type, so it cannot be cast")
+    return dt

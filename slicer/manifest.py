@@ -1,6 +1,7 @@
 """The manifest: what was selected, from where, with which options.
 
-Enough to reproduce and audit a student: the teacher's files (names, sizes, mtimes),
+Enough to reproduce and audit a student: the teacher's files (names, sizes, mtimes;
+for a remote teacher its URL, revision and the files' ETags),
 the options, the layer maps, every index set (its rule and its indices) and, per
 student tensor, its source and the index set of each dimension.
 """
@@ -11,32 +12,45 @@ import json
 import os
 
 from . import __version__
+from .axes import format_layout
 from .plan import Plan
+from .safetensors_format import FileStamp
 
 FORMAT = "slicer-manifest/1"
 
 
 def fingerprint(record: dict) -> dict:
-    """What makes two runs write the same bytes: compared by --resume."""
+    """What makes two runs write the same bytes: compared by --resume (with a killed
+    run's staging record, or with a finished student's manifest)."""
     layout = hashlib.sha256(json.dumps(record["tensors"], sort_keys=True).encode()).hexdigest()
+    shards = [{"name": s["name"], "size": s["size"]} for s in record["shards"]]
     keys = {"teacher": record["teacher"], "student": record["student"], "options": record["options"],
-            "layout": layout, "shards": record["shards"]}
+            "layout": layout, "shards": shards}
     return json.loads(json.dumps(keys))  # a copy, in the form it takes on disk
 
 
 def build(plan: Plan) -> dict:
     teacher = plan.teacher
-    files = []
-    for p in teacher.files:
-        st = os.stat(p)
-        files.append({"name": os.path.relpath(p, teacher.folder), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    if teacher.source is not None:  # remote: URL, revision, sizes and ETags (--resume compares them)
+        teacher_record = teacher.source.record(teacher.files)
+    else:
+        files = []
+        for p in teacher.files:
+            stamp = teacher.stamps.get(p) or FileStamp.of(os.stat(p))  # as the header was read: later changes are refused
+            files.append({"name": os.path.relpath(p, teacher.folder), "size": stamp.size, "mtime_ns": stamp.mtime_ns})
+        teacher_record = {"path": str(teacher.path.resolve()), "files": files}
     return {
         "format": FORMAT,
         "slicer_version": __version__,
-        "teacher": {"path": str(teacher.path.resolve()), "files": files},
+        "teacher": teacher_record,
         "student": plan.student,
         "options": plan.options.as_dict(),
         "layer_maps": plan.layer_maps,
+        "binding": plan.binding,
+        "axes": _axes(plan),
+        "component_maps": {prefix: {"axis": plan.component_axes[prefix], "members": members}
+                           for prefix, members in plan.component_maps.items()},
+        **({"quantization": plan.quantization} if plan.quantization else {}),
         "index_sets": {key: ix.describe() for key, ix in sorted(plan.index_sets.items())},
         "tensors": {
             j.name: {
@@ -46,7 +60,9 @@ def build(plan: Plan) -> dict:
                 "source_dtype": j.source.dtype,
                 "dtype": j.dtype,
                 "shard": plan.shards[j.shard].filename,
+                "axes": [format_layout(layout) for layout in j.layouts],
                 "index": [ix.key for ix in j.index],
+                **({"dequantize": j.dequant.describe()} if j.dequant is not None else {}),
             }
             for j in plan.jobs
         },
@@ -54,3 +70,17 @@ def build(plan: Plan) -> dict:
         "excluded": plan.excluded,
         "shards": [{"name": s.filename, "size": s.size} for s in plan.shards],
     }
+
+
+def _axes(plan: Plan) -> dict:
+    """Every axis instance: kind, sizes, and its index set's key (leaves) or its parts (derived).
+
+    A leaf of the inconsistent ablation has no one index set (each dimension draws its own):
+    its ``index`` is null."""
+    out = {}
+    for name, ax in sorted(plan.axes.axes.items()):
+        entry = ax.describe()
+        if ax.parts is None:
+            entry["index"] = plan.leaf_keys.get(name)
+        out[name] = entry
+    return out

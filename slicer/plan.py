@@ -10,11 +10,14 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from .axes import AxisTable, Binder, Chooser, Layout, Ranking, complete
 from .checkpoint import Checkpoint
 from .errors import SlicerError
 from .layers import LayerMapper
+from . import quantized
+from .quantized import Dequant, Scheme
 from .safetensors_format import CAST_TARGETS, DTYPES, TensorInfo, build_header
-from .selection import LAYER_SELECTIONS, IndexSet, Selector
+from .selection import LAYER_SELECTIONS, IndexSet
 
 SHARD_METADATA = {"format": "pt"}
 DTYPE_CHOICES = ("keep", *CAST_TARGETS)
@@ -29,9 +32,10 @@ class Options:
     dtype: str = "keep"
     max_shard_size: int = 5_000_000_000
     attention: str = "flat"  # "heads": keep whole attention heads (needs head counts: config route)
+    quantized: str | None = None  # FP8 teachers: "blocks" (whole blocks, bits exact) or "dequantize"
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "attention": self.attention,
             "method": self.method,
             "seed": self.seed,
@@ -40,6 +44,9 @@ class Options:
             "dtype": self.dtype,
             "max_shard_size": self.max_shard_size,
         }
+        if self.quantized is not None:  # only where asked: manifests of other runs stay as they were
+            out["quantized"] = self.quantized
+        return out
 
 
 @dataclass(frozen=True)
@@ -58,8 +65,10 @@ class TensorJob:
     shape: tuple[int, ...]
     dtype: str  # output dtype (safetensors name)
     index: tuple[IndexSet, ...]  # one per dimension
+    layouts: tuple[Layout, ...] = ()  # one per dimension: the axes it is bound to (plan.axes)
     shard: int = 0
     offset: int = 0  # relative to the shard's data section
+    dequant: Dequant | None = None  # values dequantized from the teacher's stored tensors (slicer.quantized)
 
     @property
     def nbytes(self) -> int:
@@ -68,7 +77,7 @@ class TensorJob:
     @property
     def is_copy(self) -> bool:
         """Every dimension kept whole and no cast: the bytes are copied as they are."""
-        return self.dtype == self.source.dtype and all(ix.is_identity for ix in self.index)
+        return self.dequant is None and self.dtype == self.source.dtype and all(ix.is_identity for ix in self.index)
 
     @property
     def bytes_to_read(self) -> int:
@@ -101,6 +110,12 @@ class Plan:
     excluded: list[str] = field(default_factory=list)  # student tensors dropped by --exclude
     teacher_depths: dict[str, int] = field(default_factory=dict)  # per layer-map prefix
     student: dict = field(default_factory=dict)  # where the student spec came from (StudentSpec.origin)
+    axes: AxisTable = field(default_factory=AxisTable)  # every axis instance the layouts name
+    component_maps: dict[str, list[int]] = field(default_factory=dict)  # student prefix -> teacher member (experts.N)
+    component_axes: dict[str, str] = field(default_factory=dict)  # student prefix -> the axis it indexes
+    binding: str = "flat"  # which binder bound the dimensions
+    leaf_keys: dict[str, str] = field(default_factory=dict)  # leaf axis -> its index set's key
+    quantization: dict = field(default_factory=dict)  # a quantized teacher: how its weights were handled
 
     @property
     def bytes_to_write(self) -> int:
@@ -131,46 +146,95 @@ def parse_size(value: int | str) -> int:
     return size
 
 
-def build_plan(teacher: Checkpoint, student: list[StudentTensor], options: Options, selector: Selector | None = None,
-               *, origin: dict | None = None) -> Plan:
+def build_plan(teacher: Checkpoint, student: list[StudentTensor], options: Options, binder: Binder | None = None,
+               *, origin: dict | None = None, ranking: Ranking | None = None,
+               quantization: Scheme | None = None) -> Plan:
     """Match every student tensor to its teacher source and lay out the output.
 
-    ``origin`` says where the student spec came from (kept for the manifest)."""
+    ``binder`` says which axes every dimension is bound to (the flat binder: none, the
+    reference's per-size rule); ``ranking`` holds the scores of importance selection;
+    ``origin`` says where the student spec came from (kept for the manifest); ``quantization`` is the
+    teacher's declared quantization (FP8 block scales, MXFP4: slicer.quantized)."""
     if options.layer_selection not in LAYER_SELECTIONS:
         raise SlicerError(f"unknown layer selection {options.layer_selection!r} (choose from {', '.join(LAYER_SELECTIONS)})")
     if options.dtype not in DTYPE_CHOICES:
         raise SlicerError(f"unknown dtype {options.dtype!r} (choose from {', '.join(DTYPE_CHOICES)})")
-    selector = selector or Selector(options.method, options.seed)
+    binder = binder or Binder()
+    chooser = Chooser(options.method, options.seed, ranking)
+    table = AxisTable()
     excludes = _compile(options.exclude)
-    mapper = LayerMapper(teacher.tensors, (t.name for t in student), options.layer_selection)
+    try:
+        quant = quantized.prepare(teacher.tensors, quantization, options, list(student), flat=binder.name == "flat")
+    except SlicerError as e:
+        raise SlicerError(f"{teacher.path}: {e}") from e
+    tensors = teacher.tensors if quant is None else quant.teacher  # scales folded into their weights
+    student = student if quant is None else quant.student
+    kinds = binder.layer_kinds() if quant is None else quant.kinds(binder.layer_kinds())
 
-    jobs, excluded, problems = [], [], []
+    component_axes: dict[str, str] = {}
+
+    def component(student_prefix: str, teacher_prefix: str, t: int, s: int) -> list[int] | None:
+        name = binder.component(student_prefix, teacher_prefix, t, s, table)
+        if name is None:
+            return None
+        component_axes[student_prefix] = name
+        return chooser.dim(table, ((name,),), student_prefix).indices()
+
+    mapper = LayerMapper(tensors, (t.name for t in student), options.layer_selection,
+                         kinds=kinds, component=component)
+
+    bound, excluded, problems = [], [], []
     for tensor in student:
         if any(rx.search(tensor.name) for rx in excludes):
             excluded.append(tensor.name)
             continue
         source_name = mapper.teacher_name(tensor.source or tensor.name)
-        source = teacher.tensors.get(source_name)
+        source = tensors.get(source_name)
         problem = _mismatch(tensor, source_name, source)
         if problem:
             problems.append(problem)
             continue
-        index = selector.for_tensor(tensor.name, source.shape, tensor.shape)
-        jobs.append(TensorJob(tensor.name, source, tensor.shape, _out_dtype(source.dtype, options.dtype), index))
+        try:
+            bound.append((tensor, source, binder.bind(tensor.name, source_name, source.shape, tensor.shape, table)))
+        except SlicerError as e:
+            raise SlicerError(f"{teacher.path}: {e}") from e
+    completed = []
+    for tensor, source, layouts in bound:  # a second pass: open dimensions may match any axis named above
+        try:
+            completed.append((tensor, source, complete(binder, table, tensor.name, layouts, source.shape, tensor.shape)))
+        except SlicerError as e:
+            raise SlicerError(f"{teacher.path}: {e}") from e
+    if quant is not None and not problems:
+        try:
+            quant.block_axes(table, completed)  # before any index set is composed
+        except SlicerError as e:
+            raise SlicerError(f"{teacher.path}: {e}") from e
+    jobs = []
+    for tensor, source, layouts in completed:
+        index = tuple(chooser.dim(table, layout, f"{tensor.name}/{d}") for d, layout in enumerate(layouts))
+        jobs.append(TensorJob(tensor.name, source, tensor.shape, _out_dtype(source.dtype, options.dtype), index, layouts))
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise SlicerError(f"{teacher.path}: {problems[0]}{more}")
     if not jobs:
         raise SlicerError(f"{teacher.path}: nothing to write: every student tensor was excluded")
+    try:
+        if quant is not None:
+            jobs = quant.finish(jobs, table, chooser)
+        binder.finish(jobs, dict(mapper.maps))
+    except SlicerError as e:
+        raise SlicerError(f"{teacher.path}: {e}") from e
 
     # Visit teacher tensors in file order: reads stay sequential, even on a cold cache.
     files = {p: i for i, p in enumerate(teacher.files)}
     jobs.sort(key=lambda j: (files[j.source.path], j.source.offset))
-    used = {j.source.name for j in jobs}
+    used = {j.source.name for j in jobs} | (quant.used(jobs) if quant is not None else set())
     skipped = [n for n in teacher.tensors if n not in used]
     shards = _lay_out_shards(jobs, options.max_shard_size)
-    return Plan(teacher, options, jobs, shards, dict(mapper.maps), dict(selector.sets), skipped, excluded,
-                dict(mapper.mapped_depths), dict(origin or {}))
+    return Plan(teacher, options, jobs, shards, dict(mapper.maps), dict(chooser.sets), skipped, excluded,
+                teacher_depths=dict(mapper.mapped_depths), student=dict(origin or {}), axes=table,
+                component_maps=dict(mapper.component_maps), component_axes=component_axes, binding=binder.name,
+                leaf_keys=dict(chooser.leaf_keys), quantization=quant.describe(jobs) if quant is not None else {})
 
 
 def _compile(patterns: tuple[str, ...]) -> list[re.Pattern]:

@@ -9,12 +9,15 @@ single tensor byte is touched, so a lying header can never size an allocation.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import SlicerError
 
@@ -101,6 +104,19 @@ class TensorInfo:
         return DTYPES[self.dtype].itemsize
 
 
+class FileStamp(NamedTuple):
+    """What fstat said of a file when its header was read: a later change shows here."""
+
+    size: int
+    mtime_ns: int
+    ino: int
+    dev: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "FileStamp":
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
 @dataclass(frozen=True)
 class Header:
     path: Path
@@ -108,24 +124,42 @@ class Header:
     metadata: dict[str, str]
     data_start: int
     file_size: int
+    stamp: FileStamp | None = None
 
 
 def read_header(path: Path) -> Header:
     """Read and validate the header of one safetensors file. Reads no tensor data."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            file_size = os.fstat(f.fileno()).st_size
-            if file_size < 8:
-                raise SlicerError(f"{path}: not a safetensors file ({file_size} bytes, too short for a header)")
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > MAX_HEADER_BYTES:
-                raise SlicerError(f"{path}: header length {n} is absurd (limit {MAX_HEADER_BYTES}); file is corrupt or not safetensors")
-            if 8 + n > file_size:
-                raise SlicerError(f"{path}: header length {n} runs past the end of the file ({file_size} bytes); file is truncated or not safetensors")
+        # O_NONBLOCK: a FIFO named like a checkpoint is refused below instead of hanging the open
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise SlicerError(f"{path}: not a regular file ({file_kind(st.st_mode)}); name a .safetensors file")
+            file_size = st.st_size
+            n = header_length(path, f.read(8), file_size)
             raw = f.read(n)
     except OSError as e:
         raise SlicerError(f"{path}: cannot read: {e.strerror or e}") from e
+    return dataclasses.replace(parse_header(path, raw, file_size), stamp=FileStamp.of(st))
+
+
+def header_length(path, prefix: bytes, file_size: int) -> int:
+    """The header's JSON length from a file's first 8 bytes, checked against the file's size.
+
+    ``path`` names the file in messages (a local path, or a remote file's URL)."""
+    if file_size < 8:
+        raise SlicerError(f"{path}: not a safetensors file ({file_size} bytes, too short for a header)")
+    (n,) = struct.unpack("<Q", prefix[:8])
+    if n > MAX_HEADER_BYTES:
+        raise SlicerError(f"{path}: header length {n} is absurd (limit {MAX_HEADER_BYTES}); file is corrupt or not safetensors")
+    if 8 + n > file_size:
+        raise SlicerError(f"{path}: header length {n} runs past the end of the file ({file_size} bytes); file is truncated or not safetensors")
+    return n
+
+
+def parse_header(path, raw: bytes, file_size: int) -> Header:
+    """Validate the header JSON ``raw`` (the bytes after the length prefix) of a file of ``file_size`` bytes."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -140,10 +174,19 @@ def read_header(path: Path) -> Header:
         raise SlicerError(f"{path}: header JSON is nested too deeply; file is corrupt or not safetensors") from None
     if not isinstance(obj, dict):
         raise SlicerError(f"{path}: header is a JSON {type(obj).__name__}, expected an object")
-    return _validate(path, obj, data_start=8 + n, file_size=file_size)
+    return _validate(path, obj, data_start=8 + len(raw), file_size=file_size)
 
 
-def _validate(path: Path, obj: dict, data_start: int, file_size: int) -> Header:
+def file_kind(mode: int) -> str:
+    """'a FIFO', 'a socket', ... for a message about a path that is not a regular file."""
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _validate(path: Path, obj: dict, data_start: int, file_size: int, stamp: FileStamp | None = None) -> Header:
     metadata = obj.pop("__metadata__", None)
     metadata = {} if metadata is None else metadata  # [] or "" are not an empty map
     if not isinstance(metadata, dict) or not all(isinstance(v, str) and _is_text(v) and _is_text(k) for k, v in metadata.items()):
@@ -188,7 +231,7 @@ def _validate(path: Path, obj: dict, data_start: int, file_size: int) -> Header:
         cursor = end
     if cursor != data_size:
         raise SlicerError(f"{path}: data section is {data_size} bytes but tensors cover {cursor}; file is corrupt")
-    return Header(path, tensors, dict(metadata), data_start, file_size)
+    return Header(path, tensors, dict(metadata), data_start, file_size, stamp)
 
 
 def json_int(token: str) -> int:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint import Checkpoint
+from .axes import Binder
 from .plan import Options, StudentTensor
-from .selection import Selector
 
 
 @dataclass
@@ -20,8 +20,10 @@ class StudentSpec:
     origin: dict  # for the manifest: where the spec came from
     folder: Path | None = None  # the student's own folder, if any (never written to)
     files: dict[str, bytes] = field(default_factory=dict)  # config.json and friends for OUT
-    # Builds the run's index-set chooser; the config route swaps in a head-aware one.
-    make_selector: Callable[[Options], Selector] = lambda options: Selector(options.method, options.seed)
+    # What the student's structure says about each tensor dimension: the flat binder knows
+    # nothing (the paper's per-size rule); a config (the config route, or a template folder
+    # with a config.json beside the teacher's) gives the model's own axes.
+    make_binder: Callable[[Options], Binder] = lambda options: Binder()  # see hf.template_structure
 
 
 def from_template(path: str | Path) -> StudentSpec:

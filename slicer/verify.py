@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checkpoint import Checkpoint
+from .axes.audit import audit
+from .checkpoint import Checkpoint, is_url
 from .errors import SlicerError
 from .safetensors_format import DTYPES, TensorInfo, is_json_int, read_header
 from .selection import manifest_indices
@@ -47,6 +48,7 @@ class VerifyReport:
     full: bool
     shards: int = 0  # shards checked (size, sha256, header)
     tensors: int = 0  # tensors in the manifest
+    dimensions_audited: int = 0  # tensor dimensions whose index set was recomposed from their axes
     tensors_compared: int = 0  # compared with the teacher's selection
     elements_compared: int = 0
     bytes_hashed: int = 0
@@ -61,22 +63,32 @@ class VerifyReport:
 
 
 def verify(out: str | Path, *, teacher: str | Path | None = None, full: bool = False,
-           rows_per_tensor: int = SPOT_ROWS, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> VerifyReport:
+           rows_per_tensor: int = SPOT_ROWS, chunk_bytes: int = DEFAULT_CHUNK_BYTES, revision: str | None = None,
+           cache_dir: str | Path | None = None, remote: dict | None = None) -> VerifyReport:
     """Check the student in ``out`` against its manifest (and ``teacher``, if given).
 
     Without ``full``, ``rows_per_tensor`` rows of dimension 0 of every tensor (the first,
     the last, others drawn by a seed from the tensor's name) are compared with the
     teacher. ``chunk_bytes`` bounds each read, of teacher span and of student bytes.
     Raises SlicerError when ``out`` has no usable manifest or the teacher cannot be opened.
+    A remote ``teacher`` (a URL) is read by range requests of the compared rows; without
+    ``revision``, the revision the manifest records for that URL is used.
     """
     out = Path(out)
     manifest = _load_manifest(out)
     report = VerifyReport(str(out), None if teacher is None else str(teacher), full,
                           tensors=len(manifest["tensors"]))
-    ckpt = Checkpoint.open(teacher, role="teacher") if teacher is not None else None  # before the long part
+    ckpt = None
+    if teacher is not None:  # before the long part
+        if revision is None and is_url(teacher):
+            from .remote import recorded_revision
+
+            revision = recorded_revision(teacher, manifest.get("teacher"))  # the commit the student came from
+        ckpt = Checkpoint.open(teacher, role="teacher", revision=revision, cache_dir=cache_dir, remote=remote)
     with _Files() as files:
         headers = _check_shards(out, manifest, report)
         _check_index(out, manifest, report)
+        _check_axes(manifest, headers, report)
         if ckpt is not None:
             budget = max(int(chunk_bytes), 64)
             for name, rec in manifest["tensors"].items():
@@ -89,6 +101,25 @@ def verify(out: str | Path, *, teacher: str | Path | None = None, full: bool = F
 
 
 # --------------------------------------------------------------------------- manifest
+
+def _check_axes(manifest: dict, headers: dict, report: VerifyReport) -> None:
+    """Every dimension uses its axes' index sets (slicer.axes.audit), for tensors whose header agrees."""
+    from .writer import MANIFEST_NAME
+
+    sets = manifest["index_sets"]
+
+    def indices_of(key, n: int):
+        entry = sets.get(key) if isinstance(key, str) else None
+        if not isinstance(entry, dict) or not _valid_set(entry):
+            return None
+        size = len(entry["indices"]) if "indices" in entry else entry["s"]
+        return manifest_indices(entry) if size == n else None  # a lying "s" never sizes a list
+
+    known = {name for shard in headers.values() for name in shard}
+    problems, checked = audit(manifest, indices_of, known)
+    report.problems += [f"{MANIFEST_NAME}: {p}" for p in problems]
+    report.dimensions_audited = checked
+
 
 def _load_manifest(out: Path) -> dict:
     from .writer import MANIFEST_NAME
@@ -259,6 +290,9 @@ def _compare(name: str, rec: dict, stored: TensorInfo, ckpt: Checkpoint, sets: d
     from .safetensors_format import BITS_DTYPE
 
     where = f"{stored.path}: tensor {name!r}"
+    if isinstance(rec.get("dequantize"), dict):
+        _compare_dequantized(where, rec, stored, ckpt, sets, report, files, rows, budget)
+        return
     source = ckpt.tensors.get(rec["source"])
     if source is None:
         report.problems.append(f"{where}: its source {rec['source']!r} is not in the teacher {ckpt.path}")
@@ -267,9 +301,13 @@ def _compare(name: str, rec: dict, stored: TensorInfo, ckpt: Checkpoint, sets: d
         report.problems.append(f"{where}: teacher tensor {rec['source']!r} is {source.dtype} {list(source.shape)}, "
                                f"the manifest says {rec['source_dtype']} {rec['teacher_shape']}")
         return
-    index = [manifest_indices(sets[key]) for key in rec["index"]]
-    for d, (key, ix) in enumerate(zip(rec["index"], index)):
+    index = []
+    for d, key in enumerate(rec["index"]):
         t, s = source.shape[d], rec["shape"][d]
+        entry = sets[key]
+        size = len(entry["indices"]) if "indices" in entry else entry["s"]
+        ix = manifest_indices(entry) if size == s else []  # a lying "s" never sizes a list
+        index.append(ix)
         if len(ix) != s or not all(is_json_int(i) and 0 <= i < t for i in ix):
             report.problems.append(f"{where}: index set {key!r} of dimension {d} does not select {s} of 0..{t - 1}")
             return
@@ -286,7 +324,8 @@ def _compare(name: str, rec: dict, stored: TensorInfo, ckpt: Checkpoint, sets: d
     report.tensors_compared += 1
     try:
         for block in _blocks(source.shape, stored.shape, index, source.itemsize, stored.itemsize, budget, sample):
-            want = _select(files.read(source, block.t_first, block.t_count).view(block.t_shape), block.t_index)
+            span = files.read(source, block.t_first, block.t_count, block.t_shape, block.t_index[0] if block.t_shape else None)
+            want = _select(span.view(block.t_shape), block.t_index)
             if cast is not None:
                 want = want.view(cast[0]).to(cast[1]).view(BITS_DTYPE[stored.itemsize])
             got = files.read(stored, block.s_first, block.s_count).view(block.s_shape)
@@ -300,6 +339,74 @@ def _compare(name: str, rec: dict, stored: TensorInfo, ckpt: Checkpoint, sets: d
                 return
     except SlicerError as e:
         report.problems.append(str(e))
+
+
+def _compare_dequantized(where: str, rec: dict, stored: TensorInfo, ckpt: Checkpoint, sets: dict,
+                         report: VerifyReport, files: "_Files", rows: int | None, budget: int) -> None:
+    """A dequantized tensor against the dequantized selection of the teacher's stored tensors (slicer.dequant:
+    transformers' arithmetic), one student row at a time, in pieces of at most ``budget`` bytes."""
+    import torch
+
+    from .safetensors_format import BITS_DTYPE
+
+    from .dequant import values
+    from .quantized import Dequant, _logical
+
+    dq = rec["dequantize"]
+    try:
+        if dq.get("format") == "fp8":
+            weight, scale = ckpt.tensors.get(rec["source"]), ckpt.tensors.get(dq.get("scale"))
+            block = dq.get("block")
+            if weight is None or scale is None:
+                raise SlicerError(f"{where}: its source {rec['source']!r} or scale {dq.get('scale')!r} is not in the teacher")
+            source, spec = weight, Dequant("fp8", scale, tuple(block) if block else None)
+        elif dq.get("format") == "mxfp4":
+            blocks, scales = ckpt.tensors.get(dq.get("blocks")), ckpt.tensors.get(dq.get("scales"))
+            if blocks is None or scales is None:
+                raise SlicerError(f"{where}: its packed source {dq.get('blocks')!r} / {dq.get('scales')!r} is not in the teacher")
+            source, spec = _logical(blocks, scales), Dequant("mxfp4", scales, packed=blocks)
+        else:
+            raise SlicerError(f"{where}: unknown dequantization {dq.get('format')!r}")
+    except SlicerError as e:
+        report.problems.append(str(e) if str(e).startswith(where) else f"{where}: {e}")
+        return
+    if list(source.shape) != rec["teacher_shape"] or not stored.shape:
+        report.problems.append(f"{where}: teacher tensor {source.name!r} is {list(source.shape)}, the manifest says "
+                               f"{rec['teacher_shape']}")
+        return
+    index = []
+    for d, key in enumerate(rec["index"]):
+        entry = sets[key]
+        ix = manifest_indices(entry) if (len(entry["indices"]) if "indices" in entry else entry["s"]) == stored.shape[d] else []
+        if len(ix) != stored.shape[d] or not all(is_json_int(i) and 0 <= i < source.shape[d] for i in ix):
+            report.problems.append(f"{where}: index set {key!r} of dimension {d} does not select {stored.shape[d]} "
+                                   f"of 0..{source.shape[d] - 1}")
+            return
+        index.append(torch.tensor(ix, dtype=torch.int64))
+    out_dtype = DTYPES[rec["dtype"]].torch_dtype
+    sample = range(stored.shape[0]) if rows is None else _spot_rows(stored.name, stored.shape[0], rows)
+    row = math.prod(stored.shape[1:])
+    inner = math.prod(stored.shape[2:]) if len(stored.shape) > 1 else 1
+    step = max(1, budget // max(inner * 16, 1)) if len(stored.shape) > 1 else 1
+    report.tensors_compared += 1
+    try:
+        for p in sample:
+            for a in range(0, max(stored.shape[1], 1) if len(stored.shape) > 1 else 1, step):
+                ix = [index[0][p:p + 1]]
+                if len(stored.shape) > 1:
+                    ix += [index[1][a:a + step], *index[2:]]
+                want = values(files.read, spec, source, ix, out_dtype).contiguous()
+                want = want.view(BITS_DTYPE[stored.itemsize]).reshape(-1)
+                got = files.read(stored, p * row + a * inner, want.numel())
+                report.elements_compared += got.numel()
+                if not torch.equal(got, want):
+                    at = int((got != want).nonzero()[0])
+                    report.problems.append(
+                        f"{where}: differs from the dequantized selection of teacher tensor {source.name!r} in row {p} "
+                        f"(bits {_hex(got, [at], stored.itemsize)}, expected {_hex(want, [at], stored.itemsize)})")
+                    return
+    except (SlicerError, RuntimeError, ValueError) as e:
+        report.problems.append(str(e) if isinstance(e, SlicerError) else f"{where}: cannot dequantize: {e}")
 
 
 def _spot_rows(name: str, n: int, k: int) -> list[int]:
@@ -389,12 +496,16 @@ class _Files:
     def __init__(self) -> None:
         self._fds: dict[Path, int] = {}
 
-    def read(self, info: TensorInfo, first: int, count: int) -> torch.Tensor:
-        """Elements first..first+count-1 of a tensor, as same-width integers."""
+    def read(self, info: TensorInfo, first: int, count: int, shape: tuple[int, ...] = (),
+             rows: list[int] | None = None) -> torch.Tensor:
+        """Elements first..first+count-1 of a tensor, as same-width integers. A remote
+        tensor's span (viewed as ``shape``) is fetched by its ``rows`` of dimension 0 only."""
         import torch
 
         from .safetensors_format import BITS_DTYPE
 
+        if not isinstance(info.path, Path):  # a remote teacher's RemotePath
+            return info.path.folder.read_rows(info, first, count, shape, rows)
         fd = self._fds.get(info.path)
         if fd is None:
             try:

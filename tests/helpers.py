@@ -254,9 +254,11 @@ def zoo_shapes(depth, big, vec, with_scalar=True):
 
 
 # Teacher/student pairs. Sizes are small; several student widths are not divisors of
-# the teacher's so the float32 linspace branch of "uniform" is exercised.
+# the teacher's so the float32 linspace branch of "uniform" is exercised. The ViT's width
+# halves (as in the paper, 384 -> 192), so flat selection keeps its fused qkv's q, k and v
+# apart and a template without a config may select it flat.
 VIT_T = dict(dim=48, depth=4, mlp=192)
-VIT_S = dict(dim=20, depth=2, mlp=80)
+VIT_S = dict(dim=24, depth=2, mlp=80)
 CNX_T_DIMS, CNX_T_DEPTHS = (16, 24, 32, 48), (3, 2, 5, 4)
 CNX_S_DIMS, CNX_S_DEPTHS = (8, 12, 20, 24), (1, 2, 3, 2)
 
@@ -268,9 +270,9 @@ def family(name: str):
         s = vit_shapes(**VIT_S)
         return t, s, False
     if name == "vit_d3":  # 4 -> 3 blocks: uniform layer map hits a tie (1.5 -> 2)
-        return vit_shapes(**VIT_T), vit_shapes(dim=20, depth=3, mlp=80), False
+        return vit_shapes(**VIT_T), vit_shapes(dim=24, depth=3, mlp=80), False
     if name == "vit_d4":  # equal depth, smaller width
-        return vit_shapes(**VIT_T), vit_shapes(dim=20, depth=4, mlp=80), False
+        return vit_shapes(**VIT_T), vit_shapes(dim=24, depth=4, mlp=80), False
     if name == "convnext_timm":
         return (convnext_timm_shapes(CNX_T_DIMS, CNX_T_DEPTHS),
                 convnext_timm_shapes(CNX_S_DIMS, CNX_S_DEPTHS), False)
@@ -468,7 +470,7 @@ REF_METHODS = {"uniform": ref_uniform, "consecutive": ref_consecutive}
 
 
 def _is_int(c: str) -> bool:
-    return c.isdigit()
+    return c.isascii() and c.isdigit()  # '²'.isdigit() is True, but it is no layer index
 
 
 def _depth_table(names) -> dict:

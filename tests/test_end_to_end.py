@@ -23,8 +23,10 @@ RANDOM_METHODS = ("random", "random-inconsistent")
 
 
 def shrink(teacher, out, **kw):
+    """The paper's flat selection (these tests reproduce its reference code), fused qkv included."""
     import slicer
     kw.setdefault("progress", False)
+    kw.setdefault("attention", "flat")
     return slicer.shrink(str(teacher), str(out), **kw)
 
 
@@ -381,7 +383,7 @@ def test_plan_rejects_an_incompatible_template_with_slicer_error(ckpts, tmp_path
     import slicer
     teacher, _ = ckpts.teacher("vit")
     shapes = helpers.vit_shapes(**helpers.VIT_S)
-    shapes["blocks.1.attn.qkv.weight"] = [60, 20, 1]
+    shapes["blocks.1.attn.qkv.weight"] = [72, 24, 1]
     template = helpers.write_checkpoint(helpers.make_state(shapes), tmp_path / "tpl", "folder")
     with pytest.raises(slicer.SlicerError, match=r"blocks\.1\.attn\.qkv\.weight"):
         slicer.plan(str(teacher), template=str(template))
@@ -391,7 +393,7 @@ def test_shrink_raises_before_writing_when_a_student_dim_exceeds_the_teachers(ck
     import slicer
     teacher, _ = ckpts.teacher("vit")
     shapes = helpers.vit_shapes(**helpers.VIT_S)
-    shapes["blocks.1.mlp.fc1.weight"] = [193, 20]
+    shapes["blocks.1.mlp.fc1.weight"] = [193, 24]
     template = helpers.write_checkpoint(helpers.make_state(shapes), tmp_path / "tpl", "folder")
     with pytest.raises(slicer.SlicerError, match=r"blocks\.1\.mlp\.fc1\.weight"):
         shrink(teacher, tmp_path / "out", template=str(template))

@@ -20,7 +20,6 @@ from safetensors.torch import load_file  # noqa: E402
 
 import slicer  # noqa: E402
 from slicer import SlicerError  # noqa: E402
-from slicer.heads import HeadAwareSelector, HeadGeometry  # noqa: E402
 from slicer.report import format_plan  # noqa: E402
 
 VOCAB = 100
@@ -251,7 +250,8 @@ def test_width_and_depth_student_loads_runs_and_keeps_whole_heads(teachers, tmp_
                 assert torch.equal(s[r][j * d:(j + 1) * d], t[r][h * d:(h + 1) * d][:, cols]), f"layer {layer} {r} head {j}"
     manifest = json.loads((out / "slicer_manifest.json").read_text())
     assert manifest["options"]["attention"] == "heads"
-    assert any(k.startswith("heads:") for k in manifest["index_sets"])
+    assert any(a["kind"] == "q-heads" and a["parts"].endswith(":kv-heads * " + name.rsplit(":", 1)[0] + ":group")
+               for name, a in manifest["axes"].items())
     assert manifest["student"]["config_changes"]
 
 
@@ -293,7 +293,9 @@ def test_smaller_rotary_head_keeps_rotary_pairs_together(teachers, tmp_path):
     rows = [h * 8 + i for h in range(8) for i in (0, 1, 4, 5)]
     assert torch.equal(s_q, t_q[rows][:, :32])
     manifest = json.loads((out / "slicer_manifest.json").read_text())
-    assert manifest["index_sets"]["heads:head-dims:8->4:rotary:consecutive"]["indices"] == [0, 1, 4, 5]
+    head_dim = manifest["axes"]["model.layers.1.self_attn:head-dim"]
+    assert head_dim["parts"] == "2 * model.layers.1.self_attn:rotary-pairs"
+    assert manifest["index_sets"][manifest["axes"]["model.layers.1.self_attn:rotary-pairs"]["index"]]["s"] == 2
 
 
 def test_flat_attention_selects_projection_rows_like_any_other_axis(teachers, tmp_path):
@@ -304,7 +306,8 @@ def test_flat_attention_selects_projection_rows_like_any_other_axis(teachers, tm
     s_q = read_state(out)["model.layers.0.self_attn.q_proj.weight"]
     assert torch.equal(s_q, t_q[uniform(64, 32)][:, uniform(64, 32)])
     manifest = json.loads((out / "slicer_manifest.json").read_text())
-    assert not any(k.startswith("heads:") for k in manifest["index_sets"])
+    assert not any(a["kind"] in ("q-heads", "kv-heads") for a in manifest["axes"].values())
+    assert manifest["tensors"]["model.layers.0.self_attn.q_proj.weight"]["axes"] == ["64->32", "hidden"]
 
 
 def test_per_layer_config_lists_follow_the_selected_layers(teachers, tmp_path):
@@ -411,6 +414,7 @@ def test_cli_refuses_an_impossible_config_in_one_line(teachers, tmp_path, subpro
     ("llama", {"hiden_size": 32}, ["hiden_size", "no such key"]),
     ("qwen2", {"num_attention_heads": 2, "num_key_value_heads": 1}, ["head size 32 exceeds the teacher's 8"]),
     ("mistral", {"num_key_value_heads": 1}, ["8 query heads per kv head, the teacher 4", "--attention flat"]),
+    ("llama", {"vocab_size": 50}, ["vocabulary is 50 tokens", "tokenizer", "keep vocab_size"]),
 ])
 def test_impossible_configs_are_refused_before_anything_is_written(teachers, tmp_path, fam, edits, words):
     out = tmp_path / "out"
@@ -441,47 +445,6 @@ def test_teacher_without_config_needs_a_student_config(tmp_path):
 
 # --------------------------------------------------------------------------- layouts without a model here
 
-def test_fused_qkv_rows_keep_whole_heads_in_each_block():
-    # timm / ViT `qkv` [3*hidden, hidden]: 4 heads of 4 -> 2 heads of 4, uniform: heads [0, 2]
-    sel = HeadAwareSelector("uniform", 0, HeadGeometry(4, 4, 4), HeadGeometry(2, 2, 4))
-    rows, cols = sel.for_tensor("blocks.0.attn.qkv.weight", (48, 16), (24, 8))
-    assert rows.indices() == [b * 16 + h * 4 + i for b in range(3) for h in (0, 2) for i in range(4)]
-    assert cols.indices() == uniform(16, 8)
-    (bias,) = sel.for_tensor("blocks.0.attn.qkv.bias", (48,), (24,))
-    assert bias.indices() == rows.indices()
-    _, proj_cols = sel.for_tensor("blocks.0.attn.proj.weight", (16, 16), (8, 8))
-    assert proj_cols.indices() == [h * 4 + i for h in (0, 2) for i in range(4)]
-    (proj_bias,) = sel.for_tensor("blocks.0.attn.proj.bias", (16,), (8,))
-    assert proj_bias.indices() == uniform(16, 8)  # the hidden axis: element method
-    (fc,) = sel.for_tensor("blocks.0.mlp.fc1.bias", (64,), (32,))
-    assert fc.indices() == uniform(64, 32)
-
-
-def test_grouped_query_heads_are_whole_heads_of_the_kept_groups():
-    # 12 heads in 4 groups of 3 -> 4 heads in 2 groups of 2: K = [0, 2], Q = round(linspace(0, 2, 2)) = [0, 2]
-    sel = HeadAwareSelector("uniform", 0, HeadGeometry(12, 4, 2), HeadGeometry(4, 2, 2))
-    rows, _ = sel.for_tensor("model.layers.0.self_attn.q_proj.weight", (24, 24), (8, 8))
-    assert rows.indices() == [h * 2 + i for h in (0, 2, 6, 8) for i in range(2)]
-    rows, _ = sel.for_tensor("model.layers.0.self_attn.k_proj.weight", (8, 24), (4, 8))
-    assert rows.indices() == [h * 2 + i for h in (0, 2) for i in range(2)]
-    assert sel.sets["heads:kv-heads:4->2:uniform"].indices() == [0, 2]
-    assert sel.sets["heads:q-heads:12->4:uniform"].indices() == [0, 2, 6, 8]
-
-
-def test_interleaved_query_key_value_keeps_each_heads_q_k_v():
-    # GPT-NeoX query_key_value: rows per head [q, k, v]; 4 heads of 2 -> 2 heads: heads [0, 2]
-    sel = HeadAwareSelector("uniform", 0, HeadGeometry(4, 4, 2, rotary_dim=2), HeadGeometry(2, 2, 2, rotary_dim=2))
-    rows, _ = sel.for_tensor("gpt_neox.layers.0.attention.query_key_value.weight", (24, 8), (12, 4))
-    assert rows.indices() == [h * 6 + part * 2 + i for h in (0, 2) for part in range(3) for i in range(2)]
-
-
-def test_rows_that_do_not_fit_the_heads_fall_back_to_flat_selection(caplog):
-    sel = HeadAwareSelector("uniform", 0, HeadGeometry(4, 4, 4), HeadGeometry(2, 2, 4))
-    rows, _ = sel.for_tensor("vision.layers.0.self_attn.q_proj.weight", (30, 16), (10, 8))
-    assert rows.indices() == uniform(30, 10)
-    assert "do not fit the attention heads" in caplog.text
-
-
 def test_gpt_neox_interleaved_qkv_and_partial_rotary_keep_whole_heads(tmp_path):
     # rotary on 4 of 16 dims per head: pairs (0, 2), (1, 3); dims 4..15 are not rotated
     config = dict(architectures=["GPTNeoXForCausalLM"], hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -502,19 +465,6 @@ def test_gpt_neox_interleaved_qkv_and_partial_rotary_keep_whole_heads(tmp_path):
     t_o = read_state(teacher)["gpt_neox.layers.1.attention.dense.weight"]
     s_o = read_state(out)["gpt_neox.layers.1.attention.dense.weight"]
     assert torch.equal(s_o, t_o[:32][:, [h * 16 + i for h in range(4) for i in dims]])
-
-
-def test_random_method_keeps_the_same_heads_in_q_k_v_and_o():
-    # 8 heads in 4 groups of 2 -> 2 heads in 2 groups of 1
-    sel = HeadAwareSelector("random", 7, HeadGeometry(8, 4, 4), HeadGeometry(2, 2, 4))
-    q, _ = sel.for_tensor("model.layers.0.self_attn.q_proj.weight", (32, 32), (8, 16))
-    k, _ = sel.for_tensor("model.layers.0.self_attn.k_proj.weight", (16, 32), (8, 16))
-    _, o = sel.for_tensor("model.layers.3.self_attn.o_proj.weight", (32, 32), (16, 8))
-    kept = sel.sets["heads:kv-heads:4->2:random"].indices()
-    within = sel.sets["heads:group-heads:2->1:random"].indices()
-    heads = [kv * 2 + g for kv in kept for g in within]
-    assert q.indices() == o.indices() == [h * 4 + i for h in heads for i in range(4)]
-    assert k.indices() == [h * 4 + i for h in kept for i in range(4)]
 
 
 def test_from_config_spec_has_no_folder_and_copies_no_weights(teachers, tmp_path):

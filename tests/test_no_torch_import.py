@@ -58,3 +58,9 @@ def test_a_cast_imports_torch_only_then(ckpts, tmp_path, subprocess_env):
                         str(template), "--dtype", "fp32", "--quiet"], env=subprocess_env, cwd=REPO_ROOT,
                        capture_output=True, text=True, timeout=120)
     assert "torch was imported" in r.stderr  # so the checks above can fail
+
+
+def test_the_api_repeats_the_engine_constants_exactly():
+    from slicer import api, engine
+
+    assert (api.DEFAULT_CHUNK_BYTES, api.PIPELINE_DEPTH) == (engine.DEFAULT_CHUNK_BYTES, engine.PIPELINE_DEPTH)

@@ -1,0 +1,356 @@
+"""Remote teachers: time and bytes of `slicer shrink URL` against downloading everything first.
+
+A loopback HTTP server (tests/remote_server.py, in its own process) serves generated
+teachers, throttled to a total bandwidth shared by all connections, optionally with a
+fixed latency before every answer (a far server's round trip). Two measurements:
+
+  e2e   A Llama-shaped bf16 teacher shrunk to half width and half depth, per bandwidth:
+          download  every teacher file fetched (16 parallel 8 MB range requests, as
+                    `hf download` or `aws s3 cp` do), written to disk, then
+                    `python -m slicer shrink LOCAL OUT --template ...`: times summed;
+          slicer    `python -m slicer shrink http://127.0.0.1:PORT/teacher/ OUT --template ...`.
+        Bytes are counted by the server. Both outputs are compared byte for byte.
+
+  gap   The coalescing gap threshold: one [N, row] bf16 tensor of which every other
+        row is kept (the pattern of a half-width uniform selection), for several row
+        sizes, fetched (a) one request per kept row (--coalesce-gap 0) and (b) with the
+        gaps (one request per 8 MB, twice the bytes). Where (a) becomes faster than (b)
+        is the gap worth a request: at most that many bytes should be bridged.
+
+Every run is a whole process; e2e reports wall times (import included), gap the run's
+own time from its summary (plan, fetch, write). The median of --repeats is reported. The machine is shared and has 2 cores: the server, the client and (for
+download) the local shrink compete for them, as they would not across a real network.
+
+  requests  Llama-3.1-405B's shapes (sparse files) shrunk to Llama-3.1-8B's: the requests and
+        bytes a remote run would fetch, per gap (arithmetic on the plan; nothing is served).
+
+    python bench/remote.py [--workdir DIR] [--which e2e,gap,requests] [--bandwidths 100,1000] [--repeats 3] [--json FILE]
+    python bench/remote.py serve ROOT [--bandwidth MB/s] [--latency MS]   # the server alone (prints its URL)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import teachers  # noqa: E402
+
+E2E_PAIR = teachers.Pair(
+    "remote-llama",
+    # 8 layers x 88.1 MB + 2 x 131 MB (embed, lm_head) = 967 MB, in shards of at most 256 MB
+    teachers.LlamaShape(hidden=2048, intermediate=5632, heads=16, kv_heads=4, head_dim=128, layers=8, vocab=32000),
+    teachers.LlamaShape(hidden=1024, intermediate=2816, heads=8, kv_heads=2, head_dim=128, layers=4, vocab=32000),
+    "Llama-shaped, hidden 2048 -> 1024, 8 -> 4 layers, intermediate 5632 -> 2816, vocab 32000",
+)
+GAP_ROWS = (4 << 10, 16 << 10, 32 << 10, 64 << 10, 256 << 10)  # row sizes in bytes
+GAP_TENSOR_BYTES = 64 << 20
+DOWNLOAD_PARALLEL = 16
+DOWNLOAD_PIECE = 8 << 20
+
+
+# ----------------------------------------------------------------------------- the server
+def serve(root: Path, bandwidth_mb: float | None, latency_ms: float) -> None:
+    from remote_server import RangeServer
+
+    with RangeServer(root, bandwidth=bandwidth_mb * 1e6 if bandwidth_mb else None, latency=latency_ms / 1000,
+                     slice_bytes=256 << 10) as srv:
+        print(srv.url, flush=True)
+        sys.stdin.read()  # until the parent closes our stdin
+
+
+class Server:
+    """The server in its own process (its own GIL)."""
+
+    def __init__(self, root: Path, bandwidth_mb: float | None, latency_ms: float = 0.0):
+        args = [sys.executable, __file__, "serve", str(root), "--latency", str(latency_ms)]
+        if bandwidth_mb:
+            args += ["--bandwidth", str(bandwidth_mb)]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.url = self.proc.stdout.readline().strip()
+
+    def stats(self) -> dict:
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + "/__stats") as r:
+            return json.loads(r.read())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+# ----------------------------------------------------------------------------- the ways
+def download_all(url: str, names: list[str], dest: Path) -> int:
+    """Every file, 16 range requests of 8 MB in flight, written at its offset: what a downloader does."""
+    import urllib3
+
+    pool = urllib3.PoolManager(maxsize=DOWNLOAD_PARALLEL)
+    jobs = []
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        size = int(pool.request("HEAD", f"{url}/{name}").headers["Content-Length"])
+        fd = os.open(dest / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.ftruncate(fd, size)
+        jobs += [(name, fd, start, min(start + DOWNLOAD_PIECE, size)) for start in range(0, size, DOWNLOAD_PIECE)]
+    lock = threading.Lock()
+    total = [0]
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not jobs:
+                    return
+                name, fd, start, end = jobs.pop(0)
+            r = pool.request("GET", f"{url}/{name}", headers={"Range": f"bytes={start}-{end - 1}"})
+            assert r.status == 206 and len(r.data) == end - start, (r.status, len(r.data))
+            os.pwrite(fd, r.data, start)
+            with lock:
+                total[0] += len(r.data)
+
+    threads = [threading.Thread(target=worker) for _ in range(DOWNLOAD_PARALLEL)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return total[0]
+
+
+def _slicer(args: list[str]) -> dict:
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "slicer", "shrink", *args, "--overwrite", "--json"],
+                       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr)
+    return {"seconds": time.perf_counter() - t0, "summary": json.loads(r.stdout.strip().splitlines()[-1])}
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    files = sorted(p.name for p in a.iterdir() if p.name != "slicer_manifest.json")
+    return files == sorted(p.name for p in b.iterdir() if p.name != "slicer_manifest.json") and all(
+        subprocess.run(["cmp", "-s", a / f, b / f]).returncode == 0 for f in files)
+
+
+def run_e2e(workdir: Path, bandwidths: list[float], repeats: int, log) -> list[dict]:
+    pair = E2E_PAIR
+    served = workdir / "served"
+    tdir = served / "teacher"
+    saved = teachers.plan_shards.__defaults__
+    teachers.plan_shards.__defaults__ = (256_000_000,)  # a few shards, as real teachers have
+    try:
+        teachers.build_teacher(tdir, pair.teacher, log=log)
+    finally:
+        teachers.plan_shards.__defaults__ = saved
+    (tdir / "config.json").write_text(json.dumps({"model_type": "llama", "note": "bench teacher"}))
+    template = workdir / "template"
+    teachers.build_template(template, pair.student, log=log)
+    names = sorted(p.name for p in tdir.iterdir() if p.name.endswith((".safetensors", ".json")))
+    teacher_bytes = sum((tdir / n).stat().st_size for n in names)
+    rows = []
+    for bw in bandwidths:
+        server = Server(served, bw)
+        try:
+            url = server.url + "/teacher"
+            runs = {"download": [], "slicer": []}
+            for rep in range(repeats):
+                for way in ("download", "slicer"):  # interleaved: the machine's noise hits both
+                    out = workdir / f"out-{way}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    server.stats()
+                    if way == "download":
+                        dl = workdir / "downloaded"
+                        shutil.rmtree(dl, ignore_errors=True)
+                        t0 = time.perf_counter()
+                        download_all(url, names, dl)
+                        t_dl = time.perf_counter() - t0
+                        local = _slicer([str(dl), str(out), "--template", str(template)])
+                        rec = {"seconds": t_dl + local["seconds"], "download_s": t_dl, "shrink_s": local["seconds"]}
+                        shutil.rmtree(dl)
+                    else:
+                        res = _slicer([url + "/", str(out), "--template", str(template)])
+                        rec = {"seconds": res["seconds"], "fetched": res["summary"]["bytes_fetched"],
+                               "peak_memory_bytes": res["summary"]["peak_memory_bytes"],
+                               "bytes_read": res["summary"]["bytes_read"]}
+                    rec["server_bytes"] = server.stats()["bytes_sent"]
+                    runs[way].append(rec)
+                    log(f"  {bw:g} MB/s {way:8s} rep {rep + 1}: {rec['seconds']:.2f} s, {rec['server_bytes'] / 1e6:.1f} MB")
+            same = _same_tree(workdir / "out-download", workdir / "out-slicer")
+        finally:
+            server.close()
+        med = {w: statistics.median(r["seconds"] for r in rs) for w, rs in runs.items()}
+        rows.append({
+            "bandwidth_mb_s": bw, "teacher_bytes": teacher_bytes,
+            "download_s": med["download"], "download_only_s": statistics.median(r["download_s"] for r in runs["download"]),
+            "slicer_s": med["slicer"], "ratio": med["slicer"] / med["download"],
+            "download_bytes": runs["download"][-1]["server_bytes"], "slicer_bytes": runs["slicer"][-1]["server_bytes"],
+            "bytes_to_read": runs["slicer"][-1]["bytes_read"],
+            "slicer_peak_mb": max(r["peak_memory_bytes"] for r in runs["slicer"]) / 1e6,
+            "identical": same, "runs": runs,
+        })
+    return rows
+
+
+def run_gap(workdir: Path, bandwidths: list[float], latencies: list[float], repeats: int, log) -> list[dict]:
+    import torch
+    from safetensors.torch import save_file
+
+    rows = []
+    for row in GAP_ROWS:
+        d = workdir / "gap" / f"row{row}"
+        n_rows, elems = GAP_TENSOR_BYTES // row, row // 2
+        if not (d / "teacher" / "model.safetensors").exists():
+            (d / "teacher").mkdir(parents=True, exist_ok=True)
+            (d / "template").mkdir(parents=True, exist_ok=True)
+            save_file({"w": torch.randn(n_rows, elems).to(torch.bfloat16)}, str(d / "teacher" / "model.safetensors"))
+            save_file({"w": torch.zeros(n_rows // 2, elems, dtype=torch.bfloat16)}, str(d / "template" / "model.safetensors"))
+        for lat in latencies:
+            for bw in bandwidths:
+                server = Server(d, bw, lat)
+                try:
+                    times = {"per-row": [], "bridged": []}
+                    for _ in range(repeats):
+                        for way, gap in (("per-row", "0"), ("bridged", str(row))):
+                            out = d / f"out-{way}"
+                            res = _slicer([server.url + "/teacher/", str(out), "--template", str(d / "template"),
+                                           "--coalesce-gap", gap])
+                            # the run itself (plan + fetch + write), as the summary times it: no import time
+                            times[way].append(res["summary"]["seconds"])
+                            res["server"] = server.stats()
+                finally:
+                    server.close()
+                rec = {"row_bytes": row, "bandwidth_mb_s": bw, "latency_ms": lat,
+                       "per_row_s": statistics.median(times["per-row"]), "bridged_s": statistics.median(times["bridged"])}
+                rec["winner"] = "per-row" if rec["per_row_s"] < rec["bridged_s"] else "bridged"
+                rows.append(rec)
+                log(f"  row {row >> 10:4d} kB, {bw:g} MB/s, +{lat:g} ms: per-row {rec['per_row_s']:.2f} s, "
+                    f"bridged {rec['bridged_s']:.2f} s -> {rec['winner']}")
+    return rows
+
+
+def run_requests(workdir: Path, gaps: list[int], log) -> list[dict]:
+    """Llama-3.1-405B's shapes shrunk to Llama-3.1-8B's: how many requests and bytes, per gap.
+
+    Pure arithmetic on the plan (sparse files give the headers; nothing is fetched): the
+    requests a remote run would make, their bytes, and for each gap how much is bridged."""
+    import sparse405b
+
+    sys.path.insert(0, str(ROOT))
+    import slicer
+    from slicer.engine import DEFAULT_CHUNK_BYTES
+    from slicer.remote.options import DEFAULT_GAP_BYTES as DEFAULT_GAP
+    from slicer.remote.ranges import coalesce, plan_spans
+
+    tdir, sdir = workdir / "405b" / "teacher", workdir / "405b" / "template"
+    if not (tdir / teachers.INDEX_NAME).exists():
+        sparse405b.sparse_teacher(tdir, sparse405b.LLAMA_405B)
+    teachers.build_template(sdir, sparse405b.LLAMA_8B, log=log)
+    plan = slicer.plan(tdir, template=sdir, layer_selection="uniform")
+    rows = []
+    for gap in gaps:
+        t0 = time.perf_counter()
+        n = total = 0
+        for req in coalesce(plan_spans(plan, DEFAULT_CHUNK_BYTES), gap, 8 << 20):
+            n += 1
+            total += req.nbytes
+        rows.append({"gap_bytes": gap, "requests": n, "bytes": total, "bytes_to_read": plan.bytes_to_read,
+                     "teacher_bytes": plan.teacher.total_bytes, "plan_s": time.perf_counter() - t0})
+        log(f"  405B -> 8B, gap {gap >> 10} kB: {n} requests, {total / 1e9:.1f} GB "
+            f"(bytes_to_read {plan.bytes_to_read / 1e9:.1f} GB of {plan.teacher.total_bytes / 1e9:.0f} GB)")
+    # Split by output shard (README, "Beyond one machine"): what each shard's worker would fetch.
+    split = slicer.plan(tdir, template=sdir, layer_selection="uniform", max_shard_size="1GB")
+    per_shard = []
+    for shard in split.shards:
+        others = [s.filename for s in split.shards if s is not shard]
+        reqs = list(coalesce(plan_spans(split, DEFAULT_CHUNK_BYTES, others), DEFAULT_GAP, 8 << 20))
+        per_shard.append({"shard": shard.filename, "requests": len(reqs), "bytes": sum(r.nbytes for r in reqs)})
+    rows.append({"split_1GB": per_shard})
+    worst = max(per_shard, key=lambda r: r["bytes"])
+    log(f"  split at 1 GB: {len(per_shard)} shards; the largest fetch {worst['bytes'] / 1e9:.2f} GB in "
+        f"{worst['requests']} requests; the most requests {max(r['requests'] for r in per_shard)}")
+    return rows
+
+
+def format_requests(rows: list[dict]) -> str:
+    lines = ["| gap | requests | GB fetched | / bytes_to_read | mean request |", "| ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        if "gap_bytes" not in r:
+            continue
+        lines.append(f"| {r['gap_bytes'] >> 10} kB | {r['requests']:,} | {r['bytes'] / 1e9:.1f} | "
+                     f"{r['bytes'] / r['bytes_to_read']:.3f} | {r['bytes'] / r['requests'] / 1e3:.0f} kB |")
+    return "\n".join(lines)
+
+
+def format_e2e(rows: list[dict]) -> str:
+    lines = ["| bandwidth | download all + shrink locally | slicer from the URL | ratio | bytes: download | bytes: slicer "
+             "| slicer / plan's bytes_to_read | identical |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        lines.append(f"| {r['bandwidth_mb_s']:g} MB/s | {r['download_s']:.2f} s ({r['download_only_s']:.2f} s download) "
+                     f"| {r['slicer_s']:.2f} s | {r['ratio']:.2f} | {r['download_bytes'] / 1e6:.0f} MB "
+                     f"| {r['slicer_bytes'] / 1e6:.0f} MB | {r['slicer_bytes'] / r['bytes_to_read']:.3f} "
+                     f"| {'yes' if r['identical'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+def format_gap(rows: list[dict]) -> str:
+    lines = ["| row (= gap) | bandwidth | latency | one request per row | gaps bridged (2x bytes) | faster |",
+             "| ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        lines.append(f"| {r['row_bytes'] >> 10} kB | {r['bandwidth_mb_s']:g} MB/s | {r['latency_ms']:g} ms "
+                     f"| {r['per_row_s']:.2f} s | {r['bridged_s']:.2f} s | {r['winner']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "serve":
+        ap = argparse.ArgumentParser(prog="remote.py serve")
+        ap.add_argument("root", type=Path)
+        ap.add_argument("--bandwidth", type=float, default=None, help="MB/s, all connections together")
+        ap.add_argument("--latency", type=float, default=0.0, help="ms before every answer")
+        a = ap.parse_args(argv[1:])
+        serve(a.root, a.bandwidth, a.latency)
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/slicer-bench-remote"))
+    ap.add_argument("--which", default="e2e,gap")
+    ap.add_argument("--bandwidths", default="100,1000", help="MB/s, comma-separated")
+    ap.add_argument("--latencies", default="0,10", help="ms per answer for the gap sweep, comma-separated")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args(argv)
+    a.workdir.mkdir(parents=True, exist_ok=True)
+    bws = [float(x) for x in a.bandwidths.split(",")]
+    result = {"machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg(),
+                          "note": "shared 2-core VM; server, client and shrink on one machine"}}
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if "e2e" in a.which:
+        result["e2e"] = run_e2e(a.workdir, bws, a.repeats, log)
+        print(format_e2e(result["e2e"]))
+    if "requests" in a.which:
+        result["requests"] = run_requests(a.workdir, [0, 64 << 10, 256 << 10, 1 << 20], log)
+        print(format_requests(result["requests"]))
+    if "gap" in a.which:
+        result["gap"] = run_gap(a.workdir, bws, [float(x) for x in a.latencies.split(",")], a.repeats, log)
+        print(format_gap(result["gap"]))
+    result["machine"]["load_after"] = os.getloadavg()  # other work on the machine skews every figure
+    print(f"load average before {result['machine']['load_before'][0]:.1f}, after {result['machine']['load_after'][0]:.1f}",
+          file=sys.stderr)
+    if a.json:
+        a.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The one index set of every axis, by the run's method; composed per tensor dimension. Pure.
+
+The method decides only which members a *leaf* axis keeps (uniform, consecutive, random,
+or later a ranking); every dimension's index set is then composed from its layout
+(``layout.compose``), so a kept neuron, head or expert sits at the same place in every
+tensor that touches it.
+
+Keys name the index sets in the manifest. A leaf's key depends only on what determines its
+members: ``uniform:11008->5504`` for every axis of that size under a consistent method (the
+reference's per-(t, s) rule, so a flat checkpoint gets the very keys and indices it always
+did), the tensor and dimension for the inconsistent ablation, the axis itself for a ranking.
+A composed set's key is its layout written with leaf keys, so all layers that share a
+structure share one entry.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from ..errors import SlicerError
+from ..selection import METHODS, IndexSet, consecutive_indices, random_indices, uniform_indices
+from .layout import Axis, AxisTable, Layout, compose
+
+# Axes whose members are not interchangeable: a student keeps the first ones, whatever the
+# method (position 7 of the student must be position 7 of the teacher).
+FIRST_ALWAYS = frozenset({"positions"})
+
+
+class Chooser:
+    """Hands out index sets for one run: one per leaf axis (per dimension for the ablation)."""
+
+    def __init__(self, method: str = "uniform", seed: int = 0, ranking: "Ranking | None" = None):
+        if method not in METHODS:
+            raise SlicerError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+        if method == "importance" and ranking is None:
+            raise SlicerError("--method importance needs scores (--scores FILE or --calibration FILE)")
+        self.method = method
+        self.seed = seed
+        self.ranking = ranking
+        self.sets: dict[str, IndexSet] = {}  # every index set handed out, by key (the manifest's "index_sets")
+        self.leaf_keys: dict[str, str] = {}  # leaf axis name -> its index set's key (consistent methods)
+
+    @property
+    def consistent(self) -> bool:
+        return self.method != "random-inconsistent"
+
+    # ------------------------------------------------------------------ leaves
+
+    def leaf(self, ax: Axis, where: str = "") -> IndexSet:
+        """The members a leaf axis keeps. ``where`` ("tensor/dim") matters only for the ablation."""
+        key = self._leaf_key(ax, where)
+        found = self.sets.get(key)
+        if found is None:
+            found = self.sets[key] = IndexSet.from_list(key, ax.t, self._members(ax, where))
+        if self.consistent and ax.parts is None:
+            self.leaf_keys[ax.name] = key
+        return found
+
+    def _leaf_key(self, ax: Axis, where: str) -> str:
+        if ax.s == ax.t:
+            return f"identity:{ax.t}"
+        if ax.kind in FIRST_ALWAYS:
+            return f"consecutive:{ax.t}->{ax.s}"
+        if self.method == "random-inconsistent":
+            return f"random-inconsistent:{where}:{ax.t}->{ax.s}"
+        if self.method == "importance":
+            return f"importance:{ax.name}:{ax.t}->{ax.s}"
+        return f"{self.method}:{ax.t}->{ax.s}"
+
+    def _members(self, ax: Axis, where: str) -> list[int]:
+        t, s = ax.t, ax.s
+        if s == t:
+            return list(range(t))
+        if ax.kind in FIRST_ALWAYS or self.method == "consecutive":
+            return consecutive_indices(t, s)
+        if self.method == "uniform":
+            return uniform_indices(t, s)
+        if self.method == "random":
+            return random_indices(t, s, f"{self.seed}/{t}/{s}")
+        if self.method == "random-inconsistent":
+            return random_indices(t, s, f"{self.seed}/{where}/{t}/{s}")
+        return self.ranking.top(ax)
+
+    # ------------------------------------------------------------------ dimensions
+
+    def dim(self, table: AxisTable, layout: Layout, where: str = "") -> IndexSet:
+        """The index set of one tensor dimension bound by ``layout``."""
+        if len(layout) == 1 and len(layout[0]) == 1 and isinstance(layout[0][0], str):
+            ax = table[layout[0][0]]
+            if ax.parts is None:
+                return self.leaf(ax, where)
+        key = "[" + self._signature(table, layout, where) + "]"
+        if self.consistent:  # recorded for every leaf, also when the composed set is already known
+            for name in table.leaves(layout):
+                self.leaf(table[name], where)
+        found = self.sets.get(key)
+        if found is None:
+            indices = compose(table, layout, lambda ax: self.leaf(ax, where).indices())
+            found = self.sets[key] = IndexSet.from_list(key, table.size(layout, "t"), indices)
+        return found
+
+    def _signature(self, table: AxisTable, layout: Layout, where: str) -> str:
+        def factor(f) -> str:
+            if isinstance(f, int):
+                return str(f)
+            ax = table[f]
+            if ax.parts is not None:
+                return "(" + self._signature(table, ax.parts, where) + ")"
+            return self._leaf_key(ax, where)
+
+        return " | ".join(" * ".join(factor(f) for f in seg) for seg in layout)
+
+
+class Ranking:
+    """Scores per axis instance (importance selection): the top s members, kept in order."""
+
+    def __init__(self, scores: Mapping[str, Sequence[float]], source: str = "scores"):
+        self.scores = scores
+        self.source = source
+
+    def top(self, ax: Axis) -> list[int]:
+        values = self.scores.get(ax.name)
+        if values is None:
+            raise SlicerError(f"{self.source}: no scores for axis {ax.name!r} ({ax.kind}, {ax.t} members)")
+        if len(values) != ax.t:
+            raise SlicerError(f"{self.source}: axis {ax.name!r} has {len(values)} scores, the teacher {ax.t} members")
+        order = sorted(range(ax.t), key=lambda i: (-float(values[i]), i))  # ties: the lower index, deterministic
+        return sorted(order[:ax.s])

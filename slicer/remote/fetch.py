@@ -1,0 +1,114 @@
+"""Every network call of one remote teacher: retried with backoff, its bytes counted, cached on request.
+
+A request's bytes are written where they belong as they arrive (:class:`Pieces`); if
+the response breaks off, is short, or errs with a retryable status, the whole request
+is made again from its first byte, so a span is never used half-filled. Files that
+changed (:class:`~slicer.remote.source.Changed`), are missing or are refused fail at
+once, as one line.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from ..errors import SlicerError
+from .cache import RangeCache
+from .options import RemoteOptions
+from .source import RemoteFile, Source, Transient
+
+log = logging.getLogger("slicer")
+T = TypeVar("T")
+MAX_BACKOFF_S = 30.0
+
+
+class Pieces:
+    """Where the bytes of one request go, in order: (buffer or None, length) targets;
+    None drops the bytes (a gap between spans)."""
+
+    def __init__(self, targets: list[tuple[memoryview | None, int]]):
+        self.targets = targets
+        self.total = sum(n for _, n in targets)
+        self.reset()
+
+    def reset(self) -> None:
+        self.filled = 0
+        self._i = 0
+        self._at = 0
+
+    def write(self, data) -> None:
+        mv = memoryview(data).cast("B")
+        pos = 0
+        while pos < len(mv):
+            if self._i == len(self.targets):
+                raise Transient(f"the server sent more than the {self.total} bytes asked for")
+            dest, n = self.targets[self._i]
+            k = min(n - self._at, len(mv) - pos)
+            if dest is not None:
+                dest[self._at:self._at + k] = mv[pos:pos + k]
+            self._at += k
+            pos += k
+            self.filled += k
+            if self._at == n:
+                self._i += 1
+                self._at = 0
+
+
+class Fetcher:
+    def __init__(self, source: Source, options: RemoteOptions):
+        self.source = source
+        self.options = options
+        self.cache = RangeCache(options.cache_dir) if options.cache_dir is not None else None
+        self._lock = threading.Lock()
+        self.bytes_fetched = 0  # response bytes received, retried ones included
+        self.requests = 0
+        self.retries = 0
+        self.from_cache = 0  # bytes served by the cache instead of the network
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()``, retried with exponential backoff (and jitter) while it raises Transient."""
+        delay = self.options.backoff_s
+        for attempt in range(self.options.retries + 1):
+            try:
+                return fn()
+            except Transient as e:
+                if attempt == self.options.retries:
+                    raise SlicerError(f"{what}: {e} (gave up after {attempt + 1} attempts)") from e
+                log.debug("%s: %s; retrying in %.2f s", what, e, delay)
+                with self._lock:
+                    self.retries += 1
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(2 * delay, MAX_BACKOFF_S)
+        raise AssertionError("unreachable")
+
+    def fill(self, file: RemoteFile, start: int, end: int, pieces: Pieces) -> None:
+        """Bytes ``start..end-1`` of ``file`` into ``pieces``: all of them, or an exception."""
+        if self.cache is not None and self.cache.fill(file, start, pieces):
+            with self._lock:
+                self.from_cache += sum(n for dest, n in pieces.targets if dest is not None)
+            return
+
+        def counted(data) -> None:
+            pieces.write(data)
+            with self._lock:
+                self.bytes_fetched += memoryview(data).nbytes
+
+        def attempt() -> None:
+            pieces.reset()
+            with self._lock:
+                self.requests += 1
+            self.source.read(file, start, end, counted)
+            if pieces.filled != end - start:
+                raise Transient(f"the response ended after {pieces.filled} of {end - start} bytes")
+
+        self.call(f"{file.url}: bytes {start}-{end - 1}", attempt)
+        if self.cache is not None:
+            self.cache.store(file, start, pieces)
+
+    def read(self, file: RemoteFile, start: int, end: int) -> bytes:
+        buf = bytearray(end - start)
+        self.fill(file, start, end, Pieces([(memoryview(buf), end - start)]))
+        return bytes(buf)

@@ -1,0 +1,159 @@
+"""Hugging Face Hub repositories (``hf://ORG/NAME[@REVISION][/FOLDER]``), through huggingface_hub.
+
+Everything goes through huggingface_hub's own pieces, so a run behaves as its
+downloads do: ``HfApi.model_info(files_metadata=True)`` lists the files with sizes and
+LFS hashes and resolves the revision to a commit; data comes from ``hf_hub_url`` URLs
+pinned to that commit (so files cannot change under a run), requested with ``Range``
+on huggingface_hub's shared HTTP session with ``build_hf_headers`` (``HF_TOKEN`` or the
+stored login), exactly as ``HfFileSystemFile._fetch_range`` reads a range. The endpoint
+is ``HF_ENDPOINT``'s. With ``HF_HUB_OFFLINE=1`` nothing is requested: the repository is
+read from huggingface_hub's local cache (see :func:`cached_snapshot`).
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from urllib.parse import unquote
+
+from ..errors import SlicerError
+from .source import Changed, RemoteFile, Source, Transient, Write, check_range_response, status_error
+
+INSTALL_HINT = "pip install 'weight-slicer[remote]' (or huggingface_hub)"
+STREAM_BYTES = 1 << 20
+
+
+def parse_hf_url(url: str) -> tuple[str, str | None, str]:
+    """``hf://[models/]ORG/NAME[@REV][/PATH]`` -> (repo id, revision or None, path inside the repo)."""
+    rest = url[len("hf://"):].strip("/")
+    if rest.startswith(("datasets/", "spaces/")):
+        raise SlicerError(f"{url}: only model repositories can be teachers")
+    rest = rest.removeprefix("models/")
+    parts = rest.split("/")
+    n = 2 if len(parts) >= 2 and "@" not in parts[0] else 1
+    repo, path = "/".join(parts[:n]), "/".join(parts[n:])
+    revision = None
+    if "@" in repo:
+        repo, revision = repo.split("@", 1)
+        revision = unquote(revision)  # refs/pr/1 is written refs%2Fpr%2F1, as HfFileSystem does
+    if not repo or any(not p for p in repo.split("/")):
+        raise SlicerError(f"{url}: expected hf://ORG/NAME[@REVISION][/FOLDER]")
+    return repo, revision, path
+
+
+def _hub():
+    try:
+        import huggingface_hub
+        from huggingface_hub import constants, errors
+        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+    except ImportError as e:
+        raise SlicerError(f"an hf:// teacher needs huggingface_hub ({e}); {INSTALL_HINT}") from e
+    return huggingface_hub, constants, errors, build_hf_headers, get_session, hf_raise_for_status
+
+
+def offline_mode() -> bool:
+    """HF_HUB_OFFLINE, as huggingface_hub reads it."""
+    return _hub()[1].is_offline_mode()
+
+
+def cached_snapshot(repo: str, revision: str | None, url: str) -> Path:
+    """The repository's folder in huggingface_hub's cache (offline mode: nothing is requested)."""
+    huggingface_hub, _, errors, *_ = _hub()
+    try:
+        return Path(huggingface_hub.snapshot_download(repo, revision=revision, local_files_only=True))
+    except (errors.LocalEntryNotFoundError, FileNotFoundError, OSError) as e:
+        raise SlicerError(f"{url}: offline mode (HF_HUB_OFFLINE) is on and the repository is not in the local cache "
+                          f"at that revision ({type(e).__name__}); download it first, or unset HF_HUB_OFFLINE") from e
+
+
+class HubSource(Source):
+    kind = "hf"
+
+    def __init__(self, repo: str, revision: str | None, path: str, url: str, *, timeout_s: float):
+        hub, self._constants, self._errors, self._headers, self._session, self._raise_for_status = _hub()
+        self._api = hub.HfApi()
+        self._hf_hub_url = hub.hf_hub_url
+        # huggingface_hub's session is httpx (or httpx2): its transport errors are what to retry.
+        session = self._session()
+        self._httpx = importlib.import_module(type(session).__module__.split(".")[0])
+        self.repo, self.revision, self.path = repo, revision, path
+        self.url = url.rstrip("/")
+        self.commit: str | None = None
+        self.timeout_s = timeout_s
+        self._files: dict[str, RemoteFile] | None = None
+        self._urls: dict[str, str] = {}
+
+    def list(self) -> dict[str, RemoteFile]:
+        if self._files is None:
+            info = self._call(self.url, lambda: self._api.model_info(self.repo, revision=self.revision,
+                                                                      files_metadata=True, timeout=self.timeout_s))
+            self.commit = info.sha
+            prefix = self.path + "/" if self.path else ""
+            files = {}
+            for s in info.siblings or []:
+                if not s.rfilename.startswith(prefix) or s.size is None:
+                    continue
+                name = s.rfilename[len(prefix):]
+                etag = s.lfs.sha256 if s.lfs is not None else s.blob_id  # what the Hub's ETag is
+                files[name] = RemoteFile(name, f"{self.url}/{name}", s.size, etag)
+                self._urls[name] = self._hf_hub_url(self.repo, s.rfilename, revision=self.commit,
+                                                    endpoint=self._constants.ENDPOINT)
+            self._files = files
+        return self._files
+
+    def stat(self, name: str) -> RemoteFile | None:
+        return self.list().get(name)
+
+    def restat(self, file: RemoteFile) -> RemoteFile:
+        return file  # read through URLs pinned to a commit: they cannot change
+
+    def identity(self) -> dict:
+        return {"repo": self.repo, "revision": self.commit, "endpoint": self._constants.ENDPOINT}
+
+    def read(self, file: RemoteFile, start: int, end: int, write: Write) -> None:
+        url = self._urls[file.name]
+        while start < end:
+            headers = self._headers()
+            headers["Range"] = f"bytes={start}-{end - 1}"
+            headers["Accept-Encoding"] = "identity"
+
+            def one_response() -> int:
+                with self._session().stream("GET", url, headers=headers, timeout=self.timeout_s,
+                                            follow_redirects=True) as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        self._raise_for_status(r)
+                        raise status_error(file.url, r.status_code)
+                    # The URL names a commit: the CDN's ETag need not be the Hub's, and need not be checked.
+                    got_end = check_range_response(file, start, end, r.status_code, r.headers, etag_checked=True)
+                    for block in r.iter_raw(STREAM_BYTES):
+                        write(block)
+                    return got_end
+
+            start = self._call(file.url, one_response)
+
+    def _call(self, url: str, fn):
+        """Run one Hub request; its errors as slicer's (one line) or Transient (retried)."""
+        e = self._errors
+        try:
+            return fn()
+        except (Transient, SlicerError):
+            raise
+        except e.OfflineModeIsEnabled as err:
+            raise SlicerError(f"{url}: offline mode (HF_HUB_OFFLINE) is on") from err
+        except e.GatedRepoError as err:
+            raise SlicerError(f"{url}: the repository is gated: accept its conditions on the Hub, then set HF_TOKEN "
+                              "(or run `hf auth login`)") from err
+        except e.RepositoryNotFoundError as err:
+            raise SlicerError(f"{url}: repository not found, or private without a token: check the name, or set HF_TOKEN "
+                              "(or run `hf auth login`)") from err
+        except e.RevisionNotFoundError as err:
+            raise SlicerError(f"{url}: revision {self.revision!r} not found in {self.repo}") from err
+        except e.RemoteEntryNotFoundError as err:
+            raise SlicerError(f"{url}: not found in {self.repo} at {self.commit or self.revision or 'main'}") from err
+        except e.HfHubHTTPError as err:
+            status = err.response.status_code if err.response is not None else 0
+            if status == 416:
+                raise Changed(f"{url}: the remote file is shorter than planned (HTTP 416); plan again") from err
+            raise status_error(url, status) from err
+        except (self._httpx.TransportError, OSError) as err:
+            raise Transient(f"{type(err).__name__}: {err}") from err

@@ -1,0 +1,351 @@
+"""A loopback HTTP server for remote-teacher tests and benchmarks: ranges, faults, a Hub stand-in.
+
+Serves files under a root folder on 127.0.0.1 (a free port), HTTP/1.1 with keep-alive,
+single ``Range`` requests (206 + Content-Range), strong ETags (size and mtime) with
+``If-Match`` (412 when the file changed), HEAD. Counts the body bytes it sends. Can be
+throttled to a total bandwidth shared by all connections (a token bucket), and can
+inject faults into chosen requests: a connection dropped mid-body, a short body, a
+5xx, a slow response, a hook that runs before the answer (to change a file between
+plan and read), auth failures.
+
+``hub=`` turns it into a stand-in for the Hugging Face Hub's endpoints that
+huggingface_hub uses to read a model (point ``HF_ENDPOINT`` at it):
+``/api/models/{repo}/revision/{rev}`` (the file list with sizes, blob ids and LFS
+hashes, the commit) and ``/{repo}/resolve/{rev}/{path}``, which answers small files
+itself and redirects ``.safetensors`` to ``/cdn/...`` as the Hub redirects LFS files to
+its CDN. Private repositories want ``Authorization: Bearer <token>`` (401 otherwise,
+with the Hub's ``X-Error-Code`` headers), gated ones answer 403.
+
+Nothing here imports slicer.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+SLICE = 64 << 10
+
+
+@dataclass
+class Fault:
+    """Applied to requests whose path contains ``match`` and that carry a Range (data reads),
+    skipping the first ``skip`` of them, then ``times`` times (-1: always).
+
+    kind: "drop" (close after ``after`` body bytes), "short" (send ``after`` bytes with a
+    Content-Length that says so, a truncating proxy), "status" (answer ``status``),
+    "delay" (sleep ``seconds`` first), "hook" (call ``hook(path)`` first, then answer).
+    """
+
+    kind: str
+    match: str = ""
+    skip: int = 0
+    times: int = 1
+    after: int = 0
+    status: int = 500
+    seconds: float = 0.0
+    hook: object = None
+    ranged_only: bool = True
+    seen: int = 0
+    fired: int = 0
+
+
+@dataclass
+class Repo:
+    root: Path
+    commit: str = "0123456789abcdef0123456789abcdef01234567"
+    token: str | None = None  # private: this bearer token is needed
+    gated: bool = False
+
+
+class _Bucket:
+    """Total bandwidth shared by every connection."""
+
+    def __init__(self, rate: float | None):
+        self.rate = rate
+        self.lock = threading.Lock()
+        self.next_free = time.perf_counter()
+
+    def take(self, n: int) -> None:
+        if not self.rate:
+            return
+        with self.lock:
+            now = time.perf_counter()
+            start = max(now, self.next_free)
+            self.next_free = start + n / self.rate
+            wait = self.next_free - now
+        if wait > 0:
+            time.sleep(wait)
+
+
+@dataclass
+class Stats:
+    bytes_sent: int = 0
+    requests: int = 0
+    ranged_requests: int = 0
+    by_path: dict = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, path: str, n: int) -> None:
+        with self.lock:
+            self.bytes_sent += n
+            self.by_path[path] = self.by_path.get(path, 0) + n
+
+    def reset(self) -> None:
+        with self.lock:
+            self.bytes_sent = self.requests = self.ranged_requests = 0
+            self.by_path = {}
+
+
+def etag_of(path: Path) -> str:
+    st = path.stat()
+    return '"' + hashlib.sha1(f"{st.st_size}-{st.st_mtime_ns}-{st.st_ino}".encode()).hexdigest()[:16] + '"'
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:  # a client that hung up (a timeout test)
+        pass
+
+
+class RangeServer:
+    def __init__(self, root: Path | None = None, *, bandwidth: float | None = None, hub: dict[str, Repo] | None = None,
+                 require_token: str | None = None, forbid: str | None = None, slice_bytes: int = SLICE,
+                 latency: float = 0.0):
+        self.root = Path(root) if root is not None else None
+        self.hub = hub or {}
+        self.faults: list[Fault] = []
+        self.stats = Stats()
+        self.bucket = _Bucket(bandwidth)
+        self.require_token = require_token  # plain mode: every request needs this bearer token (401)
+        self.forbid = forbid  # plain mode: paths containing this answer 403
+        self.slice_bytes = slice_bytes
+        self.latency = latency  # seconds before every answer: a round trip to a far server
+        self._lock = threading.Lock()
+        handler = type("Handler", (_Handler,), {"server_state": self})
+        self.httpd = _QuietServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), name="range-server", daemon=True)
+
+    def __enter__(self) -> "RangeServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join()
+
+    def fault_for(self, path: str, ranged: bool) -> Fault | None:
+        with self._lock:
+            for f in self.faults:
+                if f.match in path and (ranged or not f.ranged_only):
+                    f.seen += 1
+                    if f.seen > f.skip and (f.times < 0 or f.fired < f.times):
+                        f.fired += 1
+                        return f
+        return None
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go in separate writes: no 40 ms delayed-ACK stalls
+    server_state: RangeServer
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def do_HEAD(self) -> None:
+        self._serve(head=True)
+
+    def do_GET(self) -> None:
+        self._serve(head=False)
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def _serve(self, head: bool) -> None:
+        st = self.server_state
+        with st.stats.lock:
+            st.stats.requests += 1
+        path = unquote(urlsplit(self.path).path)
+        if path == "/__stats":  # for benchmarks in another process: counters, then reset
+            with st.stats.lock:
+                body = json.dumps({"bytes_sent": st.stats.bytes_sent, "requests": st.stats.requests,
+                                   "ranged_requests": st.stats.ranged_requests}).encode()
+            st.stats.reset()
+            return self._bytes(200, body, "application/json", head)
+        if st.latency:
+            time.sleep(st.latency)
+        if st.hub:
+            return self._hub(path, head)
+        if st.require_token and self.headers.get("Authorization") != f"Bearer {st.require_token}":
+            return self._error(401, "needs a token")
+        if st.forbid and st.forbid in path:
+            return self._error(403, "forbidden")
+        return self._file(st.root, path.lstrip("/"), head, {})
+
+    def _hub(self, path: str, head: bool) -> None:
+        st = self.server_state
+        m = re.fullmatch(r"/api/models/(.+?)/revision/([^/]+)", path) or re.fullmatch(r"/api/models/([^/]+/[^/]+)()", path)
+        if m:
+            repo = self._repo(m.group(1), unquote(m.group(2)) or "main")
+            if repo is None:
+                return
+            files = sorted(p for p in repo.root.rglob("*") if p.is_file())
+            siblings = []
+            for p in files:
+                rel = p.relative_to(repo.root).as_posix()
+                entry = {"rfilename": rel, "size": p.stat().st_size,
+                         "blobId": hashlib.sha1(etag_of(p).encode()).hexdigest()}
+                if rel.endswith(".safetensors"):
+                    entry["lfs"] = {"size": p.stat().st_size, "sha256": etag_of(p).strip('"') * 4,
+                                    "pointerSize": 134}
+                siblings.append(entry)
+            body = json.dumps({"id": m.group(1), "sha": repo.commit, "private": repo.token is not None,
+                               "siblings": siblings}).encode()
+            return self._bytes(200, body, "application/json", head)
+        m = re.fullmatch(r"/(.+?)/resolve/([^/]+)/(.+)", path)
+        if m:
+            repo = self._repo(m.group(1), unquote(m.group(2)))
+            if repo is None:
+                return
+            target = repo.root / m.group(3)
+            if not target.is_file():
+                return self._error(404, "Entry not found", {"X-Error-Code": "EntryNotFound"})
+            extra = {"X-Repo-Commit": repo.commit, "X-Linked-Size": str(target.stat().st_size)}
+            if target.name.endswith(".safetensors"):  # LFS: the Hub redirects to its CDN
+                location = f"/cdn/{m.group(1)}/{repo.commit}/{m.group(3)}"
+                self.send_response(302)
+                self.send_header("Location", location)
+                for k, v in extra.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            return self._file(repo.root, m.group(3), head, extra)
+        m = re.fullmatch(r"/cdn/(.+?/.+?)/([0-9a-f]{40})/(.+)", path)
+        if m and m.group(1) in st.hub:
+            return self._file(st.hub[m.group(1)].root, m.group(3), head, {})
+        return self._error(404, "Repository not found", {"X-Error-Code": "RepoNotFound"})
+
+    def _repo(self, repo_id: str, revision: str) -> Repo | None:
+        repo = self.server_state.hub.get(repo_id)
+        if repo is None:
+            self._error(401, "Repository not found", {"X-Error-Code": "RepoNotFound"})
+            return None
+        if repo.token is not None and self.headers.get("Authorization") != f"Bearer {repo.token}":
+            self._error(401, "Repository not found", {"X-Error-Code": "RepoNotFound"})
+            return None
+        if repo.gated:
+            self._error(403, "Access to this model is restricted", {"X-Error-Code": "GatedRepo"})
+            return None
+        if revision not in ("main", repo.commit):
+            self._error(404, "Revision not found", {"X-Error-Code": "RevisionNotFound"})
+            return None
+        return repo
+
+    # -- answers -----------------------------------------------------------------------------
+
+    def _error(self, status: int, message: str, headers: dict | None = None) -> None:
+        body = json.dumps({"error": message}).encode()
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _bytes(self, status: int, body: bytes, ctype: str, head: bool) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+            if self.path != "/__stats":
+                self.server_state.stats.add(self.path, len(body))
+
+    def _file(self, root: Path, rel: str, head: bool, extra: dict) -> None:
+        st = self.server_state
+        target = (root / rel).resolve()
+        if root.resolve() not in target.parents or not target.is_file():
+            return self._error(404, "not found")
+        rng = self.headers.get("Range")
+        fault = st.fault_for(rel, ranged=rng is not None)
+        if fault is not None and fault.kind == "delay":
+            time.sleep(fault.seconds)
+        if fault is not None and fault.kind == "hook":
+            fault.hook(target)
+        if fault is not None and fault.kind == "status":
+            return self._error(fault.status, "injected")
+        size = target.stat().st_size
+        etag = etag_of(target)
+        if_match = self.headers.get("If-Match")
+        if if_match is not None and etag is not None and if_match != etag and if_match != "*":
+            return self._error(412, "precondition failed")
+        start, end, status = 0, size, 200
+        if rng is not None:
+            m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
+            if not m:
+                return self._error(416, "bad range")
+            start = int(m.group(1))
+            end = min(size, int(m.group(2)) + 1) if m.group(2) else size
+            if start >= size or end <= start:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status = 206
+            with st.stats.lock:
+                st.stats.ranged_requests += 1
+        length = end - start
+        if fault is not None and fault.kind == "short":
+            length = min(length, fault.after)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Accept-Ranges", "bytes")
+        if etag is not None:
+            self.send_header("ETag", etag)
+        for k, v in extra.items():
+            self.send_header(k, v)
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        if head:
+            return
+        drop_at = fault.after if fault is not None and fault.kind == "drop" else None
+        with open(target, "rb") as f:
+            sent = 0
+            while sent < length:
+                n = min(st.slice_bytes, length - sent)
+                if drop_at is not None and sent + n > drop_at:
+                    n = max(drop_at - sent, 0)
+                    if n:
+                        self.wfile.write(os.pread(f.fileno(), n, start + sent))
+                        st.stats.add(rel, n)
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                st.bucket.take(n)
+                data = os.pread(f.fileno(), n, start + sent)
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+                    return
+                st.stats.add(rel, len(data))
+                sent += len(data)
