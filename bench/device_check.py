@@ -7,8 +7,11 @@ Run on a machine with a CUDA GPU (finishes in a few minutes):
 1. bit-equality of the Triton kernel with torch on the device, every dtype, casts;
 2. kernel GB/s (bytes it must read and write) against a chain of ``index_select``
    and against a device-to-device copy of the same bytes (the bandwidth ceiling);
-3. ``slicer shrink --device cuda`` against ``--device cpu`` on a generated Llama-shaped
-   teacher in /dev/shm (warm), with and without a dtype cast.
+3. ``slicer shrink --device cuda`` against ``--device cpu`` (each with its default
+   backend: Triton on the GPU, numpy on the CPU) on a generated Llama-shaped teacher in
+   /dev/shm (warm), with and without a dtype cast; whole processes, interleaved,
+   median of ``--repeats``; the students must be byte-identical;
+4. the GPU-marked tests (the real device layer: streams, events, out-of-memory halving).
 Prints a table and writes ``device_check.json`` into ``--out`` (default $OUT or .).
 ``--smoke`` runs every step tiny on the CPU (kernel in Triton's interpreter), to check
 the script itself on a machine without a GPU.
@@ -136,42 +139,70 @@ def build_llama_like(workdir: Path, size_gb: float, smoke: bool) -> tuple[Path, 
     return workdir / "teacher", workdir / "template"
 
 
-def end_to_end(workdir: Path, size_gb: float, smoke: bool) -> list[dict]:
+def end_to_end(workdir: Path, size_gb: float, smoke: bool, repeats: int) -> list[dict]:
+    import statistics
+
     teacher, template = build_llama_like(workdir, size_gb, smoke)
     env = dict(os.environ)
     if smoke:
         env["TRITON_INTERPRET"] = "1"
+    # (label, --device, --backend): each device with its default backend. In --smoke the
+    # Triton interpreter on the CPU stands in for the GPU.
+    ways = [("cpu", "cpu", "auto"), ("cuda", "cpu" if smoke else "cuda", "triton" if smoke else "auto")]
+    runs: dict[tuple[str, str], list[dict]] = {}
     rows = []
-    runs = [("cpu", "torch", "keep"), ("cuda", "triton", "keep"), ("cpu", "torch", "fp32"), ("cuda", "triton", "fp32")]
-    for device, backend, dtype in runs:
-        if smoke and device == "cuda":
-            device = "cpu"  # the interpreter stands in for the GPU
-        out = workdir / f"out-{device}-{backend}-{dtype}"
-        cmd = [sys.executable, "-m", "slicer", "shrink", str(teacher), str(out), "--template", str(template),
-               "--device", device, "--backend", backend, "--dtype", dtype, "--overwrite", "--json"]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            rows.append({"run": " ".join(cmd[3:]), "error": proc.stderr.strip()[-500:]})
-            continue
-        summary = json.loads(proc.stdout.strip().splitlines()[-1])
-        rows.append({"device": device, "backend": backend, "dtype": dtype, "wall_s": wall,
-                     "slicer_s": summary["seconds"], "gb_per_s": summary["gb_per_s"],
-                     "peak_mb": summary["peak_memory_bytes"] / 1e6, "out": str(out)})
-    # the GPU and CPU students must be byte-identical
+    for _ in range(repeats):
+        for dtype in ("keep", "fp32"):
+            for label, device, backend in ways:  # interleaved: a disturbance hits both alike
+                out = workdir / f"out-{label}-{dtype}"
+                cmd = [sys.executable, "-m", "slicer", "shrink", str(teacher), str(out), "--template", str(template),
+                       "--device", device, "--backend", backend, "--dtype", dtype, "--overwrite", "--json"]
+                t0 = time.perf_counter()
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                wall = time.perf_counter() - t0
+                if proc.returncode != 0:
+                    rows.append({"run": " ".join(cmd[3:]), "error": proc.stderr.strip()[-500:]})
+                    continue
+                summary = json.loads(proc.stdout.strip().splitlines()[-1])
+                runs.setdefault((label, dtype), []).append(
+                    {"wall_s": wall, "slicer_s": summary["seconds"], "gb_per_s": summary["gb_per_s"],
+                     "peak_mb": summary["peak_memory_bytes"] / 1e6, "backend": summary["backend"]})
+    for (label, dtype), rs in runs.items():
+        walls = [r["wall_s"] for r in rs]
+        rows.append({"device": label, "backend": rs[0]["backend"], "dtype": dtype, "wall_s": statistics.median(walls),
+                     "wall_min_s": min(walls), "wall_max_s": max(walls),
+                     "slicer_s": statistics.median(r["slicer_s"] for r in rs),
+                     "gb_per_s": statistics.median(r["gb_per_s"] for r in rs), "peak_mb": max(r["peak_mb"] for r in rs)})
     for dtype in ("keep", "fp32"):
-        outs = [workdir / f"out-{d}-{b}-{dtype}" for d, b in (("cpu", "torch"), ("cuda" if not smoke else "cpu", "triton"))]
+        cpu, gpu = runs.get(("cpu", dtype)), runs.get(("cuda", dtype))
+        if cpu and gpu:
+            ratio = statistics.median(r["wall_s"] for r in gpu) / statistics.median(r["wall_s"] for r in cpu)
+            rows.append({"check": f"--device cuda / --device cpu whole process ({dtype})", "ratio": round(ratio, 3)})
+        # the GPU and CPU students must be byte-identical
+        outs = [workdir / f"out-{label}-{dtype}" for label in ("cpu", "cuda")]
         if all(o.exists() for o in outs):
             same = all((outs[0] / f.name).read_bytes() == f.read_bytes() for f in sorted(outs[1].glob("*.safetensors")))
             rows.append({"check": f"cpu vs gpu student bytes ({dtype})", "equal": same})
     return rows
 
 
+def gpu_tests(smoke: bool) -> dict:
+    """The GPU-marked tests (skipped without CUDA, so in --smoke they only check the call)."""
+    tests = [str(ROOT / "tests" / t) for t in ("test_cuda_staging.py", "test_kernel_gather.py", "test_stream.py")]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", *tests]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"equal": False, "summary": "timed out after 120 s"}
+    tail = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
+    return {"equal": proc.returncode in (0, 5), "summary": tail}  # 5: nothing collected
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="where device_check.json goes")
     ap.add_argument("--size-gb", type=float, default=4.0, help="generated teacher size for the end-to-end runs")
+    ap.add_argument("--repeats", type=int, default=3, help="whole-process runs per end-to-end case (median)")
     ap.add_argument("--smoke", action="store_true", help="tiny, on the CPU (interpreter): checks the script")
     args = ap.parse_args()
     if args.smoke:
@@ -189,7 +220,9 @@ def main() -> int:
     report["kernel_speed"] = kernel_speed(device, args.smoke)
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() and not args.smoke else Path(tempfile.gettempdir())
     with tempfile.TemporaryDirectory(dir=shm, prefix="slicer-device-") as tmp:
-        report["end_to_end"] = end_to_end(Path(tmp), 0.05 if args.smoke else args.size_gb, args.smoke)
+        report["end_to_end"] = end_to_end(Path(tmp), 0.05 if args.smoke else args.size_gb, args.smoke,
+                                          1 if args.smoke else args.repeats)
+    report["gpu_tests"] = gpu_tests(args.smoke)
     report["seconds"] = time.perf_counter() - t0
 
     print(f"device: {report['device']}  torch {report['torch']}")
@@ -200,18 +233,21 @@ def main() -> int:
     for r in report["kernel_speed"]:
         print(f"{r['case']:<48} {r['kernel_gb_s']:>11.1f} {r['index_select_gb_s']:>12.1f} {r['copy_gb_s']:>10.1f} "
               f"{r['kernel_vs_copy']:>8.2f} {r['kernel_vs_index_select']:>15.2f}")
-    print(f"{'end to end':<30} {'wall s':>8} {'slicer s':>9} {'GB/s':>7} {'peak MB':>8}")
+    print(f"{'end to end (median)':<30} {'wall s':>8} {'min..max':>12} {'slicer s':>9} {'GB/s':>7} {'peak MB':>8}")
     for r in report["end_to_end"]:
         if "wall_s" in r:
-            print(f"{r['device'] + ' ' + r['backend'] + ' ' + r['dtype']:<30} {r['wall_s']:>8.2f} {r['slicer_s']:>9.2f} "
+            print(f"{r['device'] + ' ' + r['backend'] + ' ' + r['dtype']:<30} {r['wall_s']:>8.2f} "
+                  f"{r['wall_min_s']:>5.2f}..{r['wall_max_s']:<5.2f} {r['slicer_s']:>9.2f} "
                   f"{r['gb_per_s']:>7.2f} {r['peak_mb']:>8.0f}")
         else:
             print(f"  {r}")
+    print(f"gpu tests: {report['gpu_tests']['summary']}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "device_check.json").write_text(json.dumps(report, indent=1))
     print(f"wrote {out / 'device_check.json'} in {report['seconds']:.0f} s")
-    return 0 if not bad and all(r.get("equal", True) for r in report["end_to_end"]) else 1
+    ok = not bad and all(r.get("equal", True) for r in report["end_to_end"]) and report["gpu_tests"]["equal"]
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

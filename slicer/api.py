@@ -8,20 +8,24 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from . import manifest
 from . import quantized as quantized_weights
-from .backends import choose
 from .checkpoint import Checkpoint
-from .engine import DEFAULT_CHUNK_BYTES, PIPELINE_DEPTH, Engine
 from .errors import Interrupted, SlicerError
 from .memory import PeakSampler
 from .plan import Options, Plan, build_plan, parse_size
 from .report import format_bytes
 from .student import StudentSpec, from_template
-from .writer import INDEX_NAME, MANIFEST_NAME, OutputDir, index_json
+
+if TYPE_CHECKING:
+    import torch
+
+# The engine, backends and writer are imported where used: planning (and `import slicer`)
+# needs none of them, nor numpy. Their two constants, repeated (a test keeps them equal):
+DEFAULT_CHUNK_BYTES = 32 << 20  # engine.DEFAULT_CHUNK_BYTES
+PIPELINE_DEPTH = 3  # engine.PIPELINE_DEPTH
 
 log = logging.getLogger("slicer")
 ATTENTION_CHOICES = ("flat", "heads")
@@ -251,10 +255,13 @@ def stream(
                                               dtype=dtype, max_shard_size="5GB", revision=revision,
                                               cache_dir=cache_dir, remote=remote, quantized=quantized, scores=scores,
                                               calibration=calibration, samples=samples, seq_len=seq_len, device=device)
+    from .backends import choose
+    from .engine import Engine
+
     check_chunk_bytes(chunk_bytes)
     the_plan = _plan(ckpt, student, options)
     chosen = choose(device, backend)
-    engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
+    engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device, arrays=chosen.arrays)
     with engine.open_reader(the_plan, whole_copies=False) as reader:
         for job in the_plan.jobs:
             yield job.name, engine.tensor(job, reader)
@@ -263,6 +270,10 @@ def stream(
 def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, device="auto", backend="auto",
         overwrite=False, resume=False, progress=False, chunk_bytes=DEFAULT_CHUNK_BYTES) -> Summary:
     """Shared by every route to a student spec (template, config)."""
+    from .backends import choose
+    from .engine import Engine
+    from .writer import INDEX_NAME, MANIFEST_NAME, OutputDir, index_json
+
     start = time.perf_counter()
     check_chunk_bytes(chunk_bytes)
     the_plan = _plan(teacher, student, options)
@@ -270,7 +281,7 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
     _check_out(out, the_plan.teacher, student)
     chosen = choose(device, backend)
     output = OutputDir(out, overwrite=overwrite, resume=resume)
-    engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device)
+    engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device, arrays=chosen.arrays)
     record = manifest.build(the_plan)
     extra = quantized_weights.student_config(dict(student.files), the_plan.quantization)
     if the_plan.is_sharded:

@@ -139,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     shrink.add_argument("out", metavar="OUT", help="folder to write the student into (created; must be empty unless --overwrite)")
     run = shrink.add_argument_group("run")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to gather (default: cuda if available)")
-    run.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto",
-                     help="torch ops or the Triton kernel (on the CPU it runs in Triton's interpreter: exact but slow)")
+    run.add_argument("--backend", choices=("auto", "numpy", "torch", "triton"), default="auto",
+                     help="numpy (CPU only; the CPU default: no torch import unless --dtype casts), torch ops, or the "
+                          "Triton kernel (the GPU default; on the CPU it runs in Triton's interpreter: exact but slow)")
     run.add_argument("--chunk-mb", type=_chunk_mb, default=32, help="memory per chunk in flight, MB (default 32; 3 in flight)")
     run.add_argument("--overwrite", action="store_true",
                      help="write into a non-empty OUT, replacing only a previous slicer student's files and files of "

@@ -1,10 +1,12 @@
 """Execute a plan: chunk every tensor, gather, and stream the bytes into the shards.
 
-Two stages overlap: the calling thread maps teacher spans and gathers chunks (torch
-ops and kernel launches release the GIL), a writer thread appends finished chunks to
-the shard files. A fixed pool of output buffers bounds the memory in flight:
-``depth`` buffers of ``chunk_bytes`` each, whatever the size of the model or of its
-largest tensor.
+Two stages overlap: the calling thread maps teacher spans and gathers chunks (numpy
+and torch copies and kernel launches release the GIL), a writer thread appends
+finished chunks to the shard files. A fixed pool of output buffers bounds the memory
+in flight: ``depth`` buffers of ``chunk_bytes`` each, whatever the size of the model
+or of its largest tensor. Host memory is numpy throughout (see host_arrays.py), so the
+CPU path runs without importing torch. A gather may finish later (the GPU path):
+it then returns a :class:`Pending`, which the writer waits for before writing.
 """
 from __future__ import annotations
 
@@ -14,20 +16,38 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from .errors import SlicerError
+from .host_arrays import HostArrays, torch_dtype, torch_view
 from .plan import Plan, TensorJob
 from .reader import TeacherReader
-from .safetensors_format import BITS_DTYPE, DTYPES
+from .safetensors_format import DTYPES
 from .selection import IndexSet
-from .writer import OutputDir, ShardWriter
+
+if TYPE_CHECKING:
+    from .writer import OutputDir, ShardWriter
 
 DEFAULT_CHUNK_BYTES = 32 << 20
 PIPELINE_DEPTH = 3
 
-Gather = Callable[[torch.Tensor, Sequence, torch.Tensor], torch.Tensor]
+# gather(src, index, out): numpy arrays or torch tensors, as the backend's host arrays
+# say. Returns when ``out`` holds the chunk, or a Pending that completes it later.
+Gather = Callable[[Any, Sequence, Any], Any]
+
+
+class Pending:
+    """A gather still running (on a device); ``wait()`` returns once ``out`` holds it."""
+
+    def wait(self) -> None:
+        raise NotImplementedError
+
+
+def wait_for(result: object) -> None:
+    if isinstance(result, Pending):
+        result.wait()
 
 
 @dataclass(frozen=True)
@@ -81,12 +101,20 @@ def chunks(job: TensorJob, budget: int) -> Iterator[Chunk]:
 
 
 class Engine:
-    def __init__(self, gather: Gather, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, depth: int = PIPELINE_DEPTH, device: str = "cpu"):
+    def __init__(self, gather: Gather, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, depth: int = PIPELINE_DEPTH,
+                 device: str = "cpu", arrays: str = "torch"):
         self.gather = gather
         self.chunk_bytes = max(chunk_bytes, 16)  # a chunk holds at least one element of any dtype
         self.depth = depth
         self.device = device
-        self._index_tensors: dict[tuple[str, int, int], torch.Tensor] = {}
+        self.arrays = HostArrays(arrays)
+        self._index_tensors: dict[tuple[str, int, int], Any] = {}
+
+    @property
+    def budget(self) -> int:
+        """Bytes per chunk: the GPU path may have lowered its own (out of device memory)."""
+        lowered = getattr(self.gather, "chunk_bytes", None)
+        return max(16, self.chunk_bytes if lowered is None else min(self.chunk_bytes, lowered))
 
     def run(self, plan: Plan, output: OutputDir, on_bytes: Callable[[int], None] = lambda n: None,
             on_tensor: Callable[[], None] = lambda: None) -> int:
@@ -94,8 +122,7 @@ class Engine:
         folder (each recorded there when complete). Returns the teacher bytes read."""
         free: queue.Queue = queue.Queue()
         for _ in range(self.depth):
-            # Pinned on the GPU path: device-to-host copies land in them directly.
-            free.put(torch.empty(self.chunk_bytes, dtype=torch.uint8, pin_memory=self.device == "cuda"))
+            free.put(_pool_buffer(self.chunk_bytes, pinned=self.device == "cuda"))
         work: queue.Queue = queue.Queue(maxsize=self.depth)
         writer = _WriterThread(work, free, on_bytes, on_tensor, output.record_done)
         writer.start()
@@ -155,63 +182,73 @@ class Engine:
         touched = 0
         buf = None
 
-        def pool_buffer(chunk: Chunk, dtype: torch.dtype) -> torch.Tensor:
+        def pool_buffer(chunk: Chunk, cast: bool):
             nonlocal buf
             buf = writer.take(free)  # handed back to the pool by the writer once written
-            return buf[:math.prod(chunk.out_shape) * out_size].view(dtype).view(chunk.out_shape)
+            return self.arrays.typed(buf[:math.prod(chunk.out_shape) * out_size], job.dtype, cast).reshape(chunk.out_shape)
 
-        for chunk, _ in self.select(job, reader, pool_buffer):
+        for chunk, _, done in self.select(job, reader, pool_buffer):
             touched += _bytes_touched(job, chunk)
-            writer.submit(("bytes", buf, math.prod(chunk.out_shape) * out_size))
+            writer.submit(("bytes", buf, math.prod(chunk.out_shape) * out_size, done))
         return touched
 
-    def tensor(self, job: TensorJob, reader: TeacherReader) -> torch.Tensor:
-        """One whole student tensor, on the engine's device (the streaming API's unit of work)."""
-        full = torch.empty(job.shape, dtype=_torch_dtype(job.dtype), device=self.device)
-        flat = full.view(-1) if full.dim() else full.view(1)
+    def tensor(self, job: TensorJob, reader: TeacherReader):
+        """One whole student tensor as a torch tensor on the engine's device (the streaming
+        API's unit of work)."""
+        out_size = DTYPES[job.dtype].itemsize
+        nbytes = math.prod(job.shape) * out_size
+        if self.device == "cpu":  # host bytes, typed the backend's way chunk by chunk
+            raw = np.empty(nbytes, dtype=np.uint8)
+        else:
+            import torch
+
+            raw = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
         done = 0
 
-        def into_full(chunk: Chunk, dtype: torch.dtype) -> torch.Tensor:
+        def into_full(chunk: Chunk, cast: bool):
             nonlocal done
-            n = math.prod(chunk.out_shape)
-            view = flat[done:done + n].view(dtype).view(chunk.out_shape)
+            n = math.prod(chunk.out_shape) * out_size
+            part = raw[done:done + n]
             done += n
-            return view
+            view = self.arrays.typed(part, job.dtype, cast) if self.device == "cpu" else torch_view(part, job.dtype, cast)
+            return view.reshape(chunk.out_shape)
 
-        for _ in self.select(job, reader, into_full):
-            pass
-        return full
+        for _, _, result in self.select(job, reader, into_full):
+            wait_for(result)
+        return torch_view(raw, job.dtype).view(job.shape)
 
     def select(self, job: TensorJob, reader: TeacherReader,
-               destination: Callable[[Chunk, torch.dtype], torch.Tensor]) -> Iterator[tuple[Chunk, torch.Tensor]]:
-        """Gather every chunk of a job into ``destination(chunk, dtype)``, in output order."""
+               destination: Callable[[Chunk, bool], Any]) -> Iterator[tuple[Chunk, Any, object]]:
+        """Gather every chunk of a job into ``destination(chunk, cast)``, in output order.
+        Yields (chunk, out, what the gather returned: a Pending or not)."""
         if job.dequant is not None:
             yield from self._dequantized(job, reader, destination)
             return
         cast = job.dtype != job.source.dtype
-        src_dtype = _torch_dtype(job.source.dtype) if cast else BITS_DTYPE[job.source.itemsize]
-        out_dtype = _torch_dtype(job.dtype) if cast else BITS_DTYPE[DTYPES[job.dtype].itemsize]
-        for chunk in chunks(job, self.chunk_bytes):
-            out = destination(chunk, out_dtype)  # first: it may wait; the span is checked and read right away
+        for chunk in chunks(job, self.budget):
+            out = destination(chunk, cast)  # first: it may wait; the span is checked and read right away
             rows = {"rows": (chunk.span_shape[0], chunk.index[0])} if chunk.span_shape and getattr(reader, "reads_rows", False) else {}
-            span = reader.span(job.source, chunk.first, chunk.count, src_dtype, prefetch=chunk.dense,
-                               **rows).view(chunk.span_shape)
+            raw = _span_bytes(reader, job.source, chunk.first, chunk.count, chunk.dense, rows)
+            span = self.arrays.typed(raw, job.source.dtype, cast).reshape(chunk.span_shape)
             try:
-                self.gather(span, self._index(job, chunk), out)
+                result = self.gather(span, self._index(job, chunk), out)
             except SlicerError:
                 raise
             except (RuntimeError, ValueError) as e:
                 raise SlicerError(f"{job.source.path}: selecting tensor {job.source.name!r} failed: {e}") from e
-            del span  # unmaps the teacher span before the next one is mapped
-            yield chunk, out
+            del span, raw  # unmaps the teacher span before the next one is mapped
+            yield chunk, out, result
 
     def _dequantized(self, job: TensorJob, reader: TeacherReader,
-                     destination: Callable[[Chunk, torch.dtype], torch.Tensor]) -> Iterator[tuple[Chunk, torch.Tensor]]:
+                     destination: Callable[[Chunk, bool], Any]) -> Iterator[tuple[Chunk, Any, object]]:
         """A job whose values are dequantized from the teacher's stored tensors (slicer.dequant), on the
         CPU whatever the device: chunks sized so that the temporaries fit the chunk budget too."""
-        from . import dequant
+        import torch
 
-        out_dtype = _torch_dtype(job.dtype)
+        from . import dequant
+        from .safetensors_format import BITS_DTYPE
+
+        out_dtype = torch_dtype(job.dtype)
         budget = max(16, self.chunk_bytes * DTYPES[job.dtype].itemsize // dequant.BYTES_PER_ELEMENT)
 
         last: dict[str, tuple[int, int, torch.Tensor]] = {}
@@ -229,12 +266,14 @@ class Engine:
                 got = dequant.values(read, job.dequant, job.source, self._absolute(job, chunk), out_dtype)
             except (RuntimeError, ValueError) as e:
                 raise SlicerError(f"{job.source.path}: dequantizing tensor {job.source.name!r} failed: {e}") from e
-            out = destination(chunk, out_dtype)
+            out = destination(chunk, True)  # values, not bits: a torch view of the output
             out.copy_(got.reshape(chunk.out_shape))
-            yield chunk, out
+            yield chunk, out, None
 
-    def _absolute(self, job: TensorJob, chunk: Chunk) -> list[torch.Tensor]:
+    def _absolute(self, job: TensorJob, chunk: Chunk) -> list:
         """The teacher indices of every dimension a chunk keeps (those before the chunked one: one each)."""
+        import torch
+
         shape = job.source.shape
         k = len(shape) - len(chunk.index)
         strides = [math.prod(shape[d + 1:]) for d in range(len(shape))]
@@ -242,27 +281,37 @@ class Engine:
         if k < len(shape):
             lo = chunk.first // strides[k] % shape[k]
             out.append(torch.tensor(list(chunk.index[0]), dtype=torch.int64) + lo)
-        out += [self._full_index(job.index[d]) for d in range(k + 1, len(shape))]
+        out += [torch.as_tensor(self._full_index(job.index[d])) for d in range(k + 1, len(shape))]
         return out
 
-    def _index(self, job: TensorJob, chunk: Chunk) -> list[range | torch.Tensor]:
-        out: list[range | torch.Tensor] = []
+    def _index(self, job: TensorJob, chunk: Chunk) -> list:
+        out: list = []
         k = len(job.index) - len(chunk.index)  # the chunked dimension; those after it are whole
         for d, part in enumerate(chunk.index):
             if isinstance(part, range):
                 out.append(part)
             elif d == 0:
-                out.append(torch.tensor(part, dtype=torch.int64))
+                out.append(self.arrays.index(part))
             else:
                 out.append(self._full_index(job.index[k + d]))
         return out
 
-    def _full_index(self, ix: IndexSet) -> torch.Tensor:
+    def _full_index(self, ix: IndexSet):
         key = (ix.key, ix.t, ix.s)
         t = self._index_tensors.get(key)
         if t is None:
-            t = self._index_tensors[key] = torch.tensor(ix.indices(), dtype=torch.int64)
+            t = self._index_tensors[key] = self.arrays.index(ix.indices())
         return t
+
+
+def _span_bytes(reader, info, first: int, count: int, prefetch: bool, rows: dict):
+    """A chunk's teacher bytes as a uint8 numpy array: the local reader maps them; another
+    reader (a remote teacher's) hands a torch tensor, viewed without a copy."""
+    if hasattr(reader, "map"):
+        return reader.map(info, first, count, prefetch=prefetch, **rows)
+    import torch
+
+    return reader.span(info, first, count, torch.uint8, prefetch=prefetch, **rows).numpy()
 
 
 def _check_teacher(reader) -> None:
@@ -280,11 +329,13 @@ def _bytes_touched(job: TensorJob, chunk: Chunk) -> int:
     return int(chunk.out_shape[0] * math.prod(chunk.span_shape[1:]) * itemsize)
 
 
-def _torch_dtype(name: str) -> torch.dtype:
-    dt = DTYPES[name].torch_dtype
-    if dt is None:
-        raise SlicerError(f"this torch build has no {name} type, so it cannot be cast")
-    return dt
+def _pool_buffer(nbytes: int, pinned: bool) -> np.ndarray:
+    """One output buffer. Pinned on the GPU path: device-to-host copies land in it directly."""
+    if not pinned:
+        return np.empty(nbytes, dtype=np.uint8)
+    import torch
+
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True).numpy()  # the array keeps the tensor alive
 
 
 class _WriterThread(threading.Thread):
@@ -303,7 +354,7 @@ class _WriterThread(threading.Thread):
         self.raise_error()
         self.work.put(item)
 
-    def take(self, free: queue.Queue) -> torch.Tensor:
+    def take(self, free: queue.Queue) -> np.ndarray:
         while True:
             self.raise_error()
             try:
@@ -337,6 +388,8 @@ class _WriterThread(threading.Thread):
                 self.error = e
             finally:
                 if item[0] == "bytes" and item[2] is not None:
+                    if self.error is not None or self._stopped:
+                        _quietly_wait(item[3])  # no device copy may still land in a reused buffer
                     self.free.put(item[1])  # the buffer is free again, written or not
 
     def _do(self, item) -> None:
@@ -349,7 +402,8 @@ class _WriterThread(threading.Thread):
                 self.current.write(data)
                 self.on_bytes(len(data))
             else:
-                self.current.write(data[:n].numpy())
+                wait_for(item[3])  # a device gather still copying into the buffer
+                self.current.write(data[:n])
                 self.on_bytes(n)
         elif kind == "copy":
             _, fd, offset, n = item
@@ -361,3 +415,10 @@ class _WriterThread(threading.Thread):
             self.current.finish()
             self.on_shard(self.current)
             self.current = None
+
+
+def _quietly_wait(result: object) -> None:
+    try:
+        wait_for(result)
+    except Exception:  # noqa: BLE001 - the run is failing already; the first error is kept
+        pass

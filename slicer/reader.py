@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from .errors import SlicerError
 from .safetensors_format import FileStamp, TensorInfo
@@ -42,7 +42,7 @@ USE_LEASES = hasattr(fcntl, "F_SETLEASE")  # tests turn this off to take the pre
 
 class TeacherReader:
     streams_copies = False  # whole-tensor copies are done from fd(path) (a remote reader streams them)
-    reads_rows = True  # span() takes rows=: the pread path reads only the kept ones
+    reads_rows = True  # map() and span() take rows=: the pread path reads only the kept ones
 
     def __init__(self, stamps: Mapping[Path, FileStamp] | None = None) -> None:
         self._fds: dict[Path, int] = {}
@@ -83,20 +83,21 @@ class TeacherReader:
         for path in list(self._fds):
             self.check(path)
 
-    def span(self, info: TensorInfo, first: int, count: int, dtype: torch.dtype, prefetch: bool = False,
-             rows: tuple[int, range | tuple[int, ...]] | None = None) -> torch.Tensor:
-        """Elements first..first+count-1 of a tensor, as a 1-D tensor over a private map
-        (or, for a file without a lease, over a copy read with pread). ``rows`` (the
-        span's row count and the rows the gather keeps) lets the pread path read just those."""
+    def map(self, info: TensorInfo, first: int, count: int, prefetch: bool = False,
+            rows: tuple[int, range | tuple[int, ...]] | None = None) -> np.ndarray:
+        """The bytes of elements first..first+count-1 of a tensor: a read-only uint8 array
+        over a private map, unmapped when the last view of it is dropped (or, for a file
+        without a lease, over a copy read with pread). ``rows`` (the span's row count and
+        the rows the gather keeps) lets the pread path read just those."""
         itemsize = info.itemsize
         begin = info.offset + first * itemsize
         nbytes = count * itemsize
         if count == 0:
-            return torch.empty(0, dtype=dtype)
+            return np.empty(0, dtype=np.uint8)
         self.check(info.path)
         fd = self.fd(info.path)
         if info.path not in self._leased:
-            return _pread(fd, info, begin, nbytes, rows).view(dtype)
+            return _pread(fd, info, begin, nbytes, rows)
         aligned = begin - begin % _PAGE
         try:
             mm = mmap.mmap(fd, begin + nbytes - aligned, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=aligned)
@@ -104,11 +105,18 @@ class TeacherReader:
             raise SlicerError(f"{info.path}: cannot map tensor {info.name!r}: {e}") from e
         if prefetch:
             mm.madvise(mmap.MADV_WILLNEED)  # start readahead now: helps a cold cache
-        # The tensor keeps `mm` alive; the map closes when the last view is dropped.
-        # torch warns that the buffer is read-only: we only ever read through it.
+        # The array keeps `mm` alive; the map closes when the last view is dropped.
+        return np.frombuffer(mm, dtype=np.uint8, count=nbytes, offset=begin - aligned)
+
+    def span(self, info: TensorInfo, first: int, count: int, dtype, prefetch: bool = False,
+             rows: tuple[int, range | tuple[int, ...]] | None = None):
+        """The same elements as a 1-D torch tensor of ``dtype`` (imports torch)."""
+        import torch
+
+        # torch warns that a map is read-only: we only ever read through it.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return torch.frombuffer(mm, dtype=dtype, count=count, offset=begin - aligned)
+            return torch.from_numpy(self.map(info, first, count, prefetch, rows)).view(dtype)
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -133,7 +141,7 @@ def _take_lease(fd: int) -> bool:
     return True
 
 
-def _pread(fd: int, info: TensorInfo, begin: int, nbytes: int, rows) -> torch.Tensor:
+def _pread(fd: int, info: TensorInfo, begin: int, nbytes: int, rows) -> np.ndarray:
     """The span in anonymous memory. Where rows of a page or more are skipped, only the
     kept rows are read: the pages of the others are never touched, so never resident."""
     # Fresh anonymous pages, never reused heap: rows skipped stay untouched, and the
@@ -152,7 +160,7 @@ def _pread(fd: int, info: TensorInfo, begin: int, nbytes: int, rows) -> torch.Te
                                   "(truncated during the run); nothing was written")
             done += n
     view.release()
-    return torch.frombuffer(mm, dtype=torch.uint8)  # keeps the map alive
+    return np.frombuffer(mm, dtype=np.uint8)  # keeps the map alive
 
 
 def _pieces(nbytes: int, rows) -> list[tuple[int, int]]:

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import torch
-
 from .errors import SlicerError
 
 # The official implementation refuses headers above 100 MB; so do we.
@@ -32,12 +30,20 @@ HEADER_ALIGNMENT = 8
 class DType:
     name: str  # as written in safetensors headers, e.g. "BF16"
     itemsize: int
-    torch_dtype: torch.dtype | None  # None when this torch build lacks it
+    torch_name: str  # e.g. "bfloat16"
     floating: bool
+
+    @property
+    def torch_dtype(self):
+        """The torch dtype, or None when this torch build lacks it. Imports torch on first
+        use: planning, --help and verify without a teacher never need it."""
+        import torch
+
+        return getattr(torch, self.torch_name, None)
 
 
 def _dtype(name: str, itemsize: int, torch_name: str, floating: bool) -> DType:
-    return DType(name, itemsize, getattr(torch, torch_name, None), floating)
+    return DType(name, itemsize, torch_name, floating)
 
 
 DTYPES: dict[str, DType] = {
@@ -64,7 +70,19 @@ DTYPES: dict[str, DType] = {
 }
 
 # Same-width integer types: selection moves elements as these, so bits never change.
-BITS_DTYPE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+# BITS_DTYPE (torch dtypes) is built on first access (see __getattr__ below), so that
+# importing this module does not import torch.
+_BITS_TORCH_NAMES = {1: "uint8", 2: "int16", 4: "int32", 8: "int64"}
+
+
+def __getattr__(name: str):
+    if name == "BITS_DTYPE":
+        import torch
+
+        bits = {n: getattr(torch, t) for n, t in _BITS_TORCH_NAMES.items()}
+        globals()["BITS_DTYPE"] = bits
+        return bits
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # --dtype choices (casts apply to floating tensors only, as torch_dtype does in HF).
 CAST_TARGETS = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}

@@ -23,15 +23,19 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .axes.audit import audit
 from .checkpoint import Checkpoint, is_url
 from .errors import SlicerError
-from .safetensors_format import BITS_DTYPE, DTYPES, TensorInfo, is_json_int, read_header
+from .safetensors_format import DTYPES, TensorInfo, is_json_int, read_header
 from .selection import manifest_indices
-from .writer import INDEX_NAME, MANIFEST_NAME, STAGING, is_student_file, sha256_file
+
+if TYPE_CHECKING:
+    import torch
+# Imported where used: torch where tensor values are compared (with a teacher), so that
+# checking the shards alone (sizes, sha256, headers, index) runs without it; the writer's
+# names when verifying, so that `import slicer` (and `slicer plan`) loads neither.
 
 DEFAULT_CHUNK_BYTES = 16 << 20
 SPOT_ROWS = 4  # rows of dimension 0 compared per tensor without full=True
@@ -100,6 +104,8 @@ def verify(out: str | Path, *, teacher: str | Path | None = None, full: bool = F
 
 def _check_axes(manifest: dict, headers: dict, report: VerifyReport) -> None:
     """Every dimension uses its axes' index sets (slicer.axes.audit), for tensors whose header agrees."""
+    from .writer import MANIFEST_NAME
+
     sets = manifest["index_sets"]
 
     def indices_of(key, n: int):
@@ -116,6 +122,8 @@ def _check_axes(manifest: dict, headers: dict, report: VerifyReport) -> None:
 
 
 def _load_manifest(out: Path) -> dict:
+    from .writer import MANIFEST_NAME
+
     path = out / MANIFEST_NAME
     if not out.is_dir():
         raise SlicerError(f"{out}: {'not found' if not out.exists() else 'not a folder'}; name a folder slicer wrote")
@@ -183,6 +191,8 @@ def _valid_set(entry: dict) -> bool:
 def _check_shards(out: Path, manifest: dict, report: VerifyReport) -> dict[str, dict[str, TensorInfo]]:
     """Size, sha256 and header of every shard. Returns shard -> the tensors whose header
     entry agrees with the manifest (the others are reported, not compared)."""
+    from .writer import INDEX_NAME, MANIFEST_NAME, STAGING, is_student_file
+
     by_shard: dict[str, dict[str, dict]] = {s["name"]: {} for s in manifest["shards"]}
     for name, rec in manifest["tensors"].items():
         by_shard[rec["shard"]][name] = rec
@@ -234,6 +244,8 @@ def _check_shards(out: Path, manifest: dict, report: VerifyReport) -> dict[str, 
 
 
 def _sha256(path: Path, report: VerifyReport) -> str:
+    from .writer import sha256_file
+
     digest, size = sha256_file(path)
     report.bytes_hashed += size
     return digest
@@ -241,6 +253,8 @@ def _sha256(path: Path, report: VerifyReport) -> str:
 
 def _check_index(out: Path, manifest: dict, report: VerifyReport) -> None:
     """A sharded student has the Hugging Face index, and it agrees with the manifest."""
+    from .writer import INDEX_NAME
+
     path = out / INDEX_NAME
     if len(manifest["shards"]) <= 1:
         if path.exists():
@@ -271,6 +285,10 @@ def _check_index(out: Path, manifest: dict, report: VerifyReport) -> None:
 
 def _compare(name: str, rec: dict, stored: TensorInfo, ckpt: Checkpoint, sets: dict, report: VerifyReport,
              files: "_Files", rows: int | None, budget: int) -> None:
+    import torch
+
+    from .safetensors_format import BITS_DTYPE
+
     where = f"{stored.path}: tensor {name!r}"
     if isinstance(rec.get("dequantize"), dict):
         _compare_dequantized(where, rec, stored, ckpt, sets, report, files, rows, budget)
@@ -327,6 +345,10 @@ def _compare_dequantized(where: str, rec: dict, stored: TensorInfo, ckpt: Checkp
                          report: VerifyReport, files: "_Files", rows: int | None, budget: int) -> None:
     """A dequantized tensor against the dequantized selection of the teacher's stored tensors (slicer.dequant:
     transformers' arithmetic), one student row at a time, in pieces of at most ``budget`` bytes."""
+    import torch
+
+    from .safetensors_format import BITS_DTYPE
+
     from .dequant import values
     from .quantized import Dequant, _logical
 
@@ -460,6 +482,8 @@ def _blocks(tshape: Sequence[int], sshape: Sequence[int], index: list[list[int]]
 
 def _select(span: torch.Tensor, index: list) -> torch.Tensor:
     """span[ix_(*index)]: the reference selection, one dimension at a time."""
+    import torch
+
     for d, ix in enumerate(index):
         if len(ix) != span.shape[d] or ix != list(range(span.shape[d])):
             span = span.index_select(d, torch.tensor(ix, dtype=torch.int64))
@@ -476,6 +500,10 @@ class _Files:
              rows: list[int] | None = None) -> torch.Tensor:
         """Elements first..first+count-1 of a tensor, as same-width integers. A remote
         tensor's span (viewed as ``shape``) is fetched by its ``rows`` of dimension 0 only."""
+        import torch
+
+        from .safetensors_format import BITS_DTYPE
+
         if not isinstance(info.path, Path):  # a remote teacher's RemotePath
             return info.path.folder.read_rows(info, first, count, shape, rows)
         fd = self._fds.get(info.path)

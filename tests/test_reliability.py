@@ -47,15 +47,17 @@ if env.get("SLICER_TEST_KILL_AFTER"):  # SIGKILL once N shards are complete (and
             os.kill(os.getpid(), signal.SIGKILL)
     slicer.writer.OutputDir.record_done = record_then_die
 if env.get("SLICER_TEST_SLOW") or env.get("SLICER_TEST_GATE"):
-    gather = slicer.backends.gather_torch
     delay, gate = float(env.get("SLICER_TEST_SLOW", "0")), env.get("SLICER_TEST_GATE")
-    def slow_gather(src, index, out):
-        time.sleep(delay)
-        deadline = time.monotonic() + 60
-        while gate and not os.path.exists(gate) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return gather(src, index, out)
-    slicer.backends.gather_torch = slow_gather
+    def slowed(gather):
+        def slow_gather(src, index, out):
+            time.sleep(delay)
+            deadline = time.monotonic() + 60
+            while gate and not os.path.exists(gate) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return gather(src, index, out)
+        return slow_gather
+    slicer.backends.gather_torch = slowed(slicer.backends.gather_torch)
+    slicer.backends.gather_numpy = slowed(slicer.backends.gather_numpy)  # the CPU default
 if env.get("SLICER_TEST_ENOSPC_AFTER"):  # the disk fills up after N bytes
     import errno, os as real_os
     budget = [int(env["SLICER_TEST_ENOSPC_AFTER"])]

@@ -14,6 +14,9 @@ from helpers import assert_bit_equal
 
 @pytest.mark.parametrize("fam,backend,dtype", [
     ("llama", "torch", "keep"),
+    ("llama", "numpy", "keep"),
+    ("zoo", "numpy", "keep"),
+    ("convnext_orig", "numpy", "fp16"),
     ("zoo", "torch", "keep"),
     ("convnext_orig", "torch", "fp16"),
     ("llama", "triton", "fp32"),

@@ -7,8 +7,6 @@ changes them is refused, naming what changed (keep ``linear_num_value_heads``,
 """
 from __future__ import annotations
 
-import torch
-
 from ..axes import Layout
 from ..errors import SlicerError
 from .binder import ModelBinder, TensorRef, _attention_path
@@ -34,6 +32,8 @@ def _mixer(view, module_path: str) -> str | None:
 
 
 def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
+    import torch  # here, not at import: a template's plan loads the bindings without torch
+
     t_path = _mixer(b.teacher, ref.owner.module_path)
     if t_path is None or _attention_path(b.teacher, ref.owner.module_path) is not None:
         return None  # an attention module (MiniMax's lightning attention): attention.py binds its heads

@@ -14,8 +14,6 @@ from pathlib import Path
 
 from ..checkpoint import Checkpoint
 from ..errors import SlicerError
-from .scores import Scores, load, save
-
 __all__ = ["Scores", "load", "save", "score", "score_to_file"]
 
 
@@ -23,6 +21,7 @@ def score(teacher: str | Path, output: str | Path | None = None, *, calibration:
           samples: int = 32, seq_len: int = 128, device: str = "auto") -> Scores:
     """Score every axis of ``teacher`` on ``calibration`` (None: the default text), streamed;
     written to ``output`` when given. ``scores.vectors``: axis name -> tensor of scores."""
+    from .scores import load
     from .scoring import score_teacher
 
     if output is not None:
@@ -35,6 +34,7 @@ def score_to_file(teacher: str | Path, output: str | Path, *, calibration: str |
                   samples: int = 32, seq_len: int = 128, device: str = "auto") -> dict:
     """``slicer score``: score ``teacher`` and write the scores to ``output``; a summary."""
     from ..memory import PeakSampler
+    from .scores import save
     from .scoring import score_teacher
 
     ckpt = Checkpoint.open(teacher, role="teacher")
@@ -53,3 +53,13 @@ def score_to_file(teacher: str | Path, output: str | Path, *, calibration: str |
     return {"teacher": str(ckpt.path), "output": str(out), "sha256": sha, "axes": len(run.scores.vectors) - layer_lists,
             "layer_lists": layer_lists, "tokens": run.tokens, "seconds": round(run.seconds, 3), "device": run.device,
             "peak_memory_bytes": memory.peak, "calibration": run.scores.metadata.get("calibration")}
+
+
+def __getattr__(name: str):
+    """``Scores``, ``load`` and ``save`` on first use: the scores module needs torch, and
+    ``import slicer`` (the CLI's plan, help and verify) must not pay for it."""
+    if name in ("Scores", "load", "save"):
+        from . import scores
+
+        return getattr(scores, name)
+    raise AttributeError(name)
