@@ -44,8 +44,6 @@ def _importable() -> str:
 
 
 def bench_ms(fn, smoke: bool) -> float:
-    import torch
-
     if smoke:
         fn()
         t0 = time.perf_counter()

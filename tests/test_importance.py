@@ -19,7 +19,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 import slicer  # noqa: E402
 from slicer.cli import main  # noqa: E402
-from consistency import Spec, check, read_folder  # noqa: E402
+from consistency import Spec, check  # noqa: E402
 from families import FAMILIES, LLAMA_EDITS, VOCAB, Family, build, example_inputs  # noqa: E402
 
 QWEN3_MOE = Family("Qwen3MoeConfig", dict(architectures=["Qwen3MoeForCausalLM"], hidden_size=32, intermediate_size=64,

@@ -81,10 +81,9 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
     return tuple(out)
 
 
-def _split(ref: TensorRef, b: ModelBinder) -> str:
-    """How the model splits its fused gate/up output, read from the module's forward."""
-    path = ref.owner.module_path.rsplit(".", 1)[0]
-    module = b.teacher.modules.get(path)
+def gated_split(module) -> str | None:
+    """How ``module``'s forward splits a fused gated pair: "halves" (``.chunk(2)``),
+    "interleaved" (``[..., ::2]``), or None where its source does not say."""
     try:
         source = inspect.getsource(type(module).forward) if module is not None else ""
     except (OSError, TypeError):
@@ -93,5 +92,14 @@ def _split(ref: TensorRef, b: ModelBinder) -> str:
         return "halves"
     if re.search(r"\[\s*\.\.\.\s*,\s*::2\s*\]", source):
         return "interleaved"
-    raise SlicerError(f"tensor {ref.student_name!r}: cannot tell from {type(module).__name__}.forward how it splits its "
-                      "fused gate/up projection, so its neurons cannot be kept consistently")
+    return None
+
+
+def _split(ref: TensorRef, b: ModelBinder) -> str:
+    """How the model splits its fused gate/up output, read from the module's forward."""
+    module = b.teacher.modules.get(ref.owner.module_path.rsplit(".", 1)[0])
+    split = gated_split(module)
+    if split is None:
+        raise SlicerError(f"tensor {ref.student_name!r}: cannot tell from {type(module).__name__}.forward how it "
+                          "splits its fused gate/up projection, so its neurons cannot be kept consistently")
+    return split

@@ -36,6 +36,7 @@ from ..errors import SlicerError
 from .binder import ModelBinder, TensorRef
 from .common import _embedding_paths
 from .geometry import _int
+from .mlp import gated_split
 
 
 def _towers(view) -> tuple[str | None, str | None]:
@@ -344,16 +345,12 @@ def _sites(b: ModelBinder, root: str, named: str, chain, text: str, vision: str)
 
 
 def _gated_split(b: ModelBinder, root: str) -> str:
-    """How the projector splits a gated pair, read from its forward (as mlp.py does for gate_up_proj)."""
-    try:
-        source = inspect.getsource(type(b.teacher.modules.get(root)).forward)
-    except (OSError, TypeError):
-        source = ""
-    if re.search(r"\.chunk\(\s*2", source):
-        return "halves"
-    if re.search(r"\[\s*\.\.\.\s*,\s*::2\s*\]", source):
-        return "interleaved"
-    raise SlicerError(f"the projector {root!r} writes a gated pair, split in a way slicer cannot read from its forward")
+    """How the projector splits a gated pair, read from its forward (as for gate_up_proj)."""
+    split = gated_split(b.teacher.modules.get(root))
+    if split is None:
+        raise SlicerError(f"the projector {root!r} writes a gated pair, split in a way slicer cannot read from its "
+                          "forward")
+    return split
 
 
 def _check_output(b: ModelBinder, root: str, chain, text: str) -> None:

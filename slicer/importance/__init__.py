@@ -11,9 +11,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..checkpoint import Checkpoint
 from ..errors import SlicerError
+
+if TYPE_CHECKING:
+    from .scores import Scores
+
 __all__ = ["Scores", "load", "save", "score", "score_to_file"]
 
 
