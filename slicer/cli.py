@@ -98,6 +98,9 @@ def _add_remote_args(p: argparse.ArgumentParser) -> None:
     rem.add_argument("--max-requests", type=int, metavar="N", help="requests in flight (default 16)")
     rem.add_argument("--coalesce-gap", metavar="SIZE", help="fetch kept ranges closer than SIZE as one request, the gap "
                                                            "with them (default 64kB: measured, see the README; 0: the fewest bytes)")
+    rem.add_argument("--max-overfetch", type=float, metavar="RATIO",
+                     help="bridged gap bytes at most RATIO times the kept bytes (default 0.1: at most 1.1x the bytes "
+                          "the student keeps; more: fewer, larger requests where kept rows are small)")
 
 
 def _remote_kwargs(args) -> dict:
@@ -111,6 +114,10 @@ def _remote_kwargs(args) -> dict:
             remote["gap_bytes"] = 0 if args.coalesce_gap.strip() in ("0", "0B") else parse_size(args.coalesce_gap)
         except SlicerError:
             raise SlicerError(f"--coalesce-gap {args.coalesce_gap!r} is not a size like 64kB, 1MB or 0") from None
+    if args.max_overfetch is not None:
+        if not args.max_overfetch >= 0:
+            raise SlicerError(f"--max-overfetch {args.max_overfetch}: must be 0 or more (0: only the kept bytes)")
+        remote["overfetch"] = args.max_overfetch
     return dict(revision=args.revision, cache_dir=args.cache_dir, remote=remote or None)
 
 

@@ -338,7 +338,14 @@ def test_cli_remote_flags_tune_the_fetching_and_bad_values_are_one_line(remote_r
             "--max-shard-size", SHARDS]
     assert cli.main([*args, "--coalesce-gap", "1MB", "--max-requests", "2"]) == 0, capfd.readouterr().err
     assert tree(out) == remote_root["local_tree"]
+    before = server.stats.bytes_sent
+    assert cli.main([*args, "--overwrite", "--max-overfetch", "2"]) == 0, capfd.readouterr().err
+    assert tree(out) == remote_root["local_tree"]
+    bridged = server.stats.bytes_sent - before
+    plan = slicer.plan(server.teacher_url, template=remote_root["template"], max_shard_size=SHARDS)
+    assert bridged > 1.1 * plan.bytes_to_read  # the flag reached the coalescing: gaps beyond the default budget bridged
     for flags, expect in ((["--coalesce-gap", "abc"], "--coalesce-gap 'abc' is not a size"),
+                          (["--max-overfetch", "-1"], "--max-overfetch -1.0: must be 0 or more"),
                           (["--max-requests", "0"], "requests=0 (>= 1)"),
                           (["--revision", "main"], "--revision applies to hf:// teachers only")):
         capfd.readouterr()
