@@ -63,7 +63,8 @@ def _add_selection_args(p: argparse.ArgumentParser) -> None:
     sel.add_argument("--attention", choices=("flat", "heads"), default=None,
                      help="heads: keep whole attention heads (kv heads by the method, query heads inside each kept "
                           "group, rotary pairs kept together); flat: select q/k/v rows like any other axis (the "
-                          "paper). Default: heads with a config, flat with a template")
+                          "paper). Default: heads wherever the model is known (--set, --student-config, or a "
+                          "config.json beside both teacher and template), flat with a bare template")
     sel.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                      help="skip template tensors whose name matches (re.search); repeatable, e.g. '^head\\.'")
     imp = p.add_argument_group("importance (--method importance, --layer-selection importance)")

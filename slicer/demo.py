@@ -107,7 +107,10 @@ def run_demo(keep: str | None = None, progress: bool = False, quiet: bool = Fals
         summary = api.shrink(teacher, out, template=template, layer_selection="uniform", overwrite=overwrite,
                              progress=progress)
         on_summary(summary)
-        show("\n" + _check(teacher, out))
+        ok, verdict = _check(teacher, out)
+        if not ok:
+            raise SlicerError(f"{out}: {verdict}")  # the demo's own proof failed: never exit 0
+        show("\n" + verdict)
         if keep:
             show(f"files kept in {root}")
     return 0
@@ -128,8 +131,10 @@ def _prepare_keep(root: Path, overwrite: bool) -> None:
         raise SlicerError(f"{root}: cannot create the demo folder: {e.strerror or e}") from e
 
 
-def _check(teacher: Path, out: Path) -> str:
-    """Compare a few student tensors with the spec's formula, computed independently."""
+def _check(teacher: Path, out: Path) -> tuple[bool, str]:
+    """Compare a few student tensors with the spec's formulas, computed here independently:
+    uniform index sets per axis, whole attention heads (the template's folder has a config,
+    so the plan keeps kv heads and the query heads of each kept group whole)."""
     from safetensors import safe_open
 
     from .selection import uniform_indices
@@ -141,15 +146,32 @@ def _check(teacher: Path, out: Path) -> str:
                     return h.get_tensor(name)
         raise KeyError(name)
 
+    def head_rows(kv_heads: bool) -> list[int]:
+        """Rows of q_proj (kv heads x group x head dim) or of k_proj / v_proj (kv heads x head dim)."""
+        hd_t = TEACHER["hidden_size"] // TEACHER["num_attention_heads"]
+        hd_s = STUDENT["hidden_size"] // STUDENT["num_attention_heads"]
+        assert hd_t == hd_s, "the demo keeps the head size; a smaller one pairs rotary dims"
+        kv = uniform_indices(TEACHER["num_key_value_heads"], STUDENT["num_key_value_heads"])
+        g_t = TEACHER["num_attention_heads"] // TEACHER["num_key_value_heads"]
+        g_s = STUDENT["num_attention_heads"] // STUDENT["num_key_value_heads"]
+        group = [0] if kv_heads else uniform_indices(g_t, g_s)
+        width = 1 if kv_heads else g_t
+        return [(k * width + g) * hd_t + d for k in kv for g in group for d in range(hd_t)]
+
+    hidden = uniform_indices(TEACHER["hidden_size"], STUDENT["hidden_size"])
+    ffn = uniform_indices(TEACHER["intermediate_size"], STUDENT["intermediate_size"])
+    expected = {"mlp.down_proj.weight": (hidden, ffn), "mlp.up_proj.weight": (ffn, hidden),
+                "self_attn.q_proj.weight": (head_rows(False), hidden),
+                "self_attn.k_proj.weight": (head_rows(True), hidden),
+                "self_attn.o_proj.weight": (hidden, head_rows(False))}
     layers = uniform_indices(TEACHER["num_hidden_layers"], STUDENT["num_hidden_layers"])
     checked = 0
     for j, i in enumerate(layers):
-        for part in ("mlp.down_proj.weight", "self_attn.q_proj.weight"):
+        for part, (rows, cols) in expected.items():
             t = load(teacher, f"model.layers.{i}.{part}")
             s = load(out, f"model.layers.{j}.{part}")
-            rows = uniform_indices(t.shape[0], s.shape[0])
-            cols = uniform_indices(t.shape[1], s.shape[1])
-            if not torch.equal(t[rows][:, cols].view(torch.int16), s.view(torch.int16)):
-                return f"MISMATCH in model.layers.{j}.{part}"
+            want = t[torch.tensor(rows)][:, torch.tensor(cols)]
+            if want.shape != s.shape or not torch.equal(want.view(torch.int16), s.view(torch.int16)):
+                return False, f"student tensor model.layers.{j}.{part} differs from the spec's selection"
             checked += 1
-    return f"checked {checked} tensors bit for bit against the spec's formulas: all equal"
+    return True, f"checked {checked} tensors bit for bit against the spec's formulas: all equal"
