@@ -8,7 +8,7 @@ Each run is a whole ``python -m slicer score`` process sampled by bench/memsampl
 (RssAnon + RssShmem of the process tree, every 20 ms). Teachers are bf16, random N(0, 0.02)
 (bench/teachers.py), with a config.json; the calibration is random token ids.
 
-    python bench/importance_cost.py [--workdir /work/tmp/importance/cost] [--depths 19,41] [--baseline]
+    python bench/importance_cost.py [--workdir /tmp/slicer-bench-importance/cost] [--depths 19,41] [--baseline]
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ with torch.no_grad():
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", default="/work/tmp/importance/cost", type=Path)
+    p.add_argument("--workdir", default="/tmp/slicer-bench-importance/cost", type=Path)
     p.add_argument("--depths", default="19,41", help="layers of each teacher (about 2 GB and 4 GB at this width)")
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=128)

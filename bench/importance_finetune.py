@@ -94,7 +94,7 @@ def plot(results: dict, path: Path, steps: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", default="/work/tmp/importance/bench/minilm", type=Path)
+    p.add_argument("--workdir", default="/tmp/slicer-bench-importance/bench/minilm", type=Path)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-4)

@@ -235,7 +235,7 @@ def table(rows: list[dict], keys: list[str]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("which", nargs="+", choices=["minilm", "smollm"])
-    p.add_argument("--workdir", default="/work/tmp/importance/bench", help="students and converted teachers go here")
+    p.add_argument("--workdir", default="/tmp/slicer-bench-importance/bench", help="students and converted teachers go here")
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--methods", help=f"a subset of {','.join(METHODS)}")
     p.add_argument("--hidden-from", choices=["residual", "inputs"], default="residual",
