@@ -272,9 +272,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if not head:
-            self.wfile.write(body)
-            if self.path != "/__stats":
+            if self.path != "/__stats":  # counted before the client can have it (see _file)
                 self.server_state.stats.add(self.path, len(body))
+            self.wfile.write(body)
 
     def _file(self, root: Path, rel: str, head: bool, extra: dict) -> None:
         st = self.server_state
@@ -334,18 +334,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 if drop_at is not None and sent + n > drop_at:
                     n = max(drop_at - sent, 0)
                     if n:
-                        self.wfile.write(os.pread(f.fileno(), n, start + sent))
                         st.stats.add(rel, n)
+                        self.wfile.write(os.pread(f.fileno(), n, start + sent))
                     self.wfile.flush()
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
                     return
                 st.bucket.take(n)
                 data = os.pread(f.fileno(), n, start + sent)
+                # Counted before the write: once the client holds the bytes, a test reading the
+                # stats must see them (counted after, a reset racing the write lost them).
+                st.stats.add(rel, len(data))
                 try:
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
+                    st.stats.add(rel, -len(data))  # never reached the client
                     self.close_connection = True
                     return
-                st.stats.add(rel, len(data))
                 sent += len(data)
