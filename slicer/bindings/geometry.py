@@ -111,6 +111,9 @@ def check_geometry(teacher: HeadGeometry, student: HeadGeometry, where: str) -> 
     if student.head_dim > teacher.head_dim:
         raise SlicerError(f"{where}: student head size {student.head_dim} exceeds the teacher's {teacher.head_dim} "
                           "(head_dim, else hidden_size / num_attention_heads)")
+    if student.rotary_dim % 2 or student.rotary_dim > student.head_dim:
+        raise SlicerError(f"{where}: student rotates {student.rotary_dim} of {student.head_dim} dims per head: rotary "
+                          "embeddings rotate pairs of dims within a head (rotary_dim, partial_rotary_factor)")
     if student.head_dim == teacher.head_dim:
         return  # whole heads: every dim kept, rotary or not
     if teacher.rotary_dim and teacher.rotary == "unknown":
