@@ -258,7 +258,10 @@ class Engine:
             # packed dimension): keep the last span of each tensor mapped rather than map it per chunk.
             got = last.get(info.name)
             if got is None or got[:2] != (first, count):
-                got = last[info.name] = (first, count, reader.span(info, first, count, BITS_DTYPE[info.itemsize]))
+                read_now = getattr(reader, "read_now", None)  # a remote teacher: fetched on demand
+                span = (torch.from_numpy(read_now(info, first, count)).view(BITS_DTYPE[info.itemsize]) if read_now
+                        else reader.span(info, first, count, BITS_DTYPE[info.itemsize]))
+                got = last[info.name] = (first, count, span)
             return got[2]
 
         for chunk in chunks(job, budget):
@@ -305,8 +308,8 @@ class Engine:
 
 
 def _span_bytes(reader, info, first: int, count: int, prefetch: bool, rows: dict):
-    """A chunk's teacher bytes as a uint8 numpy array: the local reader maps them; another
-    reader (a remote teacher's) hands a torch tensor, viewed without a copy."""
+    """A chunk's teacher bytes as a uint8 numpy array: the local reader maps them, the remote
+    reader hands its span buffer; a reader with only ``span`` (torch) is viewed without a copy."""
     if hasattr(reader, "map"):
         return reader.map(info, first, count, prefetch=prefetch, **rows)
     import torch

@@ -278,6 +278,26 @@ def test_dequantized_student_is_the_dequantized_teachers_selection(teachers, tmp
         assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
 
 
+@pytest.mark.parametrize("kind,edits,chunk", [
+    ("fp8-edge", dict(hidden_size=100, num_attention_heads=2, num_key_value_heads=2, intermediate_size=40), 32 << 20),
+    ("mxfp4", dict(hidden_size=32), 4096),
+])
+def test_a_remote_quantized_teacher_dequantizes_to_the_local_runs_bytes(teachers, tmp_path, kind, edits, chunk):
+    """Dequantized jobs fetch their weight and scale spans on demand, beside the prefetched ones
+    (they used to stop with "the remote reader is out of step with the engine")."""
+    from remote_server import RangeServer
+
+    teacher = teachers(kind)
+    _shrink(teacher, tmp_path / "local", config_set=edits, dtype="bf16", chunk_bytes=chunk)
+    with RangeServer(teacher.parent) as srv:
+        _shrink(f"{srv.url}/{teacher.name}/", tmp_path / "remote", config_set=edits, dtype="bf16",
+                remote={"requests": 2}, chunk_bytes=chunk)
+    local, remote = load_file(tmp_path / "local" / "model.safetensors"), load_file(tmp_path / "remote" / "model.safetensors")
+    assert sorted(local) == sorted(remote)
+    for name in local:
+        assert torch.equal(int_view(local[name]), int_view(remote[name])), name
+
+
 def test_small_chunks_dequantize_to_the_same_bytes(teachers, tmp_path):
     teacher = teachers("fp8-edge")
     kw = dict(config_set=dict(hidden_size=100, intermediate_size=40), dtype="bf16",

@@ -332,6 +332,17 @@ def test_a_local_run_imports_no_remote_library(remote_root, tmp_path, subprocess
     assert r.stdout.strip() == "0 []", r.stdout + r.stderr
 
 
+def test_a_remote_cpu_run_imports_no_torch(remote_root, server, tmp_path, subprocess_env):
+    """The remote reader hands the numpy gather its span buffers: no torch start-up (~2 s) either."""
+    code = ("import sys; from slicer.cli import main; "
+            f"rc = main(['shrink', {server.teacher_url!r}, {str(tmp_path / 'out')!r}, '--template', "
+            f"{str(remote_root['template'])!r}, '--quiet', '--device', 'cpu', '--max-shard-size', {SHARDS!r}]); "
+            "print(rc, sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env, timeout=120)
+    assert r.stdout.strip() == "0 []", r.stdout + r.stderr
+    assert tree(tmp_path / "out") == remote_root["local_tree"]
+
+
 def test_cli_remote_flags_tune_the_fetching_and_bad_values_are_one_line(remote_root, server, tmp_path, capfd):
     out = tmp_path / "out"
     args = ["shrink", server.teacher_url, str(out), "--template", str(remote_root["template"]), "--quiet",

@@ -12,10 +12,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-import torch
 
 from ..errors import SlicerError
-from ..safetensors_format import BITS_DTYPE, Header, TensorInfo, header_length, parse_header
+from ..safetensors_format import Header, TensorInfo, header_length, parse_header
 from .fetch import Fetcher, Pieces
 from .options import RemoteOptions
 from .ranges import Span, coalesce, plan_spans, row_runs
@@ -23,6 +22,7 @@ from .reader import RemoteReader
 from .source import Changed, RemoteFile, RemotePath, Source, join
 
 if TYPE_CHECKING:
+    import torch
     from ..plan import Plan
 
 log = logging.getLogger("slicer")
@@ -126,9 +126,13 @@ class RemoteFolder:
         return RemoteReader(self, spans, chunk_bytes)
 
     def read_rows(self, info: TensorInfo, first: int, count: int, shape: tuple[int, ...],
-                  rows: list[int] | None) -> torch.Tensor:
+                  rows: list[int] | None) -> "torch.Tensor":
         """Elements first..first+count-1 of a tensor viewed as ``shape``, as same-width integers;
         with ``rows``, only those rows of dimension 0 are fetched (verify's reads)."""
+        import torch  # verify compares values with torch
+
+        from ..safetensors_format import BITS_DTYPE
+
         nbytes = count * info.itemsize
         out = torch.empty(nbytes, dtype=torch.uint8)
         if nbytes:

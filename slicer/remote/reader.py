@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterable, Iterator
 
 import numpy as np
-import torch
 
 from ..errors import SlicerError
 from ..safetensors_format import TensorInfo
@@ -28,7 +27,7 @@ CLOSE_WAIT_S = 2.0  # at most this long for the workers to finish their requests
 
 
 class _Buffer:
-    __slots__ = ("span", "tensor", "view", "charged", "pending", "sealed")
+    __slots__ = ("span", "array", "view", "charged", "pending", "sealed")
 
     def __init__(self, span: Span):
         self.span = span
@@ -36,7 +35,7 @@ class _Buffer:
         # touched, so never resident, and the whole span goes back to the system when the
         # engine drops it (heap memory freed by another thread's arena would stay resident).
         self.view = memoryview(mmap.mmap(-1, span.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
-        self.tensor = torch.frombuffer(self.view, dtype=torch.uint8)
+        self.array = np.frombuffer(self.view, dtype=np.uint8)  # numpy: the CPU path never imports torch
         self.charged = 0  # bytes of requests written into it (what it holds in memory)
         self.pending = 0  # requests issued for it and not done
         self.sealed = False  # every request it needs has been issued
@@ -72,19 +71,37 @@ class RemoteReader:
 
     # -- the engine's side -------------------------------------------------------------
 
-    def span(self, info: TensorInfo, first: int, count: int, dtype: torch.dtype, prefetch: bool = False) -> torch.Tensor:
-        """Elements first..first+count-1 of a tensor (its kept rows filled), as a 1-D tensor."""
+    def map(self, info: TensorInfo, first: int, count: int, prefetch: bool = False, rows=None) -> np.ndarray:
+        """Elements first..first+count-1 of a tensor (its kept rows filled), as uint8 bytes:
+        the local reader's ``map`` (``rows``: this reader already fetches only the kept rows)."""
         if count == 0:
-            return torch.empty(0, dtype=dtype)
+            return np.empty(0, dtype=np.uint8)
         itemsize = info.itemsize
-        return self._take(info.path, info.offset + first * itemsize, count * itemsize).view(dtype)
+        return self._take(info.path, info.offset + first * itemsize, count * itemsize)
+
+    def read_now(self, info: TensorInfo, first: int, count: int) -> np.ndarray:
+        """Elements first..first+count-1 of a tensor, fetched now, outside the plan's order.
+        For dequantized jobs: the spans of their weights and scales depend on the quantization
+        layout, so they are not among the prefetched spans (``ranges.plan_spans``)."""
+        itemsize = info.itemsize
+        start = info.offset + first * itemsize
+        with self._cond:
+            self.files_read.add(info.path)
+        file = self.folder.remote_file(info.path)
+        return np.frombuffer(bytearray(self.folder.fetcher.read(file, start, start + count * itemsize)), dtype=np.uint8)
+
+    def span(self, info: TensorInfo, first: int, count: int, dtype, prefetch: bool = False):
+        """The same elements as a 1-D torch tensor of ``dtype`` (imports torch)."""
+        import torch
+
+        return torch.from_numpy(self.map(info, first, count, prefetch)).view(dtype)
 
     def copy_blocks(self, info: TensorInfo) -> Iterator[np.ndarray]:
         """A tensor kept whole, as byte blocks of at most a chunk each, in order."""
         for span in copy_spans(info.path, info.offset, info.nbytes, self.chunk_bytes):
-            yield self._take(span.file, span.offset, span.nbytes).numpy()
+            yield self._take(span.file, span.offset, span.nbytes)
 
-    def _take(self, file, offset: int, nbytes: int) -> torch.Tensor:
+    def _take(self, file, offset: int, nbytes: int) -> np.ndarray:
         with self._cond:
             while True:
                 if self._error is not None:
@@ -104,7 +121,7 @@ class RemoteReader:
         if (span.file, span.offset, span.nbytes) != (file, offset, nbytes):
             raise SlicerError(f"{file}: internal error: the remote reader is out of step with the engine "
                               f"(has bytes {span.offset}+{span.nbytes}, asked for {offset}+{nbytes})")
-        return buf.tensor
+        return buf.array
 
     # -- the workers' side ----------------------------------------------------------------
 
