@@ -228,7 +228,7 @@ class Engine:
         for chunk in chunks(job, self.budget):
             out = destination(chunk, cast)  # first: it may wait; the span is checked and read right away
             rows = {"rows": (chunk.span_shape[0], chunk.index[0])} if chunk.span_shape and getattr(reader, "reads_rows", False) else {}
-            raw = _span_bytes(reader, job.source, chunk.first, chunk.count, chunk.dense, rows)
+            raw = reader.map(job.source, chunk.first, chunk.count, prefetch=chunk.dense, **rows)  # uint8 bytes
             span = self.arrays.typed(raw, job.source.dtype, cast).reshape(chunk.span_shape)
             try:
                 result = self.gather(span, self._index(job, chunk), out)
@@ -258,10 +258,7 @@ class Engine:
             # packed dimension): keep the last span of each tensor mapped rather than map it per chunk.
             got = last.get(info.name)
             if got is None or got[:2] != (first, count):
-                read_now = getattr(reader, "read_now", None)  # a remote teacher: fetched on demand
-                span = (torch.from_numpy(read_now(info, first, count)).view(BITS_DTYPE[info.itemsize]) if read_now
-                        else reader.span(info, first, count, BITS_DTYPE[info.itemsize]))
-                got = last[info.name] = (first, count, span)
+                got = last[info.name] = (first, count, reader.span(info, first, count, BITS_DTYPE[info.itemsize]))
             return got[2]
 
         for chunk in chunks(job, budget):
@@ -305,16 +302,6 @@ class Engine:
         if t is None:
             t = self._index_tensors[key] = self.arrays.index(ix.indices())
         return t
-
-
-def _span_bytes(reader, info, first: int, count: int, prefetch: bool, rows: dict):
-    """A chunk's teacher bytes as a uint8 numpy array: the local reader maps them, the remote
-    reader hands its span buffer; a reader with only ``span`` (torch) is viewed without a copy."""
-    if hasattr(reader, "map"):
-        return reader.map(info, first, count, prefetch=prefetch, **rows)
-    import torch
-
-    return reader.span(info, first, count, torch.uint8, prefetch=prefetch, **rows).numpy()
 
 
 def _check_teacher(reader) -> None:

@@ -4,8 +4,8 @@
 and sha256, its header (every manifest tensor there, with the manifest's shape and
 dtype, nothing else), and the index. With ``teacher=`` it also compares tensor values
 with the selection they claim to be, ``teacher[ix_(I_0, ..., I_{n-1})]`` with the index
-sets the manifest records (cast with torch ``.to()`` where the manifest's dtype differs
-from the source's, as the torch backend does): a few rows of every tensor by default,
+sets the manifest records (cast with torch ``.to()`` where the manifest's dtype is not
+the source's, as the torch backend does): a few rows of every tensor by default,
 every element with ``full=True``.
 
 Memory stays bounded whatever the tensor sizes: data is read with ``pread`` in blocks

@@ -17,6 +17,7 @@ for p in (str(_ROOT), str(_TESTS)):
         sys.path.insert(0, p)
 
 pytest.register_assert_rewrite("helpers")
+pytest_plugins = ["remote_fixtures"]  # the remote tests' server and teacher fixtures, found by name
 
 import helpers  # noqa: E402
 

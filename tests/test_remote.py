@@ -14,7 +14,7 @@ import pytest
 
 import slicer
 from slicer import SlicerError, cli
-from remote_fixtures import header_bytes, remote_root, server, tree  # noqa: F401 - fixtures
+from remote_fixtures import header_bytes, tree
 from remote_server import Fault
 
 SHARDS = "300KB"

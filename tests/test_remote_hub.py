@@ -21,7 +21,7 @@ huggingface_hub = pytest.importorskip("huggingface_hub")
 
 import slicer  # noqa: E402
 from slicer import cli  # noqa: E402
-from remote_fixtures import header_bytes, remote_root, tree  # noqa: E402,F401 - fixture
+from remote_fixtures import header_bytes, tree  # noqa: E402
 from remote_server import RangeServer, Repo  # noqa: E402
 
 COMMIT = "c0ffee" + "0" * 34

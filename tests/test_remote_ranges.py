@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import slicer
-from remote_fixtures import remote_root, tree  # noqa: F401 - fixture
+from remote_fixtures import tree
 from slicer.remote.cache import _Entry
 from slicer.remote.fetch import Pieces
 from slicer.remote.ranges import Span, coalesce, row_runs

@@ -16,7 +16,7 @@ boto3 = pytest.importorskip("boto3")
 
 import slicer  # noqa: E402
 from slicer import SlicerError, cli  # noqa: E402
-from remote_fixtures import remote_root, tree  # noqa: E402,F401 - fixture
+from remote_fixtures import tree  # noqa: E402
 
 BUCKET = "models"
 

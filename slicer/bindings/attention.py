@@ -9,8 +9,8 @@ Axes of one attention block ``B`` (teacher path):
   for pairs (i, i + r/2), ``pairs * 2`` for interleaved pairs (2i, 2i + 1), followed by
   ``B:head-dims-unrotated`` where the rotation is partial.
 A fused projection's rows are [q | k | v], [k | v], per head [q, k, v] or per kv group
-[its queries, k, v]: which one is read off the module's code (``qkv_layout``), never assumed
-from its name. Per-head parameters follow their heads: q/k norms over a head, over all heads
+[its queries, k, v]: which one is read off the module's code (``qkv_layout``), never
+assumed from the tensor's name. Per-head parameters follow their heads: q/k norms over a head, over all heads
 or one norm module per head (StableLM's ``q_layernorm.norms.N``, whose N indexes the heads),
 a norm of the attention output inside the block (MiniMax), output gates, and parameters and
 buffers of the attention module itself with a heads dimension (sinks, decay rates).

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..axes import Axis, AxisTable, Binder, Layout, axis, flat_axis, format_layout
+from ..axes import Axis, AxisTable, Binder, Layout, axis, flat_axis
 from ..errors import SlicerError
 from .geometry import HeadGeometry, check_geometry, geometry, rotary_convention
 from .qkv_layout import per_head_kv
@@ -290,6 +290,3 @@ def _depth_prefixes(names: Sequence[str]) -> set[str]:
                 out.add(".".join(parts[:k]))
     return out
 
-
-def describe_layouts(layouts: Sequence[Layout]) -> str:
-    return ", ".join(format_layout(x) for x in layouts)

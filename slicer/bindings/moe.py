@@ -17,7 +17,7 @@ Tensors bound to them:
 - packed parameters of the experts module (``gate_up_proj``, ``up_proj``, ``down_proj`` and
   their ``_bias``): dim 0 the experts, the others as the module says they are laid out
   (``is_transposed`` / ``is_concatenated`` of transformers' experts interface, else read
-  from its forward code: gpt-oss interleaves gate and up columns, Llama 4 has halves);
+  off the module's forward code: gpt-oss interleaves gate and up columns, Llama 4 has halves);
 - the router and whatever else the block holds besides experts and a shared MLP: dims of E are the experts
   (``gate.weight``, ``router.bias``, ``e_score_correction_bias``), columns the hidden axis;
   ``shared_expert_gate`` [1, H] only has the hidden axis; ERNIE's ``moe_statics`` [1, E] too.

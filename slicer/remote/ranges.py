@@ -93,7 +93,7 @@ def plan_spans(plan: Plan, chunk_bytes: int, skip_shards: Iterable[str] = (), wh
         for job in shard.jobs:
             info = job.source
             if job.dequant is not None:
-                continue  # dequantized jobs fetch their weight and scale spans on demand (RemoteReader.read_now)
+                continue  # dequantized jobs fetch their weight and scale spans on demand (RemoteReader.span)
             if job.is_copy and whole_copies:
                 yield from copy_spans(info.path, info.offset, job.nbytes, chunk_bytes)
             else:

@@ -79,22 +79,18 @@ class RemoteReader:
         itemsize = info.itemsize
         return self._take(info.path, info.offset + first * itemsize, count * itemsize)
 
-    def read_now(self, info: TensorInfo, first: int, count: int) -> np.ndarray:
-        """Elements first..first+count-1 of a tensor, fetched now, outside the plan's order.
-        For dequantized jobs: the spans of their weights and scales depend on the quantization
-        layout, so they are not among the prefetched spans (``ranges.plan_spans``)."""
-        itemsize = info.itemsize
-        start = info.offset + first * itemsize
-        with self._cond:
-            self.files_read.add(info.path)
-        file = self.folder.remote_file(info.path)
-        return np.frombuffer(bytearray(self.folder.fetcher.read(file, start, start + count * itemsize)), dtype=np.uint8)
-
     def span(self, info: TensorInfo, first: int, count: int, dtype, prefetch: bool = False):
-        """The same elements as a 1-D torch tensor of ``dtype`` (imports torch)."""
+        """Elements first..first+count-1 of a tensor as a 1-D torch tensor of ``dtype``, fetched
+        now, outside the plan's order (imports torch). Dequantized jobs read their weights and
+        scales this way: their spans depend on the quantization layout, so they are not among
+        the prefetched ones (``ranges.plan_spans``)."""
         import torch
 
-        return torch.from_numpy(self.map(info, first, count, prefetch)).view(dtype)
+        start = info.offset + first * info.itemsize
+        with self._cond:
+            self.files_read.add(info.path)
+        data = self.folder.fetcher.read(self.folder.remote_file(info.path), start, start + count * info.itemsize)
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype) if data else torch.empty(0, dtype=dtype)
 
     def copy_blocks(self, info: TensorInfo) -> Iterator[np.ndarray]:
         """A tensor kept whole, as byte blocks of at most a chunk each, in order."""

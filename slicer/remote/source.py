@@ -3,8 +3,8 @@
 A :class:`Source` is one protocol's thin edge (Hugging Face Hub, fsspec, plain HTTP):
 it lists or stats files and streams one byte range of one file. Everything above it
 (retries, coalescing, prefetching, the cache) is shared. Sources raise
-:class:`Transient` for failures worth retrying, :class:`Changed` when a file differs
-from the one the plan read, and :class:`~slicer.errors.SlicerError` for the rest.
+:class:`Transient` for failures worth retrying, :class:`Changed` when a file is no
+longer the one the plan read, and :class:`~slicer.errors.SlicerError` for the rest.
 """
 from __future__ import annotations
 
