@@ -15,7 +15,7 @@ import torch
 pytest.importorskip("pytest_benchmark")
 
 from benchutil import report  # noqa: E402
-from slicer.gather import gather_torch  # noqa: E402
+from slicer.run.torch_gather import gather_torch  # noqa: E402
 from slicer.selection import uniform_indices  # noqa: E402
 
 N = 4096  # a 4096x4096 bf16 weight: 33.5 MB, about a chunk (32 MB) of the engine

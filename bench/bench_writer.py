@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("pytest_benchmark")
 
 from benchutil import report  # noqa: E402
-from slicer.writer import ShardWriter  # noqa: E402
+from slicer.io.writer import ShardWriter  # noqa: E402
 
 CHUNK = 32 << 20  # the engine's default chunk
 

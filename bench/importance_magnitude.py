@@ -16,11 +16,11 @@ import math
 
 import torch
 
-from slicer.checkpoint import Checkpoint
+from slicer.io.checkpoint import Checkpoint
 from slicer.importance.members import element_members, hand_down
 from slicer.importance.scores import Scores, teacher_files
-from slicer.reader import TeacherReader
-from slicer.safetensors_format import DTYPES
+from slicer.io.reader import TeacherReader
+from slicer.io.format import DTYPES
 
 ROW_BLOCK_BYTES = 64 << 20
 

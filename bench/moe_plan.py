@@ -24,8 +24,8 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import slicer  # noqa: E402
-from slicer.hf import _saved_shapes  # noqa: E402
-from slicer.safetensors_format import build_header  # noqa: E402
+from slicer.hf.route import _saved_shapes  # noqa: E402
+from slicer.io.format import build_header  # noqa: E402
 
 REAL = dict(hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048, q_lora_rank=1536, kv_lora_rank=512,
             num_attention_heads=128, num_key_value_heads=128, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,

@@ -249,7 +249,7 @@ def run_requests(workdir: Path, gaps: list[int], log) -> list[dict]:
 
     sys.path.insert(0, str(ROOT))
     import slicer
-    from slicer.engine import DEFAULT_CHUNK_BYTES
+    from slicer.run.engine import DEFAULT_CHUNK_BYTES
     from slicer.remote.options import DEFAULT_GAP_BYTES as DEFAULT_GAP
     from slicer.remote.ranges import coalesce, plan_spans
 

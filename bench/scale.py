@@ -75,7 +75,7 @@ def env() -> dict:
 
 
 def build(workdir: Path, size_gb: float, log) -> dict:
-    from slicer.benchmark import llama_pair
+    from slicer.cli.bench import llama_pair
 
     teacher, student = llama_pair(size_gb)
     d = workdir / f"{size_gb:g}gb"
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    from slicer.benchmark import format_machine, machine_facts
+    from slicer.cli.bench import format_machine, machine_facts
 
     sizes = [float(x) for x in args.sizes.split(",") if x]
     ways = [w for w in args.ways.split(",") if w]
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict] = []
     t_start = time.perf_counter()
     for size in sizes:
-        from slicer.benchmark import llama_pair
+        from slicer.cli.bench import llama_pair
 
         t, s = llama_pair(size)
         need = teachers.total_bytes(t.tensors()) + 2 * teachers.total_bytes(s.tensors()) + (1 << 30)

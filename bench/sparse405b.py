@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    from slicer.benchmark import format_machine, machine_facts
+    from slicer.cli.bench import format_machine, machine_facts
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(args.workdir).free

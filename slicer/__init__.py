@@ -3,12 +3,11 @@
 Streaming and bit-exact: ``plan`` reads headers only; ``shrink`` writes the student
 with bounded memory. See README.md.
 """
-__version__ = "0.1.0"
-
+from .version import __version__
 from .api import Summary, plan, shrink, stream  # noqa: E402
 from .errors import SlicerError  # noqa: E402
 from .importance import score  # noqa: E402
-from .plan import Plan  # noqa: E402
+from .plan.build import Plan  # noqa: E402
 from .verify import VerifyReport, verify  # noqa: E402
 
 __all__ = ["Plan", "SlicerError", "Summary", "VerifyReport", "plan", "score", "shrink", "stream", "verify",

@@ -1,5 +1,5 @@
 try:
-    from .cli import entry
+    from .cli.app import entry
 except KeyboardInterrupt:  # Ctrl-C while the command line's modules load: one line, as later on
     import sys
 

@@ -10,14 +10,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import manifest
-from . import quantized as quantized_weights
-from .checkpoint import Checkpoint
+from .plan import manifest
+from .plan import quantized as quantized_weights
+from .io.checkpoint import Checkpoint
+from .teacher import open_checkpoint
 from .errors import Interrupted, SlicerError
-from .memory import PeakSampler
-from .plan import Options, Plan, build_plan, parse_size
-from .report import format_bytes
-from .student import StudentSpec, from_template
+from .run.memory import PeakSampler
+from .plan.build import Options, Plan, build_plan, format_bytes, parse_size
+from .plan.student import StudentSpec, from_template
 
 if TYPE_CHECKING:
     import torch
@@ -113,19 +113,19 @@ def describe_student(teacher, template, student_config, config_set, *, attention
     and the run's options, whichever route the student comes by."""
     if (template is None) == (student_config is None and not config_set):
         raise SlicerError("name the student: a --template checkpoint, or --student-config / --set (a Hugging Face config)")
-    ckpt = Checkpoint.open(teacher, role="teacher", revision=revision, cache_dir=cache_dir, remote=remote)
+    ckpt = open_checkpoint(teacher, role="teacher", revision=revision, cache_dir=cache_dir, remote=remote)
     rank = lambda: _ranking(ckpt, options["method"], options["layer_selection"], scores, calibration,  # noqa: E731
                             samples, seq_len, device)
     # Scores are computed once the student is known to be valid, except where the student's
     # config itself follows the layers importance keeps (its per-layer lists).
     ranking = rank() if template is None and options["layer_selection"] == "importance" else None
     if template is not None:
-        from .hf import template_structure
+        from .hf.route import template_structure
 
-        student = from_template(template)
+        student = from_template(open_checkpoint(template, role="template"))
         attention = template_structure(ckpt, student, attention)
     else:
-        from .hf import from_config
+        from .hf.route import from_config
 
         attention = attention or "heads"
         student = from_config(ckpt, student_config, config_set or {}, attention=attention,
@@ -255,8 +255,8 @@ def stream(
                                               dtype=dtype, max_shard_size="5GB", revision=revision,
                                               cache_dir=cache_dir, remote=remote, quantized=quantized, scores=scores,
                                               calibration=calibration, samples=samples, seq_len=seq_len, device=device)
-    from .backends import choose
-    from .engine import Engine
+    from .run.backends import choose
+    from .run.engine import Engine
 
     check_chunk_bytes(chunk_bytes)
     the_plan = _plan(ckpt, student, options)
@@ -270,9 +270,9 @@ def stream(
 def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, device="auto", backend="auto",
         overwrite=False, resume=False, progress=False, chunk_bytes=DEFAULT_CHUNK_BYTES) -> Summary:
     """Shared by every route to a student spec (template, config)."""
-    from .backends import choose
-    from .engine import Engine
-    from .writer import INDEX_NAME, MANIFEST_NAME, OutputDir, index_json
+    from .run.backends import choose
+    from .run.engine import Engine
+    from .io.writer import INDEX_NAME, MANIFEST_NAME, OutputDir, fingerprint, index_json
 
     start = time.perf_counter()
     check_chunk_bytes(chunk_bytes)
@@ -290,7 +290,7 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
     record["files"] = [*(s.filename for s in the_plan.shards), *extra, MANIFEST_NAME]  # what --overwrite may replace later
     bar = None
     try:
-        resumed = output.open(manifest.fingerprint(record), record["files"])
+        resumed = output.open(fingerprint(record), record["files"])
         if output.unchanged:
             return _summary(out, the_plan, chosen, bytes_read=0, seconds=time.perf_counter() - start, peak=0,
                             unchanged=True)

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .axes.audit import audit
-from .checkpoint import Checkpoint, is_url
+from .io.checkpoint import Checkpoint, is_url
+from .teacher import open_checkpoint
 from .errors import SlicerError
-from .safetensors_format import DTYPES, TensorInfo, is_json_int, read_header
+from .io.format import DTYPES, TensorInfo, is_json_int, read_header
 from .selection import manifest_indices
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ def verify(out: str | Path, *, teacher: str | Path | None = None, full: bool = F
             from .remote import recorded_revision
 
             revision = recorded_revision(teacher, manifest.get("teacher"))  # the commit the student came from
-        ckpt = Checkpoint.open(teacher, role="teacher", revision=revision, cache_dir=cache_dir, remote=remote)
+        ckpt = open_checkpoint(teacher, role="teacher", revision=revision, cache_dir=cache_dir, remote=remote)
     with _Files() as files:
         headers = _check_shards(out, manifest, report)
         _check_index(out, manifest, report)
@@ -104,7 +105,7 @@ def verify(out: str | Path, *, teacher: str | Path | None = None, full: bool = F
 
 def _check_axes(manifest: dict, headers: dict, report: VerifyReport) -> None:
     """Every dimension uses its axes' index sets (slicer.axes.audit), for tensors whose header agrees."""
-    from .writer import MANIFEST_NAME
+    from .io.writer import MANIFEST_NAME
 
     sets = manifest["index_sets"]
 
@@ -122,7 +123,7 @@ def _check_axes(manifest: dict, headers: dict, report: VerifyReport) -> None:
 
 
 def _load_manifest(out: Path) -> dict:
-    from .writer import MANIFEST_NAME
+    from .io.writer import MANIFEST_NAME
 
     path = out / MANIFEST_NAME
     if not out.is_dir():
@@ -191,7 +192,7 @@ def _valid_set(entry: dict) -> bool:
 def _check_shards(out: Path, manifest: dict, report: VerifyReport) -> dict[str, dict[str, TensorInfo]]:
     """Size, sha256 and header of every shard. Returns shard -> the tensors whose header
     entry agrees with the manifest (the others are reported, not compared)."""
-    from .writer import INDEX_NAME, MANIFEST_NAME, STAGING, is_student_file
+    from .io.writer import INDEX_NAME, MANIFEST_NAME, STAGING, is_student_file
 
     by_shard: dict[str, dict[str, dict]] = {s["name"]: {} for s in manifest["shards"]}
     for name, rec in manifest["tensors"].items():
@@ -244,7 +245,7 @@ def _check_shards(out: Path, manifest: dict, report: VerifyReport) -> dict[str, 
 
 
 def _sha256(path: Path, report: VerifyReport) -> str:
-    from .writer import sha256_file
+    from .io.writer import sha256_file
 
     digest, size = sha256_file(path)
     report.bytes_hashed += size
@@ -253,7 +254,7 @@ def _sha256(path: Path, report: VerifyReport) -> str:
 
 def _check_index(out: Path, manifest: dict, report: VerifyReport) -> None:
     """A sharded student has the Hugging Face index, and it agrees with the manifest."""
-    from .writer import INDEX_NAME
+    from .io.writer import INDEX_NAME
 
     path = out / INDEX_NAME
     if len(manifest["shards"]) <= 1:
@@ -287,7 +288,7 @@ def _compare(name: str, rec: dict, stored: TensorInfo, ckpt: Checkpoint, sets: d
              files: "_Files", rows: int | None, budget: int) -> None:
     import torch
 
-    from .safetensors_format import BITS_DTYPE
+    from .io.format import BITS_DTYPE
 
     where = f"{stored.path}: tensor {name!r}"
     if isinstance(rec.get("dequantize"), dict):
@@ -347,10 +348,10 @@ def _compare_dequantized(where: str, rec: dict, stored: TensorInfo, ckpt: Checkp
     transformers' arithmetic), one student row at a time, in pieces of at most ``budget`` bytes."""
     import torch
 
-    from .safetensors_format import BITS_DTYPE
+    from .io.format import BITS_DTYPE
 
-    from .dequant import values
-    from .quantized import Dequant, _logical
+    from .run.dequant import values
+    from .plan.quantized import Dequant, _logical
 
     dq = rec["dequantize"]
     try:
@@ -502,7 +503,7 @@ class _Files:
         tensor's span (viewed as ``shape``) is fetched by its ``rows`` of dimension 0 only."""
         import torch
 
-        from .safetensors_format import BITS_DTYPE
+        from .io.format import BITS_DTYPE
 
         if not isinstance(info.path, Path):  # a remote teacher's RemotePath
             return info.path.folder.read_rows(info, first, count, shape, rows)

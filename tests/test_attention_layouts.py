@@ -245,8 +245,8 @@ FUSED = [
 
 @pytest.mark.parametrize("config_class,kw,path,leaf,want", FUSED, ids=[f"{c[0]}-{c[2]}-{c[4]}" for c in FUSED])
 def test_the_fused_layout_is_read_off_the_modules_code(config_class, kw, path, leaf, want):
-    from slicer.bindings.geometry import geometry
-    from slicer.bindings.qkv_layout import fused_layout, per_head_kv
+    from slicer.hf.bindings.geometry import geometry
+    from slicer.hf.bindings.qkv_layout import fused_layout, per_head_kv
 
     model = _meta_model(config_class, **kw)
     attn = _module(model, path)
@@ -266,7 +266,7 @@ def test_the_fused_layout_is_read_off_the_modules_code(config_class, kw, path, l
      "interleaved"),
 ], ids=["llama", "gptj", "cohere"])
 def test_the_rotary_convention_is_read_off_the_models_rotation(config_class, kw, path, want):
-    from slicer.bindings.geometry import rotary_convention
+    from slicer.hf.bindings.geometry import rotary_convention
 
     assert rotary_convention(_module(_meta_model(config_class, **kw), path)) == want
 

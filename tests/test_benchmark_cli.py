@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from slicer import benchmark
+from slicer.cli import bench as benchmark
 from slicer.cli import main
 
 TINY = ["bench", "--quick", "--sizes", "16,32", "--dtypes", "bf16,fp8", "--shapes", "square", "--repeats", "1"]

@@ -18,10 +18,10 @@ import torch
 
 import slicer
 from slicer import cli
-from slicer.backends import Backend
-from slicer.cuda_gather import StagedGather, make_cuda_gather
+from slicer.run.backends import Backend
+from slicer.run.cuda_gather import StagedGather, make_cuda_gather
 from slicer.errors import SlicerError
-from slicer.gather import gather_torch
+from slicer.run.torch_gather import gather_torch
 
 from fake_device import FakeDevice
 from helpers import assert_bit_equal, gather, random_tensor, read_output
@@ -82,7 +82,7 @@ def test_host_gathers_the_next_chunk_while_the_previous_one_is_still_on_the_devi
 def test_a_scheduler_that_refills_staging_before_its_upload_ran_is_caught(monkeypatch):
     # Break the scheduler on purpose: forget the upload events. Chunk 0's staging buffer is
     # then overwritten by chunk 2 before its queued upload runs, and the fake shows it.
-    import slicer.cuda_gather as cg
+    import slicer.run.cuda_gather as cg
 
     monkeypatch.setattr(cg._Slot, "uploaded", property(lambda self: None, lambda self, value: None), raising=False)
     staged = StagedGather(gather_torch, FakeDevice())
@@ -146,7 +146,7 @@ def _fake_gpu(monkeypatch, dev: FakeDevice, **kw) -> None:
     def choose(device="auto", backend="auto"):
         return Backend("torch", "cpu", StagedGather(gather_torch, dev, **kw))
 
-    monkeypatch.setattr("slicer.backends.choose", choose)
+    monkeypatch.setattr("slicer.run.backends.choose", choose)
 
 
 @pytest.mark.parametrize("dtype", ["keep", "fp32"])
@@ -196,7 +196,7 @@ def test_cli_reports_a_device_too_full_as_one_error_line_and_leaves_out_empty(ck
 @pytest.mark.parametrize("shape,index", CASES)
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_gpu_path_equals_ix(shape, index, backend):
-    from slicer.backends import choose
+    from slicer.run.backends import choose
 
     staged = choose("cuda", backend).gather
     for device in ("cpu", "cuda"):  # out in host memory, or staying on the device
@@ -211,7 +211,7 @@ def test_gpu_path_equals_ix(shape, index, backend):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_out_of_memory_is_halved_on_the_real_device():
     """A device layer that fails the first device allocation larger than 64 KB, once."""
-    from slicer.cuda_gather import TorchCudaOps
+    from slicer.run.cuda_gather import TorchCudaOps
 
     class Tight(TorchCudaOps):
         failed = False

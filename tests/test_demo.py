@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 import slicer
 from slicer import cli
-from slicer.demo import _check
+from slicer.cli.demo import _check
 
 
 def test_demo_checks_its_student_and_the_check_catches_flat_and_swapped_heads(tmp_path, capfd):
@@ -39,7 +39,7 @@ def test_demo_checks_its_student_and_the_check_catches_flat_and_swapped_heads(tm
 
 
 def test_a_failed_demo_check_exits_1_with_one_line(tmp_path, capfd, monkeypatch):
-    import slicer.demo
+    import slicer.cli.demo
 
     monkeypatch.setattr(slicer.demo, "_check", lambda teacher, out: (False, "student tensor x differs"))
     assert cli.main(["demo", "--keep", str(tmp_path / "d"), "--quiet"]) == 1

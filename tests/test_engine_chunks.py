@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import slicer
-from slicer.engine import chunks
+from slicer.plan.chunks import chunks
 from slicer.plan import Options, StudentTensor, build_plan
-from slicer.checkpoint import Checkpoint
+from slicer.io.checkpoint import Checkpoint
 
 from helpers import assert_bit_equal, gather, ref_uniform, random_tensor
 

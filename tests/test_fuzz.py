@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 import helpers
 
 import slicer
-from slicer.memory import PeakSampler
+from slicer.run.memory import PeakSampler
 
 sys.path.insert(0, str(helpers.REPO_ROOT / "bench"))
 import fuzz_headers as fz  # noqa: E402

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import slicer
-from slicer.numpy_gather import gather_numpy
+from slicer.run.numpy_gather import gather_numpy
 
 from helpers import ALL_DTYPES, assert_bit_equal, gather, random_tensor, read_output
 

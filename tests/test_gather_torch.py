@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slicer.gather import gather_torch
+from slicer.run.torch_gather import gather_torch
 
 from helpers import ALL_DTYPES, assert_bit_equal, gather, random_tensor
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 import slicer  # noqa: E402
 from slicer import SlicerError  # noqa: E402
-from slicer.report import format_plan  # noqa: E402
+from slicer.cli.report import format_plan  # noqa: E402
 
 VOCAB = 100
 
@@ -470,7 +470,7 @@ def test_gpt_neox_interleaved_qkv_and_partial_rotary_keep_whole_heads(tmp_path):
 def test_from_config_spec_has_no_folder_and_copies_no_weights(teachers, tmp_path):
     import shutil
 
-    from slicer.hf import from_config
+    from slicer.hf.route import from_config
 
     teacher = tmp_path / "teacher"
     shutil.copytree(teachers.get("gpt2"), teacher)

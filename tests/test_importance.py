@@ -74,7 +74,7 @@ def _score(teacher, calib, out):
 
 @pytest.mark.parametrize("fam", sorted(STREAMED))
 def test_streamed_forward_gives_the_whole_models_hidden_states(root, fam):
-    from slicer.checkpoint import Checkpoint
+    from slicer.io.checkpoint import Checkpoint
     from slicer.importance.forward import CheckpointWeights, empty_model, stream
 
     family = STREAMED[fam]
@@ -153,7 +153,7 @@ def test_importance_index_sets_are_sorted_and_of_the_students_size(llama, calibr
 def test_importance_keeps_every_axis_consistent_in_every_tensor(root, llama, calibration, tmp_path):
     """The consistency checker of the axes issue, with method importance, on a coded teacher
     ranked by the scores of its random twin (imported as another tool's ranking would be)."""
-    from slicer.checkpoint import Checkpoint
+    from slicer.io.checkpoint import Checkpoint
     from slicer.importance.scores import Scores, save, teacher_files
 
     family = FAMILIES["llama"]
@@ -182,7 +182,7 @@ def test_a_vision_teacher_scores_from_pixel_values(root, tmp_path):
 def test_importance_keeps_an_moe_student_consistent(root, calibration, tmp_path):
     """The same check on Qwen3-MoE (tests/families_moe.py): experts, their FFN axis, heads."""
     from families_moe import FAMILIES as MOE
-    from slicer.checkpoint import Checkpoint
+    from slicer.io.checkpoint import Checkpoint
     from slicer.importance.scores import Scores, save, teacher_files
 
     family = MOE["qwen3_moe"]
@@ -361,7 +361,7 @@ def test_a_teacher_without_a_tokenizer_is_refused(root, tmp_path, capsys):
 
 def test_importance_without_a_config_is_refused(ckpts, tmp_path, capsys):
     """A template without configs is selected flat: its dimensions are no axes to rank."""
-    from slicer.checkpoint import Checkpoint
+    from slicer.io.checkpoint import Checkpoint
     from slicer.importance.scores import Scores, save, teacher_files
 
     teacher, _ = ckpts.teacher("llama")
@@ -379,7 +379,7 @@ def test_scores_without_importance_are_refused(llama, calibration, tmp_path, cap
 
 
 def test_layer_importance_keeps_the_top_layers_of_each_kind_in_order():
-    from slicer.layers import LayerMapper
+    from slicer.plan.layers import LayerMapper
 
     kinds = ["dense", "moe"] * 4  # 8 teacher layers: MoE every other layer
     teacher = [f"model.layers.{i}.w" for i in range(8)]

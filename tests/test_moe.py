@@ -221,7 +221,7 @@ def test_depth_only_copies_the_layers_of_each_kind_bit_for_bit(teachers, tmp_pat
 
 
 def test_per_layer_lists_that_are_not_about_layers_are_left_alone():
-    from slicer.layer_lists import INDICES, PER_LAYER, classify
+    from slicer.hf.layer_lists import INDICES, PER_LAYER, classify
 
     llama4 = {**FAMILIES["llama4_text"].config, "num_hidden_layers": 8, "moe_layers": [1, 3, 5, 7],
               "no_rope_layers": [1, 1, 1, 0, 1, 1, 1, 0]}
@@ -265,7 +265,7 @@ def test_packed_experts_without_a_config_are_refused(teachers, tmp_path):
 
 
 def test_lists_of_a_nested_text_config_follow_its_layer_map():
-    from slicer import layer_lists
+    from slicer.hf import layer_lists
 
     text = {**FAMILIES["llama4_text"].config}
     text.pop("architectures")

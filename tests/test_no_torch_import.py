@@ -61,6 +61,7 @@ def test_a_cast_imports_torch_only_then(ckpts, tmp_path, subprocess_env):
 
 
 def test_the_api_repeats_the_engine_constants_exactly():
-    from slicer import api, engine
+    from slicer import api
+    from slicer.run import engine
 
     assert (api.DEFAULT_CHUNK_BYTES, api.PIPELINE_DEPTH) == (engine.DEFAULT_CHUNK_BYTES, engine.PIPELINE_DEPTH)

@@ -335,8 +335,8 @@ def test_verify_checks_dequantized_tensors_and_catches_a_changed_value(teachers,
 def test_mxfp4_dequantization_matches_transformers_own_function(dtype):
     from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
-    from slicer.dequant import mxfp4
-    from slicer.safetensors_format import TensorInfo
+    from slicer.run.dequant import mxfp4
+    from slicer.io.format import TensorInfo
 
     gen = torch.Generator().manual_seed(0)
     blocks = torch.randint(0, 256, (3, 5, 2, 16), generator=gen, dtype=torch.uint8)
@@ -448,7 +448,7 @@ def test_plan_says_which_axes_keep_whole_blocks(teachers, capsys):
 
 def test_scale_layouts_fold_whole_blocks_and_refuse_straddling_ones():
     from slicer.axes import Axis, AxisTable, parse_layout
-    from slicer.quantized import _block_members, _divide
+    from slicer.plan.quantized import _block_members, _divide
 
     table = AxisTable()
     table.add(Axis("kv", "kv-heads", 4, 2))

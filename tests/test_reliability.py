@@ -28,7 +28,8 @@ from safetensors.torch import save_file
 from helpers import sha256_tree
 
 import slicer
-from slicer import cli, sink, writer
+from slicer import cli
+from slicer.io import sink, writer
 
 SHARD = "10KB"  # the vit student is ~60 kB: 7 shards
 

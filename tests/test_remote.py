@@ -214,7 +214,7 @@ def test_404_401_403_are_one_line(remote_root, server, tmp_path, capfd, case):
 # --------------------------------------------------------------------------- resume, cache
 
 def test_resume_with_a_remote_teacher_fetches_only_the_unfinished_shards(remote_root, server, tmp_path, monkeypatch):
-    from slicer import writer
+    from slicer.io import writer
 
     out = tmp_path / "out"
     real_done, real_abort = writer.OutputDir.record_done, writer.OutputDir.abort
@@ -244,7 +244,7 @@ def test_resume_with_a_remote_teacher_fetches_only_the_unfinished_shards(remote_
 
 
 def test_resume_refuses_a_remote_teacher_that_changed(remote_root, server, tmp_path, monkeypatch, capfd):
-    from slicer import writer
+    from slicer.io import writer
 
     out = tmp_path / "out"
     monkeypatch.setattr(writer.OutputDir, "abort", lambda self: self._unlock())
@@ -313,7 +313,7 @@ def test_verify_compares_values_with_a_remote_teacher(remote_root, server, tmp_p
 
 
 def test_the_progress_bar_and_summary_show_bytes_fetched(remote_root, server, tmp_path, capfd):
-    from slicer.report import format_summary
+    from slicer.cli.report import format_summary
 
     summary = _shrink(server.teacher_url, tmp_path / "out", remote_root["template"], progress=True)
     err = capfd.readouterr().err

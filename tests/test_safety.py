@@ -31,7 +31,9 @@ from safetensors.torch import save_file
 import helpers
 
 import slicer
-from slicer import api, cli, engine, reader, writer
+from slicer import api, cli
+from slicer.io import reader, writer
+from slicer.run import engine
 
 SHARD = "10KB"  # the vit student is ~60 kB: 7 shards
 FLAGS = {"none": [], "overwrite": ["--overwrite"], "resume": ["--resume"], "both": ["--overwrite", "--resume"]}
@@ -827,7 +829,7 @@ def test_a_student_config_fifo_is_refused(e, tmp_path, capfd):
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    from slicer.demo import llama_config, llama_shapes, write_checkpoint
+    from slicer.cli.demo import llama_config, llama_shapes, write_checkpoint
 
     dims = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, vocab_size=128)

@@ -24,7 +24,7 @@ from helpers import read_output
 
 import slicer
 from slicer import cli
-from slicer.memory import PeakSampler
+from slicer.run.memory import PeakSampler
 
 
 def _shrink(teacher, out, **kw):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..checkpoint import Checkpoint
+from ..teacher import open_checkpoint
 from ..errors import SlicerError
 
 if TYPE_CHECKING:
@@ -38,11 +38,11 @@ def score(teacher: str | Path, output: str | Path | None = None, *, calibration:
 def score_to_file(teacher: str | Path, output: str | Path, *, calibration: str | Path | None = None,
                   samples: int = 32, seq_len: int = 128, device: str = "auto") -> dict:
     """``slicer score``: score ``teacher`` and write the scores to ``output``; a summary."""
-    from ..memory import PeakSampler
+    from ..run.memory import PeakSampler
     from .scores import save
     from .scoring import score_teacher
 
-    ckpt = Checkpoint.open(teacher, role="teacher")
+    ckpt = open_checkpoint(teacher, role="teacher")
     out = Path(output)
     target = out.resolve()
     if ckpt.folder.resolve() in target.parents:

@@ -110,14 +110,14 @@ def tokenizer(teacher_folder: Path):
     if not any((teacher_folder / f).is_file() for f in TOKENIZER_FILES):
         raise SlicerError(f"{teacher_folder}: no tokenizer in the teacher's folder ({', '.join(TOKENIZER_FILES[:3])}, ...); "
                           "add it, or pass --calibration a .safetensors file of input_ids")
-    from .. import hf
+    from ..hf import common as hf
 
-    transformers = hf._import_transformers()
+    transformers = hf.import_transformers()
     try:
-        with hf._quiet():
+        with hf.quiet():
             return transformers.AutoTokenizer.from_pretrained(str(teacher_folder), local_files_only=True)
     except Exception as e:  # noqa: BLE001 - tokenizers fail in many ways
-        raise SlicerError(f"{teacher_folder}: cannot load the teacher's tokenizer: {hf._first_line(e)}") from e
+        raise SlicerError(f"{teacher_folder}: cannot load the teacher's tokenizer: {hf.first_line(e)}") from e
 
 
 def _tokenized(texts: list[str], raw: bytes, source: str, teacher_folder: Path, samples: int,
@@ -168,15 +168,15 @@ def _images(folder: Path, teacher_folder: Path, samples: int) -> Calibration:
     except ImportError as e:
         raise SlicerError(f"{folder}: images need Pillow ({e}); pip install pillow, or pass a .safetensors file of "
                           "pixel_values") from e
-    from .. import hf
+    from ..hf import common as hf
 
-    transformers = hf._import_transformers()
+    transformers = hf.import_transformers()
     try:
-        with hf._quiet():
+        with hf.quiet():
             processor = transformers.AutoImageProcessor.from_pretrained(str(teacher_folder), local_files_only=True)
     except Exception as e:  # noqa: BLE001
         raise SlicerError(f"{teacher_folder}: no image processor in the teacher's folder (preprocessor_config.json): "
-                          f"{hf._first_line(e)}") from e
+                          f"{hf.first_line(e)}") from e
     digest = hashlib.sha256()
     images = []
     for p in files:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import Checkpoint
+from ..io.checkpoint import Checkpoint
 from ..errors import SlicerError
-from ..reader import TeacherReader
-from ..safetensors_format import DTYPES
+from ..io.reader import TeacherReader
+from ..io.format import DTYPES
 
 log = logging.getLogger("slicer")
 INSTALL_HINT = "pip install 'weight-slicer[hf]'"
@@ -46,28 +46,28 @@ def empty_model(config_path: Path, dtype: torch.dtype = torch.float32):
     import_accelerate()
     from accelerate import init_empty_weights
 
-    from .. import hf
+    from ..hf import common as hf
 
-    transformers = hf._import_transformers()
-    config_dict = hf._read_json(config_path)
+    transformers = hf.import_transformers()
+    config_dict = hf.read_json(config_path)
     if config_dict.get("quantization_config"):
         raise SlicerError(f"{config_path}: the teacher is quantized ({config_dict['quantization_config'].get('quant_method', '?')}); "
                           "scoring reads floating weights only")
-    cls = hf._config_class(transformers, config_dict, config_path)
-    config = hf._build_config(cls, config_dict, str(config_path))
-    arch = hf._architecture(transformers, config_dict, str(config_path))
+    cls = hf.config_class(transformers, config_dict, config_path)
+    config = hf.build_config(cls, config_dict, str(config_path))
+    arch = hf.architecture(transformers, config_dict, str(config_path))
     # Eager experts: every expert is a plain F.linear call, which the expert scorer relies on.
     with contextlib.suppress(Exception):
         config._experts_implementation = "eager"
     previous = torch.get_default_dtype()
     try:
         torch.set_default_dtype(dtype)
-        with hf._quiet(), init_empty_weights(include_buffers=False):
+        with hf.quiet(), init_empty_weights(include_buffers=False):
             model = arch(config)
     except SlicerError:
         raise
     except Exception as e:
-        raise SlicerError(f"{config_path}: {arch.__name__} cannot be built from this config: {hf._first_line(e)}") from e
+        raise SlicerError(f"{config_path}: {arch.__name__} cannot be built from this config: {hf.first_line(e)}") from e
     finally:
         torch.set_default_dtype(previous)
     with contextlib.suppress(Exception):

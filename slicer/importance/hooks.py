@@ -32,7 +32,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ..axes import AxisTable, Layout
-from ..layers import depths
+from ..plan.layers import depths
 from .forward import give_back_memory
 from .members import element_members
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..axes import Axis, Ranking
-from ..checkpoint import Checkpoint
+from ..io.checkpoint import Checkpoint
 from ..errors import SlicerError
 
 FORMAT = "slicer-scores/1"

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
-from ..checkpoint import Checkpoint
+from ..version import __version__
+from ..io.checkpoint import Checkpoint
+from ..teacher import open_checkpoint
 from ..errors import SlicerError
 from . import calibration as calib
 from .hooks import Sums, attach, find_sites
@@ -43,8 +44,8 @@ class ScoreRun:
 
 def identity_plan(ckpt: Checkpoint):
     """The plan of the teacher's own config: every axis bound, nothing shrunk."""
-    from ..hf import from_config
-    from ..plan import Options, build_plan
+    from ..hf.route import from_config
+    from ..plan.build import Options, build_plan
 
     if ckpt.config_path() is None:
         raise SlicerError(f"{ckpt.path}: scoring needs the teacher's config.json beside its weights")
@@ -60,14 +61,14 @@ def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | No
     ``hidden_from``: hidden channels are scored by the residual stream entering every layer
     (the default: it did a little better on both real teachers of bench/importance_quality.py)
     or by the inputs of the linear layers that read the hidden axis (normed, as Minitron)."""
-    from ..bindings.view import ModelView
+    from ..hf.bindings.view import ModelView
     from .forward import CheckpointWeights, empty_model, import_accelerate, pick_device, stream
 
     if hidden_from not in HIDDEN_FROM:
         raise SlicerError(f"unknown hidden statistic {hidden_from!r} (choose from {', '.join(HIDDEN_FROM)})")
     start = time.perf_counter()
     import_accelerate()
-    ckpt = teacher if isinstance(teacher, Checkpoint) else Checkpoint.open(teacher, role="teacher")
+    ckpt = teacher if isinstance(teacher, Checkpoint) else open_checkpoint(teacher, role="teacher")
     if getattr(ckpt, "source", None) is not None:
         raise SlicerError(f"{ckpt.path}: scoring runs the teacher from local files; a remote teacher is read for its "
                           "kept rows only, never as a whole: download it, or score it where it is stored")
@@ -116,10 +117,10 @@ def run_forward(model, inputs: dict, device: torch.device, ckpt: Checkpoint) -> 
     except SlicerError:
         raise
     except Exception as e:  # noqa: BLE001 - the model's own errors: wrong inputs for this teacher
-        from ..hf import _first_line
+        from ..hf.common import first_line
 
         raise SlicerError(f"{ckpt.path}: the teacher's forward failed on the calibration batch "
-                          f"{ {k: list(v.shape) for k, v in inputs.items()} }: {_first_line(e)}") from e
+                          f"{ {k: list(v.shape) for k, v in inputs.items()} }: {first_line(e)}") from e
 
 
 def finish(table, sums: Sums, tokens: int) -> dict[str, torch.Tensor]:

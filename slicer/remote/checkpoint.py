@@ -12,9 +12,9 @@ import json
 import logging
 import posixpath
 
-from ..checkpoint import INDEX_NAME, SINGLE_NAME, Checkpoint
+from ..io.checkpoint import INDEX_NAME, SINGLE_NAME, Checkpoint
 from ..errors import SlicerError
-from ..safetensors_format import Header
+from ..io.format import Header
 from .folder import RemoteFolder
 from .options import RemoteOptions
 from .source import Source
@@ -83,7 +83,7 @@ def _open(folder: RemoteFolder, name: str | None, role: str) -> Checkpoint:
     if name.endswith(".index.json"):
         ckpt = _from_index(folder, named, name, role)
     else:
-        ckpt = Checkpoint._from_headers(named, None, [folder.header(name)])
+        ckpt = Checkpoint.from_headers(named, None, [folder.header(name)])
     return dataclasses.replace(ckpt, source=folder)
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 
 from ..errors import SlicerError
-from ..safetensors_format import Header, TensorInfo, header_length, parse_header
+from ..io.format import Header, TensorInfo, header_length, parse_header
 from .fetch import Fetcher, Pieces
 from .options import RemoteOptions
 from .ranges import Span, coalesce, plan_spans, row_runs
@@ -23,7 +23,7 @@ from .source import Changed, RemoteFile, RemotePath, Source, join
 
 if TYPE_CHECKING:
     import torch
-    from ..plan import Plan
+    from ..plan.build import Plan
 
 log = logging.getLogger("slicer")
 
@@ -131,7 +131,7 @@ class RemoteFolder:
         with ``rows``, only those rows of dimension 0 are fetched (verify's reads)."""
         import torch  # verify compares values with torch
 
-        from ..safetensors_format import BITS_DTYPE
+        from ..io.format import BITS_DTYPE
 
         nbytes = count * info.itemsize
         out = torch.empty(nbytes, dtype=torch.uint8)

@@ -13,8 +13,8 @@ import math
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ..engine import Chunk, chunks
-from ..plan import Plan
+from ..plan.chunks import Chunk, chunks
+from ..plan.build import Plan
 
 # Gap bytes a run may fetch beyond what it keeps, as a share of the kept bytes.
 DEFAULT_OVERFETCH = 0.1

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from ..errors import SlicerError
-from ..safetensors_format import TensorInfo
+from ..io.format import TensorInfo
 from .fetch import Pieces
 from .ranges import Request, Span, coalesce, copy_spans
 
