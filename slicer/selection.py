@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import SlicerError
 
-METHODS = ("uniform", "consecutive", "random", "random-inconsistent", "importance")
 LAYER_SELECTIONS = ("first", "uniform", "importance")
 
 
@@ -141,51 +141,6 @@ def manifest_indices(entry: dict) -> list[int]:
     return list(range(entry["start"], entry["start"] + entry["step"] * entry["s"], entry["step"]))
 
 
-class Selector:
-    """Hands out index sets for one run, sharing them where the method is consistent."""
-
-    def __init__(self, method: str = "uniform", seed: int = 0):
-        if method not in METHODS:
-            raise SlicerError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
-        self.method = method
-        self.seed = seed
-        self.sets: dict[str, IndexSet] = {}
-
-    def for_tensor(self, tensor: str, teacher_shape: tuple[int, ...], student_shape: tuple[int, ...]) -> tuple[IndexSet, ...]:
-        """Index sets of every dimension of one tensor (subclasses special-case some)."""
-        return tuple(self.for_dim(t, s, tensor, d) for d, (t, s) in enumerate(zip(teacher_shape, student_shape)))
-
-    def for_dim(self, t: int, s: int, tensor: str, dim: int) -> IndexSet:
-        if s == t:
-            key = f"identity:{t}"
-        elif self.method == "random-inconsistent":
-            key = f"random-inconsistent:{tensor}:{dim}:{t}->{s}"
-        else:
-            key = f"{self.method}:{t}->{s}"
-        found = self.sets.get(key)
-        if found is None:
-            found = self.sets[key] = IndexSet.from_list(key, t, self._indices(t, s, tensor, dim))
-        return found
-
-    def named(self, key: str, t: int, indices: list[int]) -> IndexSet:
-        """Register a set computed elsewhere (e.g. whole attention heads)."""
-        found = self.sets.get(key)
-        if found is None:
-            found = self.sets[key] = IndexSet.from_list(key, t, indices)
-        return found
-
-    def _indices(self, t: int, s: int, tensor: str, dim: int) -> list[int]:
-        if s == t:
-            return list(range(t))
-        if self.method == "uniform":
-            return uniform_indices(t, s)
-        if self.method == "consecutive":
-            return consecutive_indices(t, s)
-        if self.method == "random":
-            return random_indices(t, s, f"{self.seed}/{t}/{s}")
-        return random_indices(t, s, f"{self.seed}/{tensor}/{dim}/{t}/{s}")
-
-
 def layer_indices(teacher_depth: int, student_depth: int, mode: str, scores=None) -> list[int]:
     """Teacher layer feeding each student layer along one depth axis (``scores``: one per
     teacher layer, for "importance": the top ones, kept in order)."""
@@ -201,3 +156,37 @@ def layer_indices(teacher_depth: int, student_depth: int, mode: str, scores=None
         order = sorted(range(teacher_depth), key=lambda i: (-float(scores[i]), i))  # ties: the lower layer
         return sorted(order[:student_depth])
     raise SlicerError(f"unknown layer selection {mode!r} (choose from {', '.join(LAYER_SELECTIONS)})")
+
+
+@dataclass(frozen=True)
+class Method:
+    """An element-selection method: how a leaf axis of t members keeps s of them.
+
+    ``consistent``: one index set per axis, shared by every tensor it touches (all but the
+    paper's ablation). ``ranked``: the members come from importance scores, not a formula.
+    ``members(t, s, salt)``: the formula (``salt`` seeds the random methods: the seed, and
+    for the ablation the tensor and dimension as well).
+    """
+
+    name: str
+    consistent: bool = True
+    ranked: bool = False
+    members: Callable[[int, int, str], list[int]] | None = None
+
+
+METHOD_TABLE: dict[str, Method] = {m.name: m for m in (
+    Method("uniform", members=lambda t, s, salt: uniform_indices(t, s)),
+    Method("consecutive", members=lambda t, s, salt: consecutive_indices(t, s)),
+    Method("random", members=lambda t, s, salt: random_indices(t, s, salt)),
+    Method("random-inconsistent", consistent=False, members=lambda t, s, salt: random_indices(t, s, salt)),
+    Method("importance", ranked=True),
+)}
+METHODS = tuple(METHOD_TABLE)  # the choices, in the order --help lists them
+
+
+def method(name: str) -> Method:
+    """The method of that name, or one line naming the choices."""
+    found = METHOD_TABLE.get(name)
+    if found is None:
+        raise SlicerError(f"unknown method {name!r} (choose from {', '.join(METHODS)})")
+    return found

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ..errors import SlicerError
-from ..selection import METHODS, IndexSet, consecutive_indices, random_indices, uniform_indices
+from ..selection import IndexSet, consecutive_indices, method as method_named
 from .layout import Axis, AxisTable, Layout, compose
 
 # Axes whose members are not interchangeable: a student keeps the first ones, whatever the
@@ -28,11 +28,10 @@ FIRST_ALWAYS = frozenset({"positions"})
 class Chooser:
     """Hands out index sets for one run: one per leaf axis (per dimension for the ablation)."""
 
-    def __init__(self, method: str = "uniform", seed: int = 0, ranking: "Ranking | None" = None):
-        if method not in METHODS:
-            raise SlicerError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
-        if method == "importance" and ranking is None:
-            raise SlicerError("--method importance needs scores (--scores FILE or --calibration FILE)")
+    def __init__(self, method: str, seed: int = 0, ranking: "Ranking | None" = None):
+        self.rule = method_named(method)
+        if self.rule.ranked and ranking is None:
+            raise SlicerError(f"--method {method} needs scores (--scores FILE or --calibration FILE)")
         self.method = method
         self.seed = seed
         self.ranking = ranking
@@ -41,7 +40,7 @@ class Chooser:
 
     @property
     def consistent(self) -> bool:
-        return self.method != "random-inconsistent"
+        return self.rule.consistent
 
     # ------------------------------------------------------------------ leaves
 
@@ -60,25 +59,22 @@ class Chooser:
             return f"identity:{ax.t}"
         if ax.kind in FIRST_ALWAYS:
             return f"consecutive:{ax.t}->{ax.s}"
-        if self.method == "random-inconsistent":
-            return f"random-inconsistent:{where}:{ax.t}->{ax.s}"
-        if self.method == "importance":
-            return f"importance:{ax.name}:{ax.t}->{ax.s}"
-        return f"{self.method}:{ax.t}->{ax.s}"
+        if not self.rule.consistent:  # the ablation: a set per tensor dimension
+            return f"{self.method}:{where}:{ax.t}->{ax.s}"
+        if self.rule.ranked:  # a ranking: a set per axis instance
+            return f"{self.method}:{ax.name}:{ax.t}->{ax.s}"
+        return f"{self.method}:{ax.t}->{ax.s}"  # a formula: a set per (t, s), as the reference
 
     def _members(self, ax: Axis, where: str) -> list[int]:
         t, s = ax.t, ax.s
         if s == t:
             return list(range(t))
-        if ax.kind in FIRST_ALWAYS or self.method == "consecutive":
+        if ax.kind in FIRST_ALWAYS:
             return consecutive_indices(t, s)
-        if self.method == "uniform":
-            return uniform_indices(t, s)
-        if self.method == "random":
-            return random_indices(t, s, f"{self.seed}/{t}/{s}")
-        if self.method == "random-inconsistent":
-            return random_indices(t, s, f"{self.seed}/{where}/{t}/{s}")
-        return self.ranking.top(ax)
+        if self.rule.ranked:
+            return self.ranking.top(ax)
+        salt = f"{self.seed}/{t}/{s}" if self.rule.consistent else f"{self.seed}/{where}/{t}/{s}"
+        return self.rule.members(t, s, salt)
 
     # ------------------------------------------------------------------ dimensions
 

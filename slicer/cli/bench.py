@@ -46,7 +46,7 @@ from ..errors import SlicerError
 from ..run.torch_gather import gather_torch
 from .report import format_bytes
 from ..io.format import BITS_DTYPE
-from ..selection import Selector
+from ..axes import Chooser, flat_axis
 
 log = logging.getLogger("slicer")
 
@@ -154,7 +154,8 @@ def cases(sizes: Sequence[int], shapes: Sequence[str], selections: Sequence[str]
 
 def index_for(case: Case, device: str) -> list:
     """Per dimension, what the engine hands a gather: a range (strided view) or an int64 tensor."""
-    sets = Selector(case.selection, seed=0).for_tensor("bench", case.in_shape, case.out_shape)
+    chooser = Chooser(case.selection, seed=0)  # the run's own chooser: a dimension of nothing known is flat
+    sets = [chooser.leaf(flat_axis(t, s), f"bench/{d}") for d, (t, s) in enumerate(zip(case.in_shape, case.out_shape))]
     return [ix.part(0, ix.s) if ix.is_strided else torch.tensor(ix.indices(), dtype=torch.int64, device=device)
             for ix in sets]
 
@@ -288,7 +289,7 @@ def _one(be: _Backend, dtype: str, bits: torch.dtype, case: Case, repeats: int,
 # ----------------------------------------------------------------------------- end to end
 def bench_module(name: str):
     """bench/<name>.py of the source checkout (the teacher builders live there, not in the package)."""
-    path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    path = Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
     if not path.is_file():
         raise SlicerError(f"{path}: not found; the end-to-end part of slicer bench builds its teacher with "
                           f"bench/{name}.py from a source checkout (pip install -e .), or skip it with --no-e2e")
