@@ -351,7 +351,7 @@ def _compare_dequantized(where: str, rec: dict, stored: TensorInfo, ckpt: Checkp
     from .io.format import BITS_DTYPE
 
     from .run.dequant import values
-    from .plan.quantized import Dequant, _logical
+    from .plan.quantized import Dequant, logical_tensor
 
     dq = rec["dequantize"]
     try:
@@ -365,7 +365,7 @@ def _compare_dequantized(where: str, rec: dict, stored: TensorInfo, ckpt: Checkp
             blocks, scales = ckpt.tensors.get(dq.get("blocks")), ckpt.tensors.get(dq.get("scales"))
             if blocks is None or scales is None:
                 raise SlicerError(f"{where}: its packed source {dq.get('blocks')!r} / {dq.get('scales')!r} is not in the teacher")
-            source, spec = _logical(blocks, scales), Dequant("mxfp4", scales, packed=blocks)
+            source, spec = logical_tensor(blocks, scales), Dequant("mxfp4", scales, packed=blocks)
         else:
             raise SlicerError(f"{where}: unknown dequantization {dq.get('format')!r}")
     except SlicerError as e:

@@ -184,11 +184,11 @@ def _find(tensors: dict[str, TensorInfo]) -> tuple[dict[str, Fp8Weight], dict[st
         elif name.endswith("_blocks") and name[: -len("_blocks")] + "_scales" in tensors:
             base = name[: -len("_blocks")]
             scales = tensors[base + "_scales"]
-            packed[base] = PackedWeight(info, scales, _logical(info, scales))
+            packed[base] = PackedWeight(info, scales, logical_tensor(info, scales))
     return fp8, packed
 
 
-def _logical(blocks: TensorInfo, scales: TensorInfo) -> TensorInfo:
+def logical_tensor(blocks: TensorInfo, scales: TensorInfo) -> TensorInfo:
     """The dequantized parameter an MXFP4 pair stands for, as a (virtual) teacher tensor."""
     where = f"tensor {blocks.name!r}"
     if blocks.dtype != "U8" or scales.dtype != "U8":
