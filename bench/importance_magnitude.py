@@ -2,7 +2,7 @@
 
 Measured next to uniform and importance by bench/importance_quality.py (written as a scores
 file and applied with ``--method importance --scores``): it was worse than uniform on both
-real teachers, so slicer ships no ``--method magnitude`` (see the README).
+real teachers, so slicer ships no ``--method magnitude`` (see docs/importance.md).
 
 For every tensor of the teacher's own plan and every dimension, the squared weights are
 summed over the other dimensions and grouped by the axis members the dimension's layout

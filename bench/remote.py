@@ -271,7 +271,7 @@ def run_requests(workdir: Path, gaps: list[int], log) -> list[dict]:
                          "plan_s": time.perf_counter() - t0})
             log(f"  405B -> 8B, gap {gap >> 10} kB, max overfetch {overfetch:g}: {n} requests, {total / 1e9:.1f} GB "
                 f"(bytes_to_read {plan.bytes_to_read / 1e9:.1f} GB of {plan.teacher.total_bytes / 1e9:.0f} GB)")
-    # Split by output shard (README, "Beyond one machine"): what each shard's worker would fetch.
+    # Split by output shard (docs/distributed.md): what each shard's worker would fetch.
     split = slicer.plan(tdir, template=sdir, layer_selection="uniform", max_shard_size="1GB")
     per_shard = []
     for shard in split.shards:

@@ -1,6 +1,6 @@
 """The package's shape, from its imports (read with ast; nothing runs): no circles, no
 private name imported across modules, and every import goes down the stages (or stays in
-its own folder). The stage order is the flow the README's "How it works" describes."""
+its own folder). The stage order is the flow docs/design.md describes."""
 from __future__ import annotations
 
 import ast

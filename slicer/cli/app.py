@@ -69,7 +69,7 @@ def _add_selection_args(p: argparse.ArgumentParser) -> None:
                      help="skip template tensors whose name matches (re.search); repeatable, e.g. '^head\\.'")
     imp = p.add_argument_group("importance (--method importance, --layer-selection importance)")
     imp.add_argument("--scores", metavar="FILE", help="a scores file of this teacher (slicer score, or another tool's "
-                                                       "ranking in the same format; see the README)")
+                                                       "ranking in the same format; see docs/importance.md)")
     _add_calibration_args(imp, "score the teacher first on this calibration (default: slicer's own short English text)")
     out = p.add_argument_group("output")
     out.add_argument("--dtype", choices=DTYPE_CHOICES, default="keep",
@@ -98,7 +98,7 @@ def _add_remote_args(p: argparse.ArgumentParser) -> None:
                                                         "(default: nothing is written to disk)")
     rem.add_argument("--max-requests", type=int, metavar="N", help="requests in flight (default 16)")
     rem.add_argument("--coalesce-gap", metavar="SIZE", help="fetch kept ranges closer than SIZE as one request, the gap "
-                                                           "with them (default 64kB: measured, see the README; 0: the fewest bytes)")
+                                                           "with them (default 64kB: measured, see docs/remote.md; 0: the fewest bytes)")
     rem.add_argument("--max-overfetch", type=float, metavar="RATIO",
                      help="bridged gap bytes at most RATIO times the kept bytes (default 0.1: at most 1.1x the bytes "
                           "the student keeps; more: fewer, larger requests where kept rows are small)")

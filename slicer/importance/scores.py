@@ -88,7 +88,7 @@ class Scores(Ranking):
         have = teacher_files(ckpt)
         if named is None:
             raise SlicerError(f"{self.source}: scores file names no teacher (metadata \"teacher\": the teacher's "
-                              "files and sizes); see the README's scores format")
+                              "files and sizes); see the scores format in docs/importance.md")
         problem = _difference(named, have)
         if problem:
             raise SlicerError(f"{self.source}: scores were computed for another teacher than {ckpt.path}: {problem}")

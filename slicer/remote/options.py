@@ -7,7 +7,7 @@ from pathlib import Path
 # Kept byte ranges closer than this are fetched as one request, the gap with them.
 # Fetching a gap of g bytes costs g / bandwidth; a separate request costs about one
 # request's overhead (CPU on both ends, or a round trip divided by the requests in
-# flight). bench/remote.py measures the crossover (README, "Remote teachers"): every
+# flight). bench/remote.py measures the crossover (docs/remote.md, bench/RESULTS.md): every
 # other row kept, one request per row against the gaps bridged; one request costs
 # ~0.55 ms there, so bridging pays below ~32 kB at 100 MB/s and below ~200 kB at 1 GB/s.
 # A far server (tens of ms per round trip) moves it up; --coalesce-gap 0 fetches the
