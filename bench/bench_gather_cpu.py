@@ -1,4 +1,4 @@
-"""The CPU gather paths of slicer.gather.gather_torch: identity copy, strided view,
+"""The CPU gather paths of slicer.run.torch_gather.gather_torch: identity copy, strided view,
 explicit gather, and a gather with a cast; beside a plain contiguous copy_.
 
     pytest bench/bench_gather_cpu.py --benchmark-only

@@ -3,7 +3,7 @@
 Side by side in one run, at a fixed student ratio (half width, half depth), on
 Llama-shaped bf16 teachers generated with bench/teachers.py (hidden 2048,
 intermediate 5504, 16/4 heads, vocab 32000, the layer count chosen to hit the size;
-see slicer.benchmark.llama_pair). For each size and each way, --repeats whole-process
+see slicer.cli.bench.llama_pair). For each size and each way, --repeats whole-process
 runs (median wall time; peak anonymous memory = max over samples of RssAnon +
 RssShmem of the process tree, bench/memsample.py):
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 
 from teachers import ensure_pair, teacher_dir, template_dir  # noqa: E402
 
-RUN = ("import sys, slicer.reader; slicer.reader.USE_LEASES = {lease}\n"
+RUN = ("import sys, slicer.io.reader; slicer.io.reader.USE_LEASES = {lease}\n"
        "from slicer.cli import main\nsys.exit(main(sys.argv[1:]))\n")
 
 

@@ -88,7 +88,7 @@ def plan(
     shapes) or from a Hugging Face config: ``student_config`` (a config.json) and/or
     ``config_set`` (keys edited into the teacher's config.json, or into student_config).
     ``quantized`` chooses how an FP8 block-scaled teacher is shrunk: "blocks" (whole blocks, bits
-    exact) or "dequantize" (implied by a float ``dtype``); see slicer.quantized.
+    exact) or "dequantize" (implied by a float ``dtype``); see slicer.plan.quantized.
 
     ``teacher`` may be a URL (``hf://ORG/NAME``, ``s3://bucket/prefix/``, any fsspec URL,
     ``https://host/folder/``): only headers are fetched. ``revision`` (hf:// only) pins a

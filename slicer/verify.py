@@ -344,7 +344,7 @@ def _compare(name: str, rec: dict, stored: TensorInfo, ckpt: Checkpoint, sets: d
 
 def _compare_dequantized(where: str, rec: dict, stored: TensorInfo, ckpt: Checkpoint, sets: dict,
                          report: VerifyReport, files: "_Files", rows: int | None, budget: int) -> None:
-    """A dequantized tensor against the dequantized selection of the teacher's stored tensors (slicer.dequant:
+    """A dequantized tensor against the dequantized selection of the teacher's stored tensors (slicer.run.dequant:
     transformers' arithmetic), one student row at a time, in pieces of at most ``budget`` bytes."""
     import torch
 

@@ -1,4 +1,4 @@
-"""A fake CUDA device layer for slicer.cuda_gather.StagedGather, on the CPU.
+"""A fake CUDA device layer for slicer.run.cuda_gather.StagedGather, on the CPU.
 
 It has the operations of ``TorchCudaOps`` (streams, events, pinned and device
 buffers, copies, kernel launches) with CUDA's ordering rules made as unforgiving as

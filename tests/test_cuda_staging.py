@@ -1,4 +1,4 @@
-"""The GPU path's scheduling (slicer.cuda_gather.StagedGather), on the CPU.
+"""The GPU path's scheduling (slicer.run.cuda_gather.StagedGather), on the CPU.
 
 A fake device layer (tests/fake_device.py) runs stream work lazily, only when the
 host synchronizes on an event recorded after it, and fills fresh buffers with

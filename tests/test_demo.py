@@ -41,7 +41,7 @@ def test_demo_checks_its_student_and_the_check_catches_flat_and_swapped_heads(tm
 def test_a_failed_demo_check_exits_1_with_one_line(tmp_path, capfd, monkeypatch):
     import slicer.cli.demo
 
-    monkeypatch.setattr(slicer.demo, "_check", lambda teacher, out: (False, "student tensor x differs"))
+    monkeypatch.setattr(slicer.cli.demo, "_check", lambda teacher, out: (False, "student tensor x differs"))
     assert cli.main(["demo", "--keep", str(tmp_path / "d"), "--quiet"]) == 1
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("slicer: error: ") and "differs" in err[0], err

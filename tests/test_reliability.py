@@ -4,7 +4,7 @@ Ctrl-C / SIGTERM; and determinism.
 Real subprocesses (each imports torch: ~1.5 s) run ``RUNNER`` below: ``slicer.cli.main``
 with one hook installed from the environment: SIGKILL itself after N completed
 shards, a slow gather, a gather that waits for a gate file, or ``os.write`` (as
-slicer.writer and slicer.sink call it) failing with ENOSPC once N bytes are written.
+slicer.io.writer and slicer.io.sink call it) failing with ENOSPC once N bytes are written.
 """
 
 from __future__ import annotations
@@ -35,18 +35,18 @@ SHARD = "10KB"  # the vit student is ~60 kB: 7 shards
 
 RUNNER = r"""
 import os, signal, sys, time
-import slicer.backends, slicer.sink, slicer.writer
+import slicer.run.backends, slicer.io.sink, slicer.io.writer
 
 env = os.environ
 if env.get("SLICER_TEST_KILL_AFTER"):  # SIGKILL once N shards are complete (and recorded)
     n_kill, done = int(env["SLICER_TEST_KILL_AFTER"]), []
-    record = slicer.writer.OutputDir.record_done
+    record = slicer.io.writer.OutputDir.record_done
     def record_then_die(self, w):
         record(self, w)
         done.append(w.final.name)
         if len(done) == n_kill:
             os.kill(os.getpid(), signal.SIGKILL)
-    slicer.writer.OutputDir.record_done = record_then_die
+    slicer.io.writer.OutputDir.record_done = record_then_die
 if env.get("SLICER_TEST_SLOW") or env.get("SLICER_TEST_GATE"):
     delay, gate = float(env.get("SLICER_TEST_SLOW", "0")), env.get("SLICER_TEST_GATE")
     def slowed(gather):
@@ -57,8 +57,8 @@ if env.get("SLICER_TEST_SLOW") or env.get("SLICER_TEST_GATE"):
                 time.sleep(0.01)
             return gather(src, index, out)
         return slow_gather
-    slicer.backends.gather_torch = slowed(slicer.backends.gather_torch)
-    slicer.backends.gather_numpy = slowed(slicer.backends.gather_numpy)  # the CPU default
+    slicer.run.backends.gather_torch = slowed(slicer.run.backends.gather_torch)
+    slicer.run.backends.gather_numpy = slowed(slicer.run.backends.gather_numpy)  # the CPU default
 if env.get("SLICER_TEST_ENOSPC_AFTER"):  # the disk fills up after N bytes
     import errno, os as real_os
     budget = [int(env["SLICER_TEST_ENOSPC_AFTER"])]
@@ -70,7 +70,7 @@ if env.get("SLICER_TEST_ENOSPC_AFTER"):  # the disk fills up after N bytes
                 raise OSError(errno.ENOSPC, real_os.strerror(errno.ENOSPC))
             budget[0] -= len(data)
             return real_os.write(fd, data)
-    slicer.writer.os = slicer.sink.os = FullDisk()
+    slicer.io.writer.os = slicer.io.sink.os = FullDisk()
 
 from slicer.cli import main
 sys.exit(main(sys.argv[1:]))

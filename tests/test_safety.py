@@ -40,27 +40,27 @@ FLAGS = {"none": [], "overwrite": ["--overwrite"], "resume": ["--resume"], "both
 
 RUNNER = r"""
 import os, signal, sys, time
-import slicer.backends, slicer.reader, slicer.writer
+import slicer.run.backends, slicer.io.reader, slicer.io.writer
 
 env = os.environ
 if env.get("T_KILL_AFTER_SHARDS"):  # SIGKILL once N shards are complete (and recorded)
     n_kill, done = int(env["T_KILL_AFTER_SHARDS"]), []
-    record = slicer.writer.OutputDir.record_done
+    record = slicer.io.writer.OutputDir.record_done
     def record_then_die(self, w):
         record(self, w)
         done.append(w.final.name)
         if len(done) == n_kill:
             os.kill(os.getpid(), signal.SIGKILL)
-    slicer.writer.OutputDir.record_done = record_then_die
+    slicer.io.writer.OutputDir.record_done = record_then_die
 if env.get("T_SIGNAL_AT_MOVE"):  # "SIGTERM:5": the signal arrives just before the 5th rename of the swap
     name, k = env["T_SIGNAL_AT_MOVE"].split(":")
-    calls, move = [], slicer.writer._move
+    calls, move = [], slicer.io.writer._move
     def move_with_signal(src, dst):
         calls.append(dst)
         if len(calls) == int(k):
             os.kill(os.getpid(), getattr(signal, name))
         move(src, dst)
-    slicer.writer._move = move_with_signal
+    slicer.io.writer._move = move_with_signal
 if env.get("T_GATE"):  # the first gather says so (T_READY), every gather waits for the gate file
     gate, ready = env["T_GATE"], env["T_READY"]
     def gating(gather):
@@ -72,10 +72,10 @@ if env.get("T_GATE"):  # the first gather says so (T_READY), every gather waits 
                 time.sleep(0.005)
             return gather(src, index, out)
         return gated
-    slicer.backends.gather_torch = gating(slicer.backends.gather_torch)
-    slicer.backends.gather_numpy = gating(slicer.backends.gather_numpy)  # the CPU default
+    slicer.run.backends.gather_torch = gating(slicer.run.backends.gather_torch)
+    slicer.run.backends.gather_numpy = gating(slicer.run.backends.gather_numpy)  # the CPU default
 if env.get("T_NO_LEASE"):  # as for another user's file or NFS: the pread path
-    slicer.reader.USE_LEASES = False
+    slicer.io.reader.USE_LEASES = False
 
 from slicer.cli import main
 sys.exit(main(sys.argv[1:]))

@@ -2,7 +2,7 @@
 
 ``layout`` is the algebra (axes, layouts, composition), ``choose`` gives every leaf axis its
 index set by the run's method, ``binding`` is what the plan asks of a model's structure
-(the flat binder knows nothing; ``slicer.bindings`` derives it from transformers).
+(the flat binder knows nothing; ``slicer.hf.bindings`` derives it from transformers).
 """
 from .binding import Binder, complete, flat_axis
 from .choose import Chooser, Ranking

@@ -3,7 +3,7 @@
 Two parts, each returning :class:`Record` objects (the CLI prints them through
 :func:`format_records`; nothing here prints):
 
-* **gather**: the project's own gather (``slicer.gather.gather_torch`` on the CPU; the
+* **gather**: the project's own gather (``slicer.run.torch_gather.gather_torch`` on the CPU; the
   Triton kernel on a GPU; the Triton interpreter on the CPU only when asked) for every
   backend x dtype x shape x selection, timed as the median of repeats
   (``time.perf_counter`` after a warmup call on the CPU, ``triton.testing.do_bench`` on

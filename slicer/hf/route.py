@@ -459,7 +459,7 @@ def _teacher_files(folder: Path) -> dict[str, bytes]:
 def _binder_factory(transformers, student_model, tensors: list[StudentTensor], teacher_dict: dict | None,
                     ckpt: Checkpoint, attention: str, where: str):
     """StudentSpec.make_binder: the teacher's and the student's models, both on the meta device,
-    bind every tensor dimension to the model's own axes (slicer.bindings)."""
+    bind every tensor dimension to the model's own axes (slicer.hf.bindings)."""
     from .bindings import guard
 
     if teacher_dict is None:

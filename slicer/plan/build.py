@@ -68,7 +68,7 @@ class TensorJob:
     layouts: tuple[Layout, ...] = ()  # one per dimension: the axes it is bound to (plan.axes)
     shard: int = 0
     offset: int = 0  # relative to the shard's data section
-    dequant: Dequant | None = None  # values dequantized from the teacher's stored tensors (slicer.quantized)
+    dequant: Dequant | None = None  # values dequantized from the teacher's stored tensors (slicer.plan.quantized)
 
     @property
     def nbytes(self) -> int:
@@ -164,7 +164,7 @@ def build_plan(teacher: Checkpoint, student: list[StudentTensor], options: Optio
     ``binder`` says which axes every dimension is bound to (the flat binder: none, the
     reference's per-size rule); ``ranking`` holds the scores of importance selection;
     ``origin`` says where the student spec came from (kept for the manifest); ``quantization`` is the
-    teacher's declared quantization (FP8 block scales, MXFP4: slicer.quantized)."""
+    teacher's declared quantization (FP8 block scales, MXFP4: slicer.plan.quantized)."""
     if options.layer_selection not in LAYER_SELECTIONS:
         raise SlicerError(f"unknown layer selection {options.layer_selection!r} (choose from {', '.join(LAYER_SELECTIONS)})")
     if options.dtype not in DTYPE_CHOICES:

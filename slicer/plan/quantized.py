@@ -467,7 +467,7 @@ def _weights_named(name: str, names: set[str]) -> list[str]:
 
 
 def fold_kind(kind: str) -> str:
-    """A layer kind (slicer.bindings.view.layer_kinds) with quantization companions folded into their weights."""
+    """A layer kind (slicer.hf.bindings.view.layer_kinds) with quantization companions folded into their weights."""
     names = kind.split("|") if kind else []
     have = set(names)
     out = set()

@@ -190,7 +190,7 @@ class Engine:
 
     def _dequantized(self, job: TensorJob, reader: TeacherReader,
                      destination: Callable[[Chunk, bool], Any]) -> Iterator[tuple[Chunk, Any, object]]:
-        """A job whose values are dequantized from the teacher's stored tensors (slicer.dequant), on the
+        """A job whose values are dequantized from the teacher's stored tensors (slicer.run.dequant), on the
         CPU whatever the device: chunks sized so that the temporaries fit the chunk budget too."""
         import torch
 

@@ -1,6 +1,6 @@
 """Gather one chunk on the CPU with numpy: the default CPU backend, no torch needed.
 
-The same contract as ``slicer.gather.gather_torch`` for elements moved as bits:
+The same contract as ``slicer.run.torch_gather.gather_torch`` for elements moved as bits:
 ``index`` holds, per dimension, a ``range`` (a strided view: no gather needed) or an
 integer array (a real gather); ``src`` and ``out`` are same-width unsigned integer
 arrays of one width, so no value is ever interpreted and NaN payloads survive. Casts
