@@ -854,14 +854,14 @@ def test_an_architecture_change_by_set_is_refused(tiny_llama, tmp_path, capfd, e
 
 EARLY = r"""
 import sys
-import slicer.cli
-ensure = slicer.cli._ensure_std_fds
+import slicer.cli.app
+ensure = slicer.cli.app._ensure_std_fds
 def ready():  # main's first statement: from here on every moment is slicer's
     print("ready", flush=True)
     ensure()
-slicer.cli._ensure_std_fds = ready
+slicer.cli.app._ensure_std_fds = ready
 sys.argv[0] = "slicer"
-slicer.cli.entry()  # as the console script runs it
+slicer.cli.app.entry()  # as the console script runs it
 """
 
 
