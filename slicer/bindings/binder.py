@@ -112,11 +112,18 @@ class ModelBinder(Binder):
     def bind(self, student_name, teacher_name, tshape, sshape, table):
         ref = self.ref(student_name, teacher_name, tshape, sshape)
         self._table = table
-        for rule in self.rules:
-            layouts = rule(ref, self)
-            if layouts is not None:
-                break
-        else:
+        try:
+            for rule in self.rules:
+                layouts = rule(ref, self)
+                if layouts is not None:
+                    break
+            else:
+                layouts = (None,) * len(tshape)
+        except SlicerError as e:
+            if tuple(tshape) != tuple(sshape):
+                raise
+            # every dimension keeps its size: the tensor is copied whole, whatever a rule could not tell
+            log.debug("%s copied whole: %s", student_name, e)
             layouts = (None,) * len(tshape)
         self._refs[student_name] = ref
         return tuple(layouts)
