@@ -23,6 +23,7 @@ from .errors import SlicerError
 from .layers import LayerMapper
 from .plan import StudentTensor
 from .safetensors_format import CAST_TARGETS
+from .backbone_stages import follow_out_stages
 from .selection import layer_indices
 from .student import StudentSpec
 
@@ -73,6 +74,7 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
     layer_lists.provisional(lists, student_dict)
     _nested_layer_numbers(base, student_dict, edits, config_cls, layer_selection, where,
                           skip={x.path + x.key for x in lists}, layer_scores=layer_scores)
+    follow_out_stages(base, student_dict, edits, layer_selection)
     if dtype != "keep":  # a float dtype dequantizes every quantized weight: the student is a plain model
         student_dict.pop("quantization_config", None)
     arch = _architecture(transformers, student_dict, where)

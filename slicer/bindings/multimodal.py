@@ -37,6 +37,7 @@ from .binder import ModelBinder, TensorRef
 from .common import _embedding_paths
 from .geometry import _int
 from .mlp import gated_split
+from .observe import weights_used_before
 
 
 def _towers(view) -> tuple[str | None, str | None]:
@@ -209,11 +210,28 @@ def _projector(ref: TensorRef, b: ModelBinder, root: str, text: str, vision: str
         before = sum(order.get(m, -1) < order.get(module, -1) for m in modules)
         places = [sites[0], places[-1]] if before == 0 else [sites[before]]
     found = {site.name: site for site in places if (site.t, site.s) == sizes}
-    if len(found) == 1 or (found and sizes[0] == sizes[1]):
+    if len(found) > 1 and sizes[0] != sizes[1]:  # towers of one size: where the forward calls it says which
+        at = _observed_site(b, root, module, chain, vision)
+        if at is not None and (sites[at].t, sites[at].s) == sizes:
+            return (sites[at].layout(),)
         return (next(iter(found.values())).layout(),)
     raise SlicerError(f"tensor {ref.student_name!r} [{sizes[0]} -> {sizes[1]}] in the projector {root!r} matches "
                       f"{'no place' if not found else 'several places (' + ', '.join(found) + ')'} of it; slicer cannot "
                       "tell which axis it holds")
+
+
+def _observed_site(b: ModelBinder, root: str, module: str, chain, vision: str) -> int | None:
+    """The site of the chain where the projector's forward calls ``module`` (weights used before it)."""
+    width = _vision_width(b.teacher, vision)
+    cfg = _sub_config(b.teacher.top, vision)
+    image, patch = _int(cfg, "image_size"), _int(cfg, "patch_size")
+    lengths = ((image // patch) ** 2,) if image and patch else ()
+    prefix = root + "."
+    weights = [w[len(prefix):] for w, _ in chain if w.startswith(prefix)]
+    inner = module[len(prefix):] if module.startswith(prefix) else None
+    if width is None or inner is None or len(weights) != len(chain):
+        return None
+    return weights_used_before(b.teacher.modules[root], inner, weights, width, lengths + (16, 4, 1))
 
 
 def _chain(b: ModelBinder, root: str) -> list[tuple[str, bool]] | None:

@@ -176,3 +176,50 @@ def _decode(states, rows: int, head_dim: int):
             return None  # not row numbers any more (a norm or a scale over them)
         out.append(codes.to(torch.int64))
     return tuple(out)
+
+
+def weights_used_before(module, inner: str, weights: list[str], width: int, lengths: tuple[int, ...]) -> int | None:
+    """How many of ``weights`` (parameter paths below ``module``, in forward order) the forward of
+    ``module`` has used when it first calls its submodule ``inner``: where in a chain of projections
+    a norm sits. Run on the meta device (nothing is allocated) on an input [1, n, width], for the
+    first n of ``lengths`` the forward accepts; None where no run gets there."""
+    try:
+        import torch
+        from torch.overrides import TorchFunctionMode
+    except ImportError:
+        return None
+    params = dict(module.named_parameters())
+    ids = {id(params[w]): w for w in weights if w in params}
+    target = dict(module.named_modules()).get(inner)
+    if target is None or len(ids) != len(weights):
+        return None
+    used: list[str] = []
+    seen: list[int] = []
+
+    class Record(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            for a in list(args) + list((kwargs or {}).values()):
+                name = ids.get(id(a))
+                if name is not None and name not in used:
+                    used.append(name)
+            return func(*args, **(kwargs or {}))
+
+    def pre(_mod, _args):
+        if not seen:
+            seen.append(len(used))
+
+    handle = target.register_forward_pre_hook(pre)
+    try:
+        for n in lengths:
+            used.clear()
+            seen.clear()
+            try:
+                with torch.no_grad(), Record():
+                    module(torch.zeros(1, n, width, device="meta"))
+            except Exception:  # noqa: BLE001 - a length this forward does not take: try the next
+                continue
+            if seen and used == [w for w in weights if w in used]:
+                return seen[0]
+    finally:
+        handle.remove()
+    return None
