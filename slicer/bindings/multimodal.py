@@ -37,7 +37,7 @@ from .binder import ModelBinder, TensorRef
 from .common import _embedding_paths
 from .geometry import _int
 from .mlp import gated_split
-from .observe import weights_used_before
+from .observe import merge_order, weights_used_before
 
 
 def _towers(view) -> tuple[str | None, str | None]:
@@ -214,6 +214,7 @@ def _projector(ref: TensorRef, b: ModelBinder, root: str, text: str, vision: str
         at = _observed_site(b, root, module, chain, vision)
         if at is not None and (sites[at].t, sites[at].s) == sizes:
             return (sites[at].layout(),)
+    if len(found) == 1 or (found and sizes[0] == sizes[1]):
         return (next(iter(found.values())).layout(),)
     raise SlicerError(f"tensor {ref.student_name!r} [{sizes[0]} -> {sizes[1]}] in the projector {root!r} matches "
                       f"{'no place' if not found else 'several places (' + ', '.join(found) + ')'} of it; slicer cannot "
@@ -232,6 +233,15 @@ def _observed_site(b: ModelBinder, root: str, module: str, chain, vision: str) -
     if width is None or inner is None or len(weights) != len(chain):
         return None
     return weights_used_before(b.teacher.modules[root], inner, weights, width, lengths + (16, 4, 1))
+
+
+def _observed_merge(b: ModelBinder, root: str, chain, k: int, width: int | None) -> str | None:
+    """The merge order seen by running the projector (``observe.merge_order``); None: not seen (a
+    merge done outside the projector, as Llava's ``cat`` of feature layers: the table says)."""
+    first = chain[0][0].rsplit(".", 1)[0]
+    if not width or not first.startswith(root + "."):
+        return None
+    return merge_order(b.teacher.modules[root], first[len(root) + 1:], k, width)
 
 
 def _chain(b: ModelBinder, root: str) -> list[tuple[str, bool]] | None:
@@ -324,7 +334,8 @@ def _sites(b: ModelBinder, root: str, named: str, chain, text: str, vision: str)
     third = [n for n in getattr(type(b.teacher.top), "sub_configs", {}) or {}
              if getattr(b.teacher.top, n, None) is not None and f"{n}." not in (text, vision)]
     known = bool(vt and vs and not rest and k * vs == vs_in) and not third
-    merge = _MERGES.get(type(b.teacher.modules.get(root)).__name__) if k > 1 else "inner"
+    merge = (_observed_merge(b, root, chain, k, vt) or _MERGES.get(type(b.teacher.modules.get(root)).__name__)) \
+        if k > 1 else "inner"
     if vt_in == vs_in and (not known or merge is None):
         # the input is kept whole: whatever its layout (Llama 4's vision adapter, BLIP-2's Q-Former), the
         # projector then follows the language model alone

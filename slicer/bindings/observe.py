@@ -223,3 +223,46 @@ def weights_used_before(module, inner: str, weights: list[str], width: int, leng
     finally:
         handle.remove()
     return None
+
+
+def merge_order(module, first: str, k: int, width: int) -> str | None:
+    """How a projector that merges ``k`` vision features of ``width`` channels lays them side by side
+    at the input of its first projection ``first`` (a submodule path): "inner" (k blocks of the
+    channels, the channel innermost), "outer" (per channel its k features), None: not seen.
+
+    A copy of the projector runs on k feature rows holding their own positions as values, its
+    norms made identities (the question is where values go, not what they become) and ``first``
+    replaced by a stub that stops the forward with what it receives."""
+    try:
+        import torch
+        from torch import nn
+    except ImportError:
+        return None
+
+    class Stop(nn.Module):
+        def forward(self, x, *args, **kwargs):
+            raise _Seen(x)
+
+    try:
+        probe = copy.deepcopy(module)
+        for path, child in list(probe.named_modules()):
+            if path and (path == first or "Norm" in type(child).__name__):
+                parent, _, name = path.rpartition(".")
+                setattr(probe.get_submodule(parent) if parent else probe, name,
+                        Stop() if path == first else nn.Identity())
+        probe.to_empty(device="cpu")
+    except Exception:  # noqa: BLE001 - a projector that cannot be copied is not observed
+        return None
+    codes = torch.arange(k * width, dtype=torch.float32).view(k, width)
+    inner, outer = codes.reshape(-1), codes.t().reshape(-1)
+    for x in (codes, codes.unsqueeze(0)):
+        try:
+            with torch.no_grad():
+                probe(x)
+        except _Seen as seen:
+            got = seen.states.reshape(-1) if isinstance(seen.states, torch.Tensor) else None
+            if got is not None and got.shape == inner.shape:
+                return "inner" if torch.equal(got, inner) else "outer" if torch.equal(got, outer) else None
+        except Exception:  # noqa: BLE001 - a shape this forward does not take: try the next
+            continue
+    return None
