@@ -86,6 +86,8 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
     if ref.owner.config_path == vision:
         parts = path.split(".")
         for k, part in enumerate(parts):  # merger; Qwen3-VL's deepstack_merger_list.N too
+            if "adapter" in part and ref.tshape != ref.sshape:
+                return _adapter(ref, b, ".".join(parts[:k + 1]), vision)
             if "merger" in part:
                 k += 1 if k + 1 < len(parts) and parts[k + 1].isdigit() else 0
                 return _projector(ref, b, ".".join(parts[:k + 1]), text, vision)
@@ -97,6 +99,22 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
     if ref.owner.config_path not in (text, vision):
         return _unknown(ref, f"its sub-model ({ref.owner.config_path.rstrip('.')}) sits between the towers")
     return None
+
+
+def _adapter(ref: TensorRef, b: ModelBinder, root: str, vision: str) -> tuple[Layout | None, ...] | None:
+    """A vision adapter inside the tower (Llama 4's ``vision_adapter``: a pixel shuffle that merges
+    neighbouring patches, then an MLP into the projector): it reads k vision features side by side;
+    unless running it shows their order, the vision hidden size must stay."""
+    vt, vs = _vision_width(b.teacher, vision), _vision_width(b.student, vision)
+    if vt == vs:
+        return None  # the tower's width is kept: its FFN-like layers bind as any MLP
+    chain = _chain(b, root)
+    first = chain[0][0] if chain else ""
+    k = b.teacher.model.get_parameter(first).shape[1] // vt if first and vt else 0
+    # its output feeds the projector, not the language model: the projector chain does not describe it
+    raise SlicerError(f"tensor {ref.student_name!r}: the vision adapter {root!r} ({type(b.teacher.modules.get(root)).__name__}) "
+                      f"reads {k or 'several'} vision features merged side by side and feeds the projector; slicer "
+                      f"does not shrink it, so keep the vision hidden size ({vt})")
 
 
 def _unknown(ref: TensorRef, why: str) -> tuple[None, ...]:
