@@ -163,3 +163,22 @@ FAMILIES["qwen3_vl_moe"] = Family(
         (_QT + r"experts\.gate_up_proj", ("L{1}.E", "L{1}.effn | L{1}.effn", "hidden")),
         (_QT + r"experts\.down_proj", ("L{1}.E", "hidden", "L{1}.effn")),
     ], {**_q3.spec.sizes, "effn": 24, "E": 4}), inputs=_q3.inputs)
+
+# Qwen3-Next with its linear attention's key heads halved (Qwen3NextGatedDeltaNet.fix_query_key_value_ordering:
+# in_proj_qkvz viewed per key head as [q (dk) | k (dk) | v (group x dv) | z (group x dv)], in_proj_ba per key
+# head [b (group) | a (group)]; the conv runs over cat(all q, all k, all v); dt_bias / A_log per value head;
+# norm over one value head; out_proj reads the value heads)
+_qn = _BASE["qwen3_next"]
+_LA = r"model\.layers\.(\d+)\.linear_attn\."
+_KH, _VH = "L{1}.kh", "L{1}.kh * L{1}.vg"
+FAMILIES["qwen3_next_linear_heads"] = Family(
+    _qn.config_class, _qn.config, {**_qn.edits, "linear_num_key_heads": 1, "linear_num_value_heads": 2},
+    Spec([r for r in _qn.spec.rules if "linear_attn" not in r[0]] + [
+        (_LA + r"in_proj_qkvz\.weight", (f"{_KH} * (L{{1}}.dk | L{{1}}.dk | L{{1}}.vg * L{{1}}.dv | L{{1}}.vg * L{{1}}.dv)",
+                                         "hidden")),
+        (_LA + r"in_proj_ba\.weight", (f"{_KH} * (L{{1}}.vg | L{{1}}.vg)", "hidden")),
+        (_LA + r"conv1d\.weight", (f"{_KH} * L{{1}}.dk | {_KH} * L{{1}}.dk | {_VH} * L{{1}}.dv", "*", "*")),
+        (_LA + r"(?:dt_bias|A_log)", (_VH,)),
+        (_LA + r"norm\.weight", ("L{1}.dv",)),
+        (_LA + r"out_proj\.weight", ("hidden", f"{_VH} * L{{1}}.dv")),
+    ], {**_qn.spec.sizes, "kh": 2, "vg": 2, "dk": 8, "dv": 8}, _qn.spec.components), inputs=_qn.inputs)

@@ -266,3 +266,75 @@ def merge_order(module, first: str, k: int, width: int) -> str | None:
         except Exception:  # noqa: BLE001 - a shape this forward does not take: try the next
             continue
     return None
+
+
+def conv_input(module, proj: str, conv: str, rows: int) -> list[int] | None:
+    """The ``proj`` row each channel of the convolution ``conv`` receives when ``module`` runs (a
+    Gated DeltaNet: which rows of its fused projection reach its depthwise conv), or None.
+
+    A copy runs with ``proj`` replaced by row numbers and every other projection by zeros; the
+    first torch function handed the conv's weight stops it and gives up its input [1, channels, 1]."""
+    try:
+        import torch
+        from torch import nn
+        from torch.overrides import TorchFunctionMode
+    except ImportError:
+        return None
+
+    class Stub(nn.Module):
+        def __init__(self, n: int, codes: bool):
+            super().__init__()
+            self.n, self.codes = n, codes
+
+        def forward(self, x, *args, **kwargs):
+            out = torch.arange(self.n, dtype=torch.float32) if self.codes else torch.zeros(self.n)
+            return out.expand(*x.shape[:-1], self.n).contiguous()
+
+    source = dict(module.named_modules()).get(proj)
+    hidden = _in_features(source) if source is not None else None
+    if hidden is None or _out_features(source) != rows or rows >= 2 ** 24:
+        return None
+    try:
+        probe = copy.deepcopy(module)
+        for path, child in list(probe.named_modules()):
+            if path and path != conv and type(child).__name__ == "Linear":
+                parent, _, name = path.rpartition(".")
+                setattr(probe.get_submodule(parent) if parent else probe, name,
+                        Stub(rows if path == proj else child.out_features, path == proj))
+        probe.to_empty(device="cpu")
+        with torch.no_grad():
+            for _, p in probe.named_parameters():
+                p.fill_(1.0)
+        weight = probe.get_submodule(conv).weight
+    except Exception:  # noqa: BLE001 - not observed
+        return None
+
+    derived = {id(weight)}  # the weight and what is made of it alone (a kernel may squeeze it first)
+
+    class Stop(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            given = [a for a in list(args) + list((kwargs or {}).values()) if isinstance(a, torch.Tensor)]
+            if any(id(a) in derived for a in given):
+                others = [a for a in given if id(a) not in derived and a.dim() == 3]
+                if others:
+                    raise _Seen(others[0])
+                out = func(*args, **(kwargs or {}))
+                if isinstance(out, torch.Tensor):
+                    derived.add(id(out))
+                return out
+            return func(*args, **(kwargs or {}))
+
+    try:
+        with torch.no_grad(), Stop():
+            probe(torch.zeros(1, 1, hidden))
+    except _Seen as seen:
+        x = seen.states
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[0] != 1:
+            return None
+        codes = x[0, :, -1]  # the last step: the token itself, after any causal padding
+        if not bool((codes == codes.round()).all()):
+            return None
+        return [int(c) for c in codes.tolist()]
+    except Exception as e:  # noqa: BLE001
+        log.debug("observing %s failed: %s", type(module).__name__, e)
+    return None
