@@ -25,6 +25,11 @@ from .view import ModelView, Owner, layer_kinds
 log = logging.getLogger("slicer")
 
 
+class StudentMismatch(SlicerError):
+    """The student's config does not fit together (a projector writing another width than its language
+    model reads): refused even for a tensor that keeps its shape, which is otherwise copied."""
+
+
 @dataclass
 class TensorRef:
     """One student tensor as the rules see it."""
@@ -120,7 +125,7 @@ class ModelBinder(Binder):
             else:
                 layouts = (None,) * len(tshape)
         except SlicerError as e:
-            if tuple(tshape) != tuple(sshape):
+            if tuple(tshape) != tuple(sshape) or isinstance(e, StudentMismatch):
                 raise
             # every dimension keeps its size: the tensor is copied whole, whatever a rule could not tell
             log.debug("%s copied whole: %s", student_name, e)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from ..axes import Layout, axis, product
 from ..errors import SlicerError
-from .binder import ModelBinder, TensorRef
+from .binder import ModelBinder, StudentMismatch, TensorRef
 from .common import _embedding_paths
 from .geometry import _int
 from .mlp import gated_split
@@ -171,8 +171,9 @@ def _head_into_vision(ref: TensorRef, b: ModelBinder, vision: str) -> tuple[Layo
     if ref.tshape[0] != t_width:
         return None
     if ref.sshape[0] != s_width:
-        raise SlicerError(f"tensor {ref.student_name!r}: the text head's output ({ref.sshape[0]}) is compared with the vision "
-                          f"tower's output ({s_width}); set text_config.projection_size to the vision hidden size")
+        raise StudentMismatch(f"tensor {ref.student_name!r}: the text head's output ({ref.sshape[0]}) is compared with "
+                              f"the vision tower's output ({s_width}); set text_config.projection_size to the vision "
+                              "hidden size")
     rows = axis(b.add(f"{vision}hidden", "hidden", t_width, s_width))
     return (rows,) if len(ref.tshape) == 1 else (rows, b.hidden(ref, 1))
 
@@ -407,8 +408,9 @@ def _check_output(b: ModelBinder, root: str, chain, text: str) -> None:
     s_out = b.student.model.get_parameter(key).shape[1 if in_major else 0]
     lm_s = _int(_sub_config(b.student.top, text), "hidden_size", "d_model", "n_embd")
     if lm_s is not None and s_out != lm_s:
-        raise SlicerError(f"the projector {root!r} writes {s_out} features into the language model, whose hidden size is "
-                          f"{lm_s}; set the key that sizes the projector's output too{_hint(b, text, t_out, s_out)}")
+        raise StudentMismatch(f"the projector {root!r} writes {s_out} features into the language model, whose hidden "
+                              f"size is {lm_s}; set the key that sizes the projector's output too"
+                              f"{_hint(b, text, t_out, s_out)}")
 
 
 def _vision_site(b: ModelBinder, vision: str) -> _Site:
