@@ -139,7 +139,7 @@ FAMILIES: dict[str, Family] = {
 
 # Family groups live in their own modules (families_moe.py, ...): each adds its FAMILIES here,
 # so tests/test_consistency.py checks every family of every group.
-for _group in ("families_moe", "families_attention", "families_multimodal", "families_quant"):
+for _group in ("families_moe", "families_attention", "families_multimodal", "families_quant", "families_bindings"):
     try:
         FAMILIES |= importlib.import_module(_group).FAMILIES
     except ModuleNotFoundError as _e:

@@ -133,7 +133,8 @@ REFUSALS = [
     ("deepseek_v3", {"qk_rope_head_dim": 2}, "keep qk_rope_head_dim"),
     ("deepseek_v3", {"num_attention_heads": 4}, "set num_key_value_heads=4"),
     ("deepseek_v3", {"q_lora_rank": None}, "keep q_lora_rank"),
-    ("qwen3_next", {"linear_num_value_heads": 2}, "linear_num_value_heads"),
+    # 3 value heads over 2 key heads: no whole number of value heads per key head (4 -> 2 is bound now)
+    ("qwen3_next", {"linear_num_value_heads": 3}, "linear_num_value_heads"),
     ("llama4_text", {"num_hidden_layers": 5, "moe_layers": [0, 1, 2, 3, 4]}, "a student layer is only ever selected"),
 ]
 

@@ -27,6 +27,7 @@ from ..plan.build import StudentTensor
 from ..io.format import CAST_TARGETS
 from ..selection import layer_indices
 from ..plan.student import StudentSpec
+from .backbone_stages import follow_out_stages
 
 log = logging.getLogger("slicer")
 
@@ -74,6 +75,7 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
     layer_lists.provisional(lists, student_dict)
     _nested_layer_numbers(base, student_dict, edits, config_cls, layer_selection, where,
                           skip={x.path + x.key for x in lists}, layer_scores=layer_scores)
+    follow_out_stages(base, student_dict, edits, layer_selection)
     if dtype != "keep":  # a float dtype dequantizes every quantized weight: the student is a plain model
         student_dict.pop("quantization_config", None)
     arch = architecture(transformers, student_dict, where)

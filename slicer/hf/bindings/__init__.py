@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from ...axes import Binder
 from ...errors import SlicerError
-from . import attention, common, linear_attention, mamba, mla, mlp, moe, multimodal, vision
+from . import attention, common, delta_net, linear_attention, mamba, mla, mlp, moe, multimodal, position_bias, short_conv, vision
 from .binder import ModelBinder
 from .geometry import check_geometry, geometry, rotary_convention
 from .qkv_layout import per_head_kv
@@ -36,7 +36,8 @@ def _unless_unchanged(rule):
 # multimodal, vision and mamba first: they claim the tensors of their blocks (a projector's Linear,
 # a stage transition, a mixer's in_proj) before the generic attention / FFN / norm rules see them.
 RULES = [multimodal.bind, _unless_unchanged(vision.bind), _unless_unchanged(mamba.bind),
-         mla.bind, moe.bind, linear_attention.bind, attention.bind, mlp.bind, common.bind_embeddings, common.bind_norms]
+         mla.bind, moe.bind, delta_net.bind, linear_attention.bind, short_conv.bind, position_bias.bind,
+         attention.bind, mlp.bind, common.bind_embeddings, common.bind_norms]
 COMPONENT_RULES: list = [moe.component, attention.head_component]
 RESIDUAL_RULES = [vision.stage_channels]
 

@@ -9,8 +9,8 @@ Axes of one attention block ``B`` (teacher path):
   for pairs (i, i + r/2), ``pairs * 2`` for interleaved pairs (2i, 2i + 1), followed by
   ``B:head-dims-unrotated`` where the rotation is partial.
 A fused projection's rows are [q | k | v], [k | v], per head [q, k, v] or per kv group
-[its queries, k, v]: which one is read off the module's code (``qkv_layout``), never
-assumed from the tensor's name. Per-head parameters follow their heads: q/k norms over a head, over all heads
+[its queries, k, v]: which one is observed by running the module (``qkv_layout``), never
+assumed from the tensor's name; where every head is kept whole no layout is needed. Per-head parameters follow their heads: q/k norms over a head, over all heads
 or one norm module per head (StableLM's ``q_layernorm.norms.N``, whose N indexes the heads),
 a norm of the attention output inside the block (MiniMax), output gates, and parameters and
 buffers of the attention module itself with a heads dimension (sinks, decay rates).
@@ -87,6 +87,9 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
     axes = HeadAxes(ref, b, *pair)
     if which == "fused":
         which = _fused(ref, b, *pair, head_dim)
+        if which == "whole":  # every head kept whole: every row kept, whatever their layout
+            out[head_dim] = b.flat(ref, head_dim)
+            return tuple(out)
     elif which == "gate" and (ref.tshape[head_dim], ref.sshape[head_dim]) == (pair[0].heads, pair[1].heads):
         out[head_dim] = axis(axes.q)  # one gate per head
         return tuple(out)
@@ -118,6 +121,8 @@ def _fused(ref: TensorRef, b: ModelBinder, T: HeadGeometry, S: HeadGeometry, d: 
     t_attn = b.teacher.modules[_attention_path(b.teacher, ref.owner.module_path)]
     s_attn = b.student.modules[_attention_path(b.student, ref.student_owner.module_path)]
     got_t = fused_layout(t_attn, leaf, ref.tshape[d], T)
+    if got_t is None and T == S and ref.tshape[d] == ref.sshape[d] and type(t_attn) is type(s_attn):
+        return "whole"  # identity, depth only, hidden only: no row moves, no layout needed
     if got_t is None:
         raise SlicerError(f"tensor {ref.student_name!r}: slicer cannot tell from {type(t_attn).__name__}.forward how "
                           f"{leaf} lays out the q, k and v rows of {T.describe()}, so whole heads cannot be kept; "

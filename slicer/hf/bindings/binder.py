@@ -25,6 +25,11 @@ from .view import ModelView, Owner, layer_kinds
 log = logging.getLogger("slicer")
 
 
+class StudentMismatch(SlicerError):
+    """The student's config does not fit together (a projector writing another width than its language
+    model reads): refused even for a tensor that keeps its shape, which is otherwise copied."""
+
+
 @dataclass
 class TensorRef:
     """One student tensor as the rules see it."""
@@ -112,11 +117,18 @@ class ModelBinder(Binder):
     def bind(self, student_name, teacher_name, tshape, sshape, table):
         ref = self.ref(student_name, teacher_name, tshape, sshape)
         self._table = table
-        for rule in self.rules:
-            layouts = rule(ref, self)
-            if layouts is not None:
-                break
-        else:
+        try:
+            for rule in self.rules:
+                layouts = rule(ref, self)
+                if layouts is not None:
+                    break
+            else:
+                layouts = (None,) * len(tshape)
+        except SlicerError as e:
+            if tuple(tshape) != tuple(sshape) or isinstance(e, StudentMismatch):
+                raise
+            # every dimension keeps its size: the tensor is copied whole, whatever a rule could not tell
+            log.debug("%s copied whole: %s", student_name, e)
             layouts = (None,) * len(tshape)
         self._refs[student_name] = ref
         return tuple(layouts)

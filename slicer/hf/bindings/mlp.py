@@ -16,8 +16,10 @@ from ...axes import Layout, axis, concat, product
 from ...errors import SlicerError
 from .binder import ModelBinder, TensorRef
 
-_UP = {"gate_proj", "up_proj", "w1", "w3", "fc1", "c_fc", "dense_h_to_4h", "fc_in", "wi", "wi_0", "wi_1", "lin1", "pwconv1", "linear_fc1"}
-_DOWN = {"down_proj", "w2", "fc2", "c_proj", "dense_4h_to_h", "fc_out", "wo", "lin2", "pwconv2", "linear_fc2"}
+_UP = {"gate_proj", "up_proj", "w1", "w3", "fc1", "c_fc", "dense_h_to_4h", "fc_in", "wi", "wi_0", "wi_1", "lin1", "pwconv1",
+       "linear_fc1", "input_linear"}
+_DOWN = {"down_proj", "w2", "fc2", "c_proj", "dense_4h_to_h", "fc_out", "wo", "lin2", "pwconv2", "linear_fc2",
+         "output_linear"}
 _FUSED = {"gate_up_proj"}
 _IN_MAJOR = {"Conv1D"}
 
@@ -42,6 +44,18 @@ def role(ref: TensorRef) -> str | None:
     return None
 
 
+def _twice_the_neurons(ref: TensorRef, b: ModelBinder) -> bool:
+    """An up projection with twice the rows its block's down projection reads: a fused [gate | up]
+    under an up's name (ModernBERT's ``Wi``, Granite's shared ``input_linear``)."""
+    out = getattr(ref.owner.module, "out_features", None)
+    parent = b.teacher.modules.get(ref.owner.module_path.rsplit(".", 1)[0]) if "." in ref.owner.module_path else None
+    if not isinstance(out, int) or parent is None:
+        return False
+    downs = [m.in_features for n, m in parent.named_children()
+             if n.lower() in _DOWN and isinstance(getattr(m, "in_features", None), int)]
+    return len(downs) == 1 and out == 2 * downs[0]
+
+
 def ffn_block(ref: TensorRef) -> str:
     """The teacher path the FFN axis is named after."""
     parts = ref.teacher_name.split(".")[:-2]  # drop module and parameter
@@ -58,6 +72,8 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
     which = role(ref)
     if which is None or len(ref.tshape) not in (1, 2):
         return None
+    if which == "up" and _twice_the_neurons(ref, b):
+        which = "fused"
     in_major = ref.module_class in _IN_MAJOR
     rank = len(ref.tshape)
     neuron_dim = {("up", 2): 1 if in_major else 0, ("fused", 2): 1 if in_major else 0, ("down", 2): 0 if in_major else 1,

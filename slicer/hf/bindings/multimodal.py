@@ -33,10 +33,11 @@ from dataclasses import dataclass
 
 from ...axes import Layout, axis, product
 from ...errors import SlicerError
-from .binder import ModelBinder, TensorRef
+from .binder import ModelBinder, StudentMismatch, TensorRef
 from .common import _embedding_paths
 from .geometry import _int
 from .mlp import gated_split
+from .observe import merge_order, weights_used_before
 
 
 def _towers(view) -> tuple[str | None, str | None]:
@@ -85,6 +86,8 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
     if ref.owner.config_path == vision:
         parts = path.split(".")
         for k, part in enumerate(parts):  # merger; Qwen3-VL's deepstack_merger_list.N too
+            if "adapter" in part and ref.tshape != ref.sshape:
+                return _adapter(ref, b, ".".join(parts[:k + 1]), vision)
             if "merger" in part:
                 k += 1 if k + 1 < len(parts) and parts[k + 1].isdigit() else 0
                 return _projector(ref, b, ".".join(parts[:k + 1]), text, vision)
@@ -96,6 +99,22 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
     if ref.owner.config_path not in (text, vision):
         return _unknown(ref, f"its sub-model ({ref.owner.config_path.rstrip('.')}) sits between the towers")
     return None
+
+
+def _adapter(ref: TensorRef, b: ModelBinder, root: str, vision: str) -> tuple[Layout | None, ...] | None:
+    """A vision adapter inside the tower (Llama 4's ``vision_adapter``: a pixel shuffle that merges
+    neighbouring patches, then an MLP into the projector): it reads k vision features side by side;
+    unless running it shows their order, the vision hidden size must stay."""
+    vt, vs = _vision_width(b.teacher, vision), _vision_width(b.student, vision)
+    if vt == vs:
+        return None  # the tower's width is kept: its FFN-like layers bind as any MLP
+    chain = _chain(b, root)
+    first = chain[0][0] if chain else ""
+    k = b.teacher.model.get_parameter(first).shape[1] // vt if first and vt else 0
+    # its output feeds the projector, not the language model: the projector chain does not describe it
+    raise SlicerError(f"tensor {ref.student_name!r}: the vision adapter {root!r} ({type(b.teacher.modules.get(root)).__name__}) "
+                      f"reads {k or 'several'} vision features merged side by side and feeds the projector; slicer "
+                      f"does not shrink it, so keep the vision hidden size ({vt})")
 
 
 def _unknown(ref: TensorRef, why: str) -> tuple[None, ...]:
@@ -152,8 +171,9 @@ def _head_into_vision(ref: TensorRef, b: ModelBinder, vision: str) -> tuple[Layo
     if ref.tshape[0] != t_width:
         return None
     if ref.sshape[0] != s_width:
-        raise SlicerError(f"tensor {ref.student_name!r}: the text head's output ({ref.sshape[0]}) is compared with the vision "
-                          f"tower's output ({s_width}); set text_config.projection_size to the vision hidden size")
+        raise StudentMismatch(f"tensor {ref.student_name!r}: the text head's output ({ref.sshape[0]}) is compared with "
+                              f"the vision tower's output ({s_width}); set text_config.projection_size to the vision "
+                              "hidden size")
     rows = axis(b.add(f"{vision}hidden", "hidden", t_width, s_width))
     return (rows,) if len(ref.tshape) == 1 else (rows, b.hidden(ref, 1))
 
@@ -209,11 +229,38 @@ def _projector(ref: TensorRef, b: ModelBinder, root: str, text: str, vision: str
         before = sum(order.get(m, -1) < order.get(module, -1) for m in modules)
         places = [sites[0], places[-1]] if before == 0 else [sites[before]]
     found = {site.name: site for site in places if (site.t, site.s) == sizes}
+    if len(found) > 1 and sizes[0] != sizes[1]:  # towers of one size: where the forward calls it says which
+        at = _observed_site(b, root, module, chain, vision)
+        if at is not None and (sites[at].t, sites[at].s) == sizes:
+            return (sites[at].layout(),)
     if len(found) == 1 or (found and sizes[0] == sizes[1]):
         return (next(iter(found.values())).layout(),)
     raise SlicerError(f"tensor {ref.student_name!r} [{sizes[0]} -> {sizes[1]}] in the projector {root!r} matches "
                       f"{'no place' if not found else 'several places (' + ', '.join(found) + ')'} of it; slicer cannot "
                       "tell which axis it holds")
+
+
+def _observed_site(b: ModelBinder, root: str, module: str, chain, vision: str) -> int | None:
+    """The site of the chain where the projector's forward calls ``module`` (weights used before it)."""
+    width = _vision_width(b.teacher, vision)
+    cfg = _sub_config(b.teacher.top, vision)
+    image, patch = _int(cfg, "image_size"), _int(cfg, "patch_size")
+    lengths = ((image // patch) ** 2,) if image and patch else ()
+    prefix = root + "."
+    weights = [w[len(prefix):] for w, _ in chain if w.startswith(prefix)]
+    inner = module[len(prefix):] if module.startswith(prefix) else None
+    if width is None or inner is None or len(weights) != len(chain):
+        return None
+    return weights_used_before(b.teacher.modules[root], inner, weights, width, lengths + (16, 4, 1))
+
+
+def _observed_merge(b: ModelBinder, root: str, chain, k: int, width: int | None) -> str | None:
+    """The merge order seen by running the projector (``observe.merge_order``); None: not seen (a
+    merge done outside the projector, as Llava's ``cat`` of feature layers: the table says)."""
+    first = chain[0][0].rsplit(".", 1)[0]
+    if not width or not first.startswith(root + "."):
+        return None
+    return merge_order(b.teacher.modules[root], first[len(root) + 1:], k, width)
 
 
 def _chain(b: ModelBinder, root: str) -> list[tuple[str, bool]] | None:
@@ -306,7 +353,8 @@ def _sites(b: ModelBinder, root: str, named: str, chain, text: str, vision: str)
     third = [n for n in getattr(type(b.teacher.top), "sub_configs", {}) or {}
              if getattr(b.teacher.top, n, None) is not None and f"{n}." not in (text, vision)]
     known = bool(vt and vs and not rest and k * vs == vs_in) and not third
-    merge = _MERGES.get(type(b.teacher.modules.get(root)).__name__) if k > 1 else "inner"
+    merge = (_observed_merge(b, root, chain, k, vt) or _MERGES.get(type(b.teacher.modules.get(root)).__name__)) \
+        if k > 1 else "inner"
     if vt_in == vs_in and (not known or merge is None):
         # the input is kept whole: whatever its layout (Llama 4's vision adapter, BLIP-2's Q-Former), the
         # projector then follows the language model alone
@@ -360,8 +408,9 @@ def _check_output(b: ModelBinder, root: str, chain, text: str) -> None:
     s_out = b.student.model.get_parameter(key).shape[1 if in_major else 0]
     lm_s = _int(_sub_config(b.student.top, text), "hidden_size", "d_model", "n_embd")
     if lm_s is not None and s_out != lm_s:
-        raise SlicerError(f"the projector {root!r} writes {s_out} features into the language model, whose hidden size is "
-                          f"{lm_s}; set the key that sizes the projector's output too{_hint(b, text, t_out, s_out)}")
+        raise StudentMismatch(f"the projector {root!r} writes {s_out} features into the language model, whose hidden "
+                              f"size is {lm_s}; set the key that sizes the projector's output too"
+                              f"{_hint(b, text, t_out, s_out)}")
 
 
 def _vision_site(b: ModelBinder, vision: str) -> _Site:

@@ -24,6 +24,7 @@ from dataclasses import replace
 from functools import lru_cache
 
 from .geometry import HeadGeometry
+from .observe import fused_rows
 
 LAYOUTS = ("qkv", "kv", "per-head", "grouped")
 _SPLIT_METHODS = ("_split_heads", "_reshape")
@@ -44,6 +45,9 @@ def fused_layout(module, leaf: str, rows: int, geometry: HeadGeometry) -> str | 
         return None
     if type(module).__module__.startswith("torch.nn"):
         return "qkv"  # torch.nn.MultiheadAttention packs in_proj_weight as [q | k | v] (documented)
+    seen = observed_layout(module, leaf, rows, T)
+    if seen is not None:
+        return seen or None
     probed = _probe(module, rows, T)
     if probed is not None:
         return probed or None
@@ -58,12 +62,57 @@ def per_head_kv(module, g: HeadGeometry) -> HeadGeometry:
 
     MiniMax's lightning attention packs [q, k, v] per head in ``qkv_proj`` while its config's
     ``num_key_value_heads`` is the softmax layers'; the code, not the config, says what the rows hold."""
-    if g.kv_heads == g.heads or _probe_method(module) is not None:
+    if g.kv_heads == g.heads:
+        return g
+    for name, child in module.named_children():  # observed: keys and values as the module hands them over
+        rows = _rows_of(child)
+        if rows == 3 * g.heads * g.head_dim and observed_layout(module, name, rows, g) == "per-head":
+            return replace(g, kv_heads=g.heads)
+    if _probe_method(module) is not None:
         return g  # probed modules state their kv heads themselves (Falcon's num_kv_heads)
     for name, child in module.named_children():
         if getattr(child, "weight", None) is not None and _from_source(type(module), name) == "per-head":
             return replace(g, kv_heads=g.heads)
     return g
+
+
+# ---------------------------------------------------------------------------- 0. observe the forward
+
+def _rows_of(child) -> int | None:
+    weight = getattr(child, "weight", None)
+    if weight is None or weight.dim() != 2:
+        return None
+    return int(weight.shape[1] if type(child).__name__ == "Conv1D" else weight.shape[0])
+
+
+_OBSERVED: dict = {}
+
+
+def observed_layout(module, leaf: str, rows: int, T: HeadGeometry) -> str | None:
+    """The layout of ``leaf``'s rows seen by running ``module`` (``observe.fused_rows``): one of
+    LAYOUTS, "" where the rows land in a way none of them describes, None where the module could
+    not be observed. A per-head layout is recognised whatever kv heads the config names: there
+    every head has its own key and value."""
+    config = getattr(module, "config", None)
+    key = (type(module), id(config), leaf, rows, T)  # every layer of a model: one run
+    if key not in _OBSERVED:
+        seen = fused_rows(module, leaf, rows, T.head_dim, T.rotary_dim)
+        # the config is held with the answer, so its id cannot be reused by another config
+        _OBSERVED[key] = (config, None if seen is None else _match(seen, T))
+    return _OBSERVED[key][1]
+
+
+def _match(seen, T: HeadGeometry) -> str:
+    q, k, v = seen
+    for g in dict.fromkeys((T, replace(T, kv_heads=T.heads))):
+        kk, vv = _kv_rows(k, g), _kv_rows(v, g)
+        if kk is None or vv is None or q.shape[0] != g.heads:
+            continue
+        got = (q.tolist(), kk.tolist(), vv.tolist())
+        for layout in ("qkv", "per-head", "grouped"):
+            if _rows(layout, g) == got:
+                return layout
+    return ""
 
 
 # ---------------------------------------------------------------------------- 1. probe a split method
