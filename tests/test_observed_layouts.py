@@ -72,8 +72,16 @@ def test_the_layout_is_observed_without_reading_source(monkeypatch, config_class
     rows = proj.weight.shape[1 if type(proj).__name__ == "Conv1D" else 0]
     g = per_head_kv(attn, geometry(attn, model.config, None))
     assert g.kv_heads == kv
-    assert observed_layout(attn, leaf, rows, g) == want  # the observation alone, no fallback
     assert fused_layout(attn, leaf, rows, g) == want
+    if _own_split(attn):
+        return  # transformers < 5.x's Falcon splits by its own method, outside the interface: the probe says
+    assert observed_layout(attn, leaf, rows, g) == want  # the observation alone, no fallback
+
+
+def _own_split(attn) -> bool:
+    """Older transformers releases give Falcon a ``_split_heads`` method and call the attention
+    function outside the interface; there the split method is probed instead (qkv_layout)."""
+    return callable(getattr(attn, "_split_heads", None))
 
 
 def test_observed_rows_are_falcons_groups_row_by_row():
@@ -82,6 +90,8 @@ def test_observed_rows_are_falcons_groups_row_by_row():
 
     model = _meta("FalconConfig", **dict(F, new_decoder_architecture=True, num_kv_heads=2))
     attn = model.get_submodule("transformer.h.0.self_attention")
+    if _own_split(attn):
+        pytest.skip(f"transformers {transformers.__version__}: FalconAttention does not use the attention interface")
     H, KV, d = 8, 2, 8
     g = H // KV
     q, k, v = fused_rows(attn, "query_key_value", (H + 2 * KV) * d, d, d)

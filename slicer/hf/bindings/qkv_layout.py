@@ -68,8 +68,13 @@ def per_head_kv(module, g: HeadGeometry) -> HeadGeometry:
         rows = _rows_of(child)
         if rows == 3 * g.heads * g.head_dim and observed_layout(module, name, rows, g) == "per-head":
             return replace(g, kv_heads=g.heads)
-    if _probe_method(module) is not None:
-        return g  # probed modules state their kv heads themselves (Falcon's num_kv_heads)
+    if _probe_method(module) is not None:  # older Falcon: its split method says what the rows hold
+        whole = replace(g, kv_heads=g.heads)
+        for child in module.children():
+            rows = _rows_of(child)
+            if rows == 3 * g.heads * g.head_dim and _probe(module, rows, whole) == "per-head":
+                return whole
+        return g
     for name, child in module.named_children():
         if getattr(child, "weight", None) is not None and _from_source(type(module), name) == "per-head":
             return replace(g, kv_heads=g.heads)
