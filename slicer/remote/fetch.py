@@ -18,11 +18,13 @@ from typing import TypeVar
 from ..errors import SlicerError
 from .cache import RangeCache
 from .options import RemoteOptions
+from .ratelimit import RateLimited, RateLimits
 from .source import RemoteFile, Source, Transient
 
 log = logging.getLogger("slicer")
 T = TypeVar("T")
 MAX_BACKOFF_S = 30.0
+MAX_RATE_LIMIT_WAITS = 12  # per request: a service that keeps saying "wait" past this many windows is refusing
 
 
 class Pieces:
@@ -67,13 +69,22 @@ class Fetcher:
         self.requests = 0
         self.retries = 0
         self.from_cache = 0  # bytes served by the cache instead of the network
+        self.limits = RateLimits()
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
-        """``fn()``, retried with exponential backoff (and jitter) while it raises Transient."""
+        """``fn()``, retried with exponential backoff (and jitter) while it raises Transient;
+        a rate limit that states its wait is waited out instead (``RateLimits``)."""
         delay = self.options.backoff_s
-        for attempt in range(self.options.retries + 1):
+        attempt = waits = 0
+        while True:
+            self.limits.pause()
             try:
                 return fn()
+            except RateLimited as e:
+                waits += 1
+                if waits > MAX_RATE_LIMIT_WAITS:
+                    raise SlicerError(f"{what}: {e} (still rate limited after {MAX_RATE_LIMIT_WAITS} waits)") from e
+                self.limits.hit(what, e.wait)
             except Transient as e:
                 if attempt == self.options.retries:
                     raise SlicerError(f"{what}: {e} (gave up after {attempt + 1} attempts)") from e
@@ -82,7 +93,17 @@ class Fetcher:
                     self.retries += 1
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(2 * delay, MAX_BACKOFF_S)
-        raise AssertionError("unreachable")
+                attempt += 1
+
+    @property
+    def resolves(self) -> int:
+        locations = getattr(self.source, "locations", None)  # sources that follow redirects count them
+        return locations.resolves if locations is not None else 0
+
+    def stats(self) -> dict:
+        """What the summary and --json report of the network: requests, resolves, rate-limit waits."""
+        return {"requests": self.requests, "resolves": self.resolves, "retries": self.retries,
+                "rate_limit_waits": self.limits.waits, "rate_limit_wait_s": round(self.limits.waited_s, 3)}
 
     def fill(self, file: RemoteFile, start: int, end: int, pieces: Pieces) -> None:
         """Bytes ``start..end-1`` of ``file`` into ``pieces``: all of them, or an exception."""
