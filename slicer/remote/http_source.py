@@ -59,8 +59,16 @@ class HttpSource(Source):
 
     def stat(self, name: str) -> RemoteFile | None:
         url = join(self.url, name)
-        r = self._request("HEAD", url, {})
-        r.release_conn()  # a HEAD has no body
+
+        def send(where: str, credentials: bool) -> _Response:
+            return _Response(self._request("HEAD", where, {}, credentials=credentials, redirect=False))
+
+        try:  # a redirect is followed here once, and the range requests go where it led (one resolve per file)
+            resp = self.locations.open(name, url, send)
+        except RedirectError as e:
+            raise SlicerError(f"{url}: {e}") from e
+        r = resp.r
+        resp.close()  # a HEAD has no body
         if r.status == 404:
             return None
         if r.status >= 400:

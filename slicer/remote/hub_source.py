@@ -83,7 +83,7 @@ class HubSource(Source):
         self.timeout_s = timeout_s
         self._files: dict[str, RemoteFile] | None = None
         self._urls: dict[str, str] = {}  # each file's /resolve/ URL, pinned to the commit
-        self.locations = Locations()
+        self.locations = Locations(resolver=True)
 
     def list(self) -> dict[str, RemoteFile]:
         if self._files is None:

@@ -84,11 +84,14 @@ class Locations:
     file's own URL serves the bytes) only when none is known or the known one is stale;
     threads asking for the same file meanwhile wait for that one resolve."""
 
-    def __init__(self) -> None:
+    def __init__(self, resolver: bool = False) -> None:
+        # resolver: every request to a file's own URL is a resolver call (the Hub's /resolve/, which it
+        # rate-limits whether it redirects or not); else only those answered with a redirect count.
+        self.resolver = resolver
         self._lock = threading.Lock()
         self._where: dict[str, Location] = {}
         self._file_locks: dict[str, threading.Lock] = {}
-        self.resolves = 0  # resolver requests made (each file's own URL, answered with a redirect)
+        self.resolves = 0  # resolver requests made (see ``resolver``)
 
     def known(self, name: str) -> Location | None:
         with self._lock:
@@ -162,9 +165,9 @@ class Locations:
 
     def _follow(self, url: str, own_url: str, send, hops: int) -> tuple["Response", str]:
         for _ in range(hops + 1):
-            if url == own_url:
-                self.count_resolve()
             resp = send(url, same_origin(url, own_url))
+            if url == own_url and (self.resolver or resp.status in REDIRECTS):
+                self.count_resolve()
             if resp.status not in REDIRECTS:
                 return resp, url
             location = resp.headers.get("Location")
