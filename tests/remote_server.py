@@ -252,7 +252,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if path == "/__stats":  # for benchmarks in another process: counters, then reset
             with st.stats.lock:
                 body = json.dumps({"bytes_sent": st.stats.bytes_sent, "requests": st.stats.requests,
-                                   "ranged_requests": st.stats.ranged_requests}).encode()
+                                   "ranged_requests": st.stats.ranged_requests, "resolves": st.stats.resolves,
+                                   "cdn_requests": st.stats.cdn_requests, "refused": st.stats.refused}).encode()
             st.stats.reset()
             return self._bytes(200, body, "application/json", head)
         if st.latency:

@@ -210,3 +210,53 @@ def test_stated_waits_are_read_from_ratelimit_and_retry_after(headers, expect):
     assert (got.seconds if got is not None else None) == expect
     assert ratelimit.stated_wait(500, {"Retry-After": "3"}) is None  # only 429 and 503 state waits
     assert ratelimit.stated_wait(503, {"Retry-After": "3"}).seconds == 3.0
+
+
+# --------------------------------------------------------------------------- adaptive coalescing
+
+def test_the_meter_bridges_gaps_that_take_less_time_than_a_request():
+    from slicer.remote.adaptive import MIN_WINDOWS, AdaptivePolicy, Meter
+
+    now = [0.0]
+    meter = Meter(clock=lambda: now[0])
+    policy = AdaptivePolicy(meter, gap=64 << 10, overfetch=0.1)
+
+    def requests(n: int, nbytes: int, seconds_each: float) -> None:
+        for _ in range(n):
+            now[0] += seconds_each
+            meter.record(nbytes)
+
+    requests(1, 4096, 0.0)  # starts the clock
+    requests(1300, 4096, 0.0005)  # small requests: 2,000 per second (0.5 ms each), 8 MB/s
+    assert meter.windows >= MIN_WINDOWS and meter.gap_worth_a_request() == pytest.approx(4096, rel=0.01)
+    requests(40, 8 << 20, (8 << 20) / 100e6)  # large ones at the link's 100 MB/s (after a mixed window, pure ones)
+    # one request costs 0.5 ms: as long as 50 kB take at 100 MB/s
+    assert meter.bytes_per_s == pytest.approx(100e6, rel=0.01) and meter.requests_per_s == pytest.approx(2000, rel=0.01)
+    assert meter.gap_worth_a_request() == pytest.approx(50_000, rel=0.01)
+    assert policy.limits() == (meter.gap_worth_a_request(), float("inf"))
+    fresh = AdaptivePolicy(Meter(clock=lambda: 0.0), gap=64 << 10, overfetch=0.1)
+    assert fresh.limits() == (64 << 10, 0.1)  # nothing measured: the fixed rule
+
+
+def test_coalesce_follows_the_policy_as_it_changes():
+    from slicer.remote.ranges import Span, coalesce
+
+    class Switch:  # one request per run for the first 3 runs, then every gap bridged
+        calls = 0
+
+        def limits(self):
+            self.calls += 1
+            return (0, 0.0) if self.calls <= 3 else (1 << 20, float("inf"))
+
+    span = Span("f", 0, 20 * 8192, [(i * 8192, 4096) for i in range(20)])  # every other 4 kB row
+    reqs = list(coalesce([span], 64 << 10, 8 << 20, 0.1, policy=Switch()))
+    # the 4th run finds the gap worth bridging: it joins the 3rd run's request, and so do the rest
+    assert [(r.start, r.end) for r in reqs] == [(0, 4096), (8192, 12288), (16384, 20 * 8192 - 4096)]
+
+
+def test_a_fixed_gap_or_budget_turns_the_measurement_off():
+    from slicer.remote import RemoteOptions
+
+    assert RemoteOptions.of(None).adaptive
+    assert not RemoteOptions.of({"gap_bytes": 0}).adaptive and not RemoteOptions.of({"overfetch": 1.0}).adaptive
+    assert RemoteOptions.of({"gap_bytes": 0, "adaptive": True}).adaptive

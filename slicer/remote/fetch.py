@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from ..errors import SlicerError
 from .cache import RangeCache
+from .adaptive import Meter
 from .options import RemoteOptions
 from .ratelimit import RateLimited, RateLimits
 from .source import RemoteFile, Source, Transient
@@ -70,6 +71,7 @@ class Fetcher:
         self.retries = 0
         self.from_cache = 0  # bytes served by the cache instead of the network
         self.limits = RateLimits()
+        self.meter = Meter()  # request and byte rates, for adaptive coalescing
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
         """``fn()``, retried with exponential backoff (and jitter) while it raises Transient;
@@ -103,7 +105,8 @@ class Fetcher:
     def stats(self) -> dict:
         """What the summary and --json report of the network: requests, resolves, rate-limit waits."""
         return {"requests": self.requests, "resolves": self.resolves, "retries": self.retries,
-                "rate_limit_waits": self.limits.waits, "rate_limit_wait_s": round(self.limits.waited_s, 3)}
+                "rate_limit_waits": self.limits.waits, "rate_limit_wait_s": round(self.limits.waited_s, 3),
+                **self.meter.describe()}
 
     def fill(self, file: RemoteFile, start: int, end: int, pieces: Pieces) -> None:
         """Bytes ``start..end-1`` of ``file`` into ``pieces``: all of them, or an exception."""
@@ -124,6 +127,7 @@ class Fetcher:
             self.source.read(file, start, end, counted)
             if pieces.filled != end - start:
                 raise Transient(f"the response ended after {pieces.filled} of {end - start} bytes")
+            self.meter.record(end - start)
 
         self.call(f"{file.url}: bytes {start}-{end - 1}", attempt)
         if self.cache is not None:

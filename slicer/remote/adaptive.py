@@ -1,0 +1,89 @@
+"""Adaptive coalescing: bridge a gap when fetching it costs less time than another request, as measured.
+
+A remote run is limited by one of two things: bytes (the bandwidth) or requests (each
+costs client CPU, server time, or a round trip shared by the requests in flight). Which
+one depends on the link, the server and the machine, and no fixed gap is right for all:
+at 100 MB/s a 4 kB gap costs 41 us, at 1 GB/s 4 us, while a request here costs
+0.1-1 ms (bench/remote.py --which gap). So the run measures both while it fetches:
+
+* ``bytes_per_s``: the most bytes delivered per second over a window (windows of large
+  requests approach the bandwidth);
+* ``requests_per_s``: the most requests completed per second over a window (windows of
+  small requests approach the request capacity, CPU- or latency-bound).
+
+A request then "costs" ``1 / requests_per_s`` seconds and a gap of g bytes ``g /
+bytes_per_s``: gaps up to ``bytes_per_s / requests_per_s`` bytes are bridged, with no byte
+budget (where bandwidth limits, that threshold is small and few bytes are bridged; where
+requests limit, it is large). Until a few windows are measured, the fixed rule applies
+(``RemoteOptions.gap_bytes`` within the ``overfetch`` budget). Bridging makes requests
+larger, so the measured bandwidth can only grow toward the link's: the rule explores
+upward by itself. ``--coalesce-gap`` or ``--max-overfetch`` turn this off (fixed rule).
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+WINDOW_S = 0.2  # a window closes after this long...
+WINDOW_REQUESTS = 16  # ...and at least this many requests (short windows catch bursts, not rates)
+MIN_WINDOWS = 3  # measured windows before the measurement replaces the fixed rule
+MAX_GAP_BYTES = 64 << 20  # never bridge more than this, whatever the measurement (a stalled window)
+
+
+class Meter:
+    """Rates of completed requests and delivered bytes, over windows of wall time. Thread-safe."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._start: float | None = None
+        self._n = 0
+        self._bytes = 0
+        self.windows = 0
+        self.bytes_per_s = 0.0  # the best window's
+        self.requests_per_s = 0.0  # the best window's
+
+    def record(self, nbytes: int) -> None:
+        """One request completed, with ``nbytes`` response bytes."""
+        now = self._clock()
+        with self._lock:
+            if self._start is None:  # the first completion starts the clock: its time was before
+                self._start = now
+                return
+            self._n += 1
+            self._bytes += nbytes
+            elapsed = now - self._start
+            if elapsed >= WINDOW_S and self._n >= WINDOW_REQUESTS:
+                self.windows += 1
+                self.bytes_per_s = max(self.bytes_per_s, self._bytes / elapsed)
+                self.requests_per_s = max(self.requests_per_s, self._n / elapsed)
+                self._start, self._n, self._bytes = now, 0, 0
+
+    def gap_worth_a_request(self) -> int | None:
+        """Bytes that take as long to fetch as one request costs; None until measured."""
+        with self._lock:
+            if self.windows < MIN_WINDOWS or self.requests_per_s <= 0:
+                return None
+            return int(min(MAX_GAP_BYTES, self.bytes_per_s / self.requests_per_s))
+
+    def describe(self) -> dict:
+        gap = self.gap_worth_a_request()
+        return {"measured_bytes_per_s": round(self.bytes_per_s), "measured_requests_per_s": round(self.requests_per_s, 1),
+                "bridged_gap_bytes": gap}
+
+
+class AdaptivePolicy:
+    """What ``ranges.coalesce`` asks before each run of kept bytes: (gap, overfetch) now."""
+
+    def __init__(self, meter: Meter, gap: int, overfetch: float):
+        self.meter = meter
+        self.gap = gap
+        self.overfetch = overfetch
+
+    def limits(self) -> tuple[int, float]:
+        measured = self.meter.gap_worth_a_request()
+        if measured is None:
+            return self.gap, self.overfetch  # not measured yet: the fixed rule
+        return measured, math.inf
