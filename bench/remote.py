@@ -186,7 +186,7 @@ def run_hub(workdir: Path, bandwidth: float, cdn_ttl: float, log) -> dict:
     files = len([p for p in tdir.iterdir() if p.suffix in (".safetensors", ".json")])
     rec = {"bandwidth_mb_s": bandwidth, "cdn_ttl_s": cdn_ttl, "seconds": seconds, "files": files,
            "server_resolves": st["resolves"], "server_cdn_requests": st["cdn_requests"], "refused": st["refused"],
-           "network": summary["network"], "bound": files + files * seconds / 3600}
+           "network": summary["network"], "bound": files + files * seconds / cdn_ttl}
     log(f"  hf:// at {bandwidth:g} MB/s, CDN URLs valid {cdn_ttl:g} s: {seconds:.2f} s, {st['resolves']} resolves "
         f"(server) for {files} files, {st['cdn_requests']} CDN requests, {st['refused']} refused as expired")
     return rec
@@ -313,6 +313,14 @@ def run_requests(workdir: Path, gaps: list[int], log) -> list[dict]:
                          "plan_s": time.perf_counter() - t0})
             log(f"  405B -> 8B, gap {gap >> 10} kB, max overfetch {overfetch:g}: {n} requests, {total / 1e9:.1f} GB "
                 f"(bytes_to_read {plan.bytes_to_read / 1e9:.1f} GB of {plan.teacher.total_bytes / 1e9:.0f} GB)")
+    # Resolves: one per file the run reads (plus the index and config), again only when a signed URL
+    # expires (about an hour on the Hub): at most files + files x hours, whatever the requests.
+    files = {span.file for span in plan_spans(plan, DEFAULT_CHUNK_BYTES)}
+    shards_total = len({i.path for i in plan.teacher.tensors.values()})
+    rows.append({"resolves": {"files_read": len(files), "teacher_files": shards_total + 2,
+                              "per_run_under_1h": len(files) + 2, "window_limit_free_account": 5000}})
+    log(f"  resolves: {len(files)} of {shards_total} shards read (+ index, config) -> {len(files) + 2} resolves for a "
+        f"run under an hour, {2 * (len(files) + 2)} under two (the Hub allows 5,000 per 5 minutes with a free account)")
     # Split by output shard (README, "Beyond one machine"): what each shard's worker would fetch.
     split = slicer.plan(tdir, template=sdir, layer_selection="uniform", max_shard_size="1GB")
     per_shard = []
@@ -328,14 +336,19 @@ def run_requests(workdir: Path, gaps: list[int], log) -> list[dict]:
 
 
 def format_requests(rows: list[dict]) -> str:
+    tail = ""
     lines = ["| gap | max overfetch | requests | GB fetched | / bytes_to_read | mean request |",
              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
+        if "resolves" in r:
+            res = r["resolves"]
+            tail = (f"\nresolves: {res['files_read']} shards read (+ index, config): {res['per_run_under_1h']} per run "
+                    f"under an hour, + that many per further hour (Hub: 5,000 per 5 minutes, free account)")
         if "gap_bytes" not in r:
             continue
         lines.append(f"| {r['gap_bytes'] >> 10} kB | {r['overfetch']:g} | {r['requests']:,} | {r['bytes'] / 1e9:.1f} | "
                      f"{r['bytes'] / r['bytes_to_read']:.3f} | {r['bytes'] / r['requests'] / 1e3:.0f} kB |")
-    return "\n".join(lines)
+    return "\n".join(lines) + tail
 
 
 def format_e2e(rows: list[dict]) -> str:
@@ -405,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         for h in result["hub"]:
             print(f"hf:// (Hub stand-in) {h['bandwidth_mb_s']:g} MB/s, CDN URLs valid {h['cdn_ttl_s']:g} s: "
                   f"{h['seconds']:.2f} s, {h['server_resolves']} resolves for {h['files']} files "
-                  f"(bound: files + files x hours = {h['bound']:.2f}; {h['refused']} CDN requests refused as expired, "
+                  f"(bound: files + files x run time / URL lifetime = {h['bound']:.1f}; {h['refused']} CDN requests refused as expired, "
                   f"{h['network']['requests']} requests)")
     if "gap" in a.which:
         result["gap"] = run_gap(a.workdir, bws, [float(x) for x in a.latencies.split(",")], a.repeats, log)
