@@ -118,7 +118,8 @@ def format_summary(s) -> str:
         if net:
             fetched += f" ({net['requests']} requests, {net['resolves']} resolves"
             if net.get("rate_limit_waits"):
-                fetched += f", rate limited {net['rate_limit_waits']} times: waited {net['rate_limit_wait_s']:.0f} s"
+                n = net["rate_limit_waits"]
+                fetched += f", rate limited {n} time{'s' * (n != 1)}: waited {net['rate_limit_wait_s']:.0f} s"
             fetched += ")"
     text = (
         f"wrote {s.tensors_written} tensors in {s.shards} shard{'s' * (s.shards != 1)} to {s.out} "

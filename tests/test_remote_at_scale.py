@@ -21,7 +21,8 @@ from remote_fixtures import tree  # noqa: E402
 from remote_server import Fault, RangeServer, Repo  # noqa: E402
 
 SHARDS = "300KB"
-FAST = {"backoff_s": 0.01, "retries": 3}
+# gap_bytes=0: one request per kept row (hundreds per run), so faults land mid-run and resolves are few next to them
+FAST = {"backoff_s": 0.01, "retries": 3, "gap_bytes": 0}
 RATELIMIT_429 = {"RateLimit": '"api";r=0;t=1', "RateLimit-Policy": '"fixed window";"api";q=5000;w=300'}
 
 
@@ -177,10 +178,10 @@ def test_the_summary_and_json_report_requests_resolves_and_waits(remote_root, hu
         hub_at(srv)
         srv.faults.append(Fault("status", match=".safetensors", skip=15, times=1, status=429, headers=RATELIMIT_429))
         args = ["shrink", "hf://org/m", str(tmp_path / "out"), "--template", str(remote_root["template"]),
-                "--max-shard-size", SHARDS]
+                "--max-shard-size", SHARDS, "--coalesce-gap", "0"]
         assert cli.main(args) == 0
         text = capfd.readouterr().out
-        assert f"requests, {srv.stats.resolves} resolves, rate limited 1 times: waited 1 s)" in text, text
+        assert f"requests, {srv.stats.resolves} resolves, rate limited 1 time: waited 1 s)" in text, text
         srv.stats.reset()
         assert cli.main(args + ["--overwrite", "--json"]) == 0
         net = json.loads(capfd.readouterr().out.strip().splitlines()[-1])["network"]
@@ -195,6 +196,16 @@ def test_the_resolver_window_is_never_exceeded_by_a_default_run(remote_root, hub
         _shrink("hf://org/m", tmp_path / "out", remote_root["template"])
         assert tree(tmp_path / "out") == remote_root["local_tree"]
         assert srv.stats.rate_limited == 0 and srv.stats.resolves <= 12
+
+
+def test_resolves_over_the_hub_window_wait_for_the_next_window(remote_root, hub_at, tmp_path):
+    # 3 resolves per 2 s: the index and 3 shards need 4, so one waits for the window the 429 names
+    with RangeServer(hub={"org/m": Repo(remote_root["teacher"])}, resolve_window=(3, 2)) as srv:
+        hub_at(srv)
+        summary = _shrink("hf://org/m", tmp_path / "out", remote_root["template"], remote={**FAST, "retries": 0})
+        assert tree(tmp_path / "out") == remote_root["local_tree"]
+        assert srv.stats.rate_limited >= 1 and summary.network["rate_limit_waits"] == srv.stats.rate_limited
+        assert summary.network["resolves"] == srv.stats.resolves
 
 
 @pytest.mark.parametrize("headers, expect", [

@@ -173,6 +173,9 @@ class HubSource(Source):
             raise SlicerError(f"{url}: not found in {self.repo} at {self.commit or self.revision or 'main'}") from err
         except e.HfHubHTTPError as err:
             status = err.response.status_code if err.response is not None else 0
+            limited = rate_limited(status, err.response.headers) if err.response is not None else None
+            if limited is not None:  # the model info or a resolve, rate limited: wait as stated
+                raise limited from err
             if status == 416:
                 raise Changed(f"{url}: the remote file is shorter than planned (HTTP 416); plan again") from err
             raise status_error(url, status) from err
