@@ -230,7 +230,7 @@ def test_the_meter_bridges_gaps_that_take_less_time_than_a_request():
 
     now = [0.0]
     meter = Meter(clock=lambda: now[0])
-    policy = AdaptivePolicy(meter, gap=64 << 10)
+    policy = AdaptivePolicy(meter, gap=64 << 10, overfetch=0.1)
 
     def requests(n: int, nbytes: int, seconds_each: float) -> None:
         for _ in range(n):
@@ -245,8 +245,8 @@ def test_the_meter_bridges_gaps_that_take_less_time_than_a_request():
     assert meter.bytes_per_s == pytest.approx(100e6, rel=0.01) and meter.requests_per_s == pytest.approx(2000, rel=0.01)
     assert meter.gap_worth_a_request() == pytest.approx(50_000, rel=0.01)
     assert policy.limits() == (meter.gap_worth_a_request(), float("inf"))
-    fresh = AdaptivePolicy(Meter(clock=lambda: 0.0), gap=64 << 10)
-    assert fresh.limits() == (64 << 10, float("inf"))  # nothing measured: the first guess, no budget
+    fresh = AdaptivePolicy(Meter(clock=lambda: 0.0), gap=64 << 10, overfetch=0.1)
+    assert fresh.limits() == (64 << 10, 0.1)  # nothing measured: the fixed rule
 
 
 def test_coalesce_follows_the_policy_as_it_changes():

@@ -14,8 +14,8 @@ at 100 MB/s a 4 kB gap costs 41 us, at 1 GB/s 4 us, while a request here costs
 A request then "costs" ``1 / requests_per_s`` seconds and a gap of g bytes ``g /
 bytes_per_s``: gaps up to ``bytes_per_s / requests_per_s`` bytes are bridged, with no byte
 budget (where bandwidth limits, that threshold is small and few bytes are bridged; where
-requests limit, it is large). Until two windows are measured, gaps up to
-``RemoteOptions.gap_bytes`` (64 kB) are bridged. Bridging makes requests
+requests limit, it is large). Until two windows are measured, the fixed rule applies
+(``RemoteOptions.gap_bytes`` within the ``overfetch`` budget). Bridging makes requests
 larger, so the measured bandwidth can only grow toward the link's: the rule explores
 upward by itself. ``--coalesce-gap`` or ``--max-overfetch`` turn this off (fixed rule).
 """
@@ -77,15 +77,17 @@ class Meter:
 class AdaptivePolicy:
     """What ``ranges.coalesce`` asks before each run of kept bytes: (gap, overfetch) now."""
 
-    def __init__(self, meter: Meter, gap: int):
+    def __init__(self, meter: Meter, gap: int, overfetch: float):
         self.meter = meter
         self.gap = gap
+        self.overfetch = overfetch
 
     def limits(self) -> tuple[int, float]:
         measured = self.meter.gap_worth_a_request()
         if measured is None:
-            # Not measured yet (the first ~0.2 s): bridge what is worth it for a request of ~0.5 ms
-            # between 100 MB/s and 1 GB/s (RemoteOptions.gap_bytes), without a budget: a wrong
-            # guess costs a fraction of a second, a budget would starve the measurement of large requests.
-            return self.gap, math.inf
+            # Not measured yet (the first ~0.2 s): the fixed rule. Its requests are mostly one per
+            # kept run, so the request rate is measured on small requests, where it means
+            # something; bridging everything from the start, the "request rate" measured would only
+            # be the bandwidth divided by the request size, and the rule would never bridge less.
+            return self.gap, self.overfetch
         return measured, math.inf

@@ -72,7 +72,7 @@ class HttpSource(Source):
         if r.status == 404:
             return None
         if r.status >= 400:
-            raise status_error(url, r.status, r.reason or "")
+            raise rate_limited(r.status, r.headers) or status_error(url, r.status, r.reason or "")
         size = r.headers.get("Content-Length")
         if size is None or not size.isdigit():
             raise SlicerError(f"{url}: the server gives no size (Content-Length) for the file")

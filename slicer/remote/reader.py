@@ -55,7 +55,7 @@ class RemoteReader:
         self.folder = folder
         options = folder.options
         self.chunk_bytes = chunk_bytes
-        policy = AdaptivePolicy(folder.fetcher.meter, options.gap_bytes) if options.adaptive else None
+        policy = AdaptivePolicy(folder.fetcher.meter, options.gap_bytes, options.overfetch) if options.adaptive else None
         self._requests: Iterator[Request] = coalesce(spans, options.gap_bytes, options.max_request_bytes, options.overfetch,
                                                      policy)
         self._limit = options.ahead(chunk_bytes)
