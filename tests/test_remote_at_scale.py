@@ -226,27 +226,30 @@ def test_stated_waits_are_read_from_ratelimit_and_retry_after(headers, expect):
 # --------------------------------------------------------------------------- adaptive coalescing
 
 def test_the_meter_bridges_gaps_that_take_less_time_than_a_request():
-    from slicer.remote.adaptive import MIN_WINDOWS, AdaptivePolicy, Meter
+    from slicer.remote.adaptive import AdaptivePolicy, Meter
 
     now = [0.0]
     meter = Meter(clock=lambda: now[0])
     policy = AdaptivePolicy(meter, gap=64 << 10, overfetch=0.1)
 
-    def requests(n: int, nbytes: int, seconds_each: float) -> None:
+    def requests(n: int, nbytes: int, seconds_each: float, first_byte_s: float = 0.008, in_flight: int = 16) -> None:
         for _ in range(n):
             now[0] += seconds_each
-            meter.record(nbytes)
+            meter.record(nbytes, first_byte_s, in_flight)
 
     requests(1, 4096, 0.0)  # starts the clock
-    requests(1300, 4096, 0.0005)  # small requests: 2,000 per second (0.5 ms each), 8 MB/s
-    assert meter.windows >= MIN_WINDOWS and meter.gap_worth_a_request() == pytest.approx(4096, rel=0.01)
+    assert meter.gap_worth_a_request() is None and policy.limits() == (64 << 10, 0.1)  # not measured: the fixed rule
+    # small requests, 8 ms to the first byte with 16 in flight: 0.5 ms each (Little's law); 8 MB/s delivered
+    requests(1300, 4096, 0.0005)
+    assert meter.request_s == pytest.approx(0.0005)
+    assert meter.gap_worth_a_request() == pytest.approx(4096, rel=0.01)  # the bandwidth seen so far: 8 MB/s
     requests(40, 8 << 20, (8 << 20) / 100e6)  # large ones at the link's 100 MB/s (after a mixed window, pure ones)
+    assert meter.bytes_per_s == pytest.approx(100e6, rel=0.01)
     # one request costs 0.5 ms: as long as 50 kB take at 100 MB/s
-    assert meter.bytes_per_s == pytest.approx(100e6, rel=0.01) and meter.requests_per_s == pytest.approx(2000, rel=0.01)
     assert meter.gap_worth_a_request() == pytest.approx(50_000, rel=0.01)
     assert policy.limits() == (meter.gap_worth_a_request(), float("inf"))
-    fresh = AdaptivePolicy(Meter(clock=lambda: 0.0), gap=64 << 10, overfetch=0.1)
-    assert fresh.limits() == (64 << 10, 0.1)  # nothing measured: the fixed rule
+    requests(600, 4096, 0.0005, first_byte_s=0.032)  # the server slows down: 2 ms a request
+    assert meter.gap_worth_a_request() == pytest.approx(200_000, rel=0.01)
 
 
 def test_coalesce_follows_the_policy_as_it_changes():

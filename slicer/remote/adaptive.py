@@ -6,14 +6,14 @@ one depends on the link, the server and the machine, and no fixed gap is right f
 at 100 MB/s a 4 kB gap costs 41 us, at 1 GB/s 4 us, while a request here costs
 0.1-1 ms (bench/remote.py --which gap). So the run measures both while it fetches:
 
+* the cost of one request: its time to first byte divided by the requests in flight with
+  it (Little's law), averaged over recent requests;
 * ``bytes_per_s``: the most bytes delivered per second over a window (windows of large
-  requests approach the bandwidth);
-* ``requests_per_s``: the most requests completed per second over a window (windows of
-  small requests approach the request capacity, CPU- or latency-bound).
+  requests approach the bandwidth).
 
-A request then "costs" ``1 / requests_per_s`` seconds and a gap of g bytes ``g /
-bytes_per_s``: gaps up to ``bytes_per_s / requests_per_s`` bytes are bridged, with no byte
-budget (where bandwidth limits, that threshold is small and few bytes are bridged; where
+A request then costs ``request_s`` and a gap of g bytes ``g / bytes_per_s``: gaps up to
+``bytes_per_s * request_s`` bytes are bridged, with no byte budget (where bandwidth limits,
+that threshold is small and few bytes are bridged; where
 requests limit, it is large). Until two windows are measured, the fixed rule applies
 (``RemoteOptions.gap_bytes`` within the ``overfetch`` budget). Bridging makes requests
 larger, so the measured bandwidth can only grow toward the link's: the rule explores
@@ -21,6 +21,7 @@ upward by itself. ``--coalesce-gap`` or ``--max-overfetch`` turn this off (fixed
 """
 from __future__ import annotations
 
+import collections
 import math
 import threading
 import time
@@ -29,11 +30,21 @@ from collections.abc import Callable
 WINDOW_S = 0.1  # a window closes after this long...
 WINDOW_REQUESTS = 16  # ...and at least this many requests (short windows catch bursts, not rates)
 MIN_WINDOWS = 2  # measured windows before the measurement replaces the first guess
+SAMPLES = 512  # requests the cost is averaged over
 MAX_GAP_BYTES = 64 << 20  # never bridge more than this, whatever the measurement (a stalled window)
 
 
 class Meter:
-    """Rates of completed requests and delivered bytes, over windows of wall time. Thread-safe."""
+    """What a request costs and what the link delivers, measured as the run goes. Thread-safe.
+
+    * Cost of one request: its time to first byte divided by the requests in flight with it
+      (Little's law: k requests in flight, each waiting t before its bytes flow, complete at
+      k / t per second; t holds the round trip, the server's and the client's work and any
+      queueing for them). Averaged over the last ``SAMPLES`` requests.
+    * Bandwidth: the most bytes delivered per second over a window of wall time (windows of
+      large requests approach the link's; small requests only ever underestimate it, which
+      bridges less, never more).
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._clock = clock
@@ -43,12 +54,20 @@ class Meter:
         self._bytes = 0
         self.windows = 0
         self.bytes_per_s = 0.0  # the best window's
-        self.requests_per_s = 0.0  # the best window's
+        self._costs: collections.deque[float] = collections.deque(maxlen=SAMPLES)
+        self._cost_sum = 0.0
 
-    def record(self, nbytes: int) -> None:
-        """One request completed, with ``nbytes`` response bytes."""
+    def record(self, nbytes: int, first_byte_s: float | None = None, in_flight: int = 1) -> None:
+        """One request completed: ``nbytes`` response bytes, the first after ``first_byte_s``
+        seconds, ``in_flight`` requests (this one included) in flight when it was sent."""
         now = self._clock()
         with self._lock:
+            if first_byte_s is not None:
+                cost = first_byte_s / max(1, in_flight)
+                if len(self._costs) == self._costs.maxlen:
+                    self._cost_sum -= self._costs[0]
+                self._costs.append(cost)
+                self._cost_sum += cost
             if self._start is None:  # the first completion starts the clock: its time was before
                 self._start = now
                 return
@@ -58,20 +77,27 @@ class Meter:
             if elapsed >= WINDOW_S and self._n >= WINDOW_REQUESTS:
                 self.windows += 1
                 self.bytes_per_s = max(self.bytes_per_s, self._bytes / elapsed)
-                self.requests_per_s = max(self.requests_per_s, self._n / elapsed)
                 self._start, self._n, self._bytes = now, 0, 0
+
+    @property
+    def request_s(self) -> float | None:
+        """The measured cost of one request, in seconds of the run; None before enough samples."""
+        with self._lock:
+            return self._cost_sum / len(self._costs) if len(self._costs) >= WINDOW_REQUESTS else None
 
     def gap_worth_a_request(self) -> int | None:
         """Bytes that take as long to fetch as one request costs; None until measured."""
+        cost = self.request_s
         with self._lock:
-            if self.windows < MIN_WINDOWS or self.requests_per_s <= 0:
+            if self.windows < MIN_WINDOWS or cost is None:
                 return None
-            return int(min(MAX_GAP_BYTES, self.bytes_per_s / self.requests_per_s))
+            return int(min(MAX_GAP_BYTES, self.bytes_per_s * cost))
 
     def describe(self) -> dict:
-        gap = self.gap_worth_a_request()
-        return {"measured_bytes_per_s": round(self.bytes_per_s), "measured_requests_per_s": round(self.requests_per_s, 1),
-                "bridged_gap_bytes": gap}
+        cost = self.request_s
+        return {"measured_bytes_per_s": round(self.bytes_per_s),
+                "measured_request_us": round(cost * 1e6, 1) if cost is not None else None,
+                "bridged_gap_bytes": self.gap_worth_a_request()}
 
 
 class AdaptivePolicy:

@@ -71,7 +71,8 @@ class Fetcher:
         self.retries = 0
         self.from_cache = 0  # bytes served by the cache instead of the network
         self.limits = RateLimits()
-        self.meter = Meter()  # request and byte rates, for adaptive coalescing
+        self.meter = Meter()  # request cost and bandwidth, for adaptive coalescing
+        self._in_flight = 0
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
         """``fn()``, retried with exponential backoff (and jitter) while it raises Transient;
@@ -115,19 +116,31 @@ class Fetcher:
                 self.from_cache += sum(n for dest, n in pieces.targets if dest is not None)
             return
 
+        first_byte: list[float] = []  # when this attempt's first bytes arrived (the meter's request cost)
+
         def counted(data) -> None:
+            if not first_byte:
+                first_byte.append(time.monotonic())
             pieces.write(data)
             with self._lock:
                 self.bytes_fetched += memoryview(data).nbytes
 
         def attempt() -> None:
             pieces.reset()
+            first_byte.clear()
             with self._lock:
                 self.requests += 1
-            self.source.read(file, start, end, counted)
+                self._in_flight += 1
+                in_flight = self._in_flight
+            sent = time.monotonic()
+            try:
+                self.source.read(file, start, end, counted)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
             if pieces.filled != end - start:
                 raise Transient(f"the response ended after {pieces.filled} of {end - start} bytes")
-            self.meter.record(end - start)
+            self.meter.record(end - start, first_byte[0] - sent if first_byte else None, in_flight)
 
         self.call(f"{file.url}: bytes {start}-{end - 1}", attempt)
         if self.cache is not None:
