@@ -248,8 +248,8 @@ def test_the_meter_bridges_gaps_that_take_less_time_than_a_request():
     # one request costs 0.5 ms: as long as 50 kB take at 100 MB/s
     assert meter.gap_worth_a_request() == pytest.approx(50_000, rel=0.01)
     assert policy.limits() == (meter.gap_worth_a_request(), float("inf"))
-    requests(600, 4096, 0.0005, first_byte_s=0.032)  # the server slows down: 2 ms a request
-    assert meter.gap_worth_a_request() == pytest.approx(200_000, rel=0.01)
+    requests(40, 8 << 20, (8 << 20) / 100e6, first_byte_s=0.64)  # a saturated link: first bytes wait for others'
+    assert meter.gap_worth_a_request() == pytest.approx(50_000, rel=0.01)  # that wait is bandwidth: not a request's cost
 
 
 def test_coalesce_follows_the_policy_as_it_changes():

@@ -7,7 +7,8 @@ at 100 MB/s a 4 kB gap costs 41 us, at 1 GB/s 4 us, while a request here costs
 0.1-1 ms (bench/remote.py --which gap). So the run measures both while it fetches:
 
 * the cost of one request: its time to first byte divided by the requests in flight with
-  it (Little's law), averaged over recent requests;
+  it (Little's law), averaged per window; the lowest window's (where the link is saturated,
+  a first byte also waits for the bytes ahead of it: that is bandwidth, counted below);
 * ``bytes_per_s``: the most bytes delivered per second over a window (windows of large
   requests approach the bandwidth).
 
@@ -21,7 +22,6 @@ upward by itself. ``--coalesce-gap`` or ``--max-overfetch`` turn this off (fixed
 """
 from __future__ import annotations
 
-import collections
 import math
 import threading
 import time
@@ -30,7 +30,6 @@ from collections.abc import Callable
 WINDOW_S = 0.1  # a window closes after this long...
 WINDOW_REQUESTS = 16  # ...and at least this many requests (short windows catch bursts, not rates)
 MIN_WINDOWS = 2  # measured windows before the measurement replaces the first guess
-SAMPLES = 512  # requests the cost is averaged over
 MAX_GAP_BYTES = 64 << 20  # never bridge more than this, whatever the measurement (a stalled window)
 
 
@@ -40,7 +39,7 @@ class Meter:
     * Cost of one request: its time to first byte divided by the requests in flight with it
       (Little's law: k requests in flight, each waiting t before its bytes flow, complete at
       k / t per second; t holds the round trip, the server's and the client's work and any
-      queueing for them). Averaged over the last ``SAMPLES`` requests.
+      queueing for them). Averaged per window; the lowest window's mean is kept.
     * Bandwidth: the most bytes delivered per second over a window of wall time (windows of
       large requests approach the link's; small requests only ever underestimate it, which
       bridges less, never more).
@@ -54,8 +53,9 @@ class Meter:
         self._bytes = 0
         self.windows = 0
         self.bytes_per_s = 0.0  # the best window's
-        self._costs: collections.deque[float] = collections.deque(maxlen=SAMPLES)
-        self._cost_sum = 0.0
+        self._cost_sum = 0.0  # this window's requests' costs
+        self._cost_n = 0
+        self.request_s_min: float | None = None  # the lowest window's mean cost
 
     def record(self, nbytes: int, first_byte_s: float | None = None, in_flight: int = 1) -> None:
         """One request completed: ``nbytes`` response bytes, the first after ``first_byte_s``
@@ -63,11 +63,8 @@ class Meter:
         now = self._clock()
         with self._lock:
             if first_byte_s is not None:
-                cost = first_byte_s / max(1, in_flight)
-                if len(self._costs) == self._costs.maxlen:
-                    self._cost_sum -= self._costs[0]
-                self._costs.append(cost)
-                self._cost_sum += cost
+                self._cost_sum += first_byte_s / max(1, in_flight)
+                self._cost_n += 1
             if self._start is None:  # the first completion starts the clock: its time was before
                 self._start = now
                 return
@@ -77,13 +74,19 @@ class Meter:
             if elapsed >= WINDOW_S and self._n >= WINDOW_REQUESTS:
                 self.windows += 1
                 self.bytes_per_s = max(self.bytes_per_s, self._bytes / elapsed)
+                if self._cost_n:
+                    # The lowest window: where the link is saturated, a first byte also waits for the
+                    # bytes ahead of it, which is bandwidth, not what one more request costs.
+                    mean = self._cost_sum / self._cost_n
+                    self.request_s_min = mean if self.request_s_min is None else min(self.request_s_min, mean)
                 self._start, self._n, self._bytes = now, 0, 0
+                self._cost_sum, self._cost_n = 0.0, 0
 
     @property
     def request_s(self) -> float | None:
-        """The measured cost of one request, in seconds of the run; None before enough samples."""
+        """The measured cost of one request, in seconds of the run; None before a window."""
         with self._lock:
-            return self._cost_sum / len(self._costs) if len(self._costs) >= WINDOW_REQUESTS else None
+            return self.request_s_min
 
     def gap_worth_a_request(self) -> int | None:
         """Bytes that take as long to fetch as one request costs; None until measured."""
