@@ -61,11 +61,12 @@ DOWNLOAD_PIECE = 8 << 20
 
 
 # ----------------------------------------------------------------------------- the server
-def serve(root: Path, bandwidth_mb: float | None, latency_ms: float) -> None:
-    from remote_server import RangeServer
+def serve(root: Path, bandwidth_mb: float | None, latency_ms: float, hub: bool = False, cdn_ttl: float = 3600) -> None:
+    from remote_server import RangeServer, Repo
 
+    repos = {"org/teacher": Repo(root / "teacher")} if hub else None
     with RangeServer(root, bandwidth=bandwidth_mb * 1e6 if bandwidth_mb else None, latency=latency_ms / 1000,
-                     slice_bytes=256 << 10) as srv:
+                     slice_bytes=256 << 10, hub=repos, cdn_ttl=cdn_ttl) as srv:
         print(srv.url, flush=True)
         sys.stdin.read()  # until the parent closes our stdin
 
@@ -73,8 +74,11 @@ def serve(root: Path, bandwidth_mb: float | None, latency_ms: float) -> None:
 class Server:
     """The server in its own process (its own GIL)."""
 
-    def __init__(self, root: Path, bandwidth_mb: float | None, latency_ms: float = 0.0):
-        args = [sys.executable, __file__, "serve", str(root), "--latency", str(latency_ms)]
+    def __init__(self, root: Path, bandwidth_mb: float | None, latency_ms: float = 0.0, hub: bool = False,
+                 cdn_ttl: float = 3600):
+        args = [sys.executable, __file__, "serve", str(root), "--latency", str(latency_ms), "--cdn-ttl", str(cdn_ttl)]
+        if hub:
+            args += ["--hub"]
         if bandwidth_mb:
             args += ["--bandwidth", str(bandwidth_mb)]
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -142,7 +146,8 @@ def _same_tree(a: Path, b: Path) -> bool:
         subprocess.run(["cmp", "-s", a / f, b / f]).returncode == 0 for f in files)
 
 
-def run_e2e(workdir: Path, bandwidths: list[float], repeats: int, log) -> list[dict]:
+def e2e_teacher(workdir: Path, log) -> tuple[Path, Path, Path]:
+    """(served folder, its teacher/, the template): the e2e pair, built once."""
     pair = E2E_PAIR
     served = workdir / "served"
     tdir = served / "teacher"
@@ -155,6 +160,40 @@ def run_e2e(workdir: Path, bandwidths: list[float], repeats: int, log) -> list[d
     (tdir / "config.json").write_text(json.dumps({"model_type": "llama", "note": "bench teacher"}))
     template = workdir / "template"
     teachers.build_template(template, pair.student, log=log)
+    return served, tdir, template
+
+
+def run_hub(workdir: Path, bandwidth: float, cdn_ttl: float, log) -> dict:
+    """The e2e teacher as hf://org/teacher from the Hub stand-in (resolve -> 302 -> signed CDN URL that
+    works ``cdn_ttl`` seconds): resolves per run against the files read, and the run's time."""
+    served, tdir, template = e2e_teacher(workdir, log)
+    server = Server(served, bandwidth, hub=True, cdn_ttl=cdn_ttl)
+    try:
+        server.stats()
+        env = {**os.environ, "HF_ENDPOINT": server.url, "HF_HOME": str(workdir / "hf-home"), "HF_HUB_OFFLINE": "0"}
+        env.pop("HF_TOKEN", None)
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "slicer", "shrink", "hf://org/teacher", str(workdir / "out-hub"),
+                            "--template", str(template), "--overwrite", "--json"], cwd=ROOT, capture_output=True,
+                           text=True, env={**env, "PYTHONPATH": str(ROOT)})
+        seconds = time.perf_counter() - t0
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr)
+        summary = json.loads(r.stdout.strip().splitlines()[-1])
+        st = server.stats()
+    finally:
+        server.close()
+    files = len([p for p in tdir.iterdir() if p.suffix in (".safetensors", ".json")])
+    rec = {"bandwidth_mb_s": bandwidth, "cdn_ttl_s": cdn_ttl, "seconds": seconds, "files": files,
+           "server_resolves": st["resolves"], "server_cdn_requests": st["cdn_requests"], "refused": st["refused"],
+           "network": summary["network"], "bound": files + files * seconds / cdn_ttl}
+    log(f"  hf:// at {bandwidth:g} MB/s, CDN URLs valid {cdn_ttl:g} s: {seconds:.2f} s, {st['resolves']} resolves "
+        f"(server) for {files} files, {st['cdn_requests']} CDN requests, {st['refused']} refused as expired")
+    return rec
+
+
+def run_e2e(workdir: Path, bandwidths: list[float], repeats: int, log) -> list[dict]:
+    served, tdir, template = e2e_teacher(workdir, log)
     names = sorted(p.name for p in tdir.iterdir() if p.name.endswith((".safetensors", ".json")))
     teacher_bytes = sum((tdir / n).stat().st_size for n in names)
     rows = []
@@ -182,7 +221,7 @@ def run_e2e(workdir: Path, bandwidths: list[float], repeats: int, log) -> list[d
                         res = _slicer([url + "/", str(out), "--template", str(template), *extra])
                         rec = {"seconds": res["seconds"], "fetched": res["summary"]["bytes_fetched"],
                                "peak_memory_bytes": res["summary"]["peak_memory_bytes"],
-                               "bytes_read": res["summary"]["bytes_read"]}
+                               "bytes_read": res["summary"]["bytes_read"], "network": res["summary"].get("network")}
                     rec["server_bytes"] = server.stats()["bytes_sent"]
                     runs[way].append(rec)
                     log(f"  {bw:g} MB/s {way:8s} rep {rep + 1}: {rec['seconds']:.2f} s, {rec['server_bytes'] / 1e6:.1f} MB")
@@ -220,23 +259,26 @@ def run_gap(workdir: Path, bandwidths: list[float], latencies: list[float], repe
             for bw in bandwidths:
                 server = Server(d, bw, lat)
                 try:
-                    times = {"per-row": [], "bridged": []}
+                    times = {"per-row": [], "bridged": [], "default": []}
                     for _ in range(repeats):
-                        for way, gap in (("per-row", "0"), ("bridged", str(row))):
+                        for way, gap in (("per-row", "0"), ("bridged", str(row)), ("default", None)):
                             out = d / f"out-{way}"
-                            res = _slicer([server.url + "/teacher/", str(out), "--template", str(d / "template"),
-                                           "--coalesce-gap", gap, "--max-overfetch", "1"])  # no byte budget
+                            fixed = ["--coalesce-gap", gap, "--max-overfetch", "1"] if gap is not None else []  # no byte budget
+                            res = _slicer([server.url + "/teacher/", str(out), "--template", str(d / "template"), *fixed])
                             # the run itself (plan + fetch + write), as the summary times it: no import time
                             times[way].append(res["summary"]["seconds"])
                             res["server"] = server.stats()
                 finally:
                     server.close()
                 rec = {"row_bytes": row, "bandwidth_mb_s": bw, "latency_ms": lat,
-                       "per_row_s": statistics.median(times["per-row"]), "bridged_s": statistics.median(times["bridged"])}
+                       "per_row_s": statistics.median(times["per-row"]), "bridged_s": statistics.median(times["bridged"]),
+                       "default_s": statistics.median(times["default"]), "runs": times}
                 rec["winner"] = "per-row" if rec["per_row_s"] < rec["bridged_s"] else "bridged"
+                rec["default_vs_best"] = rec["default_s"] / min(rec["per_row_s"], rec["bridged_s"])
                 rows.append(rec)
                 log(f"  row {row >> 10:4d} kB, {bw:g} MB/s, +{lat:g} ms: per-row {rec['per_row_s']:.2f} s, "
-                    f"bridged {rec['bridged_s']:.2f} s -> {rec['winner']}")
+                    f"bridged {rec['bridged_s']:.2f} s -> {rec['winner']}; default {rec['default_s']:.2f} s "
+                    f"({rec['default_vs_best']:.2f}x the better)")
     return rows
 
 
@@ -271,6 +313,14 @@ def run_requests(workdir: Path, gaps: list[int], log) -> list[dict]:
                          "plan_s": time.perf_counter() - t0})
             log(f"  405B -> 8B, gap {gap >> 10} kB, max overfetch {overfetch:g}: {n} requests, {total / 1e9:.1f} GB "
                 f"(bytes_to_read {plan.bytes_to_read / 1e9:.1f} GB of {plan.teacher.total_bytes / 1e9:.0f} GB)")
+    # Resolves: one per file the run reads (plus the index and config), again only when a signed URL
+    # expires (about an hour on the Hub): at most files + files x hours, whatever the requests.
+    files = {span.file for span in plan_spans(plan, DEFAULT_CHUNK_BYTES)}
+    shards_total = len({i.path for i in plan.teacher.tensors.values()})
+    rows.append({"resolves": {"files_read": len(files), "teacher_files": shards_total + 2,
+                              "per_run_under_1h": len(files) + 2, "window_limit_free_account": 5000}})
+    log(f"  resolves: {len(files)} of {shards_total} shards read (+ index, config) -> {len(files) + 2} resolves for a "
+        f"run under an hour, {2 * (len(files) + 2)} under two (the Hub allows 5,000 per 5 minutes with a free account)")
     # Split by output shard (docs/distributed.md): what each shard's worker would fetch.
     split = slicer.plan(tdir, template=sdir, layer_selection="uniform", max_shard_size="1GB")
     per_shard = []
@@ -286,14 +336,19 @@ def run_requests(workdir: Path, gaps: list[int], log) -> list[dict]:
 
 
 def format_requests(rows: list[dict]) -> str:
+    tail = ""
     lines = ["| gap | max overfetch | requests | GB fetched | / bytes_to_read | mean request |",
              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
+        if "resolves" in r:
+            res = r["resolves"]
+            tail = (f"\nresolves: {res['files_read']} shards read (+ index, config): {res['per_run_under_1h']} per run "
+                    f"under an hour, + that many per further hour (Hub: 5,000 per 5 minutes, free account)")
         if "gap_bytes" not in r:
             continue
         lines.append(f"| {r['gap_bytes'] >> 10} kB | {r['overfetch']:g} | {r['requests']:,} | {r['bytes'] / 1e9:.1f} | "
                      f"{r['bytes'] / r['bytes_to_read']:.3f} | {r['bytes'] / r['requests'] / 1e3:.0f} kB |")
-    return "\n".join(lines)
+    return "\n".join(lines) + tail
 
 
 def format_e2e(rows: list[dict]) -> str:
@@ -307,16 +362,23 @@ def format_e2e(rows: list[dict]) -> str:
                      f"| {r['slicer_bytes'] / 1e6:.0f} MB | {r['slicer_bytes'] / btr:.3f} |")
         lines.append(f"| {bw} | slicer `--max-overfetch 1` | {r['bridged_s']:.2f} | {r['bridged_s'] / dl:.2f} "
                      f"| {r['bridged_bytes'] / 1e6:.0f} MB | {r['bridged_bytes'] / btr:.3f} |")
+        net = r["runs"]["slicer"][-1].get("network") or {}
+        lines.append(f"| {bw} | (default's requests: {net.get('requests')}, bridged gaps up to "
+                     f"{net.get('bridged_gap_bytes')} B; peak {r['slicer_peak_mb']:.0f} MB) | | | | |")
     lines.append("students byte-identical to the local run's: " + ("yes" if all(r["identical"] for r in rows) else "NO"))
     return "\n".join(lines)
 
 
 def format_gap(rows: list[dict]) -> str:
-    lines = ["| row (= gap) | bandwidth | latency | one request per row | gaps bridged (2x bytes) | faster |",
-             "| ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = ["| row (= gap) | bandwidth | latency | one request per row | gaps bridged (2x bytes) | faster "
+             "| default (adaptive) | / the better |",
+             "| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['row_bytes'] >> 10} kB | {r['bandwidth_mb_s']:g} MB/s | {r['latency_ms']:g} ms "
-                     f"| {r['per_row_s']:.2f} s | {r['bridged_s']:.2f} s | {r['winner']} |")
+                     f"| {r['per_row_s']:.2f} s | {r['bridged_s']:.2f} s | {r['winner']} "
+                     f"| {r['default_s']:.2f} s | {r['default_vs_best']:.2f} |")
+    worst = max(r["default_vs_best"] for r in rows)
+    lines.append(f"default within {worst:.2f}x of the better fixed choice in every cell (target 1.15x)")
     return "\n".join(lines)
 
 
@@ -327,8 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("root", type=Path)
         ap.add_argument("--bandwidth", type=float, default=None, help="MB/s, all connections together")
         ap.add_argument("--latency", type=float, default=0.0, help="ms before every answer")
+        ap.add_argument("--hub", action="store_true", help="a Hub stand-in serving ROOT/teacher as org/teacher")
+        ap.add_argument("--cdn-ttl", type=float, default=3600, help="seconds a signed CDN URL works (--hub)")
         a = ap.parse_args(argv[1:])
-        serve(a.root, a.bandwidth, a.latency)
+        serve(a.root, a.bandwidth, a.latency, a.hub, a.cdn_ttl)
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/slicer-bench-remote"))
@@ -349,6 +413,13 @@ def main(argv: list[str] | None = None) -> int:
     if "requests" in a.which:
         result["requests"] = run_requests(a.workdir, [0, 64 << 10, 256 << 10, 1 << 20], log)
         print(format_requests(result["requests"]))
+    if "hub" in a.which:
+        result["hub"] = [run_hub(a.workdir, bws[0], ttl, log) for ttl in (3600.0, 2.0)]
+        for h in result["hub"]:
+            print(f"hf:// (Hub stand-in) {h['bandwidth_mb_s']:g} MB/s, CDN URLs valid {h['cdn_ttl_s']:g} s: "
+                  f"{h['seconds']:.2f} s, {h['server_resolves']} resolves for {h['files']} files "
+                  f"(bound: files + files x run time / URL lifetime = {h['bound']:.1f}; {h['refused']} CDN requests refused as expired, "
+                  f"{h['network']['requests']} requests)")
     if "gap" in a.which:
         result["gap"] = run_gap(a.workdir, bws, [float(x) for x in a.latencies.split(",")], a.repeats, log)
         print(format_gap(result["gap"]))

@@ -50,6 +50,7 @@ class Summary:
     replaced: list[str] = field(default_factory=list)  # files of OUT replaced or removed (a previous student's)
     resumed: list[str] = field(default_factory=list)  # shards of the interrupted run that were kept
     unchanged: bool = False  # --resume found this very student finished in OUT: nothing was written
+    network: dict | None = None  # a remote teacher: requests, resolves, retries, rate-limit waits (RemoteFolder.stats)
 
     @property
     def gb_per_s(self) -> float:
@@ -334,6 +335,7 @@ def _summary(out: Path, the_plan: Plan, chosen, *, bytes_read: int, seconds: flo
         bytes_fetched=the_plan.teacher.source.bytes_fetched if the_plan.teacher.source is not None else None,
         teacher_bytes=the_plan.teacher.total_bytes,
         unchanged=unchanged,
+        network=the_plan.teacher.source.stats() if the_plan.teacher.source is not None else None,
         **lists,
     )
 

@@ -16,6 +16,14 @@ itself and redirects ``.safetensors`` to ``/cdn/...`` as the Hub redirects LFS f
 its CDN. Private repositories want ``Authorization: Bearer <token>`` (401 otherwise,
 with the Hub's ``X-Error-Code`` headers), gated ones answer 403.
 
+The CDN URLs are signed and expire (``cdn_ttl``; 403 after, as CloudFront's and S3's
+presigned URLs do), with the expiry in the URL (``Expires=``) or opaque; they may point
+at another server (``cdn_url``: another host, which must never see the token). The
+server counts resolves, and ``resolve_window=(calls, seconds)`` enforces the Hub's
+resolver limit: a resolve over it gets 429 with the Hub's ``RateLimit`` and
+``RateLimit-Policy`` headers. ``redirect_weights`` does the same for plain mode (a
+presigning front or a mirror): weights redirect to signed ``/signed/...`` URLs.
+
 Nothing here imports slicer.
 """
 from __future__ import annotations
@@ -33,6 +41,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 SLICE = 64 << 10
+_SECRET = "stand-in-cdn-key"
 
 
 @dataclass
@@ -53,6 +62,7 @@ class Fault:
     status: int = 500
     seconds: float = 0.0
     hook: object = None
+    headers: dict = field(default_factory=dict)  # sent with a "status" answer (Retry-After, RateLimit)
     ranged_only: bool = True
     seen: int = 0
     fired: int = 0
@@ -91,6 +101,12 @@ class Stats:
     bytes_sent: int = 0
     requests: int = 0
     ranged_requests: int = 0
+    resolves: int = 0  # hub mode: requests to /resolve/
+    cdn_requests: int = 0  # requests to signed CDN URLs (hub mode's /cdn/, redirect_weights' /signed/)
+    refused: int = 0  # hub mode: CDN requests refused (expired or badly signed URLs), 403
+    rate_limited: int = 0  # hub mode: resolves answered 429 by the resolver window
+    resolved: list = field(default_factory=list)  # the path of every resolve
+    authorized: list = field(default_factory=list)  # paths of requests that carried an Authorization header
     by_path: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -102,7 +118,8 @@ class Stats:
     def reset(self) -> None:
         with self.lock:
             self.bytes_sent = self.requests = self.ranged_requests = 0
-            self.by_path = {}
+            self.resolves = self.refused = self.rate_limited = self.cdn_requests = 0
+            self.by_path, self.authorized, self.resolved = {}, [], []
 
 
 def etag_of(path: Path) -> str:
@@ -118,7 +135,9 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 class RangeServer:
     def __init__(self, root: Path | None = None, *, bandwidth: float | None = None, hub: dict[str, Repo] | None = None,
                  require_token: str | None = None, forbid: str | None = None, slice_bytes: int = SLICE,
-                 latency: float = 0.0):
+                 latency: float = 0.0, cdn_ttl: float = 3600.0, cdn_expiry_in_url: bool = True,
+                 cdn_url: str | None = None, resolve_window: tuple[int, float] | None = None,
+                 redirect_weights: bool = False):
         self.root = Path(root) if root is not None else None
         self.hub = hub or {}
         self.faults: list[Fault] = []
@@ -128,6 +147,16 @@ class RangeServer:
         self.forbid = forbid  # plain mode: paths containing this answer 403
         self.slice_bytes = slice_bytes
         self.latency = latency  # seconds before every answer: a round trip to a far server
+        # Hub mode: /resolve/ redirects to a signed CDN URL valid cdn_ttl seconds (403 after), whose
+        # expiry is readable in the URL (Expires=, as CloudFront's) or not (an opaque token); on this
+        # server, or on cdn_url (another server with the same hub= repos: another host).
+        self.cdn_ttl = cdn_ttl
+        self.cdn_expiry_in_url = cdn_expiry_in_url
+        self.cdn_url = cdn_url
+        self.redirect_weights = redirect_weights  # plain mode: .safetensors redirect to signed /signed/ URLs
+        self.resolve_window = resolve_window  # (calls, seconds): the Hub's resolver limit, a fixed window
+        self._window = (0.0, 0)  # (start, calls in it)
+        self.key = 0  # signing key generation: expire_issued() makes every URL issued so far expire
         self._lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"server_state": self})
         self.httpd = _QuietServer(("127.0.0.1", 0), handler)
@@ -135,6 +164,10 @@ class RangeServer:
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), name="range-server", daemon=True)
+
+    def expire_issued(self, *_) -> None:
+        """Every CDN URL issued so far stops working now (as if its hour were over); usable as a Fault hook."""
+        self.key += 1
 
     def __enter__(self) -> "RangeServer":
         self._thread.start()
@@ -144,6 +177,43 @@ class RangeServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join()
+
+    def sign(self, path: str) -> str:
+        """A CDN path with a signature valid for cdn_ttl seconds (whole seconds) from now."""
+        expires = int(time.time() + self.cdn_ttl)
+        sig = hashlib.sha256(f"{_SECRET}{self.key}{path}{expires}".encode()).hexdigest()[:16]
+        if self.cdn_expiry_in_url:
+            return f"{path}?Expires={expires}&Signature={sig}"
+        return f"{path}?token={expires}-{sig}"  # opaque to the client: only a 403 says it expired
+
+    def signed(self, raw_path: str) -> bool:
+        """The CDN URL's signature is good and has not expired."""
+        parts = urlsplit(raw_path)
+        q = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+        expires, sig = (q.get("Expires"), q.get("Signature")) if "Expires" in q else (q.get("token", "-").split("-", 1))
+        if not expires or not sig or not expires.isdigit():
+            return False
+        good = hashlib.sha256(f"{_SECRET}{self.key}{unquote(parts.path)}{expires}".encode()).hexdigest()[:16]
+        return sig == good and time.time() < int(expires)
+
+    def over_window(self) -> dict | None:
+        """The 429's headers when this resolve is over the window's calls, else None."""
+        if self.resolve_window is None:
+            return None
+        calls, seconds = self.resolve_window
+        with self._lock:
+            start, n = self._window
+            now = time.monotonic()
+            if now - start >= seconds:
+                start, n = now, 0
+            n += 1
+            self._window = (start, n)
+            if n <= calls:
+                return None
+            self.stats.rate_limited += 1
+            left = max(1, int(start + seconds - now + 0.999))
+        return {"RateLimit": f'"resolvers";r=0;t={left}',
+                "RateLimit-Policy": f'"fixed window";"resolvers";q={calls};w={int(seconds)}'}
 
     def fault_for(self, path: str, ranged: bool) -> Fault | None:
         with self._lock:
@@ -176,17 +246,36 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         st = self.server_state
         with st.stats.lock:
             st.stats.requests += 1
+            if self.headers.get("Authorization") is not None:
+                st.stats.authorized.append(self.path)
         path = unquote(urlsplit(self.path).path)
         if path == "/__stats":  # for benchmarks in another process: counters, then reset
             with st.stats.lock:
                 body = json.dumps({"bytes_sent": st.stats.bytes_sent, "requests": st.stats.requests,
-                                   "ranged_requests": st.stats.ranged_requests}).encode()
+                                   "ranged_requests": st.stats.ranged_requests, "resolves": st.stats.resolves,
+                                   "cdn_requests": st.stats.cdn_requests, "refused": st.stats.refused}).encode()
             st.stats.reset()
             return self._bytes(200, body, "application/json", head)
         if st.latency:
             time.sleep(st.latency)
         if st.hub:
             return self._hub(path, head)
+        if path.startswith("/signed/"):  # a presigned URL carries its own authorization
+            with st.stats.lock:
+                st.stats.cdn_requests += 1
+            if not st.signed(self.path):
+                with st.stats.lock:
+                    st.stats.refused += 1
+                return self._error(403, "Request has expired")
+            return self._file(st.root, path[len("/signed/"):], head, {})
+        if st.redirect_weights and path.endswith(".safetensors"):  # a presigning front: resolve, then redirect
+            with st.stats.lock:
+                st.stats.resolves += 1
+                st.stats.resolved.append(path)
+            limited = st.over_window()
+            if limited is not None:
+                return self._error(429, "rate limited", limited)
+            return self._redirect((st.cdn_url or "") + st.sign("/signed" + path), {})
         if st.require_token and self.headers.get("Authorization") != f"Bearer {st.require_token}":
             return self._error(401, "needs a token")
         if st.forbid and st.forbid in path:
@@ -215,6 +304,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._bytes(200, body, "application/json", head)
         m = re.fullmatch(r"/(.+?)/resolve/([^/]+)/(.+)", path)
         if m:
+            with st.stats.lock:
+                st.stats.resolves += 1
+                st.stats.resolved.append(path)
+            limited = st.over_window()
+            if limited is not None:
+                return self._error(429, "rate limited", limited)
             repo = self._repo(m.group(1), unquote(m.group(2)))
             if repo is None:
                 return
@@ -222,18 +317,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if not target.is_file():
                 return self._error(404, "Entry not found", {"X-Error-Code": "EntryNotFound"})
             extra = {"X-Repo-Commit": repo.commit, "X-Linked-Size": str(target.stat().st_size)}
-            if target.name.endswith(".safetensors"):  # LFS: the Hub redirects to its CDN
-                location = f"/cdn/{m.group(1)}/{repo.commit}/{m.group(3)}"
-                self.send_response(302)
-                self.send_header("Location", location)
-                for k, v in extra.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
+            if target.name.endswith(".safetensors"):  # LFS: the Hub redirects to its CDN, a signed URL
+                return self._redirect((st.cdn_url or "") + st.sign(f"/cdn/{m.group(1)}/{repo.commit}/{m.group(3)}"),
+                                      extra)
             return self._file(repo.root, m.group(3), head, extra)
         m = re.fullmatch(r"/cdn/(.+?/.+?)/([0-9a-f]{40})/(.+)", path)
         if m and m.group(1) in st.hub:
+            with st.stats.lock:
+                st.stats.cdn_requests += 1
+            if not st.signed(self.path):
+                with st.stats.lock:
+                    st.stats.refused += 1
+                return self._error(403, "Request has expired")
             return self._file(st.hub[m.group(1)].root, m.group(3), head, {})
         return self._error(404, "Repository not found", {"X-Error-Code": "RepoNotFound"})
 
@@ -254,6 +349,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return repo
 
     # -- answers -----------------------------------------------------------------------------
+
+    def _redirect(self, location: str, extra: dict) -> None:
+        self.send_response(302)
+        self.send_header("Location", location)
+        for k, v in extra.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _error(self, status: int, message: str, headers: dict | None = None) -> None:
         body = json.dumps({"error": message}).encode()
@@ -288,7 +391,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "hook":
             fault.hook(target)
         if fault is not None and fault.kind == "status":
-            return self._error(fault.status, "injected")
+            return self._error(fault.status, "injected", fault.headers)
         size = target.stat().st_size
         etag = etag_of(target)
         if_match = self.headers.get("If-Match")

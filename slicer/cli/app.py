@@ -100,8 +100,9 @@ def _add_remote_args(p: argparse.ArgumentParser) -> None:
     rem.add_argument("--coalesce-gap", metavar="SIZE", help="fetch kept ranges closer than SIZE as one request, the gap "
                                                            "with them (default 64kB: measured, see docs/remote.md; 0: the fewest bytes)")
     rem.add_argument("--max-overfetch", type=float, metavar="RATIO",
-                     help="bridged gap bytes at most RATIO times the kept bytes (default 0.1: at most 1.1x the bytes "
-                          "the student keeps; more: fewer, larger requests where kept rows are small)")
+                     help="bridged gap bytes at most RATIO times the kept bytes (default: no fixed budget, gaps are "
+                          "bridged where measured to be faster; with this or --coalesce-gap the gap is fixed: 64kB "
+                          "within 0.1, at most 1.1x the bytes the student keeps)")
 
 
 def _remote_kwargs(args) -> dict:

@@ -106,6 +106,13 @@ def format_summary(s) -> str:
     fetched = ""
     if getattr(s, "bytes_fetched", None) is not None:  # a remote teacher
         fetched = f"\nfetched {format_bytes(s.bytes_fetched)} over the network, of the teacher's {format_bytes(s.teacher_bytes)}"
+        net = getattr(s, "network", None)
+        if net:
+            fetched += f" ({net['requests']} requests, {net['resolves']} resolves"
+            if net.get("rate_limit_waits"):
+                n = net["rate_limit_waits"]
+                fetched += f", rate limited {n} time{'s' * (n != 1)}: waited {net['rate_limit_wait_s']:.0f} s"
+            fetched += ")"
     text = (
         f"wrote {s.tensors_written} tensors in {s.shards} shard{'s' * (s.shards != 1)} to {s.out} "
         f"({s.tensors_skipped} teacher tensors unused, {s.tensors_excluded} excluded)\n"

@@ -17,12 +17,15 @@ from typing import TypeVar
 
 from ..errors import SlicerError
 from .cache import RangeCache
+from .adaptive import Meter
 from .options import RemoteOptions
+from .ratelimit import RateLimited, RateLimits
 from .source import RemoteFile, Source, Transient
 
 log = logging.getLogger("slicer")
 T = TypeVar("T")
 MAX_BACKOFF_S = 30.0
+MAX_RATE_LIMIT_WAITS = 12  # per request: a service that keeps saying "wait" past this many windows is refusing
 
 
 class Pieces:
@@ -67,13 +70,24 @@ class Fetcher:
         self.requests = 0
         self.retries = 0
         self.from_cache = 0  # bytes served by the cache instead of the network
+        self.limits = RateLimits()
+        self.meter = Meter()  # request cost and bandwidth, for adaptive coalescing
+        self._in_flight = 0
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
-        """``fn()``, retried with exponential backoff (and jitter) while it raises Transient."""
+        """``fn()``, retried with exponential backoff (and jitter) while it raises Transient;
+        a rate limit that states its wait is waited out instead (``RateLimits``)."""
         delay = self.options.backoff_s
-        for attempt in range(self.options.retries + 1):
+        attempt = waits = 0
+        while True:
+            self.limits.pause()
             try:
                 return fn()
+            except RateLimited as e:
+                waits += 1
+                if waits > MAX_RATE_LIMIT_WAITS:
+                    raise SlicerError(f"{what}: {e} (still rate limited after {MAX_RATE_LIMIT_WAITS} waits)") from e
+                self.limits.hit(what, e.wait)
             except Transient as e:
                 if attempt == self.options.retries:
                     raise SlicerError(f"{what}: {e} (gave up after {attempt + 1} attempts)") from e
@@ -82,7 +96,18 @@ class Fetcher:
                     self.retries += 1
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(2 * delay, MAX_BACKOFF_S)
-        raise AssertionError("unreachable")
+                attempt += 1
+
+    @property
+    def resolves(self) -> int:
+        locations = getattr(self.source, "locations", None)  # sources that follow redirects count them
+        return locations.resolves if locations is not None else 0
+
+    def stats(self) -> dict:
+        """What the summary and --json report of the network: requests, resolves, rate-limit waits."""
+        return {"requests": self.requests, "resolves": self.resolves, "retries": self.retries,
+                "rate_limit_waits": self.limits.waits, "rate_limit_wait_s": round(self.limits.waited_s, 3),
+                **self.meter.describe()}
 
     def fill(self, file: RemoteFile, start: int, end: int, pieces: Pieces) -> None:
         """Bytes ``start..end-1`` of ``file`` into ``pieces``: all of them, or an exception."""
@@ -91,18 +116,31 @@ class Fetcher:
                 self.from_cache += sum(n for dest, n in pieces.targets if dest is not None)
             return
 
+        first_byte: list[float] = []  # when this attempt's first bytes arrived (the meter's request cost)
+
         def counted(data) -> None:
+            if not first_byte:
+                first_byte.append(time.monotonic())
             pieces.write(data)
             with self._lock:
                 self.bytes_fetched += memoryview(data).nbytes
 
         def attempt() -> None:
             pieces.reset()
+            first_byte.clear()
             with self._lock:
                 self.requests += 1
-            self.source.read(file, start, end, counted)
+                self._in_flight += 1
+                in_flight = self._in_flight
+            sent = time.monotonic()
+            try:
+                self.source.read(file, start, end, counted)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
             if pieces.filled != end - start:
                 raise Transient(f"the response ended after {pieces.filled} of {end - start} bytes")
+            self.meter.record(end - start, first_byte[0] - sent if first_byte else None, in_flight)
 
         self.call(f"{file.url}: bytes {start}-{end - 1}", attempt)
         if self.cache is not None:

@@ -161,6 +161,10 @@ class RemoteFolder:
     def bytes_fetched(self) -> int:
         return self.fetcher.bytes_fetched
 
+    def stats(self) -> dict:
+        """Requests, resolves, retries and rate-limit waits so far (the summary's ``network``)."""
+        return self.fetcher.stats()
+
     def record(self, files: Iterable[RemotePath]) -> dict:
         """The manifest's ``teacher`` entry: where, which revision, each file's size and ETag."""
         return {"path": self.url, "source": self.source.kind, **self.source.identity(),

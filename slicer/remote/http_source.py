@@ -16,6 +16,8 @@ import base64
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..errors import SlicerError
+from .locations import Locations, RedirectError, same_origin
+from .ratelimit import rate_limited
 from .source import RemoteFile, Source, Transient, Write, check_range_response, join, status_error
 
 # Files a model folder may hold beside its weights; tried by name (HEAD) on a config route.
@@ -36,16 +38,19 @@ class HttpSource(Source):
             raise SlicerError(f"an http(s):// teacher needs urllib3 ({e}); pip install 'weight-slicer[remote]'") from e
         self._urllib3 = urllib3
         parts = urlsplit(folder_url)
-        headers = {"Accept-Encoding": "identity", "User-Agent": "weight-slicer"}
+        self._base_headers = {"Accept-Encoding": "identity", "User-Agent": "weight-slicer"}
+        self._auth: dict[str, str] = {}
         if parts.username is not None:  # https://user:pass@host/...: basic auth, never shown in messages
             cred = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(cred).decode()
+            self._auth = {"Authorization": "Basic " + base64.b64encode(cred).decode()}
             parts = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
         self.url = urlunsplit(parts).rstrip("/")
+        self.locations = Locations()
         self._pool = urllib3.PoolManager(
-            num_pools=4, maxsize=max(requests, 1), headers=headers,
+            num_pools=4, maxsize=max(requests, 1),
             timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
-            # Redirects are followed (mirrors, CDNs); every other retry is the fetcher's.
+            # HEADs follow redirects (urllib3 drops Authorization on the way to another host); range
+            # requests follow them through self.locations. Every other retry is the fetcher's.
             retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5, raise_on_redirect=True),
         )
 
@@ -54,12 +59,20 @@ class HttpSource(Source):
 
     def stat(self, name: str) -> RemoteFile | None:
         url = join(self.url, name)
-        r = self._request("HEAD", url, {})
-        r.release_conn()  # a HEAD has no body
+
+        def send(where: str, credentials: bool) -> _Response:
+            return _Response(self._request("HEAD", where, {}, credentials=credentials, redirect=False))
+
+        try:  # a redirect is followed here once, and the range requests go where it led (one resolve per file)
+            resp = self.locations.open(name, url, send)
+        except RedirectError as e:
+            raise SlicerError(f"{url}: {e}") from e
+        r = resp.r
+        resp.close()  # a HEAD has no body
         if r.status == 404:
             return None
         if r.status >= 400:
-            raise status_error(url, r.status, r.reason or "")
+            raise rate_limited(r.status, r.headers) or status_error(url, r.status, r.reason or "")
         size = r.headers.get("Content-Length")
         if size is None or not size.isdigit():
             raise SlicerError(f"{url}: the server gives no size (Content-Length) for the file")
@@ -68,17 +81,32 @@ class HttpSource(Source):
     def read(self, file: RemoteFile, start: int, end: int, write: Write) -> None:
         # If-Match makes a server that changed the file answer 412 instead of new bytes.
         # Weak ETags cannot be matched that way; the ETag of the answer is compared instead.
+        # A file whose URL redirects (a presigned URL, a mirror) is resolved once per run
+        # (locations.py); the If-Match goes only to the file's own origin (a CDN's ETag differs).
         strong = file.etag is not None and not file.etag.startswith("W/")
         while start < end:
             headers = {"Range": f"bytes={start}-{end - 1}"}
-            if strong:
-                headers["If-Match"] = file.etag
-            r = self._request("GET", file.url, headers)
+
+            def send(url: str, credentials: bool) -> _Response:
+                h = dict(headers)
+                if strong and credentials:
+                    h["If-Match"] = file.etag
+                resp = _Response(self._request("GET", url, h, credentials=credentials, redirect=False))
+                resp.redirected = url != file.url
+                return resp
+
+            try:
+                resp = self.locations.open(file.name, file.url, send)
+            except RedirectError as e:
+                raise SlicerError(f"{file.url}: {e}") from e
+            r = resp.r
             complete = False
             try:
                 if r.status not in (200, 206):
-                    raise status_error(file.url, r.status, r.reason or "")
-                got_end = check_range_response(file, start, end, r.status, r.headers, etag_checked=strong)
+                    raise rate_limited(r.status, r.headers) or status_error(file.url, r.status, r.reason or "")
+                # A redirected URL's ETag is the CDN's: the Content-Range's size is what is checked there.
+                got_end = check_range_response(file, start, end, r.status, r.headers,
+                                               etag_checked=strong or resp.redirected)
                 try:
                     for block in r.stream(STREAM_BYTES, decode_content=False):
                         write(block)
@@ -91,9 +119,15 @@ class HttpSource(Source):
                     r.close()
                 r.release_conn()
 
-    def _request(self, method: str, url: str, headers: dict):
+    def _request(self, method: str, url: str, headers: dict, *, credentials: bool | None = None, redirect: bool = True):
+        # urllib3 sends a request's own headers instead of the pool's, so every request
+        # gets the common ones here, and the credentials only where they belong.
+        if credentials is None:
+            credentials = same_origin(url, self.url)
+        headers = {**self._base_headers, **(self._auth if credentials else {}), **headers}
         try:
-            return self._pool.request(method, url, headers=headers, preload_content=False, decode_content=False)
+            return self._pool.request(method, url, headers=headers, preload_content=False, decode_content=False,
+                                      redirect=redirect)
         except self._urllib3.exceptions.MaxRetryError as e:
             if isinstance(e.reason, self._urllib3.exceptions.ResponseError):  # too many redirects
                 raise SlicerError(f"{url}: {e.reason}") from e
@@ -103,3 +137,17 @@ class HttpSource(Source):
 
     def close(self) -> None:
         self._pool.clear()
+
+
+class _Response:
+    """A urllib3 response as ``Locations.open`` sees it."""
+
+    def __init__(self, r):
+        self.r = r
+        self.status = r.status
+        self.headers = r.headers
+        self.redirected = False
+
+    def close(self) -> None:
+        self.r.close()
+        self.r.release_conn()

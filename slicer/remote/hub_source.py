@@ -16,6 +16,8 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from ..errors import SlicerError
+from .locations import Locations, RedirectError
+from .ratelimit import rate_limited
 from .source import Changed, RemoteFile, Source, Transient, Write, check_range_response, status_error
 
 INSTALL_HINT = "pip install 'weight-slicer[remote]' (or huggingface_hub)"
@@ -80,7 +82,8 @@ class HubSource(Source):
         self.commit: str | None = None
         self.timeout_s = timeout_s
         self._files: dict[str, RemoteFile] | None = None
-        self._urls: dict[str, str] = {}
+        self._urls: dict[str, str] = {}  # each file's /resolve/ URL, pinned to the commit
+        self.locations = Locations(resolver=True)
 
     def list(self) -> dict[str, RemoteFile]:
         if self._files is None:
@@ -110,16 +113,32 @@ class HubSource(Source):
         return {"repo": self.repo, "revision": self.commit, "endpoint": self._constants.ENDPOINT}
 
     def read(self, file: RemoteFile, start: int, end: int, write: Write) -> None:
-        url = self._urls[file.name]
+        # One resolve per file (locations.py): the first range request goes to the file's
+        # /resolve/ URL, the CDN URL it redirects to is remembered, and every later one goes
+        # there directly, without the token (another origin).
+        own_url = self._urls[file.name]
         while start < end:
             headers = self._headers()
             headers["Range"] = f"bytes={start}-{end - 1}"
             headers["Accept-Encoding"] = "identity"
+            anonymous = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+
+            def send(url: str, credentials: bool) -> _Response:
+                req = self._session().build_request("GET", url, headers=headers if credentials else anonymous,
+                                                    timeout=self.timeout_s)
+                return _Response(self._session().send(req, stream=True, follow_redirects=False))
 
             def one_response() -> int:
-                with self._session().stream("GET", url, headers=headers, timeout=self.timeout_s,
-                                            follow_redirects=True) as r:
+                try:
+                    resp = self.locations.open(file.name, own_url, send)
+                except RedirectError as err:
+                    raise SlicerError(f"{file.url}: {err}") from err
+                r = resp.r
+                try:
                     if r.status_code >= 400:
+                        limited = rate_limited(r.status_code, r.headers)
+                        if limited is not None:
+                            raise limited
                         r.read()
                         self._raise_for_status(r)
                         raise status_error(file.url, r.status_code)
@@ -128,6 +147,8 @@ class HubSource(Source):
                     for block in r.iter_raw(STREAM_BYTES):
                         write(block)
                     return got_end
+                finally:
+                    r.close()
 
             start = self._call(file.url, one_response)
 
@@ -152,8 +173,23 @@ class HubSource(Source):
             raise SlicerError(f"{url}: not found in {self.repo} at {self.commit or self.revision or 'main'}") from err
         except e.HfHubHTTPError as err:
             status = err.response.status_code if err.response is not None else 0
+            limited = rate_limited(status, err.response.headers) if err.response is not None else None
+            if limited is not None:  # the model info or a resolve, rate limited: wait as stated
+                raise limited from err
             if status == 416:
                 raise Changed(f"{url}: the remote file is shorter than planned (HTTP 416); plan again") from err
             raise status_error(url, status) from err
         except (self._httpx.TransportError, OSError) as err:
             raise Transient(f"{type(err).__name__}: {err}") from err
+
+
+class _Response:
+    """An httpx response as ``Locations.open`` sees it."""
+
+    def __init__(self, r):
+        self.r = r
+        self.status = r.status_code
+        self.headers = r.headers
+
+    def close(self) -> None:
+        self.r.close()

@@ -27,6 +27,9 @@ class RemoteOptions:
     retries: int = 5  # after the first attempt, for dropped connections, timeouts, 5xx, 429
     backoff_s: float = 0.5  # first retry's delay; doubles per retry (with jitter), at most 30 s
     timeout_s: float = 60.0  # connect and read timeout per request
+    # Bridge gaps by the costs measured during the run (adaptive.py); gap_bytes and overfetch
+    # are then only the rule until it has measured. Setting either of them turns it off.
+    adaptive: bool = True
 
     @classmethod
     def of(cls, value: "RemoteOptions | dict | None", **overrides) -> "RemoteOptions":
@@ -43,6 +46,8 @@ class RemoteOptions:
                 from ..errors import SlicerError
 
                 raise SlicerError(f"unknown remote option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+            if ("gap_bytes" in value or "overfetch" in value) and "adaptive" not in value:
+                value = {**value, "adaptive": False}  # a gap or budget asked for is used as given
             opts = cls(**value)
         else:
             raise TypeError(f"remote options must be a RemoteOptions or a dict, not {type(value).__name__}")

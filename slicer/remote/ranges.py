@@ -101,7 +101,8 @@ def plan_spans(plan: Plan, chunk_bytes: int, skip_shards: Iterable[str] = (), wh
                     yield chunk_span(info.path, info.offset, info.itemsize, chunk)
 
 
-def coalesce(spans: Iterable[Span], gap: int, max_bytes: int, overfetch: float = DEFAULT_OVERFETCH) -> Iterator[Request]:
+def coalesce(spans: Iterable[Span], gap: int, max_bytes: int, overfetch: float = DEFAULT_OVERFETCH,
+             policy=None) -> Iterator[Request]:
     """Requests that fetch every kept run of ``spans``, in order.
 
     A run joins the open request when it is in the same file, starts at or after the
@@ -110,12 +111,15 @@ def coalesce(spans: Iterable[Span], gap: int, max_bytes: int, overfetch: float =
     kept bytes so far (so a run never fetches more than 1 + overfetch times what it keeps,
     whatever the gaps: keeping every other 8 kB row would otherwise fetch twice the bytes).
     Gap bytes inside one span are written into that span's buffer (they are its unkept
-    rows); gap bytes between spans are dropped.
+    rows); gap bytes between spans are dropped. ``policy`` (``adaptive.AdaptivePolicy``), when
+    given, replaces ``gap`` and ``overfetch`` before each run with what it has measured.
     """
     req: Request | None = None
     kept = bridged = 0
     for span in spans:
         for rel, length in span.runs:
+            if policy is not None:
+                gap, overfetch = policy.limits()
             start = span.offset + rel
             end = start + length
             kept += length

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import SlicerError
 from ..io.format import TensorInfo
+from .adaptive import AdaptivePolicy
 from .fetch import Pieces
 from .ranges import Request, Span, coalesce, copy_spans
 
@@ -54,7 +55,9 @@ class RemoteReader:
         self.folder = folder
         options = folder.options
         self.chunk_bytes = chunk_bytes
-        self._requests: Iterator[Request] = coalesce(spans, options.gap_bytes, options.max_request_bytes, options.overfetch)
+        policy = AdaptivePolicy(folder.fetcher.meter, options.gap_bytes, options.overfetch) if options.adaptive else None
+        self._requests: Iterator[Request] = coalesce(spans, options.gap_bytes, options.max_request_bytes, options.overfetch,
+                                                     policy)
         self._limit = options.ahead(chunk_bytes)
         self._cond = threading.Condition()
         self._queue: collections.deque[_Buffer] = collections.deque()  # registered, in plan order

@@ -1,0 +1,276 @@
+"""Remote teachers at scale: one resolve per file, signed CDN URLs that expire, rate limits, credentials.
+
+Against the loopback Hub stand-in (tests/remote_server.py): ``/resolve/`` answers with
+a 302 to a signed CDN URL on the same server (or on another host), counts resolves,
+refuses expired URLs with 403 and, when asked, answers 429 with the Hub's RateLimit
+headers. Every student must be byte-identical to the local run's.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+pytest.importorskip("huggingface_hub")
+
+import slicer  # noqa: E402
+from slicer import cli  # noqa: E402
+from slicer.remote import locations, ratelimit  # noqa: E402
+from remote_fixtures import tree  # noqa: E402
+from remote_server import Fault, RangeServer, Repo  # noqa: E402
+
+SHARDS = "300KB"
+# gap_bytes=0: one request per kept row (hundreds per run), so faults land mid-run and resolves are few next to them
+FAST = {"backoff_s": 0.01, "retries": 3, "gap_bytes": 0}
+RATELIMIT_429 = {"RateLimit": '"api";r=0;t=1', "RateLimit-Policy": '"fixed window";"api";q=5000;w=300'}
+
+
+@pytest.fixture
+def hub_at(monkeypatch, tmp_path):
+    """A function: point huggingface_hub at a RangeServer (no token, no offline mode from the machine)."""
+    from huggingface_hub import constants
+
+    def point(srv: RangeServer) -> RangeServer:
+        monkeypatch.setattr(constants, "ENDPOINT", srv.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", srv.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+        return srv
+
+    return point
+
+
+def _shrink(url, out, template, remote=FAST):
+    return slicer.shrink(url, out, template=template, max_shard_size=SHARDS, remote=remote)
+
+
+def _shards(remote_root) -> set[str]:
+    return {p.name for p in remote_root["teacher"].glob("*.safetensors")}
+
+
+def _per_file(paths: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in paths:
+        name = p.rsplit("/", 1)[-1]
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+# --------------------------------------------------------------------------- one resolve per file
+
+def test_hf_resolves_each_file_once_and_reads_its_ranges_from_the_cdn(remote_root, hub_at, tmp_path):
+    with RangeServer(hub={"org/m": Repo(remote_root["teacher"])}) as srv:
+        hub_at(srv)
+        summary = _shrink("hf://org/m", tmp_path / "out", remote_root["template"])
+        assert tree(tmp_path / "out") == remote_root["local_tree"]
+        per_file = _per_file(srv.stats.resolved)
+        assert all(n == 1 for n in per_file.values()), per_file  # every file resolved once, whatever its requests
+        assert _shards(remote_root) <= set(per_file)
+        assert srv.stats.cdn_requests > 10 * len(_shards(remote_root))
+        net = summary.network
+        assert net["resolves"] == srv.stats.resolves == len(per_file)  # the client counts what the server saw
+        assert net["requests"] >= srv.stats.ranged_requests - srv.stats.resolves
+        assert net["rate_limit_waits"] == 0 and srv.stats.refused == 0
+
+
+def test_http_redirecting_teacher_is_resolved_once_per_file(remote_root, server, tmp_path):
+    server.redirect_weights = True  # a presigning front: every .safetensors URL redirects to a signed one
+    summary = _shrink(server.teacher_url, tmp_path / "out", remote_root["template"])
+    assert tree(tmp_path / "out") == remote_root["local_tree"]
+    per_file = _per_file(server.stats.resolved)
+    assert per_file == {name: 1 for name in _shards(remote_root)}  # the HEAD resolves; ranges go to /signed/
+    assert summary.network["resolves"] == len(per_file)
+    assert server.stats.cdn_requests > 10 * len(per_file)
+
+
+# --------------------------------------------------------------------------- expiry
+
+@pytest.mark.parametrize("in_url", [False, True], ids=["opaque-token", "Expires-in-url"])
+def test_a_cdn_url_that_expires_mid_run_is_resolved_again_once(remote_root, hub_at, tmp_path, in_url):
+    with RangeServer(hub={"org/m": Repo(remote_root["teacher"])}, cdn_expiry_in_url=in_url) as srv:
+        hub_at(srv)
+        # the 20th data request makes every URL issued so far expire (as if its hour were over)
+        srv.faults.append(Fault("hook", match=".safetensors", skip=20, times=1, hook=srv.expire_issued))
+        summary = _shrink("hf://org/m", tmp_path / "out", remote_root["template"], remote={**FAST, "retries": 0})
+        assert tree(tmp_path / "out") == remote_root["local_tree"]
+        assert srv.stats.refused >= 1  # requests in flight with the old URL were refused...
+        per_file = _per_file(srv.stats.resolved)
+        assert max(per_file.values()) == 2 and sum(per_file.values()) > len(per_file), per_file  # ...and resolved again
+        assert summary.network["retries"] == 0  # a refused, expired URL is not a failed attempt
+
+
+def test_signed_url_expiry_is_read_from_cloudfront_and_s3_urls():
+    assert locations.expires_at("https://cdn-lfs.hf.co/x?Expires=1700000000&Signature=a&Key-Pair-Id=b") == 1700000000
+    s3 = "https://b.s3.amazonaws.com/k?X-Amz-Algorithm=A&X-Amz-Date=20240102T030405Z&X-Amz-Expires=3600&X-Amz-Signature=s"
+    import calendar
+
+    assert locations.expires_at(s3) == calendar.timegm((2024, 1, 2, 3, 4, 5)) + 3600
+    assert locations.expires_at("https://mirror.example/x.safetensors") is None
+    loc = locations.Location("u", True, got_at=1000.0, expires=1000.0 + 3600)
+    assert loc.fresh(1000.0 + 3600 - 61) and not loc.fresh(1000.0 + 3600 - 59)  # renewed a minute early
+    short = locations.Location("u", True, got_at=0.0, expires=10.0)
+    assert short.fresh(8.9) and not short.fresh(9.1)  # or with a tenth of its life left
+
+
+# --------------------------------------------------------------------------- credentials
+
+def test_a_redirect_to_another_host_gets_no_token(remote_root, hub_at, tmp_path, monkeypatch):
+    repos = {"org/private": Repo(remote_root["teacher"], token="sekrit")}
+    with RangeServer(hub=repos) as cdn:
+        # the CDN is another host (localhost, not 127.0.0.1) on another port
+        with RangeServer(hub=repos, cdn_url=f"http://localhost:{cdn.port}") as srv:
+            hub_at(srv)
+            monkeypatch.setenv("HF_TOKEN", "sekrit")
+            _shrink("hf://org/private", tmp_path / "out", remote_root["template"])
+            assert tree(tmp_path / "out") == remote_root["local_tree"]
+            assert cdn.stats.ranged_requests > 0 and cdn.stats.authorized == []
+            assert srv.stats.resolves > 0 and any("/resolve/" in p for p in srv.stats.authorized)
+
+
+def test_http_basic_auth_stays_with_its_host_across_a_redirect(remote_root, server, tmp_path):
+    with RangeServer(server.teacher_dir.parent) as cdn:
+        server.redirect_weights = True
+        server.cdn_url = f"http://localhost:{cdn.port}"
+        url = server.teacher_url.replace("http://", "http://user:pw@")
+        _shrink(url, tmp_path / "out", remote_root["template"])
+        assert tree(tmp_path / "out") == remote_root["local_tree"]
+        assert cdn.stats.ranged_requests > 0 and cdn.stats.authorized == []
+        assert server.stats.authorized  # the origin got them
+
+
+def test_origins_compare_scheme_host_and_port():
+    assert locations.same_origin("https://huggingface.co/a", "https://huggingface.co:443/b")
+    assert not locations.same_origin("https://huggingface.co/a", "https://cdn-lfs.hf.co/a")
+    assert not locations.same_origin("http://127.0.0.1:80/a", "http://127.0.0.1:8080/a")
+    assert not locations.same_origin("http://h/a", "https://h/a")
+    assert locations.redirect_target("https://h/org/m/resolve/c/f", "/api/x") == "https://h/api/x"
+
+
+# --------------------------------------------------------------------------- rate limits
+
+@pytest.mark.parametrize("status, headers, said", [
+    (429, RATELIMIT_429, 'RateLimit "api";r=0;t=1 (policy: 5000 requests per 300 s)'),
+    (503, {"Retry-After": "1"}, "Retry-After 1"),
+], ids=["429-RateLimit", "503-Retry-After"])
+def test_a_rate_limit_mid_run_is_waited_out_as_stated_logged_once_and_counted(remote_root, hub_at, tmp_path, caplog,
+                                                                               status, headers, said):
+    with RangeServer(hub={"org/m": Repo(remote_root["teacher"])}) as srv:
+        hub_at(srv)
+        srv.faults.append(Fault("status", match=".safetensors", skip=15, times=3, status=status, headers=headers))
+        caplog.set_level(logging.DEBUG, logger="slicer")
+        t0 = time.monotonic()
+        # retries=0: a stated wait is not a failed attempt, so the run must still get through
+        summary = _shrink("hf://org/m", tmp_path / "out", remote_root["template"], remote={**FAST, "retries": 0})
+        assert time.monotonic() - t0 >= 1.0  # the stated second was waited
+        assert tree(tmp_path / "out") == remote_root["local_tree"]
+        assert summary.network["rate_limit_waits"] == 3 and summary.network["rate_limit_wait_s"] >= 0.9
+        warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "rate limited" in r.getMessage()]
+        assert len(warned) == 1 and said in warned[0] and "waiting 1 s" in warned[0], warned
+
+
+def test_the_summary_and_json_report_requests_resolves_and_waits(remote_root, hub_at, tmp_path, capfd):
+    import json
+
+    with RangeServer(hub={"org/m": Repo(remote_root["teacher"])}) as srv:
+        hub_at(srv)
+        srv.faults.append(Fault("status", match=".safetensors", skip=15, times=1, status=429, headers=RATELIMIT_429))
+        args = ["shrink", "hf://org/m", str(tmp_path / "out"), "--template", str(remote_root["template"]),
+                "--max-shard-size", SHARDS, "--coalesce-gap", "0"]
+        assert cli.main(args) == 0
+        text = capfd.readouterr().out
+        assert f"requests, {srv.stats.resolves} resolves, rate limited 1 time: waited 1 s)" in text, text
+        srv.stats.reset()
+        assert cli.main(args + ["--overwrite", "--json"]) == 0
+        net = json.loads(capfd.readouterr().out.strip().splitlines()[-1])["network"]
+        assert net["resolves"] == srv.stats.resolves and net["requests"] > net["resolves"]
+        assert net["rate_limit_waits"] == 0  # the fault fired once, in the first run
+
+
+def test_the_resolver_window_is_never_exceeded_by_a_default_run(remote_root, hub_at, tmp_path):
+    # 12 resolves per window are enough for every file of the teacher; a run resolving per request would need hundreds
+    with RangeServer(hub={"org/m": Repo(remote_root["teacher"])}, resolve_window=(12, 300)) as srv:
+        hub_at(srv)
+        _shrink("hf://org/m", tmp_path / "out", remote_root["template"])
+        assert tree(tmp_path / "out") == remote_root["local_tree"]
+        assert srv.stats.rate_limited == 0 and srv.stats.resolves <= 12
+
+
+def test_resolves_over_the_hub_window_wait_for_the_next_window(remote_root, hub_at, tmp_path):
+    # 3 resolves per 2 s: the index and 3 shards need 4, so one waits for the window the 429 names
+    with RangeServer(hub={"org/m": Repo(remote_root["teacher"])}, resolve_window=(3, 2)) as srv:
+        hub_at(srv)
+        summary = _shrink("hf://org/m", tmp_path / "out", remote_root["template"], remote={**FAST, "retries": 0})
+        assert tree(tmp_path / "out") == remote_root["local_tree"]
+        assert srv.stats.rate_limited >= 1 and summary.network["rate_limit_waits"] == srv.stats.rate_limited
+        assert summary.network["resolves"] == srv.stats.resolves
+
+
+@pytest.mark.parametrize("headers, expect", [
+    ({"RateLimit": '"api";r=0;t=55'}, 55.0),
+    ({"ratelimit": '"resolvers";r=0;t=7', "ratelimit-policy": '"fixed window";"resolvers";q=5000;w=300'}, 7.0),
+    ({"RateLimit": '"api";r=3;t=55'}, None),  # requests remain: not a stated wait
+    ({"Retry-After": "12"}, 12.0),
+    ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date in the past: go now
+    ({}, None),
+])
+def test_stated_waits_are_read_from_ratelimit_and_retry_after(headers, expect):
+    got = ratelimit.stated_wait(429, headers)
+    assert (got.seconds if got is not None else None) == expect
+    assert ratelimit.stated_wait(500, {"Retry-After": "3"}) is None  # only 429 and 503 state waits
+    assert ratelimit.stated_wait(503, {"Retry-After": "3"}).seconds == 3.0
+
+
+# --------------------------------------------------------------------------- adaptive coalescing
+
+def test_the_meter_bridges_gaps_that_take_less_time_than_a_request():
+    from slicer.remote.adaptive import AdaptivePolicy, Meter
+
+    now = [0.0]
+    meter = Meter(clock=lambda: now[0])
+    policy = AdaptivePolicy(meter, gap=64 << 10, overfetch=0.1)
+
+    def requests(n: int, nbytes: int, seconds_each: float, first_byte_s: float = 0.008, in_flight: int = 16) -> None:
+        for _ in range(n):
+            now[0] += seconds_each
+            meter.record(nbytes, first_byte_s, in_flight)
+
+    requests(1, 4096, 0.0)  # starts the clock
+    assert meter.gap_worth_a_request() is None and policy.limits() == (64 << 10, 0.1)  # not measured: the fixed rule
+    # small requests, 8 ms to the first byte with 16 in flight: 0.5 ms each (Little's law); 8 MB/s delivered
+    requests(1300, 4096, 0.0005)
+    assert meter.request_s == pytest.approx(0.0005)
+    assert meter.gap_worth_a_request() == pytest.approx(4096, rel=0.01)  # the bandwidth seen so far: 8 MB/s
+    requests(40, 8 << 20, (8 << 20) / 100e6)  # large ones at the link's 100 MB/s (after a mixed window, pure ones)
+    assert meter.bytes_per_s == pytest.approx(100e6, rel=0.01)
+    # one request costs 0.5 ms: as long as 50 kB take at 100 MB/s
+    assert meter.gap_worth_a_request() == pytest.approx(50_000, rel=0.01)
+    assert policy.limits() == (meter.gap_worth_a_request(), float("inf"))
+    requests(40, 8 << 20, (8 << 20) / 100e6, first_byte_s=0.64)  # a saturated link: first bytes wait for others'
+    assert meter.gap_worth_a_request() == pytest.approx(50_000, rel=0.01)  # that wait is bandwidth: not a request's cost
+
+
+def test_coalesce_follows_the_policy_as_it_changes():
+    from slicer.remote.ranges import Span, coalesce
+
+    class Switch:  # one request per run for the first 3 runs, then every gap bridged
+        calls = 0
+
+        def limits(self):
+            self.calls += 1
+            return (0, 0.0) if self.calls <= 3 else (1 << 20, float("inf"))
+
+    span = Span("f", 0, 20 * 8192, [(i * 8192, 4096) for i in range(20)])  # every other 4 kB row
+    reqs = list(coalesce([span], 64 << 10, 8 << 20, 0.1, policy=Switch()))
+    # the 4th run finds the gap worth bridging: it joins the 3rd run's request, and so do the rest
+    assert [(r.start, r.end) for r in reqs] == [(0, 4096), (8192, 12288), (16384, 20 * 8192 - 4096)]
+
+
+def test_a_fixed_gap_or_budget_turns_the_measurement_off():
+    from slicer.remote import RemoteOptions
+
+    assert RemoteOptions.of(None).adaptive
+    assert not RemoteOptions.of({"gap_bytes": 0}).adaptive and not RemoteOptions.of({"overfetch": 1.0}).adaptive
+    assert RemoteOptions.of({"gap_bytes": 0, "adaptive": True}).adaptive
