@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import Checkpoint
+from ..checkpoint import Checkpoint, is_url
 from ..errors import SlicerError
 from .family import check_offered, norm_sites
 from .statistics import WEIGHTINGS, collect
@@ -32,7 +32,6 @@ from .teacher import write_rotated
 from .transform import matrix_sha256, rotation
 
 log = logging.getLogger("slicer")
-HIDDEN_CHOICES = ("select", "rotate")
 ROTATION_NAME = "rotation.safetensors"
 
 
@@ -60,6 +59,9 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
         raise SlicerError(f"unknown --rotation-weighting {weighting!r} (choose from {', '.join(WEIGHTINGS)})")
     if shrink_options.get("resume"):
         raise SlicerError("--hidden rotate does not support --resume yet: rerun without it")
+    if is_url(teacher) or any(shrink_options.get(k) for k in ("revision", "cache_dir", "remote")):
+        raise SlicerError(f"{teacher}: --hidden rotate runs the teacher on calibration data from local files; "
+                          "download the teacher first")
     ckpt = Checkpoint.open(teacher, role="teacher")
     if getattr(ckpt, "source", None) is not None:
         raise SlicerError(f"{ckpt.path}: --hidden rotate runs the teacher on calibration data from local files; "
@@ -113,6 +115,15 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
     _record(out, ckpt, record)
     summary.rotation = record
     return summary
+
+
+def dispatch(arguments: dict, hidden: str):
+    """``api.shrink(..., hidden=...)``: its keyword arguments handed to :func:`shrink_rotated`."""
+    if hidden != "rotate":
+        raise SlicerError(f"unknown hidden mode {hidden!r} (choose from select, rotate)")
+    options = {k: v for k, v in arguments.items() if k not in ("hidden", "rotation_weighting", "save_rotation")}
+    return shrink_rotated(options.pop("teacher"), options.pop("out"), weighting=arguments["rotation_weighting"],
+                          save_rotation=arguments["save_rotation"], **options)
 
 
 def _rotated_scores(ckpt: Checkpoint, rotated: Checkpoint, path: Path, variances: torch.Tensor, scores, calibration,
