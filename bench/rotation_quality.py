@@ -8,7 +8,10 @@ the calibration is slicer's default text).
 Shapes: half width (hidden 576 -> 288, FFN 1536 -> 768, heads 9/3 -> 6/2, head size 64) and
 hidden only (576 -> 288, FFN and heads kept). Students: random init, uniform, importance
 (slicer score), and ``--hidden rotate`` composed with importance for FFN and heads, with the
-covariance summed raw or after each token's rms normalization. Also: the rotation at the
+covariance summed raw or after each token's rms normalization (the default), the student's
+norm gains one scalar per site (default) or one per kept component (``--gains vector``).
+FFN+heads only: the other axes cut by importance, the hidden axis kept (how much of the
+half-width loss is theirs). Also: the rotation at the
 teacher's own width must reproduce the teacher's logits.
 
     pip install 'weight-slicer[hf]' gguf
@@ -33,6 +36,8 @@ DATA = ROOT / "bench" / "data"
 HALF = {"hidden_size": 288, "intermediate_size": 768, "num_attention_heads": 6, "num_key_value_heads": 2,
         "head_dim": 64}
 HIDDEN_ONLY = {"hidden_size": 288}
+FFN_HEADS = {"intermediate_size": 768, "num_attention_heads": 6, "num_key_value_heads": 2, "head_dim": 64}
+TAGS = {"half width": "half", "hidden only": "hidden", "FFN+heads only": "fh"}
 
 
 def teacher_folder(work: Path) -> Path:
@@ -70,6 +75,8 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=32, help="calibration rows of 128 tokens (default 32)")
     p.add_argument("--calibration", help="calibration text (default: slicer's own)")
     p.add_argument("--only", help="comma-separated row names to run (default: all)")
+    p.add_argument("--gains", choices=("scalar", "vector"), default="scalar",
+                   help="the student's norm gains per site: one scalar, or one per kept component")
     args = p.parse_args()
     import transformers
 
@@ -111,8 +118,8 @@ def main() -> None:
         row("rotated, full width", "teacher", None, time.perf_counter() - t, model=full, max_abs_logit_diff=diff,
             allclose=bool(torch.allclose(a, b, rtol=1e-4, atol=1e-4)), sha256=s.rotation["sha256"])
         print(f"  full width: max |logit diff| {diff:.2e}, allclose(rtol=atol=1e-4) {rows[-1]['allclose']}")
-    for shape, edits in (("half width", HALF), ("hidden only", HIDDEN_ONLY)):
-        tag = "half" if shape == "half width" else "hidden"
+    for shape, edits in (("half width", HALF), ("hidden only", HIDDEN_ONLY), ("FFN+heads only", FFN_HEADS)):
+        tag = TAGS[shape]
         for method in ("uniform", "importance"):
             if not ok(f"{tag}-{method}"):
                 continue
@@ -121,13 +128,14 @@ def main() -> None:
                        scores=scores if method == "importance" else None, attention="heads")
             row(method, shape, work / f"{tag}-{method}", time.perf_counter() - t)
         for weighting in ("raw", "normalized"):
-            if not ok(f"{tag}-rotate-{weighting}"):
+            if tag == "fh" or not ok(f"{tag}-rotate-{weighting}"):
                 continue
             t = time.perf_counter()
-            folder = work / f"{tag}-rotate-{weighting}"
+            folder = work / f"{tag}-rotate-{weighting}-{args.gains}"
             s = shrink_rotated(teacher, folder, config_set=edits, method="importance", scores=scores, device="cpu",
-                               weighting=weighting, overwrite=True, attention="heads", **calib)
-            row(f"rotate ({weighting}) + importance", shape, folder, time.perf_counter() - t,
+                               weighting=weighting, gains=args.gains, overwrite=True, attention="heads", **calib)
+            label = f"rotate ({weighting}{', vector gains' if args.gains == 'vector' else ''}) + importance"
+            row(label, shape, folder, time.perf_counter() - t,
                 variance_kept=s.rotation["variance_kept"])
         if ok(f"{tag}-random"):
             config = transformers.AutoConfig.from_pretrained(str(teacher))

@@ -197,7 +197,7 @@ def shrink(
     samples: int = DEFAULT_SAMPLES,
     seq_len: int = DEFAULT_SEQ_LEN,
     hidden: str = "select",
-    rotation_weighting: str = "raw",
+    rotation_weighting: str = "normalized",
     save_rotation: bool = False,
 ) -> Summary:
     """Write the student selected from ``teacher`` into the folder ``out``.

@@ -167,6 +167,9 @@ def test_half_width_student_is_the_rotated_teacher_gathered_consistently(tmp_pat
         assert index[p + "self_attn.q_proj.weight"][0] == index[p + "self_attn.o_proj.weight"][1]
         assert index[p + "self_attn.k_proj.weight"][0] == index[p + "self_attn.v_proj.weight"][0]
         assert all(ix[1] == list(range(k)) for n, ix in index.items() if n.endswith(("q_proj.weight", "gate_proj.weight")))
+    # verify checks its files and axes; against the teacher it says why values cannot be compared.
+    assert main(["verify", str(tmp_path / "s")]) == 0
+    assert main(["verify", str(tmp_path / "s"), "--teacher", str(tmp_path / "t")]) == 2
 
 
 def _indices(entry: dict) -> list[int]:

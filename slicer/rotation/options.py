@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 HIDDEN_CHOICES = ("select", "rotate")
-WEIGHTING_CHOICES = ("raw", "normalized")
+WEIGHTING_CHOICES = ("normalized", "raw")
 
 
 def add_arguments(parser) -> None:
@@ -12,9 +12,10 @@ def add_arguments(parser) -> None:
                             "keeps the top principal components of the residual stream measured on the calibration "
                             "data (--calibration, --samples, --seq-len), norm gains folded, the head untied; the other "
                             "axes are still chosen by --method (default select)")
-    group.add_argument("--rotation-weighting", choices=WEIGHTING_CHOICES, default="raw",
-                       help="rotate: sum the residual stream's covariance over norm sites as is (raw), or with each "
-                            "token scaled to unit rms first (normalized) (default raw)")
+    group.add_argument("--rotation-weighting", choices=WEIGHTING_CHOICES, default="normalized",
+                       help="rotate: sum the residual stream's covariance over norm sites with each token scaled to "
+                            "unit rms first, as the norm sees it (normalized), or as is (raw: dominated by the late "
+                            "layers' large activations; measured far worse) (default normalized)")
     group.add_argument("--save-rotation", action="store_true",
                        help="rotate: also write the d x d rotation into OUT as rotation.safetensors")
 

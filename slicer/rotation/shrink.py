@@ -49,7 +49,8 @@ def student_hidden(config_set: dict | None, student_config, template) -> int | N
 
 def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | None = None, student_config=None,
                    template=None, method: str = "uniform", scores=None, calibration=None, samples: int = 32,
-                   seq_len: int = 128, device: str = "auto", weighting: str = "raw", save_rotation: bool = False,
+                   seq_len: int = 128, device: str = "auto", weighting: str = "normalized", gains: str = "scalar",
+                   save_rotation: bool = False,
                    **shrink_options):
     """As :func:`slicer.api.shrink`, with the hidden axis rotated. Returns the engine's Summary,
     with ``rotation`` (a dict, also in the manifest) set on it."""
@@ -79,7 +80,7 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
     start = time.perf_counter()
     sites = norm_sites(prefix, int(config["num_hidden_layers"]))
     stats = collect(ckpt, sites, calibration=calibration, samples=samples, seq_len=seq_len, device=device,
-                    weighting=weighting, keep=k)
+                    weighting=weighting, keep=k, gains=gains)
     if stats.tokens < d:
         log.warning("--hidden rotate: %d calibration tokens for a %d x %d covariance per site: the rotation is "
                     "underdetermined; pass more text with --calibration / --samples", stats.tokens, d, d)
@@ -104,7 +105,9 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
     record = {"hidden": "rotate", "teacher_hidden": d, "student_hidden": k, "weighting": weighting,
               "calibration": stats.calibration, "tokens_per_site": stats.tokens, "sites": len(sites),
               "variance_kept": round(kept, 6), "sha256": matrix_sha256(q), "matrix": "float64 [d, d], row-major",
-              "site_gains": {s: round(g, 6) for s, g in stats.gains.items()}, "head_untied": written["untied"],
+              "gains": gains,
+              "site_gains": {s: round(g, 6) if isinstance(g, float) else [round(x, 6) for x in g.tolist()]
+                             for s, g in stats.gains.items()}, "head_untied": written["untied"],
               "seconds": round(rotate_s, 3)}
     if save_rotation:
         from safetensors.torch import save_file
@@ -113,6 +116,9 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
                   metadata={"format": "pt", "sha256": record["sha256"]})
         record["saved"] = ROTATION_NAME
     _record(out, ckpt, record)
+    log.info("hidden axis rotated: %d -> %d principal components of the residual stream (%.2f%% of its variance on "
+             "%d calibration tokens x %d norm sites), rotated teacher written in %.1f s; rotation sha256 %s",
+             d, k, 100 * kept, stats.tokens, len(sites), rotate_s, record["sha256"][:16])
     summary.rotation = record
     return summary
 

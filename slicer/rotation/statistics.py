@@ -21,7 +21,8 @@ import torch
 from ..checkpoint import Checkpoint
 from ..errors import SlicerError
 
-WEIGHTINGS = ("raw", "normalized")
+WEIGHTINGS = ("normalized", "raw")
+GAINS = ("scalar", "vector")
 
 
 @dataclass
@@ -72,7 +73,8 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def collect(ckpt: Checkpoint, sites: list[str], *, calibration=None, samples: int = 32, seq_len: int = 128,
-            device: str = "cpu", weighting: str = "raw", keep: int | None = None) -> Statistics:
+            device: str = "cpu", weighting: str = "normalized", keep: int | None = None,
+            gains: str = "scalar") -> Statistics:
     """The covariance (and, with ``keep`` = k, the per-site gains of the top-k rotation)."""
     if weighting not in WEIGHTINGS:
         raise SlicerError(f"unknown rotation weighting {weighting!r} (choose from {', '.join(WEIGHTINGS)})")
@@ -94,28 +96,39 @@ def collect(ckpt: Checkpoint, sites: list[str], *, calibration=None, samples: in
             from .transform import rotation
 
             q, _ = rotation(stats.covariance)
-            stats.gains = site_gains(teacher, sites, q[:, :keep])
+            stats.gains = site_gains(teacher, sites, q[:, :keep], gains)
         return stats
     finally:
         teacher.close()
 
 
-def site_gains(teacher: _Teacher, sites: list[str], qk: torch.Tensor) -> dict[str, float]:
+def site_gains(teacher: _Teacher, sites: list[str], qk: torch.Tensor, mode: str = "scalar") -> dict:
+    """Per site: a float (``scalar``), or one gain per kept component (``vector``: the
+    least-squares ``c_j`` of ``c_j * a_j ~ b_j``, a = the student's normalized component, b = the
+    teacher's)."""
     d, k = qk.shape
     if k == d:  # nothing cut: the teacher's own normalization
         return {s: 1.0 for s in sites}
-    ratio: dict[str, list[float]] = {s: [0.0, 0] for s in sites}
+    sums: dict[str, list] = {s: [0.0, 0.0, 0] for s in sites}
     q = qk.to(teacher.device)
 
     def gather(site: str, x: torch.Tensor) -> None:
         rows = _rows(x)
-        kept = (rows @ q).norm(dim=1)
-        whole = rows.norm(dim=1).clamp(min=1e-30)
-        ratio[site][0] += float((kept / whole).sum())
-        ratio[site][1] += rows.shape[0]
+        kept = rows @ q
+        u = kept.norm(dim=1).clamp(min=1e-30)
+        v = rows.norm(dim=1).clamp(min=1e-30)
+        if mode == "vector":
+            sq = kept.pow(2)
+            sums[site][0] += (sq * (math.sqrt(k * d) / (u * v))[:, None]).sum(0)
+            sums[site][1] += (sq * (k / u.pow(2))[:, None]).sum(0)
+        else:
+            sums[site][0] += float((u / v).sum())
+        sums[site][2] += rows.shape[0]
 
     teacher.run(sites, gather)
-    return {s: math.sqrt(d / k) * total / max(n, 1) for s, (total, n) in ratio.items()}
+    if mode == "vector":
+        return {s: (num / den.clamp(min=1e-30)).cpu() for s, (num, den, _) in sums.items()}
+    return {s: math.sqrt(d / k) * total / max(n, 1) for s, (total, _, n) in sums.items()}
 
 
 def teacher_stats(teacher: str | Path, sites: list[str], keep: int, **kwargs) -> Statistics:

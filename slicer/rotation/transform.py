@@ -35,12 +35,12 @@ def matrix_sha256(q: torch.Tensor) -> str:
 
 
 def apply(role: Role, tensor: torch.Tensor, qk: torch.Tensor, gains: dict[str, torch.Tensor],
-          site_gain: dict[str, float], *, compute: torch.dtype = torch.float64) -> torch.Tensor:
+          site_gain: dict, *, compute: torch.dtype = torch.float64) -> torch.Tensor:
     """The student's tensor for one teacher tensor. ``qk`` [d, k]; ``gains``: the teacher's norm
     gain per site (folded into its readers); ``site_gain``: the student's gain per norm site."""
     k = qk.shape[1]
     if role.kind == "norm":
-        return torch.full((k,), site_gain[role.site], dtype=tensor.dtype)
+        return torch.as_tensor(site_gain[role.site], dtype=torch.float64).expand(k).to(tensor.dtype).clone()
     if role.kind == "writer":  # [d] or [d, n]: Q^T @ W
         out = qk.to(compute).T @ tensor.to(compute)
         return out.to(tensor.dtype)
