@@ -111,9 +111,11 @@ def test_half_width_student_is_the_rotated_teacher_gathered_consistently(tmp_pat
                attention="heads", calibration=calib, samples=24, seq_len=16, device="cpu", save_rotation=True)
     load(tmp_path / "s")
     d, k = 64, 32
-    # The rotation, recomputed: eigenvectors of the summed covariance of every norm input.
+    # The rotation, recomputed: eigenvectors of the covariance of every norm input, each token
+    # scaled to unit rms (the default weighting), summed over sites.
     xs = norm_inputs(model, ids)
-    cov = sum(x.T @ x for x in xs.values())
+    unit = {s: x / x.pow(2).mean(1, keepdim=True).sqrt() for s, x in xs.items()}
+    cov = sum(x.T @ x for x in unit.values())
     values, vectors = torch.linalg.eigh(cov)
     ref = vectors[:, torch.argsort(values, descending=True)][:, :k]
     saved = load_file(str(tmp_path / "s" / "rotation.safetensors"))["rotation"]
