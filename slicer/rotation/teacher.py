@@ -15,7 +15,7 @@ import torch
 
 from ..checkpoint import Checkpoint
 from ..safetensors_format import DTYPES, build_header
-from .family import Role, roles
+from .family import roles
 from .transform import apply, output_shape
 
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
@@ -77,4 +77,4 @@ def write_rotated(ckpt: Checkpoint, out: Path, prefix: str, qk: torch.Tensor, si
     return {"tensors": len(entries), "bytes": sum(e[3] for e in entries), "untied": "lm_head.weight" not in ckpt.tensors}
 
 
-__all__ = ["Role", "rotated_config", "write_rotated"]
+__all__ = ["rotated_config", "write_rotated"]
