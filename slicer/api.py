@@ -197,6 +197,9 @@ def shrink(
     calibration: str | Path | None = None,
     samples: int = DEFAULT_SAMPLES,
     seq_len: int = DEFAULT_SEQ_LEN,
+    hidden: str = "select",
+    rotation_weighting: str = "normalized",
+    save_rotation: bool = False,
 ) -> Summary:
     """Write the student selected from ``teacher`` into the folder ``out``.
 
@@ -210,8 +213,15 @@ def shrink(
     Ctrl-C raises :class:`slicer.errors.Interrupted` (a KeyboardInterrupt) saying
     whether ``out`` holds the old or the complete new student. A remote ``teacher``
     (see :func:`plan`) is read by range requests of the kept rows only. Importance
-    options as for :func:`plan` (scoring runs on ``device``).
+    options as for :func:`plan` (scoring runs on ``device``). ``hidden="rotate"``: the hidden axis
+    keeps the top principal components of the residual stream instead of a subset of its
+    channels (see :mod:`slicer.rotation`; ``rotation_weighting``, ``save_rotation``).
     """
+    if hidden != "select":
+        arguments = dict(locals())
+        from .rotation.shrink import dispatch
+
+        return dispatch(arguments, hidden)
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
                                               dtype=dtype, max_shard_size=max_shard_size, revision=revision,

@@ -81,6 +81,10 @@ def verify(out: str | Path, *, teacher: str | Path | None = None, full: bool = F
                           tensors=len(manifest["tensors"]))
     ckpt = None
     if teacher is not None:  # before the long part
+        if isinstance(manifest.get("rotation"), dict):  # written by --hidden rotate: values are not sub-tensors
+            raise SlicerError(f"{out}: a rotated student (--hidden rotate): its hidden-bound tensors are the teacher's "
+                              "multiplied by a rotation, not sub-tensors of it; comparing them with the teacher is not "
+                              "implemented yet (verify without --teacher checks its files and axes)")
         if revision is None and is_url(teacher):
             from .remote import recorded_revision
 

@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "kept, the rest redone; refused if the teacher or the options changed")
     _add_output_flags(run)
     _add_remote_args(shrink)
+    _add_rotation_args(shrink)
 
     plan = sub.add_parser("plan", help="dry run: show what shrink would do, reading headers only",
                           description="Show every student tensor's source, shapes, shards and the bytes to read and "
@@ -389,7 +390,8 @@ def cmd_shrink(args) -> int:
 
     summary = api.shrink(args.teacher, args.out, **_selection_kwargs(args), **_remote_kwargs(args),
                          device=args.device, backend=args.backend,
-                         overwrite=args.overwrite, resume=args.resume, progress=_show_progress(args), chunk_bytes=args.chunk_mb << 20)
+                         overwrite=args.overwrite, resume=args.resume, progress=_show_progress(args), chunk_bytes=args.chunk_mb << 20,
+                         **_rotation_kwargs(args))
     try:
         _print_summary(args, summary)
         _flush_stdout()
@@ -397,6 +399,18 @@ def cmd_shrink(args) -> int:
         e.note = f" (the student in {args.out} is complete)"
         raise
     return 0
+
+
+def _add_rotation_args(p) -> None:
+    from ..rotation.options import add_arguments
+
+    add_arguments(p)
+
+
+def _rotation_kwargs(args) -> dict:
+    from ..rotation.options import kwargs
+
+    return kwargs(args)
 
 
 def cmd_score(args) -> int:
