@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import layer_lists
 from .checkpoint import Checkpoint, require_regular_file
+from .config_checks import check_nested_key, check_no_growth
 from .errors import SlicerError
 from .layers import LayerMapper
 from .plan import StudentTensor
@@ -69,6 +70,7 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
     config_cls = _config_class(transformers, base, base_path)
     _refuse_architecture_change(base, edits, base_path)
     student_dict = _apply_edits(base, edits, config_cls, where)
+    check_no_growth(teacher_dict if teacher_dict is not None else base, student_dict, where, edits)  # before any build
     lists = layer_lists.find(base, student_dict, edits, config_cls, _depth_key(config_cls))
     layer_lists.provisional(lists, student_dict)
     _nested_layer_numbers(base, student_dict, edits, config_cls, layer_selection, where,
@@ -159,6 +161,8 @@ def _apply_edits(base: dict, edits: dict, config_cls, where: str) -> dict:
             if not isinstance(target, dict):
                 raise SlicerError(f"{where}: --set {key}: {part!r} is not a nested config object")
             cls = _sub_config_class(cls, part, target)
+        if cls is None and path:  # a plain dict (rope_parameters): no class to ask, so the key must exist
+            check_nested_key(out, key, where)
         if cls is not None:  # nested keys are checked against their own config class (text_config: LlamaConfig)
             leaf = getattr(cls, "attribute_map", {}).get(leaf, leaf)
             if leaf not in target:
