@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..errors import SlicerError
 from .source import RemoteFile, Source, Transient, Write, check_range_response, join, status_error
+from .urls import is_literal_address
 
 # Files a model folder may hold beside its weights; tried by name (HEAD) on a config route.
 SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -97,9 +98,22 @@ class HttpSource(Source):
         except self._urllib3.exceptions.MaxRetryError as e:
             if isinstance(e.reason, self._urllib3.exceptions.ResponseError):  # too many redirects
                 raise SlicerError(f"{url}: {e.reason}") from e
+            if _refused(e.reason) and is_literal_address(urlsplit(url).hostname):  # final: nothing to retry
+                raise SlicerError(f"{url}: connection refused (nothing listens there)") from e
             raise Transient(f"cannot connect: {e.reason}") from e
         except (self._urllib3.exceptions.HTTPError, OSError) as e:
             raise Transient(f"request failed: {e}") from e
 
     def close(self) -> None:
         self._pool.clear()
+
+
+def _refused(reason: object) -> bool:
+    """urllib3 wraps ConnectionRefusedError in NewConnectionError (its message, or its context)."""
+    seen = 0
+    while reason is not None and seen < 5:
+        if isinstance(reason, ConnectionRefusedError):
+            return True
+        reason = reason.__cause__ or reason.__context__
+        seen += 1
+    return False
