@@ -15,6 +15,12 @@ from .errors import SlicerError
 # experts, widths): a student never has more than its teacher.
 SIZE_KEY = re.compile(r"(size|dim|^num_|_num_|layers|heads|experts|vocab|rank|groups|^n_|_n$|width|depth|channels|"
                       r"intermediate|hidden|embd|inner|ffn|^d_|kv|lora|patch|conv|state)", re.IGNORECASE)
+# Integers that choose among members rather than count them (routing top-k, token ids).
+NOT_A_SIZE = re.compile(r"(per_tok|topk|top_k|_id$|_ids$)", re.IGNORECASE)
+# Growth up to this factor is left to the check on the built model, which names the tensor
+# that grew (or the model's own rule): building twice the teacher's modules is bounded.
+# Beyond it the config is refused here, before anything is built.
+GROWTH_BUILT = 2
 # Any other integer (a context length, a window, a token id) may differ from the teacher's,
 # within reason: no model config needs more than this.
 MAX_OTHER_INT = 1 << 24
@@ -29,8 +35,8 @@ def check_no_growth(teacher: dict, student: dict, where: str, edits: dict | None
     for key, (t, s) in _int_pairs(teacher, student, "").items():
         leaf = re.sub(r"(\.\d+)+$", "", key).rsplit(".", 1)[-1]  # depths.2 -> depths
         shown = _shown(key, s, edits)
-        if SIZE_KEY.search(leaf):
-            if t is not None and s > t:
+        if SIZE_KEY.search(leaf) and not NOT_A_SIZE.search(leaf):
+            if t is not None and s > GROWTH_BUILT * max(t, 1):
                 raise SlicerError(f"{where}: {shown}: larger than the teacher's {key} ({t}); weight selection makes a "
                                   "smaller model: give at most the teacher's value")
             if t is None and s > MAX_NEW_SIZE:
@@ -38,6 +44,19 @@ def check_no_growth(teacher: dict, student: dict, where: str, edits: dict | None
                                   f"with; at most {MAX_NEW_SIZE})")
         elif s > max(MAX_OTHER_INT, t or 0):
             raise SlicerError(f"{where}: {shown}: far too large (at most {MAX_OTHER_INT}, or the teacher's value)")
+
+
+def check_config_describes(built: dict[str, tuple[int, ...]], stored: dict[str, tuple[int, ...]], where: str) -> None:
+    """The teacher's config.json must describe its own weights: every tensor the model built from
+    it saves under a name the checkpoint has must have the checkpoint's shape (transformers would
+    refuse to load it otherwise). A config with hidden_size 8192 over 512-wide weights used to
+    plan "hidden_size: 8192 -> 256"."""
+    for name, shape in built.items():
+        have = stored.get(name)
+        if have is not None and tuple(have) != tuple(shape):
+            raise SlicerError(f"{where}: the teacher's config does not describe its weights: tensor {name} is "
+                              f"{list(have)} in the checkpoint but {list(shape)} by the config; fix the config.json "
+                              "beside the teacher's weights")
 
 
 def check_nested_key(base: dict, key: str, where: str) -> None:

@@ -15,11 +15,12 @@ import copy
 import json
 import logging
 import re
+import warnings
 from pathlib import Path
 
 from . import layer_lists
 from .checkpoint import Checkpoint, require_regular_file
-from .config_checks import check_nested_key, check_no_growth
+from .config_checks import check_config_describes, check_nested_key, check_no_growth
 from .errors import SlicerError
 from .layers import LayerMapper
 from .plan import StudentTensor
@@ -352,7 +353,9 @@ def _quiet():
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        yield
+        with warnings.catch_warnings():  # torch's too (zero-element init with hidden_size=0): the error says it
+            warnings.simplefilter("ignore")
+            yield
     finally:
         hf_logging.set_verbosity(level)
 
@@ -529,7 +532,7 @@ def _binder_factory(transformers, student_model, tensors: list[StudentTensor], t
             raise SlicerError(f"{ckpt.path}: teacher has no config.json, and whole-head selection needs its structure; "
                               "add it, or pass --attention flat")
         return guard.names_binder
-    teacher_model = _teacher_model(transformers, teacher_dict, ckpt.config_path(), student_model)
+    teacher_model = _teacher_model(transformers, teacher_dict, ckpt.config_path(), student_model, ckpt.tensors)
     from .bindings import check_experts, check_heads, model_binder
 
     check_experts(teacher_model, student_model, where)
@@ -538,13 +541,18 @@ def _binder_factory(transformers, student_model, tensors: list[StudentTensor], t
     return model_binder(teacher_model, student_model, list(ckpt.tensors), [t.name for t in tensors])
 
 
-def _teacher_model(transformers, teacher_dict: dict, path: Path, student_model):
-    """The teacher's model on the meta device (its architecture, else the student's class)."""
+def _teacher_model(transformers, teacher_dict: dict, path: Path, student_model, tensors: dict | None = None):
+    """The teacher's model on the meta device (its architecture, else the student's class); with
+    the teacher's ``tensors``, checked to describe them (a config that contradicts its weights would
+    give a plan of the wrong sizes)."""
     cls = _config_class(transformers, teacher_dict, path)
     config = _build_config(cls, teacher_dict, str(path))
     arch = (_architecture(transformers, teacher_dict, str(path)) if teacher_dict.get("architectures")
             else type(student_model))
-    return _meta_model(transformers, arch, config, str(path))
+    model = _meta_model(transformers, arch, config, str(path))
+    if tensors is not None:
+        check_config_describes(_saved_shapes(model), {n: t.shape for n, t in tensors.items()}, str(path))
+    return model
 
 
 def template_structure(ckpt: Checkpoint, spec: StudentSpec, attention: str | None) -> str:
@@ -584,7 +592,7 @@ def template_structure(ckpt: Checkpoint, spec: StudentSpec, attention: str | Non
     config = _build_config(cls, student_dict, str(student_path))
     arch = _architecture(transformers, student_dict, str(student_path))
     student_model = _meta_model(transformers, arch, config, str(student_path))
-    teacher_model = _teacher_model(transformers, teacher_dict, teacher_path, student_model)
+    teacher_model = _teacher_model(transformers, teacher_dict, teacher_path, student_model, ckpt.tensors)
     from .bindings import model_binder
 
     spec.make_binder = model_binder(teacher_model, student_model, list(ckpt.tensors), [t.name for t in spec.tensors])
