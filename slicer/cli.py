@@ -483,9 +483,12 @@ def _check_writable(path: str) -> None:
 
 def _check_workdir(path: str) -> None:
     """bench --workdir: a folder that takes files, checked before the timing starts."""
-    if not os.path.isdir(path):
-        raise SlicerError(f"--workdir {path}: not a folder" if os.path.exists(path) else
-                          f"--workdir {path}: folder does not exist")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SlicerError(f"--workdir {path}: not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)  # as the benchmark would
+    except OSError as e:
+        raise SlicerError(f"--workdir {path}: cannot create the folder: {e.strerror or e}") from e
     _probe_folder(path, f"--workdir {path}: cannot write there")
 
 

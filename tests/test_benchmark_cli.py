@@ -39,11 +39,14 @@ def test_bench_json_is_a_flag_printing_the_records_on_stdout(capsys):
     assert len(data["records"]) == 8 and {"cpu", "cores", "date"} <= set(data["machine"])
 
 
-@pytest.mark.parametrize("where", ["missing", "a-file", "read-only"])
+@pytest.mark.parametrize("where", ["under-a-file", "a-file", "read-only"])
 def test_bench_refuses_an_unusable_workdir_before_any_timing(tmp_path, capsys, monkeypatch, where):
     workdir = tmp_path / "w"
     if where == "a-file":
         workdir.write_text("x")
+    if where == "under-a-file":
+        (tmp_path / "f").write_text("x")
+        workdir = tmp_path / "f" / "w"
     if where == "read-only":  # as on a read-only mount (root passes a chmod): creating a file fails
         import tempfile
         workdir.mkdir()
