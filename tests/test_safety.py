@@ -760,11 +760,11 @@ def test_closed_stderr_gets_no_traceback_and_no_file_takes_its_place(e, tmp_path
     assert bad.returncode == 2 and bad_out == ""  # the error line is not printed on stdout instead
 
 
-def test_bench_json_into_a_missing_folder_is_refused_before_running(tmp_path, capfd):
+def test_bench_output_into_a_missing_folder_is_refused_before_running(tmp_path, capfd):
     started = time.monotonic()
     for target, said in ((tmp_path / "missing" / "b.json", "does not exist"), (tmp_path, "is a folder")):
         capfd.readouterr()
-        assert cli.main(["bench", "--quick", "--json", str(target)]) == 2
+        assert cli.main(["bench", "--quick", "-o", str(target)]) == 2
         assert said in _one_error_line(capfd.readouterr().err)
     assert time.monotonic() - started < 5
 
@@ -908,6 +908,10 @@ def test_ctrl_c_at_any_moment_of_main_is_one_line(e, tmp_path):
         if p.returncode == 130:
             assert len(err.splitlines()) == 1 and err.startswith("slicer: interrupted; "), err
             if err.rstrip().endswith(f"{out} holds the complete new student"):
+                assert _tree(out) == _new_student(e)
+            elif err.startswith("slicer: interrupted; kept "):  # completed shards wait for --resume
+                assert os.listdir(out) == [writer.STAGING] and "--resume" in err, (delays[i], err, _tree(out))
+                assert cli.main(_args(e, e.teacher, out, "--quiet", "--resume")) == 0
                 assert _tree(out) == _new_student(e)
             else:
                 assert not out.exists(), (delays[i], err, _tree(out))
