@@ -30,20 +30,20 @@ MAX_NEW_SIZE = 1 << 16  # a size key the teacher's config lacks (its class defau
 def check_no_growth(teacher: dict, student: dict, where: str, edits: dict | None = None) -> None:
     """Refuse a student config whose counts or sizes exceed the teacher's, and absurd integers.
 
-    Walks nested configs (``text_config``) and plain nested dicts alike; ``edits`` (the
-    --set keys) only shape the message."""
+    Walks nested configs (``text_config``) and plain nested dicts alike (``edits``: the --set
+    keys, named in ``where`` already; kept for callers that name them apart)."""
     for key, (t, s) in _int_pairs(teacher, student, "").items():
         leaf = re.sub(r"(\.\d+)+$", "", key).rsplit(".", 1)[-1]  # depths.2 -> depths
-        shown = _shown(key, s, edits)
+        shown = f"{key} {s}"
         if SIZE_KEY.search(leaf) and not NOT_A_SIZE.search(leaf):
             if t is not None and s > GROWTH_BUILT * max(t, 1):
-                raise SlicerError(f"{where}: {shown}: larger than the teacher's {key} ({t}); weight selection makes a "
-                                  "smaller model: give at most the teacher's value")
+                raise SlicerError(f"{where}: {shown} is larger than the teacher's {key} ({t}); weight selection makes "
+                                  "a smaller model: give at most the teacher's value")
             if t is None and s > MAX_NEW_SIZE:
-                raise SlicerError(f"{where}: {shown}: far too large (the teacher's config has no {key} to compare "
+                raise SlicerError(f"{where}: {shown} is far too large (the teacher's config has no {key} to compare "
                                   f"with; at most {MAX_NEW_SIZE})")
         elif s > max(MAX_OTHER_INT, t or 0):
-            raise SlicerError(f"{where}: {shown}: far too large (at most {MAX_OTHER_INT}, or the teacher's value)")
+            raise SlicerError(f"{where}: {shown} is far too large (at most {MAX_OTHER_INT}, or the teacher's value)")
 
 
 def check_config_describes(built: dict[str, tuple[int, ...]], stored: dict[str, tuple[int, ...]], where: str) -> None:
@@ -93,7 +93,3 @@ def _int_pairs(teacher: object, student: object, prefix: str) -> dict[str, tuple
 
 def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _shown(key: str, value: int, edits: dict | None) -> str:
-    return f"--set {key}={value}" if edits and key in edits else f"{key} {value}"
