@@ -14,6 +14,7 @@ from .plan import manifest
 from .plan import quantized as quantized_weights
 from .io.checkpoint import Checkpoint
 from .teacher import open_checkpoint
+from .run import stop
 from .errors import Interrupted, SlicerError
 from .run.memory import PeakSampler
 from .plan.build import Options, Plan, build_plan, format_bytes, parse_size
@@ -300,18 +301,24 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
         extra[INDEX_NAME] = index_json(shards, sum(j.nbytes for j in the_plan.jobs))
     record["files"] = [*(s.filename for s in the_plan.shards), *extra, MANIFEST_NAME]  # what --overwrite may replace later
     bar = None
+    writing = False
     try:
-        resumed = output.open(fingerprint(record), record["files"])
-        if output.unchanged:
-            return _summary(out, the_plan, chosen, bytes_read=0, seconds=time.perf_counter() - start, peak=0,
-                            unchanged=True)
-        bar = _progress_bar(the_plan, progress)
-        with PeakSampler() as memory:
-            bytes_read = engine.run(the_plan, output, *(bar.callbacks() if bar else ()))
-            for shard in record["shards"]:
-                shard["sha256"] = output.done[shard["name"]]["sha256"]
-            output.finish([s.filename for s in the_plan.shards], extra, record)
+        with stop.requests():  # from here Ctrl-C / SIGTERM only set a flag, checked between chunks
+            resumed = output.open(fingerprint(record), record["files"])
+            if output.unchanged:
+                return _summary(out, the_plan, chosen, bytes_read=0, seconds=time.perf_counter() - start, peak=0,
+                                unchanged=True)
+            bar = _progress_bar(the_plan, progress)
+            with PeakSampler() as memory:
+                writing = True
+                bytes_read = engine.run(the_plan, output, *(bar.callbacks() if bar else ()))
+                writing = False
+                for shard in record["shards"]:
+                    shard["sha256"] = output.done[shard["name"]]["sha256"]
+                output.finish([s.filename for s in the_plan.shards], extra, record)
     except KeyboardInterrupt:
+        if writing and output.done:  # completed shards are progress: keep them for --resume
+            raise Interrupted(output.keep_for_resume(len(the_plan.shards))) from None
         output.abort()
         raise Interrupted(output.outcome()) from None
     except BaseException:

@@ -530,3 +530,128 @@ def test_without_overwrite_the_same_existing_out_is_rejected(tmp_path, capfd, mo
     c.expect = ["existing_out"]
     rc, out, err, _ = _run_in_process(d, c, capfd, monkeypatch)
     check_rejected(Result(c, d, rc, out, err, before, bsf))
+
+
+# --- the hostile list of issue 22 -------------------------------------------------------
+#
+# Each numbered input that used to be a traceback, a silent acceptance, a retry loop or
+# unbounded memory: one `slicer: error: ` line, exit 2, nothing changed. In-process
+# through cli.main (stderr at the fd level: a torch warning would show), one subprocess
+# for the memory bound.
+
+def _hostile_llama(d: Path, **config) -> Path:
+    from slicer.cli.demo import llama_config, llama_shapes, write_checkpoint
+
+    dims = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=128)
+    teacher = d / "teacher"
+    write_checkpoint(teacher, llama_shapes(**dims), {**llama_config(**dims), **config})
+    return teacher
+
+
+def _one_line_exit_2(capfd, argv, expect: str) -> str:
+    from slicer import cli
+
+    capfd.readouterr()
+    rc = cli.main([str(a) for a in argv])
+    out, err = capfd.readouterr()
+    assert rc == 2, (rc, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("slicer: error: "), err  # no warning above it, no traceback
+    assert expect in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("edit,expect", [
+    ("num_hidden_layers=1000000000000", "larger than the teacher's num_hidden_layers (2)"),
+    ("hidden_size=100000", "larger than the teacher's hidden_size (64)"),
+    ("max_position_embeddings=1000000000000", "far too large"),
+    ("rope_parameters.bogus=1", "rope_parameters has no key 'bogus'"),
+    ("hidden_size=0", "config.json with --set hidden_size=0"),
+])
+def test_hostile_set_values_are_refused_before_any_model_is_built(tmp_path, capfd, edit, expect):
+    pytest.importorskip("transformers")
+    teacher = _hostile_llama(tmp_path, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    before = sha256_tree(tmp_path)
+    _one_line_exit_2(capfd, ["plan", teacher, "--set", edit], expect)
+    assert sha256_tree(tmp_path) == before
+
+
+def test_set_num_experts_on_a_moe_teacher_is_refused_against_the_teacher(tmp_path, capfd):
+    pytest.importorskip("transformers")
+    from families import FAMILIES, build
+
+    teacher = build(tmp_path / "moe", FAMILIES["qwen3_moe"], coded=False)
+    cfg = json.loads((teacher / "config.json").read_text())
+    key = next(k for k in ("num_experts", "num_local_experts", "n_routed_experts") if k in cfg)  # as saved
+    _one_line_exit_2(capfd, ["plan", teacher, "--set", f"{key}=4000000"],
+                     f"larger than the teacher's {key} ({cfg[key]})")
+
+
+@pytest.mark.parametrize("hidden", [8192, 0])
+def test_a_teacher_config_that_contradicts_its_weights_is_refused(tmp_path, capfd, hidden):
+    pytest.importorskip("transformers")
+    teacher = _hostile_llama(tmp_path)
+    cfg = json.loads((teacher / "config.json").read_text())
+    (teacher / "config.json").write_text(json.dumps({**cfg, "hidden_size": hidden}))
+    line = _one_line_exit_2(capfd, ["plan", teacher, "--set", "num_hidden_layers=1"], str(teacher / "config.json"))
+    assert "does not describe its weights" in line or "cannot be built" in line or "invalid" in line, line
+
+
+def test_overwrite_removes_only_files_whose_size_and_sha256_match_the_record(tmp_path, capfd):
+    import slicer
+
+    teacher = _hostile_llama(tmp_path)
+    out = tmp_path / "out"
+    slicer.shrink(teacher, out, config_set={"hidden_size": 32})
+    (out / "notes.txt").write_text("mine\n")
+    (out / ".hidden").write_text("mine too\n")
+    manifest = json.loads((out / "slicer_manifest.json").read_text())
+    manifest["files"] += ["notes.txt", ".hidden"]  # a name in the record is no proof
+    manifest["written"]["notes.txt"] = {"size": 5, "sha256": "0" * 64}  # nor a record that does not match
+    (out / "slicer_manifest.json").write_text(json.dumps(manifest))
+    # A killed run's record naming them too.
+    (out / ".slicer-partial").mkdir()
+    (out / ".slicer-partial" / "run.json").write_text(json.dumps(
+        {"format": "slicer-run/2", "fingerprint": {}, "files": ["notes.txt", ".hidden"], "replace": [], "found": []}))
+    from slicer import cli
+
+    capfd.readouterr()
+    assert cli.main(["shrink", str(teacher), str(out), "--set", "hidden_size=16", "--overwrite", "--quiet"]) == 0, \
+        capfd.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine\n" and (out / ".hidden").read_text() == "mine too\n"
+    # What the previous run did write (and its record proves) was replaced: the new student is whole.
+    assert slicer.verify(out, teacher=teacher, full=True).ok
+
+
+def test_score_checks_its_output_location_before_scoring(tmp_path, capfd, monkeypatch):
+    import slicer.importance
+
+    monkeypatch.setattr(slicer.importance, "score_to_file", lambda *a, **k: pytest.fail("scored first"))
+    _one_line_exit_2(capfd, ["score", tmp_path, "--calibration", tmp_path / "ids.safetensors",
+                             "-o", tmp_path / "no-such-folder" / "s.safetensors"], "does not exist")
+    import tempfile
+
+    def read_only(*a, **k):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only)  # a read-only mount (root passes chmod)
+    _one_line_exit_2(capfd, ["score", tmp_path, "-o", tmp_path / "s.safetensors"], "Read-only file system")
+
+
+@pytest.mark.parametrize("url,expect", [
+    ("hf://../../etc", "not a valid Hugging Face repository name"),
+    ("hf://a", "expected hf://ORG/NAME"),
+    ("ftp://127.0.0.1/x/", "unsupported URL scheme ftp://"),
+    ("https://[::1/x/", "not a valid URL"),
+    ("https://", "no host"),
+    ("https://127.0.0.1:9/x/", "connection refused"),
+    ("https://127.0.0.1:99999/x/", "not a valid URL"),
+])
+def test_bad_urls_are_one_line_without_retries(tmp_path, capfd, monkeypatch, url, expect):
+    pytest.importorskip("urllib3")
+    import slicer.remote.fetch as fetch
+
+    slept = []
+    monkeypatch.setattr(fetch.time, "sleep", lambda s: slept.append(s))  # a retry waits first
+    _one_line_exit_2(capfd, ["plan", url, "--set", "hidden_size=32"], expect)
+    assert slept == [], f"retried {len(slept)} times"

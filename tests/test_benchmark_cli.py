@@ -14,7 +14,7 @@ TINY = ["bench", "--quick", "--sizes", "16,32", "--dtypes", "bf16,fp8", "--shape
 
 def test_bench_json_records_have_the_documented_fields(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main([*TINY, "--no-e2e", "--json", str(out), "--quiet"]) == 0
+    assert main([*TINY, "--no-e2e", "-o", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "GB/s = (bytes read + bytes written by the selection)" in printed and "x copy" in printed
     data = json.loads(out.read_text())
@@ -32,10 +32,38 @@ def test_bench_json_records_have_the_documented_fields(tmp_path, capsys):
     assert {r["shape"] for r in records} == {"16x16->8x8", "32x32->16x16"}
 
 
+def test_bench_json_is_a_flag_printing_the_records_on_stdout(capsys):
+    """--json is a flag here as in every command (it used to take a FILE: now -o FILE)."""
+    assert main([*TINY, "--no-e2e", "--json", "--quiet"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["records"]) == 8 and {"cpu", "cores", "date"} <= set(data["machine"])
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "a-file", "read-only"])
+def test_bench_refuses_an_unusable_workdir_before_any_timing(tmp_path, capsys, monkeypatch, where):
+    workdir = tmp_path / "w"
+    if where == "a-file":
+        workdir.write_text("x")
+    if where == "under-a-file":
+        (tmp_path / "f").write_text("x")
+        workdir = tmp_path / "f" / "w"
+    if where == "read-only":  # as on a read-only mount (root passes a chmod): creating a file fails
+        import tempfile
+        workdir.mkdir()
+
+        def refuse(*a, **k):
+            raise OSError(30, "Read-only file system")
+        monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse)
+    monkeypatch.setattr(benchmark, "run_bench", lambda **k: pytest.fail("timed before checking --workdir"))
+    assert main(["bench", "--quick", "--workdir", str(workdir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"slicer: error: --workdir {workdir}: "), err
+
+
 def test_bench_end_to_end_row_on_a_tiny_teacher(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--no-gather", "--size-gb", "0.005", "--workdir", str(tmp_path / "w"),
-                 "--json", str(out), "--quiet"]) == 0
+                 "-o", str(out), "--quiet"]) == 0
     assert "slicer.shrink of a generated Llama-shaped bf16 teacher" in capsys.readouterr().out
     (r,) = json.loads(out.read_text())["records"]
     assert r["kind"] == "e2e" and r["backend"] == "torch" and r["device"] == "cpu" and r["dtype"] == "bf16"

@@ -212,3 +212,61 @@ def test_fuzz_script_runs_and_reports_counts(subprocess_env):
     assert "every mutant worked or was refused cleanly" in r.stdout
     counts = {line.split()[0]: int(line.split()[1]) for line in r.stdout.splitlines()[1:8]}
     assert counts["worked"] > 0 and counts["refused"] > 0 and counts["worked"] + counts["refused"] == 150, counts
+
+
+# --------------------------------------------------------------------------- --set values: bounded memory
+
+SET_FUZZ = r"""
+import json, resource, sys, traceback
+import slicer
+from slicer.errors import SlicerError
+
+teacher = sys.argv[1]
+cfg = json.load(open(teacher + "/config.json"))
+
+def ints(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from ints(v, prefix + k + ".")
+        elif isinstance(v, int) and not isinstance(v, bool):
+            yield prefix + k
+
+tried = refused = 0
+for key in ints(cfg):
+    for value in (0, -1, 3, 10**6, 10**12, 2**63):
+        tried += 1
+        try:
+            slicer.plan(teacher, config_set={key: value})
+        except SlicerError:
+            refused += 1
+        except Exception:
+            print(f"--set {key}={value}: not a SlicerError", file=sys.stderr)
+            traceback.print_exc()
+            sys.exit(1)
+print(json.dumps({"tried": tried, "refused": refused,
+                  "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+@pytest.mark.parametrize("fam", ["llama", "qwen3_moe"])
+def test_no_set_value_costs_a_gigabyte_or_a_traceback(tmp_path, subprocess_env, fam):
+    """Every integer key of the teacher's config set to 0, -1, 3, 10**6, 10**12 and 2**63: a plan
+    or a SlicerError, and the process never above 1 GB (num_hidden_layers=10**12 grew past 6 GB)."""
+    pytest.importorskip("transformers")
+    if fam == "llama":
+        from slicer.cli.demo import llama_config, llama_shapes, write_checkpoint
+
+        dims = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, vocab_size=128)
+        teacher = tmp_path / "teacher"
+        write_checkpoint(teacher, llama_shapes(**dims), llama_config(**dims))
+    else:
+        from families import FAMILIES, build
+
+        teacher = build(tmp_path / "teacher", FAMILIES[fam], coded=False)
+    r = subprocess.run([sys.executable, "-c", SET_FUZZ, str(teacher)], capture_output=True, text=True,
+                       env=subprocess_env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["tried"] >= 30 and got["refused"] > 0, got
+    assert got["max_rss_kb"] < 1 << 20, got  # KB: 1 GB

@@ -301,7 +301,7 @@ def test_verify_compares_values_with_a_remote_teacher(remote_root, server, tmp_p
     out = tmp_path / "out"
     _shrink(server.teacher_url, out, remote_root["template"])
     assert cli.main(["verify", str(out), "--teacher", server.teacher_url, "--full"]) == 0, capfd.readouterr()
-    assert "compared with the teacher (every element" in capfd.readouterr().err
+    assert "compared with the teacher (every element" in capfd.readouterr().out  # the verdict: stdout
     # A teacher value changed: verify finds it through range reads.
     index = json.loads((server.teacher_dir / "model.safetensors.index.json").read_text())
     shard = server.teacher_dir / index["weight_map"]["model.embed_tokens.weight"]

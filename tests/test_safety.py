@@ -410,11 +410,23 @@ def test_an_interrupt_at_every_step_leaves_the_old_or_the_complete_new_student(e
             want, said = before, "nothing was written"
         elif step.startswith("signal"):  # a real SIGINT waits until the swap is done
             want, said = new, f"{out} holds the complete new student"
+        elif step == "write":  # the shards completed before the 5th tensor stay for --resume
+            staged = {k: v for k, v in _tree(out).items() if k.split("/")[0] == writer.STAGING}
+            kept = json.loads((out / writer.STAGING / writer.DONE_NAME).read_text())
+            assert kept and sorted(staged) == sorted([writer.STAGING, *(f"{writer.STAGING}/{n}" for n in
+                                                      (writer.RUN_NAME, writer.DONE_NAME, *kept))]), (step, staged)
+            want = {**before, **staged}
+            said = (f"kept {len(kept)} of 7 shard(s) in {out / writer.STAGING} ({out} "
+                    f"{'is otherwise as it was' if over else 'did not exist'} before the run); "
+                    "run the same command with --resume to continue")
         else:
             want = before
             said = f"{out} is as it was before the run" + ("; its previous student is intact" if over else ": absent")
         assert err.splitlines() == [f"slicer: interrupted; {said}"], (step, err)
-        assert _tree(out) == want, step  # old or new, and no staging, no lock
+        assert _tree(out) == want, step  # old or new, and no staging (but a resumable one), no lock
+        if step == "write":  # and --resume finishes it
+            assert cli.main(_args(e, e.teacher, out, "--quiet", "--resume", *(["--overwrite"] if over else []))) == 0
+            assert _tree(out) == new, step
 
 
 def _inject(m, step: str) -> None:  # noqa: C901 - one branch per step
@@ -422,14 +434,29 @@ def _inject(m, step: str) -> None:  # noqa: C901 - one branch per step
         def plan(*a, **k):
             raise KeyboardInterrupt
         m.setattr(api, "_plan", plan)
-    elif step == "write":
-        real_job, jobs = engine.Engine._run_job, []
+    elif step == "write":  # once the first shard is complete (and recorded), in the middle of the second
+        real_job, real_done, real_shard, done = engine.Engine._run_job, writer.OutputDir.record_done, \
+            writer.OutputDir.shard, []
+
+        def record_done(self, w):  # in the writer thread
+            real_done(self, w)
+            done.append(w.final.name)
+
+        def shard(self, *a):  # the engine opens the next shard: the writer may still finish the last one
+            opened.append(1)
+            if len(opened) == 2:
+                deadline = time.monotonic() + 30
+                while not done and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            return real_shard(self, *a)
 
         def run_job(self, *a):
-            jobs.append(1)
-            if len(jobs) == 5:
+            if done:
                 raise KeyboardInterrupt
             return real_job(self, *a)
+        opened: list = []
+        m.setattr(writer.OutputDir, "record_done", record_done)
+        m.setattr(writer.OutputDir, "shard", shard)
         m.setattr(engine.Engine, "_run_job", run_job)
     elif step == "finish":  # writing the manifest into staging, before any rename
         real_write = writer._write_atomic
@@ -735,11 +762,11 @@ def test_closed_stderr_gets_no_traceback_and_no_file_takes_its_place(e, tmp_path
     assert bad.returncode == 2 and bad_out == ""  # the error line is not printed on stdout instead
 
 
-def test_bench_json_into_a_missing_folder_is_refused_before_running(tmp_path, capfd):
+def test_bench_output_into_a_missing_folder_is_refused_before_running(tmp_path, capfd):
     started = time.monotonic()
     for target, said in ((tmp_path / "missing" / "b.json", "does not exist"), (tmp_path, "is a folder")):
         capfd.readouterr()
-        assert cli.main(["bench", "--quick", "--json", str(target)]) == 2
+        assert cli.main(["bench", "--quick", "-o", str(target)]) == 2
         assert said in _one_error_line(capfd.readouterr().err)
     assert time.monotonic() - started < 5
 
@@ -883,6 +910,10 @@ def test_ctrl_c_at_any_moment_of_main_is_one_line(e, tmp_path):
         if p.returncode == 130:
             assert len(err.splitlines()) == 1 and err.startswith("slicer: interrupted; "), err
             if err.rstrip().endswith(f"{out} holds the complete new student"):
+                assert _tree(out) == _new_student(e)
+            elif err.startswith("slicer: interrupted; kept "):  # completed shards wait for --resume
+                assert os.listdir(out) == [writer.STAGING] and "--resume" in err, (delays[i], err, _tree(out))
+                assert cli.main(_args(e, e.teacher, out, "--quiet", "--resume")) == 0
                 assert _tree(out) == _new_student(e)
             else:
                 assert not out.exists(), (delays[i], err, _tree(out))

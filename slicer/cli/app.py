@@ -203,7 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Time the selection (torch on the CPU, the Triton kernel on a GPU) against a "
                                        "copy_ of as many bytes, then slicer.shrink of a generated Llama-shaped teacher.")
     bench.add_argument("--quick", action="store_true", help="fewer shapes, dtypes and repeats, smaller sizes (well under a minute on 2 cores)")
-    bench.add_argument("--json", metavar="FILE", dest="json_file", help="write every record (and the machine) as JSON")
+    bench.add_argument("--json", action="store_true", help="print every record (and the machine) as JSON on stdout, "
+                                                          "instead of the table")
+    bench.add_argument("-o", "--output", metavar="FILE", dest="json_file",
+                       help="also write every record (and the machine) as JSON to FILE")
     bench.add_argument("--plot", metavar="FILE.png", help="draw GB/s against size per backend (needs the [plot] extra)")
     bench.add_argument("--interpreter", action="store_true", help="also time the Triton kernel in its CPU interpreter (small cases)")
     bench.add_argument("--size-gb", type=float, default=None, help="end-to-end teacher size, GB (default 1; --quick 0.25)")
@@ -416,6 +419,7 @@ def _rotation_kwargs(args) -> dict:
 def cmd_score(args) -> int:
     from ..importance import score_to_file
 
+    _check_writable(args.output)  # before the scoring run, not after it
     summary = score_to_file(args.teacher, args.output, calibration=args.calibration, samples=args.samples,
                             seq_len=args.seq_len, device=args.device)
     if args.json:
@@ -444,7 +448,7 @@ def cmd_verify(args) -> int:
             how = "every element" if report.full else "sampled rows"
             checked += f", {report.tensors_compared} compared with the teacher ({how}: {report.elements_compared} elements)"
         verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
-        _say(f"verify {report.out}: {verdict}; checked {checked}")
+        _out(f"verify {report.out}: {verdict}; checked {checked}")  # the result: stdout, as every command's
     return 0 if report.ok else 1
 
 
@@ -463,13 +467,15 @@ def cmd_bench(args) -> int:
     for path in (args.json_file, args.plot):
         if path:
             _check_writable(path)  # before minutes of timing, not after
+    if args.workdir is not None:
+        _check_workdir(args.workdir)
     if args.plot:
         bm.require_matplotlib()
     result = bm.run_bench(quick=args.quick, **lists, repeats=args.repeats, size_gb=args.size_gb,
                           interpreter=args.interpreter, gather=args.gather, e2e=args.e2e, workdir=args.workdir)
     if args.plot:
         bm.plot(result, args.plot)
-    _out(bm.format_records(result))
+    _out(json.dumps(result.as_dict(), indent=1) if args.json else bm.format_records(result))
     if args.json_file:
         try:
             with open(args.json_file, "w") as f:
@@ -488,6 +494,30 @@ def _check_writable(path: str) -> None:
         raise SlicerError(f"{path}: cannot write there: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise SlicerError(f"{path}: cannot write there: folder {folder} is not writable")
+    _probe_folder(folder, f"{path}: cannot write there")
+
+
+def _check_workdir(path: str) -> None:
+    """bench --workdir: a folder that takes files, checked before the timing starts."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SlicerError(f"--workdir {path}: not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)  # as the benchmark would
+    except OSError as e:
+        raise SlicerError(f"--workdir {path}: cannot create the folder: {e.strerror or e}") from e
+    _probe_folder(path, f"--workdir {path}: cannot write there")
+
+
+def _probe_folder(folder: str, what: str) -> None:
+    """Create and remove a file: os.access says yes to root on a read-only mount's chmod, and
+    to anyone where a quota or a full disk says no."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".slicer-probe-"):
+            pass
+    except OSError as e:
+        raise SlicerError(f"{what}: {e.strerror or e}") from e
 
 
 def _show_progress(args) -> bool:

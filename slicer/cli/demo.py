@@ -133,12 +133,13 @@ def _prepare_keep(root: Path, overwrite: bool) -> None:
 
 
 def _check(teacher: Path, out: Path) -> tuple[bool, str]:
-    """Compare a few student tensors with the spec's formulas, computed here independently:
-    uniform index sets per axis, whole attention heads (the template's folder has a config,
-    so the plan keeps kv heads and the query heads of each kept group whole)."""
+    """Compare every student tensor of the demo's layers with the spec's formulas, computed
+    here independently for what the run recorded it did (OUT's manifest: each dimension's
+    axes, each axis's sizes). Whether attention went by whole heads (with transformers) or
+    flat (the plain install) is read from the run, never assumed; the index sets themselves
+    are recomputed from the reference's own formula (float32 linspace, rounded), and the
+    layer map from the same formula over the depths."""
     from safetensors import safe_open
-
-    from ..selection import uniform_indices
 
     def load(folder: Path, name: str) -> torch.Tensor:
         for f in sorted(folder.glob("*.safetensors")):
@@ -147,32 +148,55 @@ def _check(teacher: Path, out: Path) -> tuple[bool, str]:
                     return h.get_tensor(name)
         raise KeyError(name)
 
-    def head_rows(kv_heads: bool) -> list[int]:
-        """Rows of q_proj (kv heads x group x head dim) or of k_proj / v_proj (kv heads x head dim)."""
-        hd_t = TEACHER["hidden_size"] // TEACHER["num_attention_heads"]
-        hd_s = STUDENT["hidden_size"] // STUDENT["num_attention_heads"]
-        assert hd_t == hd_s, "the demo keeps the head size; a smaller one pairs rotary dims"
-        kv = uniform_indices(TEACHER["num_key_value_heads"], STUDENT["num_key_value_heads"])
-        g_t = TEACHER["num_attention_heads"] // TEACHER["num_key_value_heads"]
-        g_s = STUDENT["num_attention_heads"] // STUDENT["num_key_value_heads"]
-        group = [0] if kv_heads else uniform_indices(g_t, g_s)
-        width = 1 if kv_heads else g_t
-        return [(k * width + g) * hd_t + d for k in kv for g in group for d in range(hd_t)]
+    def uniform(t: int, s: int) -> list[int]:
+        """The reference code's uniform selection (Xu et al.), with its multiple-of shortcut."""
+        if t % s == 0:
+            return list(range(0, t, t // s))
+        return torch.round(torch.linspace(0, t - 1, s, dtype=torch.float32)).to(torch.int64).tolist()
 
-    hidden = uniform_indices(TEACHER["hidden_size"], STUDENT["hidden_size"])
-    ffn = uniform_indices(TEACHER["intermediate_size"], STUDENT["intermediate_size"])
-    expected = {"mlp.down_proj.weight": (hidden, ffn), "mlp.up_proj.weight": (ffn, hidden),
-                "self_attn.q_proj.weight": (head_rows(False), hidden),
-                "self_attn.k_proj.weight": (head_rows(True), hidden),
-                "self_attn.o_proj.weight": (hidden, head_rows(False))}
-    layers = uniform_indices(TEACHER["num_hidden_layers"], STUDENT["num_hidden_layers"])
+    try:
+        record = json.loads((out / "slicer_manifest.json").read_text())
+        axes, tensors = record["axes"], record["tensors"]
+    except (OSError, ValueError, KeyError) as e:
+        return False, f"cannot read the run's manifest: {e}"
+
+    def members(name: str, side: str) -> list[int]:
+        """Teacher indices an axis keeps (side "s"), or all its teacher members (side "t")."""
+        ax = axes[name]
+        if "parts" not in ax:
+            return uniform(ax["t"], ax["s"]) if side == "s" else list(range(ax["t"]))
+        return compose(ax["parts"], side)
+
+    def compose(layout: str, side: str) -> list[int]:
+        """``a * b | c``: row-major products, concatenated; an integer factor is a block kept whole."""
+        rows, base = [], 0
+        for seg in layout.split("|"):
+            kept, width = [0], 1
+            for f in (f.strip() for f in seg.split("*")):
+                n, picked = (int(f), list(range(int(f)))) if f.isdecimal() else (axes[f]["t"], members(f, side))
+                kept, width = [k * n + i for k in kept for i in picked], width * n
+            rows += [base + k for k in kept]
+            base += width
+        return rows
+
+    want_layers = uniform(TEACHER["num_hidden_layers"], STUDENT["num_hidden_layers"])
+    if record.get("layer_maps", {}).get("model.layers") != want_layers:
+        return False, f"the layer map {record.get('layer_maps')} is not the uniform {want_layers}"
+    q_rows = tensors["model.layers.0.self_attn.q_proj.weight"]["axes"][0]
+    how = "whole attention heads" if "q-heads" in q_rows else "attention rows selected flat"
     checked = 0
-    for j, i in enumerate(layers):
-        for part, (rows, cols) in expected.items():
-            t = load(teacher, f"model.layers.{i}.{part}")
-            s = load(out, f"model.layers.{j}.{part}")
-            want = t[torch.tensor(rows)][:, torch.tensor(cols)]
-            if want.shape != s.shape or not torch.equal(want.view(torch.int16), s.view(torch.int16)):
-                return False, f"student tensor model.layers.{j}.{part} differs from the spec's selection"
+    for j, i in enumerate(want_layers):
+        for part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm", "post_attention_layernorm"):
+            name = f"model.layers.{j}.{part}.weight"
+            entry = tensors.get(name)
+            if entry is None or entry["source"] != f"model.layers.{i}.{part}.weight":
+                return False, f"student tensor {name} is not recorded as selected from teacher layer {i}"
+            want = load(teacher, entry["source"])
+            for dim, layout in enumerate(entry["axes"]):
+                want = want.index_select(dim, torch.tensor(compose(layout, "s")))
+            got = load(out, name)
+            if want.shape != got.shape or not torch.equal(want.view(torch.int16), got.view(torch.int16)):
+                return False, f"student tensor {name} differs from the spec's selection"
             checked += 1
-    return True, f"checked {checked} tensors bit for bit against the spec's formulas: all equal"
+    return True, f"checked {checked} tensors bit for bit against the spec's formulas ({how}): all equal"

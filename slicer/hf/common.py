@@ -6,6 +6,7 @@ import contextlib
 import copy
 import json
 import re
+import warnings
 from pathlib import Path
 
 from ..errors import SlicerError
@@ -79,7 +80,9 @@ def quiet():
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        yield
+        with warnings.catch_warnings():  # torch's too (zero-element init with hidden_size=0): the error says it
+            warnings.simplefilter("ignore")
+            yield
     finally:
         hf_logging.set_verbosity(level)
 

@@ -28,6 +28,7 @@ from ..io.format import CAST_TARGETS
 from ..selection import layer_indices
 from ..plan.student import StudentSpec
 from .backbone_stages import follow_out_stages
+from .config_checks import check_config_describes, check_nested_key, check_no_growth
 
 log = logging.getLogger("slicer")
 
@@ -71,6 +72,7 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
     config_cls = config_class(transformers, base, base_path)
     _refuse_architecture_change(base, edits, base_path)
     student_dict = _apply_edits(base, edits, config_cls, where)
+    check_no_growth(teacher_dict if teacher_dict is not None else base, student_dict, where, edits)  # before any build
     lists = layer_lists.find(base, student_dict, edits, config_cls, depth_key_of(config_cls))
     layer_lists.provisional(lists, student_dict)
     _nested_layer_numbers(base, student_dict, edits, config_cls, layer_selection, where,
@@ -139,6 +141,8 @@ def _apply_edits(base: dict, edits: dict, config_cls, where: str) -> dict:
             if not isinstance(target, dict):
                 raise SlicerError(f"{where}: --set {key}: {part!r} is not a nested config object")
             cls = _sub_config_class(cls, part, target)
+        if cls is None and path:  # a plain dict (rope_parameters): no class to ask, so the key must exist
+            check_nested_key(out, key, where)
         if cls is not None:  # nested keys are checked against their own config class (text_config: LlamaConfig)
             leaf = getattr(cls, "attribute_map", {}).get(leaf, leaf)
             if leaf not in target:
@@ -469,7 +473,7 @@ def _binder_factory(transformers, student_model, tensors: list[StudentTensor], t
             raise SlicerError(f"{ckpt.path}: teacher has no config.json, and whole-head selection needs its structure; "
                               "add it, or pass --attention flat")
         return guard.names_binder
-    teacher_model = _teacher_model(transformers, teacher_dict, ckpt.config_path(), student_model)
+    teacher_model = _teacher_model(transformers, teacher_dict, ckpt.config_path(), student_model, ckpt.tensors)
     from .bindings import check_experts, check_heads, model_binder
 
     check_experts(teacher_model, student_model, where)
@@ -478,13 +482,18 @@ def _binder_factory(transformers, student_model, tensors: list[StudentTensor], t
     return model_binder(teacher_model, student_model, list(ckpt.tensors), [t.name for t in tensors])
 
 
-def _teacher_model(transformers, teacher_dict: dict, path: Path, student_model):
-    """The teacher's model on the meta device (its architecture, else the student's class)."""
+def _teacher_model(transformers, teacher_dict: dict, path: Path, student_model, tensors: dict | None = None):
+    """The teacher's model on the meta device (its architecture, else the student's class); with
+    the teacher's ``tensors``, checked to describe them (a config that contradicts its weights would
+    give a plan of the wrong sizes)."""
     cls = config_class(transformers, teacher_dict, path)
     config = build_config(cls, teacher_dict, str(path))
     arch = (architecture(transformers, teacher_dict, str(path)) if teacher_dict.get("architectures")
             else type(student_model))
-    return _meta_model(transformers, arch, config, str(path))
+    model = _meta_model(transformers, arch, config, str(path))
+    if tensors is not None:
+        check_config_describes(_saved_shapes(model), {n: t.shape for n, t in tensors.items()}, str(path))
+    return model
 
 
 def template_structure(ckpt: Checkpoint, spec: StudentSpec, attention: str | None) -> str:
@@ -524,7 +533,7 @@ def template_structure(ckpt: Checkpoint, spec: StudentSpec, attention: str | Non
     config = build_config(cls, student_dict, str(student_path))
     arch = architecture(transformers, student_dict, str(student_path))
     student_model = _meta_model(transformers, arch, config, str(student_path))
-    teacher_model = _teacher_model(transformers, teacher_dict, teacher_path, student_model)
+    teacher_model = _teacher_model(transformers, teacher_dict, teacher_path, student_model, ckpt.tensors)
     from .bindings import model_binder
 
     spec.make_binder = model_binder(teacher_model, student_model, list(ckpt.tensors), [t.name for t in spec.tensors])

@@ -109,7 +109,8 @@ def tokenizer(teacher_folder: Path):
     """The teacher folder's own tokenizer (never downloaded)."""
     if not any((teacher_folder / f).is_file() for f in TOKENIZER_FILES):
         raise SlicerError(f"{teacher_folder}: no tokenizer in the teacher's folder ({', '.join(TOKENIZER_FILES[:3])}, ...); "
-                          "add it, or pass --calibration a .safetensors file of input_ids")
+                          "add it, or pass --calibration a .safetensors file of input_ids (an integer tensor [N, L]: "
+                          "safetensors.torch.save_file({'input_ids': ids}, 'ids.safetensors'))")
     from ..hf import common as hf
 
     transformers = hf.import_transformers()

@@ -83,6 +83,36 @@ def recorded_files(manifest: object) -> set[str]:
     return {n for n in names if _plain_name(n)}
 
 
+def proven_files(out: Path, manifest: object, skip=()) -> set[str]:
+    """Files of OUT that a finished slicer run provably wrote: each one's size and sha256
+    equal what its manifest recorded (``shards``, and ``written`` for the other files);
+    the manifest itself, the record, when it is one. Names in ``skip`` are not hashed."""
+    if not isinstance(manifest, dict) or not str(manifest.get("format", "")).startswith("slicer-manifest/"):
+        return set()
+    records: dict[str, dict] = {}
+    written = manifest.get("written")
+    for name, rec in (written.items() if isinstance(written, dict) else ()):
+        records[name] = rec
+    shards = manifest.get("shards")
+    for rec in (shards if isinstance(shards, list) else ()):
+        if isinstance(rec, dict):
+            records.setdefault(rec.get("name"), rec)
+    proven = {MANIFEST_NAME}
+    for name, rec in records.items():
+        if not _plain_name(name) or name in skip or not isinstance(rec, dict):
+            continue
+        path = out / name
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size == rec.get("size") and isinstance(rec.get("sha256"), str):
+            with contextlib.suppress(OSError):
+                if sha256_file(path)[0] == rec["sha256"]:
+                    proven.add(name)
+    return proven
+
+
 def _plain_name(name: object) -> bool:
     """A file directly in OUT: a recorded name can never reach outside it."""
     return (isinstance(name, str) and name not in ("", ".", "..", STAGING, LOCK_NAME)
@@ -198,7 +228,9 @@ class OutputDir:
                 self.unchanged = True
                 self._unlock()
                 return {}
-            owned = recorded_files(previous) | ({n for n in staged.get("files", []) if _plain_name(n)} if staged else set())
+            # Removed unless this run writes the same name: only files whose size and sha256 match
+            # what a finished slicer run recorded (a name in a manifest or run.json is no proof).
+            owned = proven_files(self.out, previous, skip=files)
             self.replace = [n for n in entries if (n in owned or n in files) and not _is_folder(self.out / n)]
             self._had_student = bool(recorded_files(previous) & set(entries))
             self._check_replaceable(files)
@@ -353,6 +385,11 @@ class OutputDir:
                 (self.staging / NEW_NAME).mkdir(exist_ok=True)
                 for name, data in extra_files.items():
                     _write_atomic(self.staging / NEW_NAME / name, data, sync=True)
+                # What a later --overwrite may remove: every file by size and sha256, the manifest aside.
+                written = {n: dict(zip(("sha256", "size"), sha256_file(self.staging / NEW_NAME / n)))
+                           for n in extra_files}
+                written |= {n: {"sha256": self.done[n]["sha256"], "size": self.done[n]["size"]} for n in shard_names}
+                manifest = {**manifest, "written": dict(sorted(written.items()))}
                 _write_atomic(self.staging / NEW_NAME / MANIFEST_NAME, json.dumps(manifest, indent=1).encode() + b"\n",
                               sync=True)
                 _fsync_dir(self.staging / NEW_NAME)
@@ -435,6 +472,23 @@ class OutputDir:
         if self._had_student:
             return f"{self.out} is as it was before the run; its previous student is intact"
         return f"{self.out} is as it was before the run"
+
+    def keep_for_resume(self, shards: int) -> str:
+        """Stop after an interrupt, keeping the completed shards in staging for ``--resume``
+        (the same state a SIGKILL leaves, less the half-written shard and the lock). OUT's
+        own files are untouched: it holds no student that looks finished. Returns what
+        OUT holds now, for the one line the CLI prints."""
+        with _signals_deferred():
+            kept = set(self.done)
+            for p in self.staging.iterdir():  # the half-written shard; nothing else is staged yet
+                if p.name not in kept and p.name not in (RUN_NAME, DONE_NAME):
+                    shutil.rmtree(p, ignore_errors=True) if _is_folder(p) else p.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                _fsync_dir(self.staging)
+            self._unlock()
+        before = "did not exist before the run" if self.created else "is otherwise as it was before the run"
+        return (f"kept {len(kept)} of {shards} shard(s) in {self.staging} ({self.out} {before}); "
+                "run the same command with --resume to continue")
 
     def abort(self) -> None:
         """Undo the run: staging removed, and OUT too if this run created it."""

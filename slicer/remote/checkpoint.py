@@ -18,6 +18,7 @@ from ..io.format import Header
 from .folder import RemoteFolder
 from .options import RemoteOptions
 from .source import Source
+from .urls import check_url
 
 log = logging.getLogger("slicer")
 
@@ -33,6 +34,7 @@ def split_target(url: str) -> tuple[str, str | None]:
 
 def make_source(url: str, options: RemoteOptions) -> tuple[Source | None, str | None, object]:
     """(source, file name) for a URL, or (None, None, local path) where hf:// resolves to the local cache."""
+    check_url(url)  # as text, before any request
     scheme = url.split("://", 1)[0].lower()
     if scheme == "hf":
         from .hub_source import HubSource, cached_snapshot, offline_mode, parse_hf_url

@@ -19,6 +19,7 @@ from ..errors import SlicerError
 from .locations import Locations, RedirectError, same_origin
 from .ratelimit import rate_limited
 from .source import RemoteFile, Source, Transient, Write, check_range_response, join, status_error
+from .urls import is_literal_address
 
 # Files a model folder may hold beside its weights; tried by name (HEAD) on a config route.
 SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -131,6 +132,8 @@ class HttpSource(Source):
         except self._urllib3.exceptions.MaxRetryError as e:
             if isinstance(e.reason, self._urllib3.exceptions.ResponseError):  # too many redirects
                 raise SlicerError(f"{url}: {e.reason}") from e
+            if _refused(e.reason) and is_literal_address(urlsplit(url).hostname):  # final: nothing to retry
+                raise SlicerError(f"{url}: connection refused (nothing listens there)") from e
             raise Transient(f"cannot connect: {e.reason}") from e
         except (self._urllib3.exceptions.HTTPError, OSError) as e:
             raise Transient(f"request failed: {e}") from e
@@ -151,3 +154,14 @@ class _Response:
     def close(self) -> None:
         self.r.close()
         self.r.release_conn()
+
+
+def _refused(reason: object) -> bool:
+    """urllib3 wraps ConnectionRefusedError in NewConnectionError (its message, or its context)."""
+    seen = 0
+    while reason is not None and seen < 5:
+        if isinstance(reason, ConnectionRefusedError):
+            return True
+        reason = reason.__cause__ or reason.__context__
+        seen += 1
+    return False

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import stop
 from ..errors import SlicerError
 from .host_arrays import HostArrays, torch_dtype, torch_view
 from ..plan.build import Plan, TensorJob
@@ -81,6 +82,7 @@ class Engine:
             with self.open_reader(plan, skip_shards=output.done) as reader:
                 try:
                     for shard in plan.shards:
+                        stop.check()
                         if shard.filename in output.done:  # completed by the run we resume
                             on_bytes(shard.size)
                             for _ in shard.jobs:
@@ -90,6 +92,7 @@ class Engine:
                         writer.submit(("open", out))
                         writer.submit(("bytes", shard.header, None))
                         for job in shard.jobs:
+                            stop.check()  # Ctrl-C: between tensors and chunks only (slicer.run.stop)
                             bytes_read += self._run_job(job, reader, writer, free)
                             writer.submit(("tensor",))
                         writer.submit(("finish", out))
@@ -139,6 +142,7 @@ class Engine:
         for chunk, _, done in self.select(job, reader, pool_buffer):
             touched += _bytes_touched(job, chunk)
             writer.submit(("bytes", buf, math.prod(chunk.out_shape) * out_size, done))
+            stop.check()  # after the hand-over: the writer owns the buffer (and waits for its device copy)
         return touched
 
     def tensor(self, job: TensorJob, reader: TeacherReader):
@@ -296,6 +300,7 @@ class _WriterThread(threading.Thread):
     def take(self, free: queue.Queue) -> np.ndarray:
         while True:
             self.raise_error()
+            stop.check()  # a slow disk must not hold a Ctrl-C back
             try:
                 return free.get(timeout=0.1)
             except queue.Empty:
