@@ -103,7 +103,7 @@ def plan(
                                               dtype=dtype, max_shard_size=max_shard_size, revision=revision,
                                               cache_dir=cache_dir, remote=remote, quantized=quantized, scores=scores,
                                               calibration=calibration, samples=samples, seq_len=seq_len, device=device)
-    return _plan(ckpt, student, options)
+    return plan_student(ckpt, student, options)
 
 
 def describe_student(teacher, template, student_config, config_set, *, attention, revision=None, cache_dir=None,
@@ -163,7 +163,8 @@ def _ranking(ckpt: Checkpoint, method: str, layer_selection: str, scores, calibr
     return run.scores
 
 
-def _plan(teacher: Checkpoint, student: StudentSpec, options: Options) -> Plan:
+def plan_student(teacher: Checkpoint, student: StudentSpec, options: Options) -> Plan:
+    """The plan of a described student (every route, and every worker of a distributed run, plans so)."""
     return build_plan(teacher, student.tensors, options, student.make_binder(options), origin=student.origin,
                       quantization=quantized_weights.teacher_scheme(teacher), ranking=student.ranking)
 
@@ -196,6 +197,9 @@ def shrink(
     calibration: str | Path | None = None,
     samples: int = DEFAULT_SAMPLES,
     seq_len: int = DEFAULT_SEQ_LEN,
+    shards: Iterable[int] | None = None,
+    executor: str | None = None,
+    executor_options: dict | None = None,
 ) -> Summary:
     """Write the student selected from ``teacher`` into the folder ``out``.
 
@@ -210,7 +214,23 @@ def shrink(
     whether ``out`` holds the old or the complete new student. A remote ``teacher``
     (see :func:`plan`) is read by range requests of the kept rows only. Importance
     options as for :func:`plan` (scoring runs on ``device``).
+
+    Beyond one machine (see slicer.distributed): ``shards`` (numbers from 1) writes only
+    those output shards into ``out`` as a staging folder, for ``slicer finish``;
+    ``executor="ray"`` or ``"slurm"`` runs one task per output shard (``executor_options``:
+    e.g. ``{"address": ...}`` for Ray, submitit parameters for Slurm) and finishes ``out``.
     """
+    if shards is not None or executor not in (None, "local"):
+        from .distributed import shrink_distributed
+
+        inputs = dict(template=template, student_config=student_config, config_set=config_set, method=method,
+                      seed=seed, layer_selection=layer_selection, attention=attention, exclude=list(exclude),
+                      dtype=dtype, max_shard_size=max_shard_size, revision=revision, cache_dir=cache_dir,
+                      remote=remote, quantized=quantized, scores=scores, calibration=calibration, samples=samples,
+                      seq_len=seq_len, device=device)
+        return shrink_distributed(teacher, out, inputs, shards=shards, executor=executor,
+                                  executor_options=executor_options, device=device, backend=backend,
+                                  overwrite=overwrite, resume=resume, progress=progress, chunk_bytes=chunk_bytes)
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
                                               dtype=dtype, max_shard_size=max_shard_size, revision=revision,
@@ -259,7 +279,7 @@ def stream(
     from .engine import Engine
 
     check_chunk_bytes(chunk_bytes)
-    the_plan = _plan(ckpt, student, options)
+    the_plan = plan_student(ckpt, student, options)
     chosen = choose(device, backend)
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device, arrays=chosen.arrays)
     with engine.open_reader(the_plan, whole_copies=False) as reader:
@@ -272,22 +292,17 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
     """Shared by every route to a student spec (template, config)."""
     from .backends import choose
     from .engine import Engine
-    from .writer import INDEX_NAME, MANIFEST_NAME, OutputDir, index_json
+    from .writer import OutputDir
 
     start = time.perf_counter()
     check_chunk_bytes(chunk_bytes)
-    the_plan = _plan(teacher, student, options)
+    the_plan = plan_student(teacher, student, options)
     out = Path(out)
-    _check_out(out, the_plan.teacher, student)
+    check_out(out, the_plan.teacher, student)
     chosen = choose(device, backend)
     output = OutputDir(out, overwrite=overwrite, resume=resume)
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device, arrays=chosen.arrays)
-    record = manifest.build(the_plan)
-    extra = quantized_weights.student_config(dict(student.files), the_plan.quantization)
-    if the_plan.is_sharded:
-        shards = [(s.filename, [j.name for j in s.jobs]) for s in the_plan.shards]
-        extra[INDEX_NAME] = index_json(shards, sum(j.nbytes for j in the_plan.jobs))
-    record["files"] = [*(s.filename for s in the_plan.shards), *extra, MANIFEST_NAME]  # what --overwrite may replace later
+    record, extra = output_files(the_plan, student)
     bar = None
     try:
         resumed = output.open(manifest.fingerprint(record), record["files"])
@@ -315,6 +330,20 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
                        peak=memory.peak, replaced=list(output.replace), resumed=sorted(resumed))
     log.debug("wrote %s", summary)
     return summary
+
+
+def output_files(the_plan: Plan, student: StudentSpec) -> tuple[dict, dict[str, bytes]]:
+    """The manifest record (shard hashes still to fill in) and the small files OUT gets
+    beside the shards (config, tokenizer files, index)."""
+    from .writer import INDEX_NAME, MANIFEST_NAME, index_json
+
+    record = manifest.build(the_plan)
+    extra = quantized_weights.student_config(dict(student.files), the_plan.quantization)
+    if the_plan.is_sharded:
+        shards = [(s.filename, [j.name for j in s.jobs]) for s in the_plan.shards]
+        extra[INDEX_NAME] = index_json(shards, sum(j.nbytes for j in the_plan.jobs))
+    record["files"] = [*(s.filename for s in the_plan.shards), *extra, MANIFEST_NAME]  # what --overwrite may replace later
+    return record, extra
 
 
 def _summary(out: Path, the_plan: Plan, chosen, *, bytes_read: int, seconds: float, peak: int,
@@ -356,7 +385,7 @@ def _physical_memory() -> int:
         return 0
 
 
-def _check_out(out: Path, teacher: Checkpoint, student: StudentSpec) -> None:
+def check_out(out: Path, teacher: Checkpoint, student: StudentSpec) -> None:
     """OUT must not be, be inside, or hold an input's folder: inputs stay untouched
     (also with --overwrite, which removes files of OUT)."""
     try:
