@@ -42,7 +42,8 @@ class Fault:
 
     kind: "drop" (close after ``after`` body bytes), "short" (send ``after`` bytes with a
     Content-Length that says so, a truncating proxy), "status" (answer ``status``),
-    "delay" (sleep ``seconds`` first), "hook" (call ``hook(path)`` first, then answer).
+    "delay" (sleep ``seconds`` first), "hook" (call ``hook(path)`` first, then answer; with
+    ``pass_handler``, ``hook(path, handler)``).
     """
 
     kind: str
@@ -54,6 +55,7 @@ class Fault:
     seconds: float = 0.0
     hook: object = None
     ranged_only: bool = True
+    pass_handler: bool = False  # "hook": call hook(path, handler) (the request's headers, client_address)
     seen: int = 0
     fired: int = 0
 
@@ -286,7 +288,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "delay":
             time.sleep(fault.seconds)
         if fault is not None and fault.kind == "hook":
-            fault.hook(target)
+            fault.hook(target, self) if fault.pass_handler else fault.hook(target)
         if fault is not None and fault.kind == "status":
             return self._error(fault.status, "injected")
         size = target.stat().st_size
