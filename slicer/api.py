@@ -103,7 +103,7 @@ def plan(
                                               dtype=dtype, max_shard_size=max_shard_size, revision=revision,
                                               cache_dir=cache_dir, remote=remote, quantized=quantized, scores=scores,
                                               calibration=calibration, samples=samples, seq_len=seq_len, device=device)
-    return plan_student(ckpt, student, options)
+    return _plan(ckpt, student, options)
 
 
 def describe_student(teacher, template, student_config, config_set, *, attention, revision=None, cache_dir=None,
@@ -164,7 +164,11 @@ def _ranking(ckpt: Checkpoint, method: str, layer_selection: str, scores, calibr
 
 
 def plan_student(teacher: Checkpoint, student: StudentSpec, options: Options) -> Plan:
-    """The plan of a described student (every route, and every worker of a distributed run, plans so)."""
+    """The plan of a described student (every worker of a distributed run plans so)."""
+    return _plan(teacher, student, options)
+
+
+def _plan(teacher: Checkpoint, student: StudentSpec, options: Options) -> Plan:
     return build_plan(teacher, student.tensors, options, student.make_binder(options), origin=student.origin,
                       quantization=quantized_weights.teacher_scheme(teacher), ranking=student.ranking)
 
@@ -279,7 +283,7 @@ def stream(
     from .engine import Engine
 
     check_chunk_bytes(chunk_bytes)
-    the_plan = plan_student(ckpt, student, options)
+    the_plan = _plan(ckpt, student, options)
     chosen = choose(device, backend)
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device, arrays=chosen.arrays)
     with engine.open_reader(the_plan, whole_copies=False) as reader:
@@ -296,7 +300,7 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
 
     start = time.perf_counter()
     check_chunk_bytes(chunk_bytes)
-    the_plan = plan_student(teacher, student, options)
+    the_plan = _plan(teacher, student, options)
     out = Path(out)
     check_out(out, the_plan.teacher, student)
     chosen = choose(device, backend)

@@ -288,3 +288,31 @@ def test_submitit_local_executor_runs_the_same_path(remote_root, tmp_path):
     assert tree(out, manifest=True) == tree(remote_root["local"], manifest=True)
     assert not (out / ".slicer-partial").exists()
     assert json.loads((out / "slicer_manifest.json").read_text())["shards"] == remote_root["manifest"]["shards"]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("extra, message", [
+    (["--address", "127.0.0.1:1"], "--address and --executor-option are for --executor ray or slurm"),
+    (["--executor", "slurm", "--address", "127.0.0.1:1"], "--address is for --executor ray"),
+    (["--executor", "ray", "--shards", "1"], "--shards writes some shards in this process"),
+    (["--executor", "ray", "--executor-option", "num_cpus"], "expected KEY=VALUE"),
+    (["--shards", "2-1"], "shard numbers count from 1"),
+], ids=["address-local", "address-slurm", "shards-and-executor", "bad-option", "bad-range"])
+def test_distributed_flags_misused_are_one_line_errors(remote_root, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    assert run_cli("shrink", remote_root["teacher"], out, "--template", remote_root["template"], *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("slicer: error: ") and message in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("executor, package", [("ray", "ray"), ("slurm", "submitit")])
+def test_an_executor_not_installed_is_a_one_line_error(remote_root, tmp_path, capsys, monkeypatch, executor, package):
+    monkeypatch.setitem(sys.modules, package, None)  # import fails as if not installed
+    out = tmp_path / "out"
+    assert run_cli("shrink", remote_root["teacher"], out, "--template", remote_root["template"],
+                   "--executor", executor) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"weight-slicer[{'ray' if executor == 'ray' else 'slurm'}]" in err
+    assert not out.exists()
