@@ -120,12 +120,16 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 class RangeServer:
     def __init__(self, root: Path | None = None, *, bandwidth: float | None = None, hub: dict[str, Repo] | None = None,
                  require_token: str | None = None, forbid: str | None = None, slice_bytes: int = SLICE,
-                 latency: float = 0.0):
+                 latency: float = 0.0, client_key=None):
         self.root = Path(root) if root is not None else None
         self.hub = hub or {}
         self.faults: list[Fault] = []
         self.stats = Stats()
         self.bucket = _Bucket(bandwidth)
+        # client_key(client_address) -> a key: ``bandwidth`` per key (say, per client process)
+        # instead of shared by all; asked once per connection.
+        self.client_key = client_key
+        self._buckets: dict = {}
         self.require_token = require_token  # plain mode: every request needs this bearer token (401)
         self.forbid = forbid  # plain mode: paths containing this answer 403
         self.slice_bytes = slice_bytes
@@ -146,6 +150,15 @@ class RangeServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join()
+
+    def bucket_for(self, handler) -> _Bucket:
+        if self.client_key is None:
+            return self.bucket
+        if getattr(handler, "_bucket", None) is None:
+            key = self.client_key(handler.client_address)
+            with self._lock:
+                handler._bucket = self._buckets.setdefault(key, _Bucket(self.bucket.rate))
+        return handler._bucket
 
     def fault_for(self, path: str, ranged: bool) -> Fault | None:
         with self._lock:
@@ -342,7 +355,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
                     return
-                st.bucket.take(n)
+                st.bucket_for(self).take(n)
                 data = os.pread(f.fileno(), n, start + sent)
                 # Counted before the write: once the client holds the bytes, a test reading the
                 # stats must see them (counted after, a reset racing the write lost them).
