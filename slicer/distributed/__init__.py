@@ -79,7 +79,8 @@ def _drive(teacher, out: Path, inputs: dict, the_plan, record: dict, extra: dict
     output = OutputDir(out, overwrite=overwrite, resume=resume)
     runner = None
     bar = None
-    fetched = read = 0
+    fetched = read = peak = 0
+    tasks: list = []
     remote = the_plan.teacher.source is not None
     try:
         resumed = output.open(fp, record["files"])
@@ -104,6 +105,7 @@ def _drive(teacher, out: Path, inputs: dict, the_plan, record: dict, extra: dict
             for name, rec in result["records"].items():
                 output.record(name, rec)
             read += result["bytes_read"]
+            peak = max(peak, result.get("peak_memory_bytes") or 0)
             fetched += result.get("bytes_fetched") or 0
             log.debug("%s: %.1f s, %d bytes fetched", ", ".join(task.shards), result["seconds"],
                       result.get("bytes_fetched") or 0)
@@ -136,8 +138,8 @@ def _drive(teacher, out: Path, inputs: dict, the_plan, record: dict, extra: dict
     header_bytes = the_plan.teacher.source.bytes_fetched if remote else 0
     return Summary(out=str(out), tensors_written=len(the_plan.jobs), tensors_skipped=len(the_plan.skipped),
                    tensors_excluded=len(the_plan.excluded), shards=len(the_plan.shards), bytes_read=read,
-                   bytes_written=the_plan.bytes_to_write, seconds=time.perf_counter() - start, peak_memory_bytes=0,
-                   backend=executor, device=device, bytes_fetched=fetched + header_bytes if remote else None,
+                   bytes_written=the_plan.bytes_to_write, seconds=time.perf_counter() - start, peak_memory_bytes=peak,
+                   backend=executor, device=f"{len(tasks)} task{'s' * (len(tasks) != 1)}", bytes_fetched=fetched + header_bytes if remote else None,
                    teacher_bytes=the_plan.teacher.total_bytes, replaced=list(output.replace), resumed=sorted(resumed))
 
 

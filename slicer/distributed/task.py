@@ -29,6 +29,7 @@ class ShardTask:
 def run_task(task: ShardTask) -> dict:
     """Runs on a worker. Returns {"records": name -> record, "bytes_read", "bytes_fetched", "seconds"}."""
     from .. import api, manifest
+    from ..memory import PeakSampler
     from .finish import plan_difference
     from .shards import write_shards
 
@@ -39,9 +40,10 @@ def run_task(task: ShardTask) -> dict:
     if mine != task.fingerprint:
         raise SlicerError(f"{task.teacher}: this worker's plan is not the driver's ({plan_difference(task.fingerprint, mine)}); "
                           "every worker must see the same teacher files and inputs")
-    records, bytes_read = write_shards(the_plan, Path(task.staging), task.shards, device=task.device,
-                                       backend=task.backend, chunk_bytes=task.chunk_bytes)
+    with PeakSampler() as memory:
+        records, bytes_read = write_shards(the_plan, Path(task.staging), task.shards, device=task.device,
+                                           backend=task.backend, chunk_bytes=task.chunk_bytes)
     source = the_plan.teacher.source
     return {"records": records, "bytes_read": bytes_read,
             "bytes_fetched": source.bytes_fetched if source is not None else None,
-            "seconds": time.perf_counter() - start}
+            "seconds": time.perf_counter() - start, "peak_memory_bytes": memory.peak}
