@@ -16,7 +16,7 @@
   requests  Llama-3.1-405B's shapes (sparse files: nothing on disk) shrunk to Llama-3.1-8B's,
             split into output shards: per worker, the bytes and requests its shards fetch
             (headers included: every task plans again), for K = 1, 8, 17, 64 workers; tasks
-            go to the first free worker in plan order (as Ray hands them out). Shards of 1 GB
+            go to the first free worker, largest first (the driver's order; Ray hands them out so). Shards of 1 GB
             (17 shards) and, where K exceeds that, shards of student bytes / K. Expected wall
             time: the busiest worker's bytes at --link MB/s (default 100) each.
 
@@ -133,12 +133,21 @@ def run_ray(workdir: Path, bandwidth: float, workers: list[int], shards: int, re
     result = {"teacher_bytes": teacher_bytes, "student_bytes": student_bytes, "shards": len(plan.shards),
               "bytes_to_read": plan.bytes_to_read, "bandwidth_mb_s": bandwidth, "runs": []}
 
+    import psutil
+
+    server_proc = psutil.Process(server.proc.pid)
+    cpu: dict = {}
+
     def shrink(out: Path, **kw) -> tuple[float, int]:
         shutil.rmtree(out, ignore_errors=True)
         before = server.stats()["bytes_sent"]
+        c0, s0 = time.process_time(), sum(server_proc.cpu_times()[:2])
         t0 = time.perf_counter()
         slicer.shrink(url, out, template=template, max_shard_size=size, **kw)
-        return time.perf_counter() - t0, server.stats()["bytes_sent"] - before
+        wall = time.perf_counter() - t0
+        # CPU seconds of this process (the client, or Ray's driver) and of the server, over the run
+        cpu.update(client_cpu_s=time.process_time() - c0, server_cpu_s=sum(server_proc.cpu_times()[:2]) - s0)
+        return wall, server.stats()["bytes_sent"] - before
 
     try:
         single = []
@@ -153,14 +162,18 @@ def run_ray(workdir: Path, bandwidth: float, workers: list[int], shards: int, re
             try:
                 for rep in range(repeats):
                     s_single, b_single = shrink(workdir / "out-single")
+                    single_cpu = dict(cpu)
                     single.append((s_single, b_single))
                     s_ray, b_ray = shrink(workdir / f"out-ray{k}", executor="ray")
                     same = _same(workdir / "out-single", workdir / f"out-ray{k}")
-                    log(f"    rep {rep + 1}: single {s_single:.2f} s {b_single / 1e6:.1f} MB; ray K={k} {s_ray:.2f} s "
-                        f"{b_ray / 1e6:.1f} MB; identical: {same}")
+                    log(f"    rep {rep + 1}: single {s_single:.2f} s {b_single / 1e6:.1f} MB (CPU: client "
+                        f"{single_cpu['client_cpu_s']:.1f} s, server {single_cpu['server_cpu_s']:.1f} s); ray K={k} "
+                        f"{s_ray:.2f} s {b_ray / 1e6:.1f} MB (server CPU {cpu['server_cpu_s']:.1f} s); identical: {same}")
                     result["runs"].append({"workers": k, "rep": rep, "single_s": s_single, "single_bytes": b_single,
                                            "ray_s": s_ray, "ray_bytes": b_ray, "identical": same,
-                                           "startup_s": startup, "ray_init_s": init_s})
+                                           "startup_s": startup, "ray_init_s": init_s,
+                                           "single_cpu": single_cpu, "ray_server_cpu_s": cpu["server_cpu_s"],
+                                           "load": os.getloadavg()})
             finally:
                 ray.shutdown()
     finally:
@@ -198,6 +211,7 @@ def run_requests(workdir: Path, workers: list[int], link_mb: float, log) -> list
     import sparse405b
 
     import slicer
+    from slicer.distributed import shard_read_bytes
     from slicer.engine import DEFAULT_CHUNK_BYTES
     from slicer.remote.options import DEFAULT_GAP_BYTES, RemoteOptions
     from slicer.remote.ranges import coalesce, plan_spans
@@ -224,7 +238,7 @@ def run_requests(workdir: Path, workers: list[int], link_mb: float, log) -> list
         plan = base if label == "1GB" else slicer.plan(tdir, template=sdir, layer_selection="uniform",
                                                       max_shard_size=size)
         tasks = []
-        for shard in plan.shards:
+        for shard in sorted(plan.shards, key=shard_read_bytes, reverse=True):  # the driver's order
             others = [s.filename for s in plan.shards if s is not shard]
             n = b = 0
             for req in coalesce(plan_spans(plan, DEFAULT_CHUNK_BYTES, others), DEFAULT_GAP_BYTES,
@@ -241,7 +255,7 @@ def run_requests(workdir: Path, workers: list[int], link_mb: float, log) -> list
         tasks = per_size[label]
         load = [(0.0, i, 0, 0, 0) for i in range(k)]  # (seconds, worker, bytes, requests, shards)
         heapq.heapify(load)
-        for b, n in tasks:  # plan order, each to the first free worker (Ray's FIFO hand-out)
+        for b, n in tasks:  # largest first, each to the first free worker (the driver's order, Ray's FIFO hand-out)
             s, i, wb, wn, ws = heapq.heappop(load)
             wb2 = wb + b + headers  # every task plans again: the teacher's headers (length, then JSON, per file)
             heapq.heappush(load, (wb2 / (link_mb * 1e6), i, wb2, wn + n + 2 * header_files, ws + 1))

@@ -245,6 +245,34 @@ def test_ray_resume_over_the_finished_student_fetches_headers_only(ray_cluster, 
     assert server.stats.bytes_sent <= planning + small  # no row of any shard
 
 
+def test_ray_resume_after_the_driver_died_fetches_no_recorded_shard(ray_cluster, remote_root, server, tmp_path,
+                                                                     monkeypatch):
+    """The driver dies after every task returned (its staging, done.json and lock as a killed
+    process leaves them); --resume finishes OUT without fetching any shard's rows again."""
+    from slicer.writer import OutputDir
+
+    def die(self, *a, **k):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        m.setattr(OutputDir, "finish", die)
+        m.setattr(OutputDir, "abort", lambda self: self._unlock())  # a killed driver cleans nothing up
+        with pytest.raises(KeyboardInterrupt):
+            shrink(server.teacher_url, out, remote_root["template"], executor="ray")
+    done = json.loads((out / ".slicer-partial" / "done.json").read_text())
+    assert len(done) == shard_count(remote_root)
+    server.stats.reset()
+    slicer.plan(server.teacher_url, template=remote_root["template"], max_shard_size=SHARD)
+    planning = server.stats.bytes_sent
+    small = sum(p.stat().st_size for p in server.teacher_dir.iterdir() if p.suffix != ".safetensors")
+    server.stats.reset()
+    summary = shrink(server.teacher_url, out, remote_root["template"], executor="ray", resume=True)
+    assert sorted(summary.resumed) == sorted(done)
+    assert server.stats.bytes_sent <= planning + small  # headers and small files: no shard's rows
+    assert tree(out) == remote_root["local_tree"]
+
+
 def test_ray_ctrl_c_cancels_the_tasks_and_leaves_out_as_it_was(ray_cluster, remote_root, server, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(remote_root["local"], out)
@@ -276,6 +304,20 @@ def test_importance_scoring_on_the_fly_is_refused_for_a_distributed_run(remote_r
         shrink(remote_root["teacher"], tmp_path / "out", remote_root["template"], executor="ray",
                method="importance")
     assert not (tmp_path / "out").exists()
+
+
+def test_one_progress_bar_counts_every_workers_bytes_in_the_shared_staging(tmp_path):
+    from slicer.distributed.progress import StagingProgress
+
+    (tmp_path / "a.safetensors").write_bytes(b"x" * 100)  # complete
+    (tmp_path / "b.safetensors.incomplete").write_bytes(b"x" * 30)  # being written by another worker
+    (tmp_path / "other.safetensors").write_bytes(b"x" * 999)  # not this run's
+    bar = StagingProgress(tmp_path, {"a.safetensors": 100, "b.safetensors": 50, "c.safetensors": 70})
+    try:
+        assert bar.written() == 130
+    finally:
+        bar.close()
+    assert bar.bar.n == 130 and bar.bar.total == 220
 
 
 # ----------------------------------------------------------------------------- submitit

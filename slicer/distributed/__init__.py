@@ -27,7 +27,7 @@ log = logging.getLogger("slicer")
 EXECUTORS = ("local", "ray", "slurm")
 
 __all__ = ["EXECUTORS", "FinishSummary", "ShardTask", "ShardsSummary", "finish", "parse_shards", "run_task",
-           "shrink_distributed", "task_memory"]
+           "shard_read_bytes", "shrink_distributed", "task_memory"]
 
 
 def shrink_distributed(teacher, out, inputs: dict, *, shards=None, executor=None, executor_options=None,
@@ -89,7 +89,9 @@ def _drive(teacher, out: Path, inputs: dict, the_plan, record: dict, extra: dict
                            tensors_excluded=len(the_plan.excluded), shards=len(the_plan.shards), bytes_read=0,
                            bytes_written=0, seconds=time.perf_counter() - start, peak_memory_bytes=0,
                            backend=executor, device=device, teacher_bytes=the_plan.teacher.total_bytes, unchanged=True)
-        todo = [s for s in the_plan.shards if s.filename not in output.done]
+        # Largest first (teacher bytes each shard reads): tasks start in this order, so the long ones
+        # do not come last on an otherwise idle cluster (the longest-processing-time rule).
+        todo = sorted((s for s in the_plan.shards if s.filename not in output.done), key=shard_read_bytes, reverse=True)
         staging = str(output.staging.resolve())
         # Teacher as given: a URL, or a path every worker resolves the same (shared storage).
         source = teacher if remote or "://" in str(teacher) else str(Path(teacher).resolve())
@@ -141,6 +143,11 @@ def _drive(teacher, out: Path, inputs: dict, the_plan, record: dict, extra: dict
                    bytes_written=the_plan.bytes_to_write, seconds=time.perf_counter() - start, peak_memory_bytes=peak,
                    backend=executor, device=f"{len(tasks)} task{'s' * (len(tasks) != 1)}", bytes_fetched=fetched + header_bytes if remote else None,
                    teacher_bytes=the_plan.teacher.total_bytes, replaced=list(output.replace), resumed=sorted(resumed))
+
+
+def shard_read_bytes(shard) -> int:
+    """Teacher bytes a shard's task reads (the rows its tensors keep): its share of the work."""
+    return sum(j.bytes_to_read for j in shard.jobs)
 
 
 def _absolute_paths(inputs: dict) -> dict:
