@@ -102,8 +102,8 @@ def _drive(teacher, out: Path, inputs: dict, the_plan, record: dict, extra: dict
             from .progress import StagingProgress
 
             bar = StagingProgress(output.staging, {s.filename: s.size for s in todo})
-        runner = _runner(executor, executor_options, chunk_bytes, remote, output.staging)
-        for task, result in runner.run(tasks):
+        runner = _runner(executor, executor_options, chunk_bytes, remote, output.staging) if tasks else None
+        for task, result in runner.run(tasks) if runner is not None else ():
             for name, rec in result["records"].items():
                 output.record(name, rec)
             read += result["bytes_read"]
