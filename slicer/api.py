@@ -165,6 +165,11 @@ def _ranking(ckpt: Checkpoint, method: str, layer_selection: str, scores, calibr
     return run.scores
 
 
+def plan_student(teacher: Checkpoint, student: StudentSpec, options: Options) -> Plan:
+    """The plan of a described student (every worker of a distributed run plans so)."""
+    return _plan(teacher, student, options)
+
+
 def _plan(teacher: Checkpoint, student: StudentSpec, options: Options) -> Plan:
     return build_plan(teacher, student.tensors, options, student.make_binder(options), origin=student.origin,
                       quantization=quantized_weights.teacher_scheme(teacher), ranking=student.ranking)
@@ -201,6 +206,9 @@ def shrink(
     hidden: str = "select",
     rotation_weighting: str = "normalized",
     save_rotation: bool = False,
+    shards: Iterable[int] | None = None,
+    executor: str | None = None,
+    executor_options: dict | None = None,
 ) -> Summary:
     """Write the student selected from ``teacher`` into the folder ``out``.
 
@@ -217,12 +225,31 @@ def shrink(
     options as for :func:`plan` (scoring runs on ``device``). ``hidden="rotate"``: the hidden axis
     keeps the top principal components of the residual stream instead of a subset of its
     channels (see :mod:`slicer.rotation`; ``rotation_weighting``, ``save_rotation``).
+
+    Beyond one machine (see slicer.distributed): ``shards`` (numbers from 1) writes only
+    those output shards into ``out`` as a staging folder, for ``slicer finish``;
+    ``executor="ray"`` or ``"slurm"`` runs one task per output shard (``executor_options``:
+    e.g. ``{"address": ...}`` for Ray, submitit parameters for Slurm) and finishes ``out``.
     """
     if hidden != "select":
-        arguments = dict(locals())
+        if shards is not None or executor not in (None, "local"):
+            raise SlicerError("--hidden rotate runs in one process: it writes a rotated teacher first; "
+                              "drop --shards / --executor")
+        arguments = {k: v for k, v in locals().items() if k not in ("shards", "executor", "executor_options")}
         from .rotation.shrink import dispatch
 
         return dispatch(arguments, hidden)
+    if shards is not None or executor not in (None, "local"):
+        from .distributed import shrink_distributed
+
+        inputs = dict(template=template, student_config=student_config, config_set=config_set, method=method,
+                      seed=seed, layer_selection=layer_selection, attention=attention, exclude=list(exclude),
+                      dtype=dtype, max_shard_size=max_shard_size, revision=revision, cache_dir=cache_dir,
+                      remote=remote, quantized=quantized, scores=scores, calibration=calibration, samples=samples,
+                      seq_len=seq_len, device=device)
+        return shrink_distributed(teacher, out, inputs, shards=shards, executor=executor,
+                                  executor_options=executor_options, device=device, backend=backend,
+                                  overwrite=overwrite, resume=resume, progress=progress, chunk_bytes=chunk_bytes)
     ckpt, student, options = describe_student(teacher, template, student_config, config_set, method=method, seed=seed,
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
                                               dtype=dtype, max_shard_size=max_shard_size, revision=revision,
@@ -290,16 +317,11 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
     check_chunk_bytes(chunk_bytes)
     the_plan = _plan(teacher, student, options)
     out = Path(out)
-    _check_out(out, the_plan.teacher, student)
+    check_out(out, the_plan.teacher, student)
     chosen = choose(device, backend)
     output = OutputDir(out, overwrite=overwrite, resume=resume)
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device, arrays=chosen.arrays)
-    record = manifest.build(the_plan)
-    extra = quantized_weights.student_config(dict(student.files), the_plan.quantization)
-    if the_plan.is_sharded:
-        shards = [(s.filename, [j.name for j in s.jobs]) for s in the_plan.shards]
-        extra[INDEX_NAME] = index_json(shards, sum(j.nbytes for j in the_plan.jobs))
-    record["files"] = [*(s.filename for s in the_plan.shards), *extra, MANIFEST_NAME]  # what --overwrite may replace later
+    record, extra = output_files(the_plan, student)
     bar = None
     writing = False
     try:
@@ -333,6 +355,20 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
                        peak=memory.peak, replaced=list(output.replace), resumed=sorted(resumed))
     log.debug("wrote %s", summary)
     return summary
+
+
+def output_files(the_plan: Plan, student: StudentSpec) -> tuple[dict, dict[str, bytes]]:
+    """The manifest record (shard hashes still to fill in) and the small files OUT gets
+    beside the shards (config, tokenizer files, index)."""
+    from .io.writer import INDEX_NAME, MANIFEST_NAME, index_json
+
+    record = manifest.build(the_plan)
+    extra = quantized_weights.student_config(dict(student.files), the_plan.quantization)
+    if the_plan.is_sharded:
+        shards = [(s.filename, [j.name for j in s.jobs]) for s in the_plan.shards]
+        extra[INDEX_NAME] = index_json(shards, sum(j.nbytes for j in the_plan.jobs))
+    record["files"] = [*(s.filename for s in the_plan.shards), *extra, MANIFEST_NAME]  # what --overwrite may replace later
+    return record, extra
 
 
 def _summary(out: Path, the_plan: Plan, chosen, *, bytes_read: int, seconds: float, peak: int,
@@ -375,7 +411,7 @@ def _physical_memory() -> int:
         return 0
 
 
-def _check_out(out: Path, teacher: Checkpoint, student: StudentSpec) -> None:
+def check_out(out: Path, teacher: Checkpoint, student: StudentSpec) -> None:
     """OUT must not be, be inside, or hold an input's folder: inputs stay untouched
     (also with --overwrite, which removes files of OUT)."""
     try:

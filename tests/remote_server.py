@@ -51,7 +51,8 @@ class Fault:
 
     kind: "drop" (close after ``after`` body bytes), "short" (send ``after`` bytes with a
     Content-Length that says so, a truncating proxy), "status" (answer ``status``),
-    "delay" (sleep ``seconds`` first), "hook" (call ``hook(path)`` first, then answer).
+    "delay" (sleep ``seconds`` first), "hook" (call ``hook(path)`` first, then answer; with
+    ``pass_handler``, ``hook(path, handler)``).
     """
 
     kind: str
@@ -64,6 +65,7 @@ class Fault:
     hook: object = None
     headers: dict = field(default_factory=dict)  # sent with a "status" answer (Retry-After, RateLimit)
     ranged_only: bool = True
+    pass_handler: bool = False  # "hook": call hook(path, handler) (the request's headers, client_address)
     seen: int = 0
     fired: int = 0
 
@@ -137,12 +139,16 @@ class RangeServer:
                  require_token: str | None = None, forbid: str | None = None, slice_bytes: int = SLICE,
                  latency: float = 0.0, cdn_ttl: float = 3600.0, cdn_expiry_in_url: bool = True,
                  cdn_url: str | None = None, resolve_window: tuple[int, float] | None = None,
-                 redirect_weights: bool = False):
+                 redirect_weights: bool = False, client_key=None):
         self.root = Path(root) if root is not None else None
         self.hub = hub or {}
         self.faults: list[Fault] = []
         self.stats = Stats()
         self.bucket = _Bucket(bandwidth)
+        # client_key(client_address) -> a key: ``bandwidth`` per key (say, per client process)
+        # instead of shared by all; asked once per connection.
+        self.client_key = client_key
+        self._buckets: dict = {}
         self.require_token = require_token  # plain mode: every request needs this bearer token (401)
         self.forbid = forbid  # plain mode: paths containing this answer 403
         self.slice_bytes = slice_bytes
@@ -214,6 +220,15 @@ class RangeServer:
             left = max(1, int(start + seconds - now + 0.999))
         return {"RateLimit": f'"resolvers";r=0;t={left}',
                 "RateLimit-Policy": f'"fixed window";"resolvers";q={calls};w={int(seconds)}'}
+
+    def bucket_for(self, handler) -> _Bucket:
+        if self.client_key is None:
+            return self.bucket
+        if getattr(handler, "_bucket", None) is None:
+            key = self.client_key(handler.client_address)
+            with self._lock:
+                handler._bucket = self._buckets.setdefault(key, _Bucket(self.bucket.rate))
+        return handler._bucket
 
     def fault_for(self, path: str, ranged: bool) -> Fault | None:
         with self._lock:
@@ -389,7 +404,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "delay":
             time.sleep(fault.seconds)
         if fault is not None and fault.kind == "hook":
-            fault.hook(target)
+            fault.hook(target, self) if fault.pass_handler else fault.hook(target)
         if fault is not None and fault.kind == "status":
             return self._error(fault.status, "injected", fault.headers)
         size = target.stat().st_size
@@ -443,7 +458,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
                     return
-                st.bucket.take(n)
+                st.bucket_for(self).take(n)
                 data = os.pread(f.fileno(), n, start + sent)
                 # Counted before the write: once the client holds the bytes, a test reading the
                 # stats must see them (counted after, a reset racing the write lost them).

@@ -123,6 +123,39 @@ def _remote_kwargs(args) -> dict:
     return dict(revision=args.revision, cache_dir=args.cache_dir, remote=remote or None)
 
 
+def _add_distributed_args(p: argparse.ArgumentParser) -> None:
+    dist = p.add_argument_group("beyond one machine (see docs/distributed.md)")
+    dist.add_argument("--shards", metavar="K[,K...]",
+                      help="write only these output shards (numbers from 1, ranges as 2-4) into OUT as a staging "
+                           "folder of their own; 'slicer finish' then puts the student together")
+    dist.add_argument("--executor", choices=("local", "ray", "slurm"), default="local",
+                      help="ray: one Ray task per output shard (the [ray] extra); slurm: one submitit job array "
+                           "(the [slurm] extra). Workers read the teacher themselves and write into OUT's staging: "
+                           "OUT must be on storage every worker shares. Default: local (this process)")
+    dist.add_argument("--address", metavar="ADDR", help="--executor ray: the cluster to join (default: a running "
+                                                        "cluster's RAY_ADDRESS, else a local one)")
+    dist.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
+                      help="ray: num_cpus, max_retries (default 1, 3); slurm: submitit parameters (slurm_partition, "
+                           "timeout_min, slurm_array_parallelism...); values parse as JSON where they can")
+
+
+def _distributed_kwargs(args) -> dict:
+    if args.executor == "local" and (args.address or args.executor_option):
+        raise SlicerError("--address and --executor-option are for --executor ray or slurm")
+    options = _parse_set(args.executor_option, "--executor-option")
+    if args.address:
+        if args.executor != "ray":
+            raise SlicerError("--address is for --executor ray")
+        options["address"] = args.address
+    shards = None
+    if args.shards is not None:
+        from ..distributed.shards import parse_shards
+
+        shards = parse_shards(args.shards)
+    return dict(shards=shards, executor=None if args.executor == "local" else args.executor,
+                executor_options=options or None)
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage mistakes get the same one-line form and exit code as every other error."""
 
@@ -161,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_flags(run)
     _add_remote_args(shrink)
     _add_rotation_args(shrink)
+    _add_distributed_args(shrink)
 
     plan = sub.add_parser("plan", help="dry run: show what shrink would do, reading headers only",
                           description="Show every student tensor's source, shapes, shards and the bytes to read and "
@@ -191,6 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--full", action="store_true", help="with --teacher: compare every element, not a sample of rows")
     _add_output_flags(verify)
     _add_remote_args(verify)
+
+    finish = sub.add_parser("finish", help="finish OUT from shards written apart (shrink ... --shards K)",
+                            description="Adopt the completed shards of staging folders written by "
+                                        "'slicer shrink ... STAGING --shards K' (checked against their recorded size "
+                                        "and sha256), then write the index, config and tokenizer files and, last, the "
+                                        "manifest into OUT, atomically. Refused: shards of another plan, missing "
+                                        "shards, the same shard twice.")
+    finish.add_argument("out", metavar="OUT", help="folder to write the student into (created; must be empty unless --overwrite)")
+    finish.add_argument("--from", dest="staging", nargs="+", required=True, metavar="STAGING",
+                        help="the staging folders of the shard runs")
+    finish.add_argument("--overwrite", action="store_true", help="as for shrink: replace a previous student in OUT")
+    _add_output_flags(finish)
 
     demo = sub.add_parser("demo", help="build a small Llama-shaped teacher, shrink it, show plan and summary",
                           description="Runs the whole job on an embedded default in a temporary folder.")
@@ -362,13 +408,14 @@ def _selection_kwargs(args) -> dict:
                 seq_len=args.seq_len)
 
 
-def _parse_set(items: list[str]) -> dict:
+def _parse_set(items: list[str], flag: str = "--set") -> dict:
     """--set KEY=VALUE: JSON where it parses (2048, false, [1, 2]), a string otherwise."""
     edits = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SlicerError(f"--set {item!r}: expected KEY=VALUE, e.g. --set hidden_size=2048")
+            raise SlicerError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} "
+                              f"{'hidden_size=2048' if flag == '--set' else 'num_cpus=2'}")
         try:
             edits[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -394,13 +441,27 @@ def cmd_shrink(args) -> int:
     summary = api.shrink(args.teacher, args.out, **_selection_kwargs(args), **_remote_kwargs(args),
                          device=args.device, backend=args.backend,
                          overwrite=args.overwrite, resume=args.resume, progress=_show_progress(args), chunk_bytes=args.chunk_mb << 20,
-                         **_rotation_kwargs(args))
+                         **_rotation_kwargs(args), **_distributed_kwargs(args))
     try:
         _print_summary(args, summary)
         _flush_stdout()
     except _StdoutFailed as e:
         e.note = f" (the student in {args.out} is complete)"
         raise
+    return 0
+
+
+def cmd_finish(args) -> int:
+    from ..distributed.finish import finish
+
+    summary = finish(args.out, args.staging, overwrite=args.overwrite)
+    if args.json:
+        _out(json.dumps(summary.as_dict()))
+    elif not args.quiet:
+        how = f", {summary.copied} copied (another file system)" if summary.copied else ""
+        _out(f"finished {summary.out}: {summary.shards} shard{'s' * (summary.shards != 1)} "
+             f"({format_bytes(summary.bytes)}) adopted from {len(summary.staging)} staging folder"
+             f"{'s' * (len(summary.staging) != 1)}{how} in {summary.seconds:.2f} s; the staging folders can go")
     return 0
 
 
@@ -528,8 +589,8 @@ def _print_summary(args, summary) -> None:
     if args.json:
         _out(json.dumps(summary.as_dict()))
     elif not args.quiet:
-        _out(format_summary(summary))
+        _out(summary.text() if hasattr(summary, "text") else format_summary(summary))  # text(): a --shards run
 
 
-COMMANDS = {"plan": cmd_plan, "shrink": cmd_shrink, "score": cmd_score, "verify": cmd_verify, "demo": cmd_demo,
+COMMANDS = {"plan": cmd_plan, "shrink": cmd_shrink, "finish": cmd_finish, "score": cmd_score, "verify": cmd_verify, "demo": cmd_demo,
             "bench": cmd_bench}

@@ -361,7 +361,11 @@ class OutputDir:
 
     def record_done(self, writer: ShardWriter) -> None:
         """Called once a shard is complete (and fsynced): a resumed run will keep it."""
-        self.done[writer.final.name] = writer.record or {"size": writer.written, "sha256": writer.sha256}
+        self.record(writer.final.name, writer.record or {"size": writer.written, "sha256": writer.sha256})
+
+    def record(self, name: str, record: dict) -> None:
+        """Note a completed shard in staging (a distributed run's worker wrote it there)."""
+        self.done[name] = record
         try:
             _write_atomic(self.staging / DONE_NAME, _dump(self.done))
         except OSError as e:  # e.g. the disk filled up right at the end of a shard
