@@ -311,7 +311,7 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
     """Shared by every route to a student spec (template, config)."""
     from .run.backends import choose
     from .run.engine import Engine
-    from .io.writer import INDEX_NAME, MANIFEST_NAME, OutputDir, fingerprint, index_json
+    from .io.writer import OutputDir, fingerprint
 
     start = time.perf_counter()
     check_chunk_bytes(chunk_bytes)

@@ -70,12 +70,11 @@ def _refuse_scoring(inputs: dict) -> None:
 
 def _drive(teacher, out: Path, inputs: dict, the_plan, record: dict, extra: dict, executor: str, executor_options: dict,
            *, device, backend, overwrite, resume, progress, chunk_bytes):
-    from ..plan import manifest
     from ..api import Summary
-    from ..io.writer import OutputDir
+    from ..io.writer import OutputDir, fingerprint
 
     start = time.perf_counter()
-    fp = manifest.fingerprint(record)
+    fp = fingerprint(record)
     output = OutputDir(out, overwrite=overwrite, resume=resume)
     runner = None
     bar = None
