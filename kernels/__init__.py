@@ -4,8 +4,8 @@ The folder is never the top-level ``kernels``: PyPI's ``kernels`` (a dependency 
 transformers >= 5.25, imported when a model is built) owns that name. ``python -m ...``
 from a checkout's root puts the root first on ``sys.path``, where this folder would
 shadow the distribution. Imported under that name, it hands over to the distribution
-(or raises ModuleNotFoundError when there is none), so a checkout never changes what
-``import kernels`` means.
+(or, where there is none, stands in as an empty namespace package, which is what a bare
+folder would be), so a checkout never changes what ``import kernels`` means.
 """
 if __name__ == "kernels":
     import importlib.machinery
@@ -17,8 +17,15 @@ if __name__ == "kernels":
     _path = [p for p in sys.path if os.path.abspath(p or os.curdir) != _root]
     _spec = importlib.machinery.PathFinder.find_spec("kernels", _path)
     if _spec is None or _spec.loader is None:
-        del sys.modules["kernels"]
-        raise ModuleNotFoundError("No module named 'kernels'", name="kernels")
-    _module = importlib.util.module_from_spec(_spec)
-    sys.modules["kernels"] = _module
-    _spec.loader.exec_module(_module)
+        # No distribution: stand in as what a bare folder on sys.path would be, an empty
+        # namespace package (no __file__, no __version__), which libraries that probe for
+        # `kernels` (transformers' is_kernels_available) take for "not installed".
+        import types
+
+        _empty = types.ModuleType("kernels")
+        _empty.__path__ = []
+        sys.modules["kernels"] = _empty
+    else:
+        _module = importlib.util.module_from_spec(_spec)
+        sys.modules["kernels"] = _module
+        _spec.loader.exec_module(_module)

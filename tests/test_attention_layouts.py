@@ -309,7 +309,7 @@ def test_a_student_with_another_fused_layout_is_refused(coded, tmp_path):
     (dict(n_embd=32, rotary_dim=8), "rotates all 8 dims per head, the teacher 8 of 16"),
     (dict(n_embd=32, rotary_dim=3), "rotates 3 of 8 dims per head: rotary embeddings rotate pairs"),
     (dict(n_embd=32, n_head=2, rotary_dim=3), "rotates 3 of 16 dims per head"),  # whole heads, still no pairs
-    (dict(n_embd=32, n_head=2, rotary_dim=24), "rotates 24 of 16 dims per head"),
+    (dict(n_embd=32, n_head=2, rotary_dim=24), "rotates 24 of 16 dims per head|rotary_dim 24 is larger than the teacher.s rotary_dim"),
     (dict(n_embd=48, rotary_dim=10), "rotary pairs cannot be kept"),  # more rotated dims than the teacher has
 ], ids=["every-unrotated-dim-dropped", "odd-rotary-dim", "odd-rotary-dim-whole-heads", "rotary-beyond-the-head",
         "pairs-not-kept"])

@@ -18,6 +18,8 @@ STAGES = [
     ("slicer.hf",),
     ("slicer.run",),
     ("slicer.importance",),
+    ("slicer.job",),
+    ("slicer.rotation", "slicer.distributed"),
     ("slicer.api", "slicer.verify"),
     ("slicer.cli", "slicer", "slicer.__main__"),
 ]

@@ -61,7 +61,8 @@ def test_a_cast_imports_torch_only_then(ckpts, tmp_path, subprocess_env):
 
 
 def test_the_api_repeats_the_engine_constants_exactly():
-    from slicer import api
+    from slicer import job
+    from slicer.plan import request
     from slicer.run import engine
 
-    assert (api.DEFAULT_CHUNK_BYTES, api.PIPELINE_DEPTH) == (engine.DEFAULT_CHUNK_BYTES, engine.PIPELINE_DEPTH)
+    assert (request.DEFAULT_CHUNK_BYTES, job.PIPELINE_DEPTH) == (engine.DEFAULT_CHUNK_BYTES, engine.PIPELINE_DEPTH)

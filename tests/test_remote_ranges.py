@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import slicer
 from remote_fixtures import tree
 from slicer.remote.cache import _Entry
-from slicer.remote.fetch import Pieces
+from slicer.remote.source import Pieces
 from slicer.remote.ranges import Span, coalesce, row_runs
 from slicer.remote.source import Transient
 

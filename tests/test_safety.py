@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 import helpers
 
 import slicer
-from slicer import api, cli
+from slicer import cli, job
 from slicer.io import reader, writer
 from slicer.run import engine
 
@@ -433,7 +433,7 @@ def _inject(m, step: str) -> None:  # noqa: C901 - one branch per step
     if step == "plan":
         def plan(*a, **k):
             raise KeyboardInterrupt
-        m.setattr(api, "_plan", plan)
+        m.setattr(job, "_plan", plan)
     elif step == "write":  # once the first shard is complete (and recorded), in the middle of the second
         real_job, real_done, real_shard, done = engine.Engine._run_job, writer.OutputDir.record_done, \
             writer.OutputDir.shard, []

@@ -17,6 +17,7 @@ import textwrap
 from ..version import __version__
 from ..errors import Interrupted, SlicerError
 from ..plan.build import DTYPE_CHOICES, Plan
+from ..plan.request import Request
 from .report import format_bytes, format_plan, format_summary
 from ..selection import LAYER_SELECTIONS, METHODS
 
@@ -50,13 +51,13 @@ def _add_selection_args(p: argparse.ArgumentParser) -> None:
                      help="edit the teacher's config.json (or --student-config) into the student's, e.g. "
                           "--set hidden_size=2048 --set num_hidden_layers=16; values parse as JSON where they can")
     sel = p.add_argument_group("selection")
-    sel.add_argument("--method", choices=METHODS, default="uniform",
+    sel.add_argument("--method", choices=METHODS, default=Request.method,
                      help="element selection per dimension: uniform (evenly spaced, the paper's default), "
                           "consecutive (the first s), random (one sorted subset per (t, s), consistent across tensors), "
                           "random-inconsistent (a subset per tensor dimension; an ablation), importance (the top-scored "
                           "members of every axis, in order: --scores or --calibration). Default: uniform")
-    sel.add_argument("--seed", type=int, default=0, help="seed of the random methods (default 0)")
-    sel.add_argument("--layer-selection", choices=LAYER_SELECTIONS, default="first",
+    sel.add_argument("--seed", type=int, default=Request.seed, help="seed of the random methods (default 0)")
+    sel.add_argument("--layer-selection", choices=LAYER_SELECTIONS, default=Request.layer_selection,
                      help="which teacher layers feed the student's where depths differ: first (student layer j <- "
                           "teacher layer j), uniform (evenly spaced) or importance (the layers of highest block influence, "
                           "in order, per kind of layer); per stage in hierarchical models. Default: first")
@@ -72,7 +73,7 @@ def _add_selection_args(p: argparse.ArgumentParser) -> None:
                                                        "ranking in the same format; see docs/importance.md)")
     _add_calibration_args(imp, "score the teacher first on this calibration (default: slicer's own short English text)")
     out = p.add_argument_group("output")
-    out.add_argument("--dtype", choices=DTYPE_CHOICES, default="keep",
+    out.add_argument("--dtype", choices=DTYPE_CHOICES, default=Request.dtype,
                      help="cast floating tensors (integer and bool tensors keep theirs). Default: keep the teacher's")
     out.add_argument("--quantized", choices=("blocks", "dequantize"), default=None,
                      help="an FP8 block-scaled teacher (DeepSeek-V3, Qwen3-FP8): blocks keeps whole quantization blocks "
@@ -81,15 +82,16 @@ def _add_selection_args(p: argparse.ArgumentParser) -> None:
                           "float --dtype) multiplies every weight by its block's scale and writes a plain student. "
                           "MXFP4 (gpt-oss) is dequantized by a float --dtype. Default: FP8 weights that keep their "
                           "shape are copied with their scales, one the student changes is refused until you choose")
-    out.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
+    out.add_argument("--max-shard-size", default=Request.max_shard_size, metavar="SIZE",
                      help="largest shard, decimal units as Hugging Face uses them (5GB, 500MB, or bytes). Default: 5GB")
 
 
 def _add_calibration_args(group, calibration_help: str) -> None:
     group.add_argument("--calibration", metavar="FILE", help=calibration_help + "; a text or JSONL file (tokenized with "
                        "the teacher's tokenizer), a .safetensors file of input_ids or pixel_values, or a folder of images")
-    group.add_argument("--samples", type=int, default=32, help="calibration rows (default 32)")
-    group.add_argument("--seq-len", type=int, default=128, help="tokens per calibration row (default 128)")
+    group.add_argument("--samples", type=int, default=Request.samples, help=f"calibration rows (default {Request.samples})")
+    group.add_argument("--seq-len", type=int, default=Request.seq_len,
+                       help=f"tokens per calibration row (default {Request.seq_len})")
 def _add_remote_args(p: argparse.ArgumentParser) -> None:
     rem = p.add_argument_group("remote teacher (hf://, s3://, http(s)://)")
     rem.add_argument("--revision", metavar="REV", help="hf:// only: branch, tag or commit (default: main; resolved to "
@@ -427,7 +429,7 @@ def cmd_plan(args) -> int:
     from .. import api
     from ..plan import manifest
 
-    the_plan: Plan = api.plan(args.teacher, **_selection_kwargs(args), **_remote_kwargs(args))
+    the_plan: Plan = api.plan_request(args.teacher, Request.of(**_selection_kwargs(args), **_remote_kwargs(args)))
     if args.json:
         _out(json.dumps(manifest.build(the_plan), indent=1))
     else:
@@ -438,10 +440,10 @@ def cmd_plan(args) -> int:
 def cmd_shrink(args) -> int:
     from .. import api
 
-    summary = api.shrink(args.teacher, args.out, **_selection_kwargs(args), **_remote_kwargs(args),
-                         device=args.device, backend=args.backend,
-                         overwrite=args.overwrite, resume=args.resume, progress=_show_progress(args), chunk_bytes=args.chunk_mb << 20,
-                         **_rotation_kwargs(args), **_distributed_kwargs(args))
+    request = Request.of(**_selection_kwargs(args), **_remote_kwargs(args), device=args.device, backend=args.backend,
+                         overwrite=args.overwrite, resume=args.resume, progress=_show_progress(args),
+                         chunk_bytes=args.chunk_mb << 20, **_rotation_kwargs(args), **_distributed_kwargs(args))
+    summary = api.shrink_request(args.teacher, args.out, request)
     try:
         _print_summary(args, summary)
         _flush_stdout()

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from ..errors import Interrupted, SlicerError
+from ..plan.request import Request
 from .finish import FinishSummary, finish
 from .shards import ShardsSummary, parse_shards
 from .task import ShardTask, run_task
@@ -30,11 +31,14 @@ __all__ = ["EXECUTORS", "FinishSummary", "ShardTask", "ShardsSummary", "finish",
            "shard_read_bytes", "shrink_distributed", "task_memory"]
 
 
-def shrink_distributed(teacher, out, inputs: dict, *, shards=None, executor=None, executor_options=None,
-                       device="auto", backend="auto", overwrite=False, resume=False, progress=False,
-                       chunk_bytes: int):
+def shrink_distributed(teacher, out, request: Request):
     """``shrink(..., shards=...)`` (a staging folder for ``finish``) or ``shrink(..., executor=...)``."""
-    from .. import api
+    from .. import job
+
+    inputs = request.student_fields()  # what every worker re-plans from
+    shards, executor, executor_options = request.shards, request.executor, request.executor_options
+    device, backend, chunk_bytes = request.device, request.backend, request.chunk_bytes
+    overwrite, resume, progress = request.overwrite, request.resume, request.progress
 
     if executor not in (None, *EXECUTORS):
         raise SlicerError(f"unknown executor {executor!r} (choose from {', '.join(EXECUTORS)})")
@@ -42,13 +46,13 @@ def shrink_distributed(teacher, out, inputs: dict, *, shards=None, executor=None
         raise SlicerError("--shards writes some shards in this process; --executor runs every shard: pass one of them")
     if isinstance(shards, str):
         shards = parse_shards(shards)
-    api.check_chunk_bytes(chunk_bytes)
+    job.check_chunk_bytes(chunk_bytes)
     _refuse_scoring(inputs)
-    ckpt, student, options = api.describe_student(teacher, **inputs)
-    the_plan = api.plan_student(ckpt, student, options)
+    ckpt, student, options = job.describe_student(teacher, request)
+    the_plan = job.plan_student(ckpt, student, options)
     out = Path(out)
-    api.check_out(out, the_plan.teacher, student)
-    record, extra = api.output_files(the_plan, student)
+    job.check_out(out, the_plan.teacher, student)
+    record, extra = job.output_files(the_plan, student)
     if shards is not None:
         if resume:
             raise SlicerError("--shards keeps the shards its staging folder recorded anyway; drop --resume")
@@ -70,7 +74,7 @@ def _refuse_scoring(inputs: dict) -> None:
 
 def _drive(teacher, out: Path, inputs: dict, the_plan, record: dict, extra: dict, executor: str, executor_options: dict,
            *, device, backend, overwrite, resume, progress, chunk_bytes):
-    from ..api import Summary
+    from ..job import Summary
     from ..io.writer import OutputDir, fingerprint
 
     start = time.perf_counter()
@@ -162,7 +166,7 @@ def _absolute_paths(inputs: dict) -> dict:
 def task_memory(chunk_bytes: int, remote: bool) -> int:
     """Bytes a worker needs: the engine's chunks in flight, the writer's blocks, a remote
     reader's fetch-ahead, and the interpreter with numpy (measured: about 300 MB)."""
-    from ..api import PIPELINE_DEPTH
+    from ..job import PIPELINE_DEPTH
     from ..io.sink import BLOCK_BYTES, BLOCKS
 
     ahead = max(2 * chunk_bytes, 64 << 20) if remote else 0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import Interrupted, SlicerError
 from ..io.writer import DONE_NAME, MANIFEST_NAME, NEW_NAME, OutputDir
-from .shards import SHARDS_FORMAT, SHARDS_NAME, read_json, trusted
+from .shards import SHARDS_FORMAT, SHARDS_NAME, plan_difference, read_json, trusted
 
 
 @dataclass
@@ -35,23 +35,6 @@ class FinishSummary:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def plan_difference(before: object, now: dict) -> str:
-    """What differs between two plans' fingerprints, in words."""
-    if not isinstance(before, dict):
-        return "the other run left no readable record"
-    words = {"teacher": "the teacher's files differ (names, sizes, modification times or ETags)",
-             "student": "the student differs", "scores": "the importance scores differ",
-             "layout": "the selected rows differ", "shards": "the shard sizes differ (--max-shard-size?)"}
-    for key in ("teacher", "student", "options", "scores", "layout", "shards"):
-        if before.get(key) != now.get(key):
-            if key == "options":
-                old, new = before.get(key) or {}, now.get(key) or {}
-                diff = [f"{k}: {old.get(k)!r} vs {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-                return "the options differ (" + ", ".join(diff) + ")"
-            return words[key]
-    return "the plans differ"
 
 
 def finish(out: str | Path, staging: Iterable[str | Path], *, overwrite: bool = False) -> FinishSummary:

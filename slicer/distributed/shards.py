@@ -170,7 +170,7 @@ def write_staging(plan: Plan, record: dict, extra: dict[str, bytes], staging: Pa
                   overwrite: bool = False, device: str = "auto", backend: str = "auto", chunk_bytes: int,
                   progress: bool = False) -> ShardsSummary:
     """``slicer shrink ... STAGING --shards K``: the shards ``numbers`` of ``plan`` into STAGING."""
-    from ..plan.manifest import fingerprint
+    from ..io.writer import fingerprint
 
     start = time.perf_counter()
     wanted = shard_names(plan, numbers)
@@ -228,8 +228,6 @@ def _prepare(staging: Path, fp: dict, record: dict, extra: dict[str, bytes], pla
                           "name a new or empty folder")
     if ours is not None and ours.get("fingerprint") != fp:
         if not overwrite:
-            from .finish import plan_difference
-
             raise SlicerError(f"{staging}: holds shards of another plan ({plan_difference(ours.get('fingerprint'), fp)}); "
                               "pass --overwrite to drop them, or name another folder")
         for name in entries:
@@ -273,3 +271,20 @@ def _unlock(staging: Path, fd: int) -> None:
     if fd >= 0:
         (staging / LOCK_NAME).unlink(missing_ok=True)
         os.close(fd)
+
+
+def plan_difference(before: object, now: dict) -> str:
+    """What differs between two plans' fingerprints, in words."""
+    if not isinstance(before, dict):
+        return "the other run left no readable record"
+    words = {"teacher": "the teacher's files differ (names, sizes, modification times or ETags)",
+             "student": "the student differs", "scores": "the importance scores differ",
+             "layout": "the selected rows differ", "shards": "the shard sizes differ (--max-shard-size?)"}
+    for key in ("teacher", "student", "options", "scores", "layout", "shards"):
+        if before.get(key) != now.get(key):
+            if key == "options":
+                old, new = before.get(key) or {}, now.get(key) or {}
+                diff = [f"{k}: {old.get(k)!r} vs {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+                return "the options differ (" + ", ".join(diff) + ")"
+            return words[key]
+    return "the plans differ"

@@ -16,7 +16,7 @@ from ..errors import SlicerError
 @dataclass(frozen=True)
 class ShardTask:
     teacher: str
-    inputs: dict  # the keyword arguments of api.describe_student, as the driver got them
+    inputs: dict  # the request's student fields (Request.student_fields), as the driver got them
     staging: str  # where the shards go: OUT's staging folder, on storage every worker shares
     shards: tuple[str, ...]  # the shard file names this task writes
     fingerprint: dict  # the driver's plan: the worker's must be the same
@@ -28,16 +28,17 @@ class ShardTask:
 
 def run_task(task: ShardTask) -> dict:
     """Runs on a worker. Returns {"records": name -> record, "bytes_read", "bytes_fetched", "seconds"}."""
-    from .. import api
+    from .. import job
+    from ..plan.request import Request
     from ..io.writer import fingerprint
     from ..plan import manifest
     from ..run.memory import PeakSampler
-    from .finish import plan_difference
+    from .shards import plan_difference
     from .shards import write_shards
 
     start = time.perf_counter()
-    ckpt, student, options = api.describe_student(task.teacher, **task.inputs)
-    the_plan = api.plan_student(ckpt, student, options)
+    ckpt, student, options = job.describe_student(task.teacher, Request.of(**task.inputs))
+    the_plan = job.plan_student(ckpt, student, options)
     mine = fingerprint(manifest.build(the_plan))  # not output_files: a worker needs no tokenizer files
     if mine != task.fingerprint:
         raise SlicerError(f"{task.teacher}: this worker's plan is not the driver's ({plan_difference(task.fingerprint, mine)}); "

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from ..errors import SlicerError
 
 if TYPE_CHECKING:
-    from .fetch import Pieces
+    from .source import Pieces
     from .source import RemoteFile
 
 

@@ -20,44 +20,12 @@ from .cache import RangeCache
 from .adaptive import Meter
 from .options import RemoteOptions
 from .ratelimit import RateLimited, RateLimits
-from .source import RemoteFile, Source, Transient
+from .source import Pieces, RemoteFile, Source, Transient
 
 log = logging.getLogger("slicer")
 T = TypeVar("T")
 MAX_BACKOFF_S = 30.0
 MAX_RATE_LIMIT_WAITS = 12  # per request: a service that keeps saying "wait" past this many windows is refusing
-
-
-class Pieces:
-    """Where the bytes of one request go, in order: (buffer or None, length) targets;
-    None drops the bytes (a gap between spans)."""
-
-    def __init__(self, targets: list[tuple[memoryview | None, int]]):
-        self.targets = targets
-        self.total = sum(n for _, n in targets)
-        self.reset()
-
-    def reset(self) -> None:
-        self.filled = 0
-        self._i = 0
-        self._at = 0
-
-    def write(self, data) -> None:
-        mv = memoryview(data).cast("B")
-        pos = 0
-        while pos < len(mv):
-            if self._i == len(self.targets):
-                raise Transient(f"the server sent more than the {self.total} bytes asked for")
-            dest, n = self.targets[self._i]
-            k = min(n - self._at, len(mv) - pos)
-            if dest is not None:
-                dest[self._at:self._at + k] = mv[pos:pos + k]
-            self._at += k
-            pos += k
-            self.filled += k
-            if self._at == n:
-                self._i += 1
-                self._at = 0
 
 
 class Fetcher:

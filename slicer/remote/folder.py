@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from ..errors import SlicerError
 from ..io.format import Header, TensorInfo, header_length, parse_header
-from .fetch import Fetcher, Pieces
+from .fetch import Fetcher
+from .source import Pieces
 from .options import RemoteOptions
 from .ranges import Span, coalesce, plan_spans, row_runs
 from .reader import RemoteReader

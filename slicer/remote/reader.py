@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import SlicerError
 from ..io.format import TensorInfo
 from .adaptive import AdaptivePolicy
-from .fetch import Pieces
+from .source import Pieces
 from .ranges import Request, Span, coalesce, copy_spans
 
 WAIT_S = 0.1  # waits wake this often, so Ctrl-C and errors are noticed

@@ -11,12 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..errors import SlicerError
-
-if TYPE_CHECKING:
-    from .folder import RemoteFolder
 
 Write = Callable[[bytes | memoryview], None]
 
@@ -78,7 +75,7 @@ class RemotePath:
 
     url: str
     name: str
-    folder: "RemoteFolder" = field(compare=False, repr=False)
+    folder: Any = field(compare=False, repr=False)  # the RemoteFolder it belongs to (folder.py: above this module)
 
     def __str__(self) -> str:
         return self.url
@@ -144,3 +141,35 @@ def status_error(file_url: str, status: int, reason: str = "") -> Exception:
     if status in (412, 416):
         return Changed(f"{file_url}: the remote file changed since the plan ({what}); plan again")
     return SlicerError(f"{file_url}: {what}")
+
+
+class Pieces:
+    """Where the bytes of one request go, in order: (buffer or None, length) targets;
+    None drops the bytes (a gap between spans)."""
+
+    def __init__(self, targets: list[tuple[memoryview | None, int]]):
+        self.targets = targets
+        self.total = sum(n for _, n in targets)
+        self.reset()
+
+    def reset(self) -> None:
+        self.filled = 0
+        self._i = 0
+        self._at = 0
+
+    def write(self, data) -> None:
+        mv = memoryview(data).cast("B")
+        pos = 0
+        while pos < len(mv):
+            if self._i == len(self.targets):
+                raise Transient(f"the server sent more than the {self.total} bytes asked for")
+            dest, n = self.targets[self._i]
+            k = min(n - self._at, len(mv) - pos)
+            if dest is not None:
+                dest[self._at:self._at + k] = mv[pos:pos + k]
+            self._at += k
+            pos += k
+            self.filled += k
+            if self._at == n:
+                self._i += 1
+                self._at = 0

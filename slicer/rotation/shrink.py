@@ -26,6 +26,7 @@ import torch
 
 from ..io.checkpoint import Checkpoint, is_url
 from ..errors import SlicerError
+from ..plan.request import Request
 from .family import check_offered, norm_sites
 from .statistics import WEIGHTINGS, collect
 from .teacher import write_rotated
@@ -48,13 +49,13 @@ def student_hidden(config_set: dict | None, student_config, template) -> int | N
 
 
 def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | None = None, student_config=None,
-                   template=None, method: str = "uniform", scores=None, calibration=None, samples: int = 32,
-                   seq_len: int = 128, device: str = "auto", weighting: str = "normalized", gains: str = "scalar",
+                   template=None, method: str = Request.method, scores=None, calibration=None,
+                   samples: int = Request.samples, seq_len: int = Request.seq_len, device: str = Request.device, weighting: str = "normalized", gains: str = "scalar",
                    save_rotation: bool = False,
                    **shrink_options):
     """As :func:`slicer.api.shrink`, with the hidden axis rotated. Returns the engine's Summary,
     with ``rotation`` (a dict, also in the manifest) set on it."""
-    from .. import api
+    from .. import job
 
     if weighting not in WEIGHTINGS:
         raise SlicerError(f"unknown --rotation-weighting {weighting!r} (choose from {', '.join(WEIGHTINGS)})")
@@ -98,8 +99,9 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
             _rotated_scores(ckpt, Checkpoint.open(rotated_dir, role="teacher"), ranked, variances[:k], scores,
                             calibration, samples, seq_len, device)
         student_set = dict(config_set or {})
-        summary = api.shrink(rotated_dir, out, config_set=student_set, student_config=student_config,
-                             template=template, method=method, scores=ranked, **shrink_options)
+        summary = job.shrink_here(rotated_dir, out, Request.of(
+            config_set=student_set, student_config=student_config, template=template, method=method, scores=ranked,
+            **shrink_options))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     record = {"hidden": "rotate", "teacher_hidden": d, "student_hidden": k, "weighting": weighting,
@@ -123,13 +125,14 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
     return summary
 
 
-def dispatch(arguments: dict, hidden: str):
-    """``api.shrink(..., hidden=...)``: its keyword arguments handed to :func:`shrink_rotated`."""
-    if hidden != "rotate":
-        raise SlicerError(f"unknown hidden mode {hidden!r} (choose from select, rotate)")
-    options = {k: v for k, v in arguments.items() if k not in ("hidden", "rotation_weighting", "save_rotation")}
-    return shrink_rotated(options.pop("teacher"), options.pop("out"), weighting=arguments["rotation_weighting"],
-                          save_rotation=arguments["save_rotation"], **options)
+def shrink_request(teacher, out, request: Request):
+    """``api.shrink(..., hidden="rotate")``: the request handed to :func:`shrink_rotated`."""
+    if request.hidden != "rotate":
+        raise SlicerError(f"unknown hidden mode {request.hidden!r} (choose from select, rotate)")
+    skip = ("hidden", "rotation_weighting", "save_rotation", "shards", "executor", "executor_options")
+    options = {f: getattr(request, f) for f in request.__dataclass_fields__ if f not in skip}
+    return shrink_rotated(teacher, out, weighting=request.rotation_weighting, save_rotation=request.save_rotation,
+                          **options)
 
 
 def _rotated_scores(ckpt: Checkpoint, rotated: Checkpoint, path: Path, variances: torch.Tensor, scores, calibration,

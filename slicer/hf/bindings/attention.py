@@ -23,7 +23,7 @@ import re
 
 from ...axes import Layout, axis, concat, product
 from ...errors import SlicerError
-from .binder import ModelBinder, TensorRef, _attention_path
+from .binder import ModelBinder, TensorRef, attention_path
 from .geometry import HeadGeometry
 from .qkv_layout import fused_layout
 
@@ -104,7 +104,7 @@ def _gated_query(ref: TensorRef, b: ModelBinder, T: HeadGeometry, rows: int) -> 
     into [query | gate]; read from the attention module's forward, never assumed."""
     if rows != 2 * T.heads * T.head_dim:
         return False
-    module = b.teacher.modules.get(_attention_path(b.teacher, ref.owner.module_path) or "")
+    module = b.teacher.modules.get(attention_path(b.teacher, ref.owner.module_path) or "")
     try:
         source = inspect.getsource(type(module).forward)
     except (OSError, TypeError):
@@ -118,8 +118,8 @@ def _gated_query(ref: TensorRef, b: ModelBinder, T: HeadGeometry, rows: int) -> 
 def _fused(ref: TensorRef, b: ModelBinder, T: HeadGeometry, S: HeadGeometry, d: int) -> str:
     """The layout of a fused projection's rows, the teacher's and the student's the same."""
     leaf = ref.module_name if ref.param in ("weight", "bias") else ref.param
-    t_attn = b.teacher.modules[_attention_path(b.teacher, ref.owner.module_path)]
-    s_attn = b.student.modules[_attention_path(b.student, ref.student_owner.module_path)]
+    t_attn = b.teacher.modules[attention_path(b.teacher, ref.owner.module_path)]
+    s_attn = b.student.modules[attention_path(b.student, ref.student_owner.module_path)]
     got_t = fused_layout(t_attn, leaf, ref.tshape[d], T)
     if got_t is None and T == S and ref.tshape[d] == ref.sshape[d] and type(t_attn) is type(s_attn):
         return "whole"  # identity, depth only, hidden only: no row moves, no layout needed

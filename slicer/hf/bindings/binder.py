@@ -171,7 +171,7 @@ class ModelBinder(Binder):
         None with --attention flat or where the module names no heads."""
         if self.attention != "heads":
             return None
-        t_path = _attention_path(self.teacher, ref.owner.module_path)
+        t_path = attention_path(self.teacher, ref.owner.module_path)
         if t_path is None:
             return None
         if t_path not in self._heads:
@@ -179,7 +179,7 @@ class ModelBinder(Binder):
         return self._heads[t_path]
 
     def _geometry_pair(self, ref: TensorRef, t_path: str):
-        s_path = _attention_path(self.student, ref.student_owner.module_path)
+        s_path = attention_path(self.student, ref.student_owner.module_path)
         if s_path is None:
             return None
         t_attn, s_attn = self.teacher.modules[t_path], self.student.modules[s_path]
@@ -281,7 +281,7 @@ def _structured_block(view: ModelView, module_path: str) -> str | None:
     return None
 
 
-def _attention_path(view: ModelView, module_path: str) -> str | None:
+def attention_path(view: ModelView, module_path: str) -> str | None:
     """The nearest enclosing module (the module itself included) that is an attention module."""
     path = module_path
     while True:

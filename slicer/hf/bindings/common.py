@@ -14,13 +14,13 @@ from __future__ import annotations
 from ...axes import Layout, axis
 from ...errors import SlicerError
 from .binder import ModelBinder, TensorRef
-from .geometry import _int
+from .geometry import positive_int
 
 
 def bind_embeddings(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
     rank = len(ref.tshape)
     path = ref.owner.module_path
-    inputs, outputs = _embedding_paths(b.teacher)
+    inputs, outputs = embedding_paths(b.teacher)
     if path in inputs or path in outputs:
         scope = inputs.get(path) if path in inputs else next(iter(inputs.values()), ref.owner.config_path)
         if rank == 2:
@@ -39,8 +39,8 @@ def bind_norms(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | No
     """1-D parameters of a norm over its model's hidden size (per-head norms are attention's)."""
     if len(ref.tshape) != 1 or "Norm" not in ref.module_class and "norm" not in ref.module_name.lower():
         return None
-    hidden_t = _int(ref.owner.config, "hidden_size", "n_embd", "d_model", "embed_dim", "dim")
-    hidden_s = _int(ref.student_owner.config, "hidden_size", "n_embd", "d_model", "embed_dim", "dim")
+    hidden_t = positive_int(ref.owner.config, "hidden_size", "n_embd", "d_model", "embed_dim", "dim")
+    hidden_s = positive_int(ref.student_owner.config, "hidden_size", "n_embd", "d_model", "embed_dim", "dim")
     if (ref.tshape[0], ref.sshape[0]) == (hidden_t, hidden_s):
         return (b.hidden(ref, 0),)
     return None
@@ -55,9 +55,9 @@ def _vocab(ref: TensorRef, b: ModelBinder, scope: str, d: int) -> Layout:
     return axis(b.add(f"{scope}vocab", "vocab", t, s))
 
 
-def _embedding_paths(view) -> tuple[dict[str, str], set[str]]:
+def embedding_paths(view) -> tuple[dict[str, str], set[str]]:
     """Module paths of the input embeddings (-> the config path of their model) and output heads."""
-    found = getattr(view, "_embedding_paths", None)
+    found = getattr(view, "_embedding_paths", None)  # computed once per model view
     if found is None:
         found = view._embedding_paths = _paths(view)
     return found

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from ...axes import Layout, axis, concat, product
 from .binder import ModelBinder, TensorRef
-from .geometry import _int
+from .geometry import positive_int
 from .observe import conv_input
 
 _PARTS = ("in_proj_qkvz", "in_proj_ba", "conv1d", "out_proj", "norm")
@@ -30,7 +30,7 @@ def _mixer(b: ModelBinder, path: str, view) -> tuple[str, object] | None:
     """(path, module) of the Gated DeltaNet module holding ``path`` (the module itself or its parent)."""
     for p in (path, path.rsplit(".", 1)[0] if "." in path else ""):
         m = view.modules.get(p)
-        if m is not None and all(hasattr(m, n) for n in _PARTS) and all(_int(m, n) for n in _SIZES):
+        if m is not None and all(hasattr(m, n) for n in _PARTS) and all(positive_int(m, n) for n in _SIZES):
             return p, m
     return None
 
@@ -39,7 +39,7 @@ _VERIFIED: dict = {}
 
 
 def _verified(module) -> bool:
-    key = (type(module), tuple(_int(module, n) for n in _SIZES))
+    key = (type(module), tuple(positive_int(module, n) for n in _SIZES))
     if key not in _VERIFIED:
         kh, vh, dk, dv = key[1]
         g = vh // kh
@@ -61,8 +61,8 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
     if s_found is None or not _verified(t_mod):
         return None  # linear_attention refuses a change of its heads, naming the sizes
     s_mod = s_found[1]
-    T = [_int(t_mod, n) for n in _SIZES]
-    S = [_int(s_mod, n) for n in _SIZES]
+    T = [positive_int(t_mod, n) for n in _SIZES]
+    S = [positive_int(s_mod, n) for n in _SIZES]
     if T[1] % T[0] or S[1] % S[0]:
         return None
     # axes are named after the teacher's checkpoint path of the mixer

@@ -30,7 +30,8 @@ class HeadGeometry:
         return f"{self.heads} heads / {self.kv_heads} kv heads of {self.head_dim}{rot}"
 
 
-def _int(obj, *names: str) -> int | None:
+def positive_int(obj, *names: str) -> int | None:
+    """The first of the attributes ``names`` of ``obj`` that is a positive int (None: none is)."""
     for name in names:
         value = getattr(obj, name, None)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -40,26 +41,26 @@ def _int(obj, *names: str) -> int | None:
 
 def geometry(module, config, rotary: str | None) -> HeadGeometry | None:
     """The heads of one attention module (None: it names no head count)."""
-    heads = _int(module, "num_heads", "num_attention_heads", "n_head", "n_heads") or \
-        _int(config, "num_attention_heads", "n_head", "num_heads")
+    heads = positive_int(module, "num_heads", "num_attention_heads", "n_head", "n_heads") or \
+        positive_int(config, "num_attention_heads", "n_head", "num_heads")
     if heads is None:
         return None
-    kv = _int(module, "num_key_value_heads", "num_kv_heads") or _int(config, "num_key_value_heads", "num_kv_heads",
+    kv = positive_int(module, "num_key_value_heads", "num_kv_heads") or positive_int(config, "num_key_value_heads", "num_kv_heads",
                                                                        "n_head_kv")
     if kv is None:
-        groups = _int(module, "num_key_value_groups")
+        groups = positive_int(module, "num_key_value_groups")
         kv = heads // groups if groups and heads % groups == 0 else None
     if kv is None:
         kv = 1 if getattr(config, "multi_query", False) else heads
-    head_dim = _int(module, "head_dim", "head_size", "attention_head_size") or _int(config, "head_dim", "d_kv")
+    head_dim = positive_int(module, "head_dim", "head_size", "attention_head_size") or positive_int(config, "head_dim", "d_kv")
     if head_dim is None:
-        hidden = _int(config, "hidden_size", "n_embd", "d_model", "embed_dim")
+        hidden = positive_int(config, "hidden_size", "n_embd", "d_model", "embed_dim")
         if hidden is None:
             return None
         head_dim = hidden // heads
     rotary_dim = 0
     if rotary is not None:
-        explicit = _int(config, "rotary_dim", "rotary_emb_dim")
+        explicit = positive_int(config, "rotary_dim", "rotary_emb_dim")
         factor = getattr(config, "partial_rotary_factor", None) or getattr(config, "rotary_pct", None)
         params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
         if factor is None and isinstance(params, dict):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from ...axes import Layout
 from ...errors import SlicerError
-from .binder import ModelBinder, TensorRef, _attention_path
-from .geometry import _int
+from .binder import ModelBinder, TensorRef, attention_path
+from .geometry import positive_int
 
 
 _NOT_HEADS = {"hidden_size", "num_hidden_layers", "layer_idx"}  # sizes a mixer keeps that are not its own
@@ -35,12 +35,12 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
     import torch  # here, not at import: a template's plan loads the bindings without torch
 
     t_path = _mixer(b.teacher, ref.owner.module_path)
-    if t_path is None or _attention_path(b.teacher, ref.owner.module_path) is not None:
+    if t_path is None or attention_path(b.teacher, ref.owner.module_path) is not None:
         return None  # an attention module (MiniMax's lightning attention): attention.py binds its heads
     s_path = _mixer(b.student, ref.student_owner.module_path)
     t_mix, s_mix = b.teacher.modules[t_path], b.student.modules.get(s_path or "")
-    hidden = (_int(t_mix, "hidden_size") or _int(ref.owner.config, "hidden_size"),
-              _int(s_mix, "hidden_size") or _int(ref.student_owner.config, "hidden_size"))
+    hidden = (positive_int(t_mix, "hidden_size") or positive_int(ref.owner.config, "hidden_size"),
+              positive_int(s_mix, "hidden_size") or positive_int(ref.student_owner.config, "hidden_size"))
     module = ref.owner.module
     out: list[Layout | None] = [None] * len(ref.tshape)
     for d, (t, s) in enumerate(zip(ref.tshape, ref.sshape)):

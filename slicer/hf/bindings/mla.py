@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from ...axes import Layout, axis, concat, product
 from ...errors import SlicerError
 from .binder import ModelBinder, TensorRef
-from .geometry import _int
+from .geometry import positive_int
 
 
 @dataclass(frozen=True)
@@ -38,15 +38,15 @@ class MlaGeometry:
 
     @classmethod
     def of(cls, module, config) -> "MlaGeometry":
-        heads = _int(module, "num_heads") or _int(config, "num_attention_heads")
-        kv = _int(config, "num_key_value_heads") or heads
-        return cls(heads, kv, _int(module, "q_lora_rank") or 0, _int(module, "kv_lora_rank"),
-                   _int(module, "qk_nope_head_dim") or 0, _int(module, "qk_rope_head_dim") or 0,
-                   _int(module, "v_head_dim"))
+        heads = positive_int(module, "num_heads") or positive_int(config, "num_attention_heads")
+        kv = positive_int(config, "num_key_value_heads") or heads
+        return cls(heads, kv, positive_int(module, "q_lora_rank") or 0, positive_int(module, "kv_lora_rank"),
+                   positive_int(module, "qk_nope_head_dim") or 0, positive_int(module, "qk_rope_head_dim") or 0,
+                   positive_int(module, "v_head_dim"))
 
 
 def is_mla(module) -> bool:
-    return _int(module, "kv_lora_rank") is not None and hasattr(module, "kv_a_proj_with_mqa")
+    return positive_int(module, "kv_lora_rank") is not None and hasattr(module, "kv_a_proj_with_mqa")
 
 
 def check(teacher: MlaGeometry, student: MlaGeometry, where: str) -> None:

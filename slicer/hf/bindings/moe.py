@@ -35,7 +35,7 @@ from ...axes import Layout, axis, concat, product
 from ...errors import SlicerError
 from . import mlp
 from .binder import ModelBinder, TensorRef
-from .geometry import _int
+from .geometry import positive_int
 from .view import ModelView
 
 # The config keys transformers' MoE configs count experts with (for messages only).
@@ -89,21 +89,21 @@ class Routing:
         import torch
 
         experts_mod = block.experts
-        n = _int(experts_mod, "num_experts")
+        n = positive_int(experts_mod, "num_experts")
         if n is None and isinstance(experts_mod, torch.nn.ModuleList):
             n = len(experts_mod)
         mods = [block, *block.children()]
         config = next((m.config for m in mods if hasattr(getattr(m, "config", None), "to_dict")), None)
 
         def attr(*names: str) -> int | None:
-            found = next((v for v in (_int(m, *names) for m in mods) if v is not None), None)
+            found = next((v for v in (positive_int(m, *names) for m in mods) if v is not None), None)
             return found
 
-        n = n or attr("num_experts", "n_routed_experts", "num_local_experts") or _int(config, *EXPERT_COUNT_KEYS)
-        top_k = attr("top_k", "num_experts_per_tok") or _int(config, "num_experts_per_tok")
+        n = n or attr("num_experts", "n_routed_experts", "num_local_experts") or positive_int(config, *EXPERT_COUNT_KEYS)
+        top_k = attr("top_k", "num_experts_per_tok") or positive_int(config, "num_experts_per_tok")
         key = next((k for k in EXPERT_COUNT_KEYS if config is not None and vars(config).get(k) == n), None)
         top_k_key = (getattr(config, "attribute_map", None) or {}).get("num_experts_per_tok", cls.top_k_key)
-        router = next((m for m in mods if _int(m, "num_group", "n_group")), None)
+        router = next((m for m in mods if positive_int(m, "num_group", "n_group")), None)
         group_min = 1
         if router is not None:
             try:
@@ -278,7 +278,7 @@ def _checkpoint_path(ref: TensorRef, block: str) -> str:
 
 
 def _hidden(config) -> int | None:
-    return _int(config, "hidden_size", "n_embd", "d_model", "embed_dim", "dim")
+    return positive_int(config, "hidden_size", "n_embd", "d_model", "embed_dim", "dim")
 
 
 def _experts_tensor(ref: TensorRef, b: ModelBinder, t_mod, s_mod) -> tuple[Layout | None, ...]:

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from ...axes import Layout, axis, product
 from ...errors import SlicerError
 from .binder import ModelBinder, StudentMismatch, TensorRef
-from .common import _embedding_paths
-from .geometry import _int
+from .common import embedding_paths
+from .geometry import positive_int
 from .mlp import gated_split
 from .observe import merge_order, weights_used_before
 
@@ -44,7 +44,7 @@ def _towers(view) -> tuple[str | None, str | None]:
     """Config paths of the language (text) tower and of the vision tower, if the model has both."""
     found = view.__dict__.get("_towers")
     if found is None:
-        inputs, _ = _embedding_paths(view)
+        inputs, _ = embedding_paths(view)
         text = next(iter(inputs.values()), None)
         names = list(getattr(type(view.top), "sub_configs", {}) or {})
         vision = next((f"{n}." for n in names if "vision" in n and getattr(view.top, n, None) is not None), None)
@@ -68,7 +68,7 @@ def bind(ref: TensorRef, b: ModelBinder) -> tuple[Layout | None, ...] | None:
     if text is None or vision is None:
         return None
     path = ref.owner.module_path
-    inputs, outputs = _embedding_paths(b.teacher)
+    inputs, outputs = embedding_paths(b.teacher)
     if path in inputs or path in outputs:
         return None
     if ref.owner.config_path == "":
@@ -128,8 +128,8 @@ def _unknown(ref: TensorRef, why: str) -> tuple[None, ...]:
 def _model_vector(ref: TensorRef, b: ModelBinder, text: str) -> tuple[Layout | None, ...]:
     """A vector held by the VLM itself, as wide as the language model (LlavaNext's image_newline, appended
     to the projected image features): the language model's hidden axis."""
-    lm_t = _int(_sub_config(b.teacher.top, text), "hidden_size", "d_model", "n_embd")
-    lm_s = _int(_sub_config(b.student.top, text), "hidden_size", "d_model", "n_embd")
+    lm_t = positive_int(_sub_config(b.teacher.top, text), "hidden_size", "d_model", "n_embd")
+    lm_s = positive_int(_sub_config(b.student.top, text), "hidden_size", "d_model", "n_embd")
     if len(ref.tshape) == 1 and (ref.tshape[0], ref.sshape[0]) == (lm_t, lm_s):
         return (axis(b.add(f"{text}hidden", "hidden", lm_t, lm_s)),)
     return _unknown(ref, "it belongs to the whole model")
@@ -182,7 +182,7 @@ def _head_into_vision(ref: TensorRef, b: ModelBinder, vision: str) -> tuple[Layo
 
 def _vision_width(view, vision: str) -> int | None:
     cfg = _sub_config(view.top, vision)
-    return _int(cfg, "embed_dim", "hidden_size") if cfg is not None else None
+    return positive_int(cfg, "embed_dim", "hidden_size") if cfg is not None else None
 
 
 def _sub_config(config, path: str):
@@ -244,7 +244,7 @@ def _observed_site(b: ModelBinder, root: str, module: str, chain, vision: str) -
     """The site of the chain where the projector's forward calls ``module`` (weights used before it)."""
     width = _vision_width(b.teacher, vision)
     cfg = _sub_config(b.teacher.top, vision)
-    image, patch = _int(cfg, "image_size"), _int(cfg, "patch_size")
+    image, patch = positive_int(cfg, "image_size"), positive_int(cfg, "patch_size")
     lengths = ((image // patch) ** 2,) if image and patch else ()
     prefix = root + "."
     weights = [w[len(prefix):] for w, _ in chain if w.startswith(prefix)]
@@ -406,7 +406,7 @@ def _check_output(b: ModelBinder, root: str, chain, text: str) -> None:
     key, in_major = chain[-1]
     t_out = b.teacher.model.get_parameter(key).shape[1 if in_major else 0]
     s_out = b.student.model.get_parameter(key).shape[1 if in_major else 0]
-    lm_s = _int(_sub_config(b.student.top, text), "hidden_size", "d_model", "n_embd")
+    lm_s = positive_int(_sub_config(b.student.top, text), "hidden_size", "d_model", "n_embd")
     if lm_s is not None and s_out != lm_s:
         raise StudentMismatch(f"the projector {root!r} writes {s_out} features into the language model, whose hidden "
                               f"size is {lm_s}; set the key that sizes the projector's output too"
