@@ -1,8 +1,8 @@
 """What observing a fused q/k/v layout costs on a Falcon-180B-shaped attention block (meta model; the stub
 projections allocate nothing the size of the model). Usage: python bench/observe_cost.py"""
 import time, resource, torch, transformers
-from slicer.bindings.geometry import geometry
-from slicer.bindings.qkv_layout import fused_layout, per_head_kv
+from slicer.hf.bindings.geometry import geometry
+from slicer.hf.bindings.qkv_layout import fused_layout, per_head_kv
 cfg = transformers.FalconConfig(architectures=["FalconForCausalLM"], hidden_size=14848, num_attention_heads=232, num_kv_heads=8,
                                 new_decoder_architecture=True, num_hidden_layers=1, vocab_size=96)
 with torch.device("meta"):
