@@ -12,6 +12,8 @@ Memory stays bounded whatever the tensor sizes: data is read with ``pread`` in b
 of at most ``chunk_bytes`` of teacher span and of student bytes. Problems are
 collected as one line each in the report; input that cannot be verified at all (no
 manifest, an unreadable teacher) raises :class:`SlicerError`. Nothing is printed.
+
+Long on purpose: every check of a written student (files, hashes, headers, axes, values against the teacher, dequantized values) feeds one report.
 """
 from __future__ import annotations
 

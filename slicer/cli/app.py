@@ -2,6 +2,8 @@
 
 Exit codes: 0 done; 2 bad input or environment (one line ``slicer: error: ...``,
 nothing written); 130 interrupted.
+
+Long on purpose: every command's arguments with the help texts that teach them; the logic is one short function per command.
 """
 from __future__ import annotations
 

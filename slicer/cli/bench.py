@@ -21,6 +21,8 @@ Two parts, each returning :class:`Record` objects (the CLI prints them through
   (``--size-gb``, built with bench/teachers.py from the source checkout) to half
   width and half depth: time, GB/s (teacher bytes read + student bytes written, as
   :class:`slicer.Summary` counts them) and peak anonymous memory of this process.
+
+Long on purpose: the bench command's cases, backends, timing and report in one place; nothing else in the package imports it.
 """
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ While the new student moves in, the files it replaces wait in staging
 moment: a failure or an interrupt puts the old files back, and a run killed in the
 middle (SIGKILL, power loss) is rolled back by the next run into OUT, which finds
 the journal (``finish.json``) it left.
+
+Long on purpose: OUT's rules (staging, journal, lock, the swap, what --resume and --overwrite may keep or remove) are one state machine; split, its invariants would be spread over modules that tests/test_safety.py holds to them together.
 """
 from __future__ import annotations
 

@@ -29,6 +29,8 @@ Two honest ways to shrink an FP8 teacher (``--quantized``), one for MXFP4:
 With ``--dtype keep`` and no option, FP8 weights that keep their shape are copied with their scales, and
 an FP8 weight the student changes is refused with one line naming both options. MXFP4 is copied packed
 where only whole experts are selected, else it needs a float dtype.
+
+Long on purpose: FP8 block scales and MXFP4 packed experts, their axes, their config records and their refusals are one format's rules, read from headers alone.
 """
 from __future__ import annotations
 

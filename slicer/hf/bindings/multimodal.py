@@ -23,6 +23,8 @@ only along the axes it really shares:
   text embedding is dotted with the vision tower's pooled output): rows ``vision_config.hidden``.
 
 The output head of a VLM (``lm_head``) is the language model's (``common.bind_embeddings``).
+
+Long on purpose: the chain between a vision tower and a language model (projectors, merges, norms between towers, adapters) is one structure, bound in one place.
 """
 from __future__ import annotations
 
