@@ -17,6 +17,7 @@ from .errors import Interrupted, SlicerError
 from .memory import PeakSampler
 from .plan import Options, Plan, build_plan, parse_size
 from .report import format_bytes
+from .route_cache import Stale
 from .student import StudentSpec, from_template
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ def plan(
     samples: int = DEFAULT_SAMPLES,
     seq_len: int = DEFAULT_SEQ_LEN,
     device: str = "auto",
+    route_cache: bool = True,
 ) -> Plan:
     """Plan a student without reading tensor data: sources, index sets, shards.
 
@@ -102,7 +104,8 @@ def plan(
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
                                               dtype=dtype, max_shard_size=max_shard_size, revision=revision,
                                               cache_dir=cache_dir, remote=remote, quantized=quantized, scores=scores,
-                                              calibration=calibration, samples=samples, seq_len=seq_len, device=device)
+                                              calibration=calibration, samples=samples, seq_len=seq_len, device=device,
+                                              route_cache=route_cache)
     return _plan(ckpt, student, options)
 
 
@@ -164,8 +167,14 @@ def _ranking(ckpt: Checkpoint, method: str, layer_selection: str, scores, calibr
 
 
 def _plan(teacher: Checkpoint, student: StudentSpec, options: Options) -> Plan:
-    return build_plan(teacher, student.tensors, options, student.make_binder(options), origin=student.origin,
-                      quantization=quantized_weights.teacher_scheme(teacher), ranking=student.ranking)
+    binder = student.make_binder(options)
+    try:
+        return build_plan(teacher, student.tensors, options, binder, origin=student.origin,
+                          quantization=quantized_weights.teacher_scheme(teacher), ranking=student.ranking)
+    except Stale as e:  # a cached route that does not answer this plan: the bindings are derived after all
+        log.warning("%s; deriving them again", e)
+        return build_plan(teacher, student.tensors, options, e.derive(), origin=student.origin,
+                          quantization=quantized_weights.teacher_scheme(teacher), ranking=student.ranking)
 
 
 def shrink(
@@ -196,6 +205,7 @@ def shrink(
     calibration: str | Path | None = None,
     samples: int = DEFAULT_SAMPLES,
     seq_len: int = DEFAULT_SEQ_LEN,
+    route_cache: bool = True,
 ) -> Summary:
     """Write the student selected from ``teacher`` into the folder ``out``.
 
@@ -215,7 +225,8 @@ def shrink(
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
                                               dtype=dtype, max_shard_size=max_shard_size, revision=revision,
                                               cache_dir=cache_dir, remote=remote, quantized=quantized, scores=scores,
-                                              calibration=calibration, samples=samples, seq_len=seq_len, device=device)
+                                              calibration=calibration, samples=samples, seq_len=seq_len, device=device,
+                                              route_cache=route_cache)
     return run(ckpt, out, student, options, device=device, backend=backend, overwrite=overwrite,
                resume=resume, progress=progress, chunk_bytes=chunk_bytes)
 
@@ -243,6 +254,7 @@ def stream(
     calibration: str | Path | None = None,
     samples: int = DEFAULT_SAMPLES,
     seq_len: int = DEFAULT_SEQ_LEN,
+    route_cache: bool = True,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` for every student tensor, on ``device``, writing no file.
 
@@ -254,7 +266,8 @@ def stream(
                                               layer_selection=layer_selection, attention=attention, exclude=exclude,
                                               dtype=dtype, max_shard_size="5GB", revision=revision,
                                               cache_dir=cache_dir, remote=remote, quantized=quantized, scores=scores,
-                                              calibration=calibration, samples=samples, seq_len=seq_len, device=device)
+                                              calibration=calibration, samples=samples, seq_len=seq_len, device=device,
+                                              route_cache=route_cache)
     from .backends import choose
     from .engine import Engine
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import json
 import logging
 import re
+import sys
 from pathlib import Path
 
-from . import layer_lists
+from . import layer_lists, route_cache
 from .checkpoint import Checkpoint, require_regular_file
 from .errors import SlicerError
 from .layers import LayerMapper
@@ -121,6 +123,12 @@ def _import_transformers():
     except ImportError as e:
         raise SlicerError(f"a student from a config needs transformers ({e}); install it with {INSTALL_HINT}") from e
     return transformers
+
+
+def _has_transformers() -> bool:
+    if "transformers" in sys.modules:
+        return sys.modules["transformers"] is not None
+    return importlib.util.find_spec("transformers") is not None
 
 
 def _read_json(path: Path) -> dict:
@@ -266,8 +274,11 @@ _LAYER_NUMBERS = ("indexes", "indices", "_layers", "_layer_ids")
 def _nested_layer_numbers(base: dict, student: dict, edits: dict, config_cls, mode: str, where: str,
                           skip: set[str] = frozenset(), layer_scores: dict | None = None) -> None:
     """Lists of layer numbers in a nested config (Qwen2.5-VL's vision ``fullatt_block_indexes``, Qwen3-VL's
-    ``deepstack_visual_indexes``) follow a depth change there: renumbered to the layers kept. One that
-    names a layer the student does not keep is refused: which layer takes its role is the user's call."""
+    ``deepstack_visual_indexes``) follow a depth change there. With ``--layer-selection first`` (the default)
+    the student keeps the teacher's pattern of its first layers, so the layers they name keep their share
+    (32 -> 16 vision blocks: [7, 15, 23, 31] -> [7, 15]); a depth whose first layers hold another share is
+    refused, naming the depths that would keep it. Other selections renumber the list to the layers they
+    keep, and refuse one that names a layer they cut: which layer takes its role is the user's call."""
     for key, sub in student.items():
         if not (isinstance(sub, dict) and isinstance(base.get(key), dict)):
             continue
@@ -282,6 +293,15 @@ def _nested_layer_numbers(base: dict, student: dict, edits: dict, config_cls, mo
                     or not isinstance(value, list) or not value
                     or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < t_depth for i in value)):
                 continue
+            if mode == "first":  # the default keeps the pattern: full-attention blocks keep their share
+                kept = layer_lists.in_proportion(value, t_depth, s_depth)
+                if kept is None:
+                    raise SlicerError(f"{where}: {key}.{name} = {value} names {len(value)} of the {t_depth} teacher "
+                                      f"layers; the first {s_depth} hold {sum(i < s_depth for i in value)} of them, not "
+                                      f"that share: {_holding(layer_lists.depths_holding(value, t_depth))} (or set "
+                                      f"the list too: --set {key}.{name}=[...])")
+                sub[name] = kept
+                continue
             if layers is None:
                 layers = layer_indices(t_depth, s_depth, mode, _depth_scores(layer_scores, t_depth, mode))
             kept = [layers.index(i) for i in value if i in layers]
@@ -290,6 +310,20 @@ def _nested_layer_numbers(base: dict, student: dict, edits: dict, config_cls, mo
                                   f"(--layer-selection {mode} keeps {layers} of {t_depth}); set it too, e.g. "
                                   f"--set {key}.{name}=[...]")
             sub[name] = kept
+
+
+def _holding(depths: list[int]) -> str:
+    """[1, 2, 3, 6] -> 'a depth of 1-3 or 6 keeps it'."""
+    spans: list[list[int]] = []
+    for d in depths:
+        if spans and d == spans[-1][-1] + 1:
+            spans[-1].append(d)
+        else:
+            spans.append([d])
+    text = [f"{sp[0]}-{sp[-1]}" if len(sp) > 1 else str(sp[0]) for sp in spans]
+    if not text:
+        return "no shallower depth keeps it"
+    return "a depth of " + " or ".join([", ".join(text[:-1]), text[-1]] if len(text) > 1 else text) + " keeps it"
 
 
 def _depth_scores(layer_scores: dict | None, depth: int, mode: str):
@@ -566,24 +600,30 @@ def template_structure(ckpt: Checkpoint, spec: StudentSpec, attention: str | Non
                               "config.json beside the teacher's weights and the template's (or use --set / --student-config)")
         spec.make_binder = guard.names_binder_fused_ok if attention == "flat" else guard.names_binder
         return "flat"
-    try:
-        transformers = _import_transformers()
-    except SlicerError:
+    if not _has_transformers():  # asked without importing it: a cached run never does
         if attention == "heads":
-            raise
+            _import_transformers()  # raises, naming the extra to install
         log.warning("%s: transformers is not installed, so the template is selected flat (the paper's rule); install "
                     "it (%s) to keep whole heads, experts and fused projections consistent", spec.folder, INSTALL_HINT)
         spec.make_binder = guard.names_binder_fused_ok if attention == "flat" else guard.names_binder
         return "flat"
     teacher_dict, student_dict = dicts
-    cls = _config_class(transformers, student_dict, student_path)
-    config = _build_config(cls, student_dict, str(student_path))
-    arch = _architecture(transformers, student_dict, str(student_path))
-    student_model = _meta_model(transformers, arch, config, str(student_path))
-    teacher_model = _teacher_model(transformers, teacher_dict, teacher_path, student_model)
-    from .bindings import model_binder
 
-    spec.make_binder = model_binder(teacher_model, student_model, list(ckpt.tensors), [t.name for t in spec.tensors])
+    def derive(options):  # seconds (transformers, two meta models): paid once per key, see slicer.route_cache
+        transformers = _import_transformers()
+        cls = _config_class(transformers, student_dict, student_path)
+        config = _build_config(cls, student_dict, str(student_path))
+        arch = _architecture(transformers, student_dict, str(student_path))
+        student_model = _meta_model(transformers, arch, config, str(student_path))
+        teacher_model = _teacher_model(transformers, teacher_dict, teacher_path, student_model)
+        from .bindings import model_binder
+
+        return model_binder(teacher_model, student_model, list(ckpt.tensors), [t.name for t in spec.tensors])(options)
+
+    spec.make_binder = route_cache.cached(derive, {
+        "route": "template", "teacher_config": teacher_dict, "student_config": student_dict,
+        "teacher": [[t.name, t.dtype, list(t.shape)] for t in ckpt.tensors.values()],
+        "student": [[t.name, list(t.shape)] for t in spec.tensors]})
     spec.origin["structure"] = "config.json of the teacher and the template"
     return attention or "heads"
 

@@ -85,3 +85,15 @@ def subprocess_env() -> dict:
     env["PYTHONPATH"] = str(_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _slicer_cache(tmp_path_factory):
+    """The bindings cache (slicer.route_cache) of the test session: never the user's ~/.cache (subprocesses inherit it)."""
+    old = os.environ.get("SLICER_CACHE")
+    os.environ["SLICER_CACHE"] = str(tmp_path_factory.mktemp("slicer-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SLICER_CACHE", None)
+    else:
+        os.environ["SLICER_CACHE"] = old
