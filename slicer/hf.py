@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import layer_lists, route_cache
+from . import layer_lists, route_cache, supported
 from .checkpoint import Checkpoint, require_regular_file
 from .errors import SlicerError
 from .layers import LayerMapper
@@ -122,6 +122,7 @@ def _import_transformers():
         import transformers
     except ImportError as e:
         raise SlicerError(f"a student from a config needs transformers ({e}); install it with {INSTALL_HINT}") from e
+    supported.check()  # one line per release outside pyproject's range: layouts are learned by running it
     return transformers
 
 
