@@ -133,7 +133,8 @@ def describe_student(teacher, template, student_config, config_set, *, attention
         attention = attention or "heads"
         student = from_config(ckpt, student_config, config_set or {}, attention=attention,
                               dtype=options["dtype"], layer_selection=options["layer_selection"],
-                              layer_scores=ranking.layers() if ranking is not None else None)
+                              layer_scores=ranking.layers() if ranking is not None else None,
+                              use_cache=options.get("route_cache", True))
     student.ranking = ranking or rank()
     if attention not in ATTENTION_CHOICES:
         raise SlicerError(f"unknown attention mode {attention!r} (choose from {', '.join(ATTENTION_CHOICES)})")

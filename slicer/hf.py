@@ -40,7 +40,62 @@ _TORCH_DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F
 
 
 def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | None, edits: dict, *, attention: str,
-                dtype: str = "keep", layer_selection: str = "first", layer_scores: dict | None = None) -> StudentSpec:
+                dtype: str = "keep", layer_selection: str = "first", layer_scores: dict | None = None,
+                use_cache: bool = True) -> StudentSpec:
+    """``derive_from_config``, kept in the bindings cache (slicer.route_cache) for the next run of the same
+    teacher, configs, edits and options: a repeated run imports neither transformers nor torch."""
+    ckpt = teacher if isinstance(teacher, Checkpoint) else Checkpoint.open(teacher, role="teacher")
+    derive = lambda: derive_from_config(ckpt, student_config, edits, attention=attention, dtype=dtype,  # noqa: E731
+                                        layer_selection=layer_selection, layer_scores=layer_scores)
+    parts = _spec_key_parts(ckpt, student_config, edits, attention, dtype, layer_selection)
+    if not use_cache or layer_scores is not None or parts is None or not _has_transformers():
+        # importance: the scores are data, not a key; no transformers: the derivation says how to install it
+        return derive()
+    path, key, payload = route_cache.spec_entry(parts)
+    if payload is not None:
+        tensors = [StudentTensor(n, tuple(shape), source) for n, shape, source in payload["tensors"]]
+        files = {"config.json": payload["config"].encode("utf-8")} | _teacher_files(ckpt.folder)
+        rederive = lambda options: derive().make_binder(options)  # noqa: E731 - a binder the cache cannot answer
+        binder_parts = {"route": "config", "spec": key, "student": [[t.name, list(t.shape)] for t in tensors]}
+        return StudentSpec(tensors, payload["origin"], None, files, route_cache.cached(rederive, binder_parts))
+    spec = derive()
+    route_cache.store(path, key, route_cache.spec_payload(spec.tensors, spec.origin, spec.files["config.json"]))
+    binder_parts = {"route": "config", "spec": key, "student": [[t.name, list(t.shape)] for t in spec.tensors]}
+    spec.make_binder = route_cache.cached(spec.make_binder, binder_parts)
+    return spec
+
+
+def _spec_key_parts(ckpt: Checkpoint, student_config, edits: dict, attention: str, dtype: str,
+                    layer_selection: str) -> dict | None:
+    """Everything the config route's student depends on besides the versions; None: not kept (a remote
+    teacher, configs that cannot be read: the derivation reports those)."""
+    if ckpt.source is not None:
+        return None
+    try:
+        teacher_path = ckpt.config_path()
+        teacher_text = teacher_path.read_text(encoding="utf-8") if teacher_path is not None else None
+        student_text = None
+        if student_config is not None:
+            p = Path(student_config)
+            p = p / "config.json" if p.is_dir() else p
+            if not p.is_file():
+                return None
+            student_text = p.read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return None
+    if teacher_text is None:
+        return None
+    return {"route": "config", "teacher_config": teacher_text, "student_config": student_text, "set": edits,
+            "attention": attention, "dtype": dtype, "layer_selection": layer_selection,
+            "student_config_path": str(Path(student_config).resolve()) if student_config is not None else None,
+            "teacher_config_path": str(teacher_path.resolve()),
+            "teacher": [[t.name, t.dtype, list(t.shape)] for t in ckpt.tensors.values()],
+            "side_files": sorted(p.name for p in ckpt.folder.iterdir() if _is_copied(p.name))}
+
+
+def derive_from_config(teacher: str | Path | Checkpoint, student_config: str | Path | None, edits: dict, *,
+                       attention: str, dtype: str = "keep", layer_selection: str = "first",
+                       layer_scores: dict | None = None) -> StudentSpec:
     """The student described by a config.json (``student_config``, else the teacher's) with ``edits`` applied.
 
     ``edits`` maps config keys (dotted for nested configs: ``text_config.hidden_size``)

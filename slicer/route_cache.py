@@ -240,3 +240,18 @@ class Replay(Binder):
     def finish(self, jobs, layer_maps):
         if self.next != len(self.calls):
             raise Stale(f"the plan asked {self.next} of the {len(self.calls)} recorded questions", self.derive)
+
+
+# ------------------------------------------------------------------ a student spec from a config
+
+def spec_entry(parts: dict) -> tuple[Path, str, dict | None]:
+    """(path, key, payload or None) of the kept student of the config route (``--set`` / ``--student-config``):
+    its tensor names, shapes and sources, its manifest origin and its config.json."""
+    key = key_of({"format": FORMAT, "spec": parts, "versions": versions()})
+    path = cache_dir() / "routes" / f"spec-{key}.json"
+    return path, key, load(path, key)
+
+
+def spec_payload(tensors, origin: dict, config_json: bytes) -> dict:
+    return {"name": "spec", "tensors": [[t.name, list(t.shape), t.source] for t in tensors], "origin": origin,
+            "config": config_json.decode("utf-8")}

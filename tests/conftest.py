@@ -87,13 +87,8 @@ def subprocess_env() -> dict:
     return env
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _slicer_cache(tmp_path_factory):
-    """The bindings cache (slicer.route_cache) of the test session: never the user's ~/.cache (subprocesses inherit it)."""
-    old = os.environ.get("SLICER_CACHE")
-    os.environ["SLICER_CACHE"] = str(tmp_path_factory.mktemp("slicer-cache"))
-    yield
-    if old is None:
-        os.environ.pop("SLICER_CACHE", None)
-    else:
-        os.environ["SLICER_CACHE"] = old
+@pytest.fixture(autouse=True)
+def _slicer_cache(tmp_path_factory, monkeypatch):
+    """The bindings cache (slicer.route_cache) of each test: never the user's ~/.cache, and never an answer
+    recorded by another test (one that patched transformers or a rule); subprocesses inherit it."""
+    monkeypatch.setenv("SLICER_CACHE", str(tmp_path_factory.mktemp("slicer-cache")))

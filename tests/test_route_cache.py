@@ -159,3 +159,30 @@ def test_an_unwritable_cache_costs_only_a_warning(tmp_path, monkeypatch, caplog)
     assert "cannot keep the bindings" in caplog.text
     assert _bytes(tmp_path / "out")
     assert os.listdir(tmp_path / "out")
+
+
+def test_the_config_route_is_kept_too(tmp_path, cache, subprocess_env):
+    """--set: the student's names, shapes, origin and config.json, and its bindings, replayed."""
+    family = FAMILIES["llama"]
+    teacher = build(tmp_path / "teacher", family, coded=True)
+    (teacher / "tokenizer_config.json").write_text("{}")
+    edits = dict(family.edits)
+    slicer.shrink(teacher, tmp_path / "derived", config_set=edits, route_cache=False)
+    assert _entries(cache) == []
+    slicer.shrink(teacher, tmp_path / "first", config_set=edits)
+    assert len(_entries(cache)) == 2  # the student spec and its bindings
+    code = ("import sys, json, slicer\n"
+            f"s = slicer.shrink({str(teacher)!r}, {str(tmp_path / 'again')!r}, config_set={edits!r}, backend='numpy',\n"
+            "                   device='cpu')\n"
+            "print(json.dumps(['transformers' in sys.modules, s.tensors_written]))\n")
+    env = dict(subprocess_env, SLICER_CACHE=str(cache))
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)[0] is False
+    want = _bytes(tmp_path / "derived")
+    assert want and _bytes(tmp_path / "first") == want and _bytes(tmp_path / "again") == want
+    for name in ("config.json", "tokenizer_config.json"):
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "derived" / name).read_bytes()
+    a = json.loads((tmp_path / "again" / "slicer_manifest.json").read_text())
+    b = json.loads((tmp_path / "derived" / "slicer_manifest.json").read_text())
+    assert a["student"] == b["student"] and a["axes"] == b["axes"]
