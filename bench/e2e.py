@@ -272,7 +272,7 @@ def bench_teacher(name: str, facts: dict, args, ways: list[str], log) -> dict:
             res = measure(way, facts, workdir, name, args.interval, args.settle)
             runs[way].append(res)
             log(
-                f"  [{name}] {way:<6} run {rep + 1}/{args.repeats}: {res['wall_s']:7.2f} s  "
+                f"  [{name}] {way:<14} run {rep + 1}/{args.repeats}: {res['wall_s']:7.2f} s  "
                 f"peak anon {res['peak_anon_bytes'] / 1e6:8.1f} MB  cpu {res['cpu_s']:6.2f} s  "
                 f"cached {_pct(res['teacher_cached_fraction'])}  load {res['loadavg_before']:.2f}"
             )
@@ -335,7 +335,7 @@ def table(results: dict) -> str:
         "outputs are written to the page cache, sync'd (untimed) between runs. Median of repeats.",
         "peak anon = max of RssAnon+RssShmem (20 ms samples); peak RSS = max of VmHWM (file-backed pages included).",
         "",
-        f"{'teacher':<8} {'way':<12} {'median s':>9} {'min..max s':>14} {'x floor':>8} {'peak anon MB':>13} "
+        f"{'teacher':<8} {'way':<14} {'median s':>9} {'min..max s':>14} {'x floor':>8} {'peak anon MB':>13} "
         f" {'peak RSS MB':>11} {'cpu s':>7} {'cached':>7}",
     ]
     for name, r in results.items():
@@ -345,7 +345,7 @@ def table(results: dict) -> str:
             x = f"{w['median_s'] / floor:.2f}" if floor else "-"
             cached = min((run["teacher_cached_fraction"] or 0) for run in r["runs"][way])
             lines.append(
-                f"{name:<8} {way:<12} {w['median_s']:9.2f} {w['min_s']:6.2f}..{w['max_s']:<6.2f} {x:>8} "
+                f"{name:<8} {way:<14} {w['median_s']:9.2f} {w['min_s']:6.2f}..{w['max_s']:<6.2f} {x:>8} "
                 f"{w['peak_anon_bytes'] / 1e6:13.1f} {w['maxrss_bytes'] / 1e6:12.1f} {w['cpu_s_median']:7.2f} "
                 f"{_pct(cached):>7}"
             )

@@ -4,8 +4,8 @@ The folder is never the top-level ``kernels``: PyPI's ``kernels`` (a dependency 
 transformers >= 5.25, imported when a model is built) owns that name. ``python -m ...``
 from a checkout's root puts the root first on ``sys.path``, where this folder would
 shadow the distribution. Imported under that name, it hands over to the distribution
-(or raises ModuleNotFoundError when there is none), so a checkout never changes what
-``import kernels`` means.
+(or, when there is none, stays an empty module that transformers takes for an absent
+package), so a checkout never changes what ``import kernels`` means.
 """
 if __name__ == "kernels":
     import importlib.machinery
@@ -17,8 +17,11 @@ if __name__ == "kernels":
     _path = [p for p in sys.path if os.path.abspath(p or os.curdir) != _root]
     _spec = importlib.machinery.PathFinder.find_spec("kernels", _path)
     if _spec is None or _spec.loader is None:
-        del sys.modules["kernels"]
-        raise ModuleNotFoundError("No module named 'kernels'", name="kernels")
-    _module = importlib.util.module_from_spec(_spec)
-    sys.modules["kernels"] = _module
-    _spec.loader.exec_module(_module)
+        # No distribution: an empty module that reads as absent. transformers < 5.25 probes the optional
+        # "kernels" by importing it when no metadata names it, and takes a module with neither __file__
+        # nor __version__ for a stray namespace package, not an install; raising here broke its import.
+        __file__ = None
+    else:
+        _module = importlib.util.module_from_spec(_spec)
+        sys.modules["kernels"] = _module
+        _spec.loader.exec_module(_module)
