@@ -32,7 +32,8 @@ def ranges() -> dict[str, str]:
         if m and m.group(2).strip():
             name = _normal(m.group(1))
             if name in {_normal(c) for c in CHECKED}:
-                out.setdefault(name, m.group(2).strip().replace(" ", ""))
+                parts = m.group(2).replace(" ", "").split(",")  # lower bound first, as pyproject writes it
+                out.setdefault(name, ",".join(sorted(parts, key=lambda p: not p.startswith(">"))))
     return out
 
 
