@@ -12,7 +12,8 @@ and the peak anonymous memory (RssAnon + RssShmem of the process tree, sampled e
           the weights, as users have them), so slicer takes the transformers route; its
           bindings cache (SLICER_CACHE=WORKDIR/slicer-cache) is filled by an untimed plan
           first. slicer-nocache: the same with --no-cache (the route paid every run);
-          slicer-bare: TEMPLATE's model.safetensors alone (no config: flat selection).
+          slicer-bare: TEMPLATE's model.safetensors alone in a folder without config.json
+          (hard-linked; no structure: flat selection).
   plan    before the repeats: `python -m slicer plan TEACHER --template TEMPLATE` with
           the cache emptied (first), then three more (repeated; median).
   naive   `python bench/e2e.py --naive TEACHER TEMPLATE OUT`: safetensors.torch.load_file
@@ -174,6 +175,16 @@ def slicer_ready() -> tuple[bool, str]:
     return r.returncode == 0, (r.stdout + r.stderr).strip()
 
 
+def bare_template(template: Path) -> Path:
+    """The template's weights alone in a folder of their own (a hard link: no copy): beside the HF
+    folder's file slicer would find its config.json and take the transformers route."""
+    bare = template.parent.parent / "template-bare" / template.name
+    if not bare.exists():
+        bare.parent.mkdir(exist_ok=True)
+        os.link(template, bare)
+    return bare
+
+
 def _env(workdir: Path | None = None) -> dict:
     env = dict(os.environ)
     if workdir is not None:  # slicer's bindings cache: the benchmark's own, never the user's
@@ -218,7 +229,7 @@ def measure(way: str, facts: dict, workdir: Path, name: str, interval: float, se
         if way.startswith("slicer"):
             hf = way != "slicer-bare"
             argv = [sys.executable, "-m", "slicer", "shrink", str(teachers.teacher_dir(workdir, name)), str(out),
-                    "--template", str(facts["template_dir"] if hf else template), "--overwrite", "--quiet",
+                    "--template", str(facts["template_dir"] if hf else bare_template(template)), "--overwrite", "--quiet",
                     *(["--no-cache"] if way == "slicer-nocache" else [])]
         else:
             argv = [sys.executable, str(HERE / "e2e.py"), "--naive", str(teachers.teacher_dir(workdir, name)),
