@@ -639,7 +639,6 @@ def template_structure(ckpt: Checkpoint, spec: StudentSpec, attention: str | Non
 
     Without them the template is selected flat (the paper's rule) behind a guard that refuses
     names whose structure flat selection would break; ``--attention heads`` is then refused."""
-    from .bindings import guard
 
     student_path = spec.folder / "config.json" if spec.folder is not None else None
     dicts = None
@@ -654,6 +653,8 @@ def template_structure(ckpt: Checkpoint, spec: StudentSpec, attention: str | Non
         if attention == "heads":
             raise SlicerError(f"{spec.folder or ckpt.path}: --attention heads needs the model's structure: a Hugging Face "
                               "config.json beside the teacher's weights and the template's (or use --set / --student-config)")
+        from .bindings import guard  # only here: the package's import costs a cached HF run 40 ms
+
         spec.make_binder = guard.names_binder_fused_ok if attention == "flat" else guard.names_binder
         return "flat"
     if not _has_transformers():  # asked without importing it: a cached run never does
@@ -661,6 +662,8 @@ def template_structure(ckpt: Checkpoint, spec: StudentSpec, attention: str | Non
             _import_transformers()  # raises, naming the extra to install
         log.warning("%s: transformers is not installed, so the template is selected flat (the paper's rule); install "
                     "it (%s) to keep whole heads, experts and fused projections consistent", spec.folder, INSTALL_HINT)
+        from .bindings import guard  # only here: the package's import costs a cached HF run 40 ms
+
         spec.make_binder = guard.names_binder_fused_ok if attention == "flat" else guard.names_binder
         return "flat"
     teacher_dict, student_dict = dicts
