@@ -81,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
+    os.environ.setdefault("SLICER_CACHE", str(args.workdir / "slicer-cache"))  # never the user's cache
     facts = teachers.ensure_pair(args.workdir, "llama")
-    teacher, template = teachers.teacher_dir(args.workdir, "llama"), Path(facts["template"])
+    # HF folders (config.json beside both): the transformers route, its bindings cache filled by the first plan
+    teacher, template = teachers.teacher_dir(args.workdir, "llama"), Path(facts["template_dir"])
     student = args.workdir / "llama" / "student-verify"
     py = sys.executable
     if not (student / "slicer_manifest.json").exists():

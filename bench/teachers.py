@@ -5,7 +5,9 @@ The checkpoints are written *streaming*, by hand, in the safetensors format: an
 multiple of 8), then the tensor bytes. Tensor data is copied from one reusable
 block of random bf16 values (N(0, 0.02), so no NaN/inf), starting at a different
 offset per tensor, so the generator never holds more than ~200 MB whatever the
-model size. Teachers are HF-sharded (``model-0000i-of-0000n.safetensors`` of at
+model size. Both folders hold the config.json save_pretrained would write (HF folders, as
+users have them: slicer then derives the bindings from transformers). Teachers are
+HF-sharded (``model-0000i-of-0000n.safetensors`` of at
 most 2 GB plus ``model.safetensors.index.json``); a student template is one
 ``model.safetensors`` whose data is never read, so it is a sparse file of zeros.
 
@@ -247,6 +249,27 @@ def build_template(d: Path, shape: LlamaShape, *, log=print) -> dict:
 
 
 # ----------------------------------------------------------------------------- layout
+def hf_config(shape: LlamaShape) -> dict:
+    """The config.json save_pretrained writes beside a LlamaForCausalLM of this shape: every Hub
+    checkpoint has one, and slicer derives the model's bindings from it (the HF route)."""
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": shape.hidden,
+        "intermediate_size": shape.intermediate, "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads, "head_dim": shape.head_dim, "num_hidden_layers": shape.layers,
+        "vocab_size": shape.vocab, "hidden_act": "silu", "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0, "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False,
+        "dtype": "bfloat16",
+    }
+
+
+def write_config(d: Path, shape: LlamaShape) -> None:
+    """config.json beside the weights (rewritten only when it differs: its mtime stays otherwise)."""
+    text = json.dumps(hf_config(shape), indent=2) + "\n"
+    path = d / "config.json"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
 def teacher_dir(workdir: Path, name: str) -> Path:
     return workdir / name / "teacher"
 
@@ -272,11 +295,14 @@ def ensure_pair(workdir: Path, name: str, *, log=print) -> dict:
     log(f"[{name}] teacher: {pair.note}")
     t = build_teacher(teacher_dir(workdir, name), pair.teacher, log=log)
     s = build_template(template_dir(workdir, name), pair.student, log=log)
+    write_config(teacher_dir(workdir, name), pair.teacher)  # HF folders, as users have them
+    write_config(template_dir(workdir, name), pair.student)
     teacher_bytes = total_bytes(pair.teacher.tensors())
     student_bytes = total_bytes(pair.student.tensors())
     facts = {
         "teacher_dir": str(teacher_dir(workdir, name)),
         "template": str(template_dir(workdir, name) / "model.safetensors"),
+        "template_dir": str(template_dir(workdir, name)),  # the HF folder: config.json beside the weights
         "teacher_bytes": teacher_bytes,
         "student_bytes": student_bytes,
         "teacher_files": [str(p) for p in checkpoint_files(teacher_dir(workdir, name))],

@@ -89,13 +89,14 @@ def describe_student(teacher, request: Request) -> tuple[Checkpoint, StudentSpec
         attention = attention or "heads"
         student = from_config(ckpt, student_config, config_set or {}, attention=attention,
                               dtype=r.dtype, layer_selection=r.layer_selection,
-                              layer_scores=ranking.layers() if ranking is not None else None)
+                              layer_scores=ranking.layers() if ranking is not None else None,
+                              use_cache=r.route_cache)
     student.ranking = ranking or rank()
     if attention not in ATTENTION_CHOICES:
         raise SlicerError(f"unknown attention mode {attention!r} (choose from {', '.join(ATTENTION_CHOICES)})")
     options = Options(method=r.method, seed=r.seed, layer_selection=r.layer_selection, exclude=tuple(r.exclude),
                       dtype=r.dtype, max_shard_size=parse_size(r.max_shard_size), attention=attention,
-                      quantized=r.quantized)
+                      quantized=r.quantized, route_cache=r.route_cache)
     return ckpt, student, options
 
 
@@ -129,8 +130,16 @@ def plan_student(teacher: Checkpoint, student: StudentSpec, options: Options) ->
 
 
 def _plan(teacher: Checkpoint, student: StudentSpec, options: Options) -> Plan:
-    return build_plan(teacher, student.tensors, options, student.make_binder(options), origin=student.origin,
-                      quantization=quantized_weights.teacher_scheme(teacher), ranking=student.ranking)
+    from .hf.route_cache import Stale  # the module imports no transformers
+
+    binder = student.make_binder(options)
+    try:
+        return build_plan(teacher, student.tensors, options, binder, origin=student.origin,
+                          quantization=quantized_weights.teacher_scheme(teacher), ranking=student.ranking)
+    except Stale as e:  # a cached route that does not answer this plan: the bindings are derived after all
+        log.warning("%s; deriving them again", e)
+        return build_plan(teacher, student.tensors, options, e.derive(), origin=student.origin,
+                          quantization=quantized_weights.teacher_scheme(teacher), ranking=student.ranking)
 
 
 def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, device="auto", backend="auto",

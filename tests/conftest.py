@@ -85,3 +85,10 @@ def subprocess_env() -> dict:
     env["PYTHONPATH"] = str(_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+@pytest.fixture(autouse=True)
+def _slicer_cache(tmp_path_factory, monkeypatch):
+    """The bindings cache (slicer.hf.route_cache) of each test: never the user's ~/.cache, and never an answer
+    recorded by another test (one that patched transformers or a rule); subprocesses inherit it."""
+    monkeypatch.setenv("SLICER_CACHE", str(tmp_path_factory.mktemp("slicer-cache")))

@@ -116,8 +116,35 @@ def test_layer_numbers_in_a_nested_config_follow_the_kept_layers_or_are_refused(
     for f in src.iterdir():
         (tmp_path / "t" / f.name).write_bytes(f.read_bytes())
     (tmp_path / "t" / "config.json").write_text(json.dumps(config))
+    # one layer cannot hold a pattern of one full-attention block in two
     _refused(tmp_path / "t", tmp_path / "out", {"vision_config.depth": 1},
-             "vision_config.fullatt_block_indexes = [1]", "keeps [0] of 2")
+             "vision_config.fullatt_block_indexes = [1]", "the first 1 hold 0 of them", "no shallower depth keeps it")
+    # other layer selections renumber to the layers they keep, and refuse one that names a cut layer
+    with pytest.raises(SlicerError, match=r"names teacher layers the student does not keep"):
+        slicer.shrink(str(tmp_path / "t"), str(tmp_path / "out"), config_set={"vision_config.depth": 1},
+                      layer_selection="uniform", progress=False)
+
+
+def test_a_vision_tower_halved_in_depth_keeps_the_share_of_full_attention_blocks(tmp_path):
+    """Qwen2.5-VL's vision blocks: window attention, except those fullatt_block_indexes names (one in two
+    here, one in eight in the released models); halved by default, the student keeps one in two."""
+    import copy
+
+    import transformers
+
+    fam = FAMILIES["qwen2_5_vl"]
+    config = copy.deepcopy(fam.config)
+    config["vision_config"].update(depth=4, fullatt_block_indexes=[1, 3])
+    src = build(tmp_path / "teacher", fam, coded=False, config=config)
+    _shrink(src, tmp_path / "out", **{"vision_config.depth": 2})
+    vision = json.loads((tmp_path / "out" / "config.json").read_text())["vision_config"]
+    assert vision["depth"] == 2 and vision["fullatt_block_indexes"] == [1]
+    model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "out")
+    assert model.config.vision_config.fullatt_block_indexes == [1]
+    assert len(model.model.visual.blocks) == 2
+    # three blocks cannot hold one in two: refused, naming the depths that can
+    _refused(src, tmp_path / "out3", {"vision_config.depth": 3}, "vision_config.fullatt_block_indexes = [1, 3]",
+             "the first 3 hold 1 of them", "a depth of 2 keeps it")
 
 
 def test_a_config_transformers_wrote_with_infinity_is_read_back_and_kept_as_written(teacher, tmp_path):

@@ -70,6 +70,10 @@ def _add_selection_args(p: argparse.ArgumentParser) -> None:
                           "config.json beside both teacher and template), flat with a bare template")
     sel.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                      help="skip template tensors whose name matches (re.search); repeatable, e.g. '^head\\.'")
+    sel.add_argument("--no-cache", dest="route_cache", action="store_false",
+                     help="derive the model's bindings from transformers again instead of reusing those an earlier run "
+                          "kept ($SLICER_CACHE, else $XDG_CACHE_HOME/slicer, else ~/.cache/slicer; entries are "
+                          "checksummed and keyed by the configs, tensors, options and versions)")
     imp = p.add_argument_group("importance (--method importance, --layer-selection importance)")
     imp.add_argument("--scores", metavar="FILE", help="a scores file of this teacher (slicer score, or another tool's "
                                                        "ranking in the same format; see docs/importance.md)")
@@ -409,7 +413,7 @@ def _selection_kwargs(args) -> dict:
                 method=args.method, seed=args.seed, layer_selection=args.layer_selection, attention=args.attention,
                 exclude=args.exclude, dtype=args.dtype, max_shard_size=args.max_shard_size,
                 quantized=args.quantized, scores=args.scores, calibration=args.calibration, samples=args.samples,
-                seq_len=args.seq_len)
+                seq_len=args.seq_len, route_cache=args.route_cache)
 
 
 def _parse_set(items: list[str], flag: str = "--set") -> dict:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import json
 import re
+import sys
 import warnings
 from pathlib import Path
 
 from ..errors import SlicerError
+from . import supported
 
 INSTALL_HINT = "pip install 'weight-slicer[hf]'"
 
@@ -19,7 +22,15 @@ def import_transformers():
         import transformers
     except ImportError as e:
         raise SlicerError(f"a student from a config needs transformers ({e}); install it with {INSTALL_HINT}") from e
+    supported.check()  # one line per release outside pyproject's range: layouts are learned by running it
     return transformers
+
+
+def has_transformers() -> bool:
+    """Whether transformers can be imported, asked without importing it (a cached run never does)."""
+    if "transformers" in sys.modules:
+        return sys.modules["transformers"] is not None
+    return importlib.util.find_spec("transformers") is not None
 
 
 def read_json(path: Path) -> dict:

@@ -154,3 +154,17 @@ def _indices(value: list, depth: int) -> bool:
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def in_proportion(named: list[int], t: int, s: int) -> list[int] | None:
+    """A list of layer indices (Qwen2.5-VL's ``fullatt_block_indexes``) for the first ``s`` of ``t`` layers
+    that keeps the share of layers it names: the teacher's pattern of its first layers, as ``provisional``
+    gives per-layer lists. None where those layers hold another share (a student too shallow for the pattern)."""
+    kept = [i for i in named if i < s]
+    want = max(1, int(len(named) * s / t + 0.5)) if named else 0
+    return kept if len(kept) == want else None
+
+
+def depths_holding(named: list[int], t: int) -> list[int]:
+    """The depths below ``t`` whose first layers keep the share of ``named`` (see ``in_proportion``)."""
+    return [d for d in range(1, t) if in_proportion(named, t, d) is not None]

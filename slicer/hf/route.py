@@ -16,9 +16,9 @@ import logging
 import re
 from pathlib import Path
 
-from . import layer_lists
+from . import layer_lists, route_cache
 from .common import (INSTALL_HINT, architecture, build_config, config_class, depth_key_of, first_line, import_transformers,
-                     quiet, read_json)
+                     quiet, read_json, has_transformers)
 from ..io.checkpoint import Checkpoint, require_regular_file
 from ..teacher import open_checkpoint
 from ..errors import SlicerError
@@ -41,7 +41,62 @@ _TORCH_DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F
 
 
 def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | None, edits: dict, *, attention: str,
-                dtype: str = "keep", layer_selection: str = "first", layer_scores: dict | None = None) -> StudentSpec:
+                dtype: str = "keep", layer_selection: str = "first", layer_scores: dict | None = None,
+                use_cache: bool = True) -> StudentSpec:
+    """``derive_from_config``, kept in the bindings cache (slicer.route_cache) for the next run of the same
+    teacher, configs, edits and options: a repeated run imports neither transformers nor torch."""
+    ckpt = teacher if isinstance(teacher, Checkpoint) else open_checkpoint(teacher, role="teacher")
+    derive = lambda: derive_from_config(ckpt, student_config, edits, attention=attention, dtype=dtype,  # noqa: E731
+                                        layer_selection=layer_selection, layer_scores=layer_scores)
+    parts = _spec_key_parts(ckpt, student_config, edits, attention, dtype, layer_selection)
+    if not use_cache or layer_scores is not None or parts is None or not has_transformers():
+        # importance: the scores are data, not a key; no transformers: the derivation says how to install it
+        return derive()
+    path, key, payload = route_cache.spec_entry(parts)
+    if payload is not None:
+        tensors = [StudentTensor(n, tuple(shape), source) for n, shape, source in payload["tensors"]]
+        files = {"config.json": payload["config"].encode("utf-8")} | _teacher_files(ckpt.folder)
+        rederive = lambda options: derive().make_binder(options)  # noqa: E731 - a binder the cache cannot answer
+        binder_parts = {"route": "config", "spec": key, "student": [[t.name, list(t.shape)] for t in tensors]}
+        return StudentSpec(tensors, payload["origin"], None, files, route_cache.cached(rederive, binder_parts))
+    spec = derive()
+    route_cache.store(path, key, route_cache.spec_payload(spec.tensors, spec.origin, spec.files["config.json"]))
+    binder_parts = {"route": "config", "spec": key, "student": [[t.name, list(t.shape)] for t in spec.tensors]}
+    spec.make_binder = route_cache.cached(spec.make_binder, binder_parts)
+    return spec
+
+
+def _spec_key_parts(ckpt: Checkpoint, student_config, edits: dict, attention: str, dtype: str,
+                    layer_selection: str) -> dict | None:
+    """Everything the config route's student depends on besides the versions; None: not kept (a remote
+    teacher, configs that cannot be read: the derivation reports those)."""
+    if ckpt.source is not None:
+        return None
+    try:
+        teacher_path = ckpt.config_path()
+        teacher_text = teacher_path.read_text(encoding="utf-8") if teacher_path is not None else None
+        student_text = None
+        if student_config is not None:
+            p = Path(student_config)
+            p = p / "config.json" if p.is_dir() else p
+            if not p.is_file():
+                return None
+            student_text = p.read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return None
+    if teacher_text is None:
+        return None
+    return {"route": "config", "teacher_config": teacher_text, "student_config": student_text, "set": edits,
+            "attention": attention, "dtype": dtype, "layer_selection": layer_selection,
+            "student_config_path": str(Path(student_config).resolve()) if student_config is not None else None,
+            "teacher_config_path": str(teacher_path.resolve()),
+            "teacher": [[t.name, t.dtype, list(t.shape)] for t in ckpt.tensors.values()],
+            "side_files": sorted(p.name for p in ckpt.folder.iterdir() if _is_copied(p.name))}
+
+
+def derive_from_config(teacher: str | Path | Checkpoint, student_config: str | Path | None, edits: dict, *,
+                       attention: str, dtype: str = "keep", layer_selection: str = "first",
+                       layer_scores: dict | None = None) -> StudentSpec:
     """The student described by a config.json (``student_config``, else the teacher's) with ``edits`` applied.
 
     ``edits`` maps config keys (dotted for nested configs: ``text_config.hidden_size``)
@@ -249,8 +304,11 @@ _LAYER_NUMBERS = ("indexes", "indices", "_layers", "_layer_ids")
 def _nested_layer_numbers(base: dict, student: dict, edits: dict, config_cls, mode: str, where: str,
                           skip: set[str] = frozenset(), layer_scores: dict | None = None) -> None:
     """Lists of layer numbers in a nested config (Qwen2.5-VL's vision ``fullatt_block_indexes``, Qwen3-VL's
-    ``deepstack_visual_indexes``) follow a depth change there: renumbered to the layers kept. One that
-    names a layer the student does not keep is refused: which layer takes its role is the user's call."""
+    ``deepstack_visual_indexes``) follow a depth change there. With ``--layer-selection first`` (the default)
+    the student keeps the teacher's pattern of its first layers, so the layers they name keep their share
+    (32 -> 16 vision blocks: [7, 15, 23, 31] -> [7, 15]); a depth whose first layers hold another share is
+    refused, naming the depths that would keep it. Other selections renumber the list to the layers they
+    keep, and refuse one that names a layer they cut: which layer takes its role is the user's call."""
     for key, sub in student.items():
         if not (isinstance(sub, dict) and isinstance(base.get(key), dict)):
             continue
@@ -265,6 +323,15 @@ def _nested_layer_numbers(base: dict, student: dict, edits: dict, config_cls, mo
                     or not isinstance(value, list) or not value
                     or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < t_depth for i in value)):
                 continue
+            if mode == "first":  # the default keeps the pattern: full-attention blocks keep their share
+                kept = layer_lists.in_proportion(value, t_depth, s_depth)
+                if kept is None:
+                    raise SlicerError(f"{where}: {key}.{name} = {value} names {len(value)} of the {t_depth} teacher "
+                                      f"layers; the first {s_depth} hold {sum(i < s_depth for i in value)} of them, not "
+                                      f"that share: {_holding(layer_lists.depths_holding(value, t_depth))} (or set "
+                                      f"the list too: --set {key}.{name}=[...])")
+                sub[name] = kept
+                continue
             if layers is None:
                 layers = layer_indices(t_depth, s_depth, mode, _depth_scores(layer_scores, t_depth, mode))
             kept = [layers.index(i) for i in value if i in layers]
@@ -273,6 +340,20 @@ def _nested_layer_numbers(base: dict, student: dict, edits: dict, config_cls, mo
                                   f"(--layer-selection {mode} keeps {layers} of {t_depth}); set it too, e.g. "
                                   f"--set {key}.{name}=[...]")
             sub[name] = kept
+
+
+def _holding(depths: list[int]) -> str:
+    """[1, 2, 3, 6] -> 'a depth of 1-3 or 6 keeps it'."""
+    spans: list[list[int]] = []
+    for d in depths:
+        if spans and d == spans[-1][-1] + 1:
+            spans[-1].append(d)
+        else:
+            spans.append([d])
+    text = [f"{sp[0]}-{sp[-1]}" if len(sp) > 1 else str(sp[0]) for sp in spans]
+    if not text:
+        return "no shallower depth keeps it"
+    return "a depth of " + " or ".join([", ".join(text[:-1]), text[-1]] if len(text) > 1 else text) + " keeps it"
 
 
 def _depth_scores(layer_scores: dict | None, depth: int, mode: str):
@@ -502,8 +583,6 @@ def template_structure(ckpt: Checkpoint, spec: StudentSpec, attention: str | Non
 
     Without them the template is selected flat (the paper's rule) behind a guard that refuses
     names whose structure flat selection would break; ``--attention heads`` is then refused."""
-    from .bindings import guard
-
     student_path = spec.folder / "config.json" if spec.folder is not None else None
     dicts = None
     teacher_path = None
@@ -517,26 +596,36 @@ def template_structure(ckpt: Checkpoint, spec: StudentSpec, attention: str | Non
         if attention == "heads":
             raise SlicerError(f"{spec.folder or ckpt.path}: --attention heads needs the model's structure: a Hugging Face "
                               "config.json beside the teacher's weights and the template's (or use --set / --student-config)")
+        from .bindings import guard  # only here: the package's import costs a cached HF run 40 ms
+
         spec.make_binder = guard.names_binder_fused_ok if attention == "flat" else guard.names_binder
         return "flat"
-    try:
-        transformers = import_transformers()
-    except SlicerError:
+    if not has_transformers():  # asked without importing it: a cached run never does
         if attention == "heads":
-            raise
+            import_transformers()  # raises, naming the extra to install
         log.warning("%s: transformers is not installed, so the template is selected flat (the paper's rule); install "
                     "it (%s) to keep whole heads, experts and fused projections consistent", spec.folder, INSTALL_HINT)
+        from .bindings import guard  # only here: the package's import costs a cached HF run 40 ms
+
         spec.make_binder = guard.names_binder_fused_ok if attention == "flat" else guard.names_binder
         return "flat"
     teacher_dict, student_dict = dicts
-    cls = config_class(transformers, student_dict, student_path)
-    config = build_config(cls, student_dict, str(student_path))
-    arch = architecture(transformers, student_dict, str(student_path))
-    student_model = _meta_model(transformers, arch, config, str(student_path))
-    teacher_model = _teacher_model(transformers, teacher_dict, teacher_path, student_model, ckpt.tensors)
-    from .bindings import model_binder
 
-    spec.make_binder = model_binder(teacher_model, student_model, list(ckpt.tensors), [t.name for t in spec.tensors])
+    def derive(options):  # seconds (transformers, two meta models): paid once per key, see slicer.hf.route_cache
+        transformers = import_transformers()
+        cls = config_class(transformers, student_dict, student_path)
+        config = build_config(cls, student_dict, str(student_path))
+        arch = architecture(transformers, student_dict, str(student_path))
+        student_model = _meta_model(transformers, arch, config, str(student_path))
+        teacher_model = _teacher_model(transformers, teacher_dict, teacher_path, student_model, ckpt.tensors)
+        from .bindings import model_binder
+
+        return model_binder(teacher_model, student_model, list(ckpt.tensors), [t.name for t in spec.tensors])(options)
+
+    spec.make_binder = route_cache.cached(derive, {
+        "route": "template", "teacher_config": teacher_dict, "student_config": student_dict,
+        "teacher": [[t.name, t.dtype, list(t.shape)] for t in ckpt.tensors.values()],
+        "student": [[t.name, list(t.shape)] for t in spec.tensors]})
     spec.origin["structure"] = "config.json of the teacher and the template"
     return attention or "heads"
 

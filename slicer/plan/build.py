@@ -33,6 +33,7 @@ class Options:
     max_shard_size: int = 5_000_000_000
     attention: str = "flat"  # "heads": keep whole attention heads (needs head counts: config route)
     quantized: str | None = None  # FP8 teachers: "blocks" (whole blocks, bits exact) or "dequantize"
+    route_cache: bool = True  # reuse the transformers route's bindings kept by an earlier run (slicer.hf.route_cache)
 
     def as_dict(self) -> dict:
         out = {

@@ -39,6 +39,7 @@ class Request:
     dtype: str = Options.dtype
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE
     quantized: str | None = Options.quantized
+    route_cache: bool = Options.route_cache  # reuse the transformers route an earlier run derived (slicer.hf.route_cache)
     # -- where the teacher lies (a URL: slicer.remote)
     revision: str | None = None
     cache_dir: str | Path | None = None
@@ -65,7 +66,7 @@ class Request:
     # The fields that describe the student (what plan and stream take, and what every worker
     # of a distributed run re-plans from); the rest only change how a shrink writes.
     STUDENT = ("template", "student_config", "config_set", "method", "seed", "layer_selection", "attention", "exclude",
-               "dtype", "max_shard_size", "quantized", "revision", "cache_dir", "remote", "scores", "calibration",
+               "dtype", "max_shard_size", "quantized", "route_cache", "revision", "cache_dir", "remote", "scores", "calibration",
                "samples", "seq_len", "device")
 
     @classmethod
