@@ -7,6 +7,8 @@ steps ``save_pretrained`` applies (keys ignored on save, tied weights removed, w
 conversions reverted to the checkpoint's names). The output folder gets the student's
 config.json and the teacher's tokenizer and generation files, so it loads with
 ``from_pretrained``.
+
+Long on purpose: the config route is one derivation (edits checked, per-layer lists, the meta models, the tensors save_pretrained would write, the teacher's files) with its cache around it; each piece reads the same configs.
 """
 from __future__ import annotations
 
