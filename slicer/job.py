@@ -22,7 +22,7 @@ from .plan import manifest
 from .plan import quantized as quantized_weights
 from .io.checkpoint import Checkpoint
 from .teacher import open_checkpoint
-from .run import stop
+from .io import stop
 from .errors import Interrupted, SlicerError
 from .run.memory import PeakSampler
 from .plan.build import Options, Plan, build_plan, format_bytes, parse_size

@@ -30,7 +30,10 @@ def has_transformers() -> bool:
     """Whether transformers can be imported, asked without importing it (a cached run never does)."""
     if "transformers" in sys.modules:
         return sys.modules["transformers"] is not None
-    return importlib.util.find_spec("transformers") is not None
+    try:
+        return importlib.util.find_spec("transformers") is not None
+    except (ImportError, ValueError):  # a finder that refuses it: not installed, as far as we can use it
+        return False
 
 
 def read_json(path: Path) -> dict:

@@ -28,13 +28,11 @@ import json
 import logging
 import os
 import shutil
-import signal
 import stat
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import SlicerError
+from . import stop
 from .sink import FileSink
 
 log = logging.getLogger("slicer")
@@ -220,7 +218,7 @@ class OutputDir:
                 self.out.mkdir(parents=True)
                 self.created = True
             self._lock()
-            with _signals_deferred():
+            with stop.deferred():
                 self._recover()
             entries = sorted(n for n in os.listdir(self.out) if n not in (STAGING, LOCK_NAME))
             staged = _read_run(self.staging / RUN_NAME)
@@ -386,7 +384,7 @@ class OutputDir:
         placed: list[str] = []
         aside: list[str] = []
         extra = [*extra_files, MANIFEST_NAME]
-        with _signals_deferred():
+        with stop.deferred():
             try:
                 (self.staging / NEW_NAME).mkdir(exist_ok=True)
                 for name, data in extra_files.items():
@@ -484,7 +482,7 @@ class OutputDir:
         (the same state a SIGKILL leaves, less the half-written shard and the lock). OUT's
         own files are untouched: it holds no student that looks finished. Returns what
         OUT holds now, for the one line the CLI prints."""
-        with _signals_deferred():
+        with stop.deferred():
             kept = set(self.done)
             for p in self.staging.iterdir():  # the half-written shard; nothing else is staged yet
                 if p.name not in kept and p.name not in (RUN_NAME, DONE_NAME):
@@ -500,7 +498,7 @@ class OutputDir:
         """Undo the run: staging removed, and OUT too if this run created it."""
         if not self._opened:  # open() refused or failed, and has cleaned up after itself
             return
-        with _signals_deferred():
+        with stop.deferred():
             if not self.committed:
                 shutil.rmtree(self.staging, ignore_errors=True)
                 if self.created:
@@ -515,37 +513,6 @@ class OutputDir:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until the block is done, then act as they would have.
-
-    Used around the few renames that swap a student into OUT: interrupted halfway,
-    OUT would hold neither student. Only the main thread can set handlers; elsewhere
-    signals are not delivered to this thread anyway.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            previous[sig] = signal.signal(sig, lambda signum, frame: pending.append(signum))
-        except (ValueError, OSError):
-            pass
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-        if pending:
-            handler = previous.get(pending[0])
-            if callable(handler):
-                handler(pending[0], None)
-            elif handler in (signal.SIG_DFL, None):
-                signal.raise_signal(pending[0])
-
 
 def _is_folder(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink()

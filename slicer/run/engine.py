@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import stop
+from ..io import stop
 from ..errors import SlicerError
 from .host_arrays import HostArrays, torch_dtype, torch_view
 from ..plan.build import Plan, TensorJob
@@ -92,7 +92,7 @@ class Engine:
                         writer.submit(("open", out))
                         writer.submit(("bytes", shard.header, None))
                         for job in shard.jobs:
-                            stop.check()  # Ctrl-C: between tensors and chunks only (slicer.run.stop)
+                            stop.check()  # Ctrl-C: between tensors and chunks only (slicer.io.stop)
                             bytes_read += self._run_job(job, reader, writer, free)
                             writer.submit(("tensor",))
                         writer.submit(("finish", out))

@@ -76,7 +76,6 @@ def fused_rows(module, leaf: str, rows: int, head_dim: int, rotary_dim: int = 0)
     module ``module`` hands them to its attention function; None where that cannot be observed."""
     try:
         import torch
-        from torch import nn
     except ImportError:
         return None
     if not _register():
@@ -86,20 +85,11 @@ def fused_rows(module, leaf: str, rows: int, head_dim: int, rotary_dim: int = 0)
     if hidden is None or _out_features(proj) != rows or rows >= 2 ** 24:  # float32 holds the row numbers exactly
         return None
 
-    class Stub(nn.Module):
-        def __init__(self, n: int, codes: bool):
-            super().__init__()
-            self.n, self.codes = n, codes
-
-        def forward(self, x, *args, **kwargs):
-            out = torch.arange(self.n, dtype=torch.float32) if self.codes else torch.zeros(self.n)
-            return out.expand(*x.shape[:-1], self.n).contiguous()
-
     try:
         probe = copy.deepcopy(module)
     except Exception:  # noqa: BLE001 - a module that cannot be copied is not observed
         return None
-    _stub_projections(probe, leaf, rows, Stub)
+    _stub_projections(probe, leaf, rows, stub)
     try:
         probe.to_empty(device="cpu")
         with torch.no_grad():
@@ -120,6 +110,24 @@ def fused_rows(module, leaf: str, rows: int, head_dim: int, rotary_dim: int = 0)
         if states is not None:
             return _decode(states, rows, head_dim)
     return None
+
+
+def stub(n: int, codes: bool):
+    """A projection's stand-in of ``n`` outputs: output row ``r`` holds ``r`` (``codes``) or 0,
+    whatever the input; so what reaches the attention function or a conv says which row it is."""
+    import torch
+    from torch import nn
+
+    class Stub(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.n, self.codes = n, codes
+
+        def forward(self, x, *args, **kwargs):
+            out = torch.arange(self.n, dtype=torch.float32) if self.codes else torch.zeros(self.n)
+            return out.expand(*x.shape[:-1], self.n).contiguous()
+
+    return Stub()
 
 
 def _stub_projections(probe, leaf: str, rows: int, stub) -> None:
@@ -276,19 +284,9 @@ def conv_input(module, proj: str, conv: str, rows: int) -> list[int] | None:
     first torch function handed the conv's weight stops it and gives up its input [1, channels, 1]."""
     try:
         import torch
-        from torch import nn
         from torch.overrides import TorchFunctionMode
     except ImportError:
         return None
-
-    class Stub(nn.Module):
-        def __init__(self, n: int, codes: bool):
-            super().__init__()
-            self.n, self.codes = n, codes
-
-        def forward(self, x, *args, **kwargs):
-            out = torch.arange(self.n, dtype=torch.float32) if self.codes else torch.zeros(self.n)
-            return out.expand(*x.shape[:-1], self.n).contiguous()
 
     source = dict(module.named_modules()).get(proj)
     hidden = _in_features(source) if source is not None else None
@@ -300,7 +298,7 @@ def conv_input(module, proj: str, conv: str, rows: int) -> list[int] | None:
             if path and path != conv and type(child).__name__ == "Linear":
                 parent, _, name = path.rpartition(".")
                 setattr(probe.get_submodule(parent) if parent else probe, name,
-                        Stub(rows if path == proj else child.out_features, path == proj))
+                        stub(rows if path == proj else child.out_features, path == proj))
         probe.to_empty(device="cpu")
         with torch.no_grad():
             for _, p in probe.named_parameters():

@@ -41,14 +41,35 @@ def requests() -> Iterator[None]:
     Only the main thread can set handlers; elsewhere (a library caller's worker thread)
     the block changes nothing and signals keep their usual effect.
     """
+    _requested.clear()
+    with _held(_requested):
+        yield
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done, then act as they would have.
+
+    The writer holds them around the few renames that swap a student into OUT:
+    interrupted halfway, OUT would hold neither student.
+    """
+    with _held([]):
+        yield
+
+
+@contextlib.contextmanager
+def _held(pending: list[int]) -> Iterator[None]:
+    """SIGINT and SIGTERM only append to ``pending`` inside the block; the first one left
+    there is delivered to the handler it would have reached when the block ends. Only the
+    main thread can set handlers; elsewhere signals are not delivered to the thread anyway."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {}
-    _requested.clear()
     for sig in SIGNALS:
         try:
-            previous[sig] = signal.signal(sig, _note)
+            # Only an append: an exception from a handler would land in arbitrary code again.
+            previous[sig] = signal.signal(sig, lambda signum, frame: pending.append(signum))
         except (ValueError, OSError):
             pass
     try:
@@ -56,16 +77,11 @@ def requests() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-        if _requested:
-            sig = _requested[0]
-            _requested.clear()
+        if pending:
+            sig = pending[0]
+            pending.clear()
             handler = previous.get(sig)
             if callable(handler):
                 handler(sig, None)
             elif handler in (signal.SIG_DFL, None):
                 signal.raise_signal(sig)
-
-
-def _note(signum, frame) -> None:
-    # Only this: an exception from here would land in arbitrary code again.
-    _requested.append(signum)
