@@ -153,7 +153,8 @@ def run_ray(workdir: Path, bandwidth: float, workers: list[int], shards: int, re
         single = []
         for k in workers:
             t0 = time.perf_counter()
-            ray.init(num_cpus=k, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            ray.init(num_cpus=k, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     _node_ip_address="127.0.0.1")
             init_s = time.perf_counter() - t0
             warm = ray.remote(_warm)
             ray.get([warm.remote(i) for i in range(k)])
