@@ -54,40 +54,10 @@ PAIR = teachers.Pair(
 
 
 # ----------------------------------------------------------------------------- the server
-def client_pid(address) -> int:
-    """The process at the other end of a loopback connection (its own bandwidth bucket)."""
-    import psutil
+def Server(root: Path, bandwidth_mb: float):  # noqa: N802 - bench/remote.py's server, each client its own bucket
+    from remote import Server as RemoteServer
 
-    host, port = address[:2]
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.laddr and conn.laddr.port == port and conn.laddr.ip == host and conn.pid is not None:
-            return conn.pid
-    return -1
-
-
-def serve(root: Path, bandwidth_mb: float) -> None:
-    from remote_server import RangeServer
-
-    with RangeServer(root, bandwidth=bandwidth_mb * 1e6, slice_bytes=256 << 10, client_key=client_pid) as srv:
-        print(srv.url, flush=True)
-        sys.stdin.read()
-
-
-class Server:
-    def __init__(self, root: Path, bandwidth_mb: float):
-        self.proc = subprocess.Popen([sys.executable, __file__, "serve", str(root), str(bandwidth_mb)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.url = self.proc.stdout.readline().strip()
-
-    def stats(self) -> dict:
-        import urllib.request
-
-        with urllib.request.urlopen(self.url + "/__stats") as r:
-            return json.loads(r.read())
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=10)
+    return RemoteServer(root, bandwidth_mb, per_client=True)
 
 
 # ----------------------------------------------------------------------------- ray
@@ -290,9 +260,6 @@ def format_requests(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["serve"]:
-        serve(Path(argv[1]), float(argv[2]))
-        return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--which", default="ray,requests")
     p.add_argument("--workdir", default="/tmp/slicer-bench-distributed")

@@ -61,12 +61,25 @@ DOWNLOAD_PIECE = 8 << 20
 
 
 # ----------------------------------------------------------------------------- the server
-def serve(root: Path, bandwidth_mb: float | None, latency_ms: float, hub: bool = False, cdn_ttl: float = 3600) -> None:
+def client_pid(address) -> int:
+    """The process at the other end of a loopback connection (its own bandwidth bucket)."""
+    import psutil
+
+    host, port = address[:2]
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.laddr and conn.laddr.port == port and conn.laddr.ip == host and conn.pid is not None:
+            return conn.pid
+    return -1
+
+
+def serve(root: Path, bandwidth_mb: float | None, latency_ms: float, hub: bool = False, cdn_ttl: float = 3600,
+          per_client: bool = False) -> None:
     from remote_server import RangeServer, Repo
 
     repos = {"org/teacher": Repo(root / "teacher")} if hub else None
     with RangeServer(root, bandwidth=bandwidth_mb * 1e6 if bandwidth_mb else None, latency=latency_ms / 1000,
-                     slice_bytes=256 << 10, hub=repos, cdn_ttl=cdn_ttl) as srv:
+                     slice_bytes=256 << 10, hub=repos, cdn_ttl=cdn_ttl,
+                     client_key=client_pid if per_client else None) as srv:
         print(srv.url, flush=True)
         sys.stdin.read()  # until the parent closes our stdin
 
@@ -75,10 +88,12 @@ class Server:
     """The server in its own process (its own GIL)."""
 
     def __init__(self, root: Path, bandwidth_mb: float | None, latency_ms: float = 0.0, hub: bool = False,
-                 cdn_ttl: float = 3600):
+                 cdn_ttl: float = 3600, per_client: bool = False):
         args = [sys.executable, __file__, "serve", str(root), "--latency", str(latency_ms), "--cdn-ttl", str(cdn_ttl)]
         if hub:
             args += ["--hub"]
+        if per_client:
+            args += ["--per-client"]
         if bandwidth_mb:
             args += ["--bandwidth", str(bandwidth_mb)]
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -391,8 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--latency", type=float, default=0.0, help="ms before every answer")
         ap.add_argument("--hub", action="store_true", help="a Hub stand-in serving ROOT/teacher as org/teacher")
         ap.add_argument("--cdn-ttl", type=float, default=3600, help="seconds a signed CDN URL works (--hub)")
+        ap.add_argument("--per-client", action="store_true", help="--bandwidth per client process, not shared")
         a = ap.parse_args(argv[1:])
-        serve(a.root, a.bandwidth, a.latency, a.hub, a.cdn_ttl)
+        serve(a.root, a.bandwidth, a.latency, a.hub, a.cdn_ttl, a.per_client)
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/slicer-bench-remote"))

@@ -78,3 +78,20 @@ def server(remote_root, tmp_path):
         srv.teacher_dir = served / "teacher"
         srv.teacher_url = srv.url + "/teacher/"
         yield srv
+
+
+@pytest.fixture
+def hub_at(monkeypatch, tmp_path):
+    """A function: point huggingface_hub at a RangeServer (no token, no offline mode from the machine)."""
+    from huggingface_hub import constants
+
+    def point(srv: RangeServer) -> RangeServer:
+        monkeypatch.setattr(constants, "ENDPOINT", srv.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", srv.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+        return srv
+
+    return point

@@ -276,20 +276,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if st.hub:
             return self._hub(path, head)
         if path.startswith("/signed/"):  # a presigned URL carries its own authorization
-            with st.stats.lock:
-                st.stats.cdn_requests += 1
-            if not st.signed(self.path):
-                with st.stats.lock:
-                    st.stats.refused += 1
-                return self._error(403, "Request has expired")
-            return self._file(st.root, path[len("/signed/"):], head, {})
+            return self._signed_file(st.root, path[len("/signed/"):], head)
         if st.redirect_weights and path.endswith(".safetensors"):  # a presigning front: resolve, then redirect
-            with st.stats.lock:
-                st.stats.resolves += 1
-                st.stats.resolved.append(path)
-            limited = st.over_window()
-            if limited is not None:
-                return self._error(429, "rate limited", limited)
+            if self._resolve_refused(path):
+                return None
             return self._redirect((st.cdn_url or "") + st.sign("/signed" + path), {})
         if st.require_token and self.headers.get("Authorization") != f"Bearer {st.require_token}":
             return self._error(401, "needs a token")
@@ -319,12 +309,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._bytes(200, body, "application/json", head)
         m = re.fullmatch(r"/(.+?)/resolve/([^/]+)/(.+)", path)
         if m:
-            with st.stats.lock:
-                st.stats.resolves += 1
-                st.stats.resolved.append(path)
-            limited = st.over_window()
-            if limited is not None:
-                return self._error(429, "rate limited", limited)
+            if self._resolve_refused(path):
+                return None
             repo = self._repo(m.group(1), unquote(m.group(2)))
             if repo is None:
                 return
@@ -338,14 +324,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._file(repo.root, m.group(3), head, extra)
         m = re.fullmatch(r"/cdn/(.+?/.+?)/([0-9a-f]{40})/(.+)", path)
         if m and m.group(1) in st.hub:
-            with st.stats.lock:
-                st.stats.cdn_requests += 1
-            if not st.signed(self.path):
-                with st.stats.lock:
-                    st.stats.refused += 1
-                return self._error(403, "Request has expired")
-            return self._file(st.hub[m.group(1)].root, m.group(3), head, {})
+            return self._signed_file(st.hub[m.group(1)].root, m.group(3), head)
         return self._error(404, "Repository not found", {"X-Error-Code": "RepoNotFound"})
+
+    def _resolve_refused(self, path: str) -> bool:
+        """A resolve: counted; True once it has been answered 429 (over the resolver window)."""
+        st = self.server_state
+        with st.stats.lock:
+            st.stats.resolves += 1
+            st.stats.resolved.append(path)
+        limited = st.over_window()
+        if limited is not None:
+            self._error(429, "rate limited", limited)
+            return True
+        return False
+
+    def _signed_file(self, root, rel: str, head: bool):
+        """A CDN request: counted, and served only while its URL's signature holds (else 403)."""
+        st = self.server_state
+        with st.stats.lock:
+            st.stats.cdn_requests += 1
+        if not st.signed(self.path):
+            with st.stats.lock:
+                st.stats.refused += 1
+            return self._error(403, "Request has expired")
+        return self._file(root, rel, head, {})
 
     def _repo(self, repo_id: str, revision: str) -> Repo | None:
         repo = self.server_state.hub.get(repo_id)

@@ -26,23 +26,6 @@ FAST = {"backoff_s": 0.01, "retries": 3, "gap_bytes": 0}
 RATELIMIT_429 = {"RateLimit": '"api";r=0;t=1', "RateLimit-Policy": '"fixed window";"api";q=5000;w=300'}
 
 
-@pytest.fixture
-def hub_at(monkeypatch, tmp_path):
-    """A function: point huggingface_hub at a RangeServer (no token, no offline mode from the machine)."""
-    from huggingface_hub import constants
-
-    def point(srv: RangeServer) -> RangeServer:
-        monkeypatch.setattr(constants, "ENDPOINT", srv.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", srv.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-        return srv
-
-    return point
-
-
 def _shrink(url, out, template, remote=FAST):
     return slicer.shrink(url, out, template=template, max_shard_size=SHARDS, remote=remote)
 

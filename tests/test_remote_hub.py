@@ -51,21 +51,13 @@ def llama(tmp_path_factory):
 
 
 @pytest.fixture
-def hub(remote_root, tmp_path, monkeypatch):
+def hub(remote_root, hub_at):
     """The stand-in Hub, with huggingface_hub pointed at it and no token or offline mode from the machine."""
-    from huggingface_hub import constants
-
     repos = {"org/small": Repo(remote_root["teacher"]),
              "org/private": Repo(remote_root["teacher"], token="sekrit"),
              "org/gated": Repo(remote_root["teacher"], gated=True)}
     with RangeServer(hub=repos) as srv:
-        monkeypatch.setattr(constants, "ENDPOINT", srv.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", srv.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-        yield srv
+        yield hub_at(srv)
 
 
 @pytest.fixture
