@@ -221,10 +221,10 @@ def _summary(out: Path, the_plan: Plan, chosen, *, bytes_read: int, seconds: flo
         peak_memory_bytes=peak,
         backend=chosen.name,
         device=chosen.device,
-        bytes_fetched=the_plan.teacher.source.bytes_fetched if the_plan.teacher.source is not None else None,
+        bytes_fetched=the_plan.teacher.source.bytes_fetched,
         teacher_bytes=the_plan.teacher.total_bytes,
         unchanged=unchanged,
-        network=the_plan.teacher.source.stats() if the_plan.teacher.source is not None else None,
+        network=the_plan.teacher.source.stats(),
         **lists,
     )
 
@@ -254,9 +254,7 @@ def check_out(out: Path, teacher: Checkpoint, student: StudentSpec) -> None:
         target = out.resolve()
     except (OSError, RuntimeError) as e:  # a name too long, a symlink loop
         raise SlicerError(f"{out}: cannot use as the output folder: {getattr(e, 'strerror', None) or e}") from e
-    inputs = [("teacher", teacher.folder), ("template", student.folder)]
-    if teacher.source is None:  # local shards: where they really are (symlinks resolved)
-        inputs += [("teacher", Path(f).resolve().parent) for f in teacher.files]
+    inputs = [("teacher", f) for f in teacher.source.folders(teacher.files)] + [("template", student.folder)]
     for role, folder in inputs:
         if folder is None:
             continue
@@ -277,7 +275,7 @@ class _Progress:
     def __init__(self, the_plan: Plan):
         from tqdm import tqdm
 
-        self.remote = the_plan.teacher.source  # a remote teacher: bytes fetched so far, next to its size
+        self.source = the_plan.teacher.source  # a remote teacher: bytes fetched so far, next to its size
         self.teacher_bytes = the_plan.teacher.total_bytes
         self.total_tensors = len(the_plan.jobs)
         self.tensors = 0
@@ -294,8 +292,8 @@ class _Progress:
 
     def _show(self) -> None:
         text = f"{self.tensors}/{self.total_tensors} tensors"
-        if self.remote is not None:
-            text += f", fetched {format_bytes(self.remote.bytes_fetched)} of {format_bytes(self.teacher_bytes)}"
+        if self.source.fetches:
+            text += f", fetched {format_bytes(self.source.bytes_fetched)} of {format_bytes(self.teacher_bytes)}"
         self.bar.set_postfix_str(text, refresh=False)
 
     def close(self) -> None:

@@ -34,7 +34,7 @@ def format_plan(plan: Plan) -> str:
     lines += [
         f"tensors   {len(plan.jobs)} written, {len(plan.skipped)} teacher tensors unused, {len(plan.excluded)} excluded",
         f"read      {format_bytes(plan.bytes_to_read)} of {format_bytes(t.total_bytes)}"
-        + (f" (remote; {format_bytes(t.source.bytes_fetched)} fetched so far: headers)" if t.source is not None else ""),
+        + (f" (remote; {format_bytes(t.source.bytes_fetched)} fetched so far: headers)" if t.source.fetches else ""),
         f"write     {format_bytes(plan.bytes_to_write)} in {len(plan.shards)} shard{'s' * (len(plan.shards) != 1)}",
     ]
     for shard in plan.shards:

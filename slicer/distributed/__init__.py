@@ -84,7 +84,7 @@ def _drive(teacher, out: Path, inputs: dict, the_plan, record: dict, extra: dict
     bar = None
     fetched = read = peak = 0
     tasks: list = []
-    remote = the_plan.teacher.source is not None
+    remote = the_plan.teacher.source.fetches
     try:
         resumed = output.open(fp, record["files"])
         if output.unchanged:

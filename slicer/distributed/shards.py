@@ -214,7 +214,7 @@ def write_staging(plan: Plan, record: dict, extra: dict[str, bytes], staging: Pa
     index = {s.filename: s for s in plan.shards}
     return ShardsSummary(out=str(staging), shards=wanted, written=todo, kept=kept, bytes_read=bytes_read,
                          bytes_written=sum(sizes[n] for n in todo), seconds=time.perf_counter() - start,
-                         bytes_fetched=plan.teacher.source.bytes_fetched if plan.teacher.source is not None else None,
+                         bytes_fetched=plan.teacher.source.bytes_fetched,
                          total_shards=len(plan.shards), tensors_written=sum(len(index[n].jobs) for n in todo))
 
 

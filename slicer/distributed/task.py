@@ -46,7 +46,5 @@ def run_task(task: ShardTask) -> dict:
     with PeakSampler() as memory:
         records, bytes_read = write_shards(the_plan, Path(task.staging), task.shards, device=task.device,
                                            backend=task.backend, chunk_bytes=task.chunk_bytes)
-    source = the_plan.teacher.source
-    return {"records": records, "bytes_read": bytes_read,
-            "bytes_fetched": source.bytes_fetched if source is not None else None,
+    return {"records": records, "bytes_read": bytes_read, "bytes_fetched": the_plan.teacher.source.bytes_fetched,
             "seconds": time.perf_counter() - start, "peak_memory_bytes": memory.peak}

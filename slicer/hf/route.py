@@ -57,7 +57,7 @@ def from_config(teacher: str | Path | Checkpoint, student_config: str | Path | N
     path, key, payload = route_cache.spec_entry(parts)
     if payload is not None:
         tensors = [StudentTensor(n, tuple(shape), source) for n, shape, source in payload["tensors"]]
-        files = {"config.json": payload["config"].encode("utf-8")} | _teacher_files(ckpt.folder)
+        files = ckpt.source.side_files({"config.json": payload["config"].encode("utf-8")}, _is_copied, MAX_COPIED_BYTES)
         rederive = lambda options: derive().make_binder(options)  # noqa: E731 - a binder the cache cannot answer
         binder_parts = {"route": "config", "spec": key, "student": [[t.name, list(t.shape)] for t in tensors]}
         return StudentSpec(tensors, payload["origin"], None, files, route_cache.cached(rederive, binder_parts))
@@ -72,7 +72,7 @@ def _spec_key_parts(ckpt: Checkpoint, student_config, edits: dict, attention: st
                     layer_selection: str) -> dict | None:
     """Everything the config route's student depends on besides the versions; None: not kept (a remote
     teacher, configs that cannot be read: the derivation reports those)."""
-    if ckpt.source is not None:
+    if ckpt.source.fetches:  # reading the configs for a key would cost requests
         return None
     try:
         teacher_path = ckpt.config_path()
@@ -158,10 +158,8 @@ def derive_from_config(teacher: str | Path | Checkpoint, student_config: str | P
     _check_fits(ckpt, tensors, teacher_dict, student_dict, layer_selection, where, layer_scores)
     _set_dtype(student_dict, _output_dtype(ckpt, tensors, dtype))
     files = {"config.json": (json.dumps(student_dict, indent=2) + "\n").encode()}
-    if teacher_config_path is not None and ckpt.source is not None:  # remote: names now, bytes when written
+    if teacher_config_path is not None:  # a remote teacher's: names now, bytes when written
         files = ckpt.source.side_files(files, _is_copied, MAX_COPIED_BYTES)
-    elif teacher_config_path is not None:
-        files |= _teacher_files(ckpt.folder)
     origin = {
         "route": "config",
         "architecture": arch.__name__,
@@ -526,21 +524,6 @@ def _is_copied(name: str) -> bool:
     """A file beside the teacher's weights that the student gets too (by name; the size is checked apart)."""
     return not (name.startswith(".") or name in NOT_COPIED or name.endswith(WEIGHT_SUFFIXES)
                 or (name.startswith("model") and "safetensors" in name))
-
-
-def _teacher_files(folder: Path) -> dict[str, bytes]:
-    """Tokenizer, generation config and other small non-weight files beside the teacher's weights."""
-    files = {}
-    for p in sorted(folder.iterdir()):
-        name = p.name
-        if not _is_copied(name) or not p.is_file():
-            continue
-        size = p.stat().st_size
-        if size > MAX_COPIED_BYTES:
-            log.warning("%s: not copied to the student (%d bytes: too large for a tokenizer or config file)", p, size)
-            continue
-        files[name] = p.read_bytes()
-    return files
 
 
 # ------------------------------------------------------------------ the model's structure

@@ -11,11 +11,14 @@ read anything else.
 
 A teacher may also be a URL (``hf://``, ``s3://`` or any fsspec URL, ``http(s)://``): the
 same layouts are found there by :mod:`slicer.remote` (opened through
-:func:`slicer.teacher.open_checkpoint`), whose files then answer :class:`RemoteFiles`.
+:func:`slicer.teacher.open_checkpoint`). Either way a checkpoint's ``source`` answers
+:class:`TeacherFiles`: :class:`LocalFiles` for a folder on this machine, slicer.remote's
+``RemoteFolder`` for the network, so the stages above never ask which one they have.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import stat
@@ -30,6 +33,7 @@ from .format import FileStamp, Header, TensorInfo, file_kind, json_int, read_hea
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+log = logging.getLogger("slicer")
 
 
 def is_url(path: str | Path) -> bool:
@@ -37,18 +41,70 @@ def is_url(path: str | Path) -> bool:
     return isinstance(path, str) and _URL.match(path) is not None
 
 
-class RemoteFiles(Protocol):
-    """What a checkpoint whose files are reached through the network offers the stages above
-    (``Checkpoint.source``; slicer.remote's RemoteFolder implements it)."""
+class TeacherFiles(Protocol):
+    """Where a checkpoint's bytes live and how the stages above reach them (``Checkpoint.source``):
+    :class:`LocalFiles` here, slicer.remote's ``RemoteFolder`` through the network."""
+
+    fetches: bool  # reading a byte costs a request (a remote teacher); decides what may be cached by content
 
     @property
-    def bytes_fetched(self) -> int: ...
-    def config_path(self) -> Any: ...  # a path-like whose read_text / read_bytes fetch, or None
+    def bytes_fetched(self) -> int | None: ...  # over the network so far; None where nothing is fetched
+    def stats(self) -> dict | None: ...  # requests, resolves, waits (the summary's ``network``); None: local
+    def config_path(self) -> Any: ...  # a path-like whose read_text / read_bytes give config.json, or None
     def side_files(self, eager: dict[str, bytes], keep: Callable[[str], bool], max_bytes: int) -> Mapping[str, bytes]: ...
     def plan_reader(self, plan: Any, skip_shards: Iterable[str], chunk_bytes: int, whole_copies: bool) -> Any: ...
-    def record(self, files: Iterable[Any]) -> dict: ...
-    def check_unchanged(self, paths: Iterable[Any]) -> None: ...
-    def close(self) -> None: ...
+    def record(self, files: Iterable[Any]) -> dict: ...  # the manifest's ``teacher`` entry
+    def folders(self, files: Iterable[Any]) -> list[Path]: ...  # local folders holding the files (OUT stays out)
+
+
+class LocalFiles:
+    """A checkpoint on this machine's file systems: memory maps of its shards, checked against the
+    fstat taken when each header was read."""
+
+    fetches = False
+    bytes_fetched = None
+
+    def __init__(self, path: Path, folder: Path, stamps: dict[Path, FileStamp]):
+        self.path, self.folder, self.stamps = path, folder, stamps
+
+    def stats(self) -> None:
+        return None
+
+    def config_path(self) -> Path | None:
+        p = self.folder / "config.json"
+        return p if p.is_file() else None
+
+    def side_files(self, eager: dict[str, bytes], keep: Callable[[str], bool], max_bytes: int) -> dict[str, bytes]:
+        """``eager`` plus the folder's small files that ``keep`` accepts (tokenizer, generation config...)."""
+        files = dict(eager)
+        for p in sorted(self.folder.iterdir()):
+            if p.name in files or not keep(p.name) or not p.is_file():
+                continue
+            size = p.stat().st_size
+            if size > max_bytes:
+                log.warning("%s: not copied to the student (%d bytes: too large for a tokenizer or config file)", p, size)
+                continue
+            files[p.name] = p.read_bytes()
+        return files
+
+    def plan_reader(self, plan: Any, skip_shards: Iterable[str], chunk_bytes: int, whole_copies: bool = True):
+        """Short-lived maps of the shards, each refused if it changed since its header was read (a local
+        read costs no request, so the plan's order and chunking need no prefetch)."""
+        from .reader import TeacherReader
+
+        return TeacherReader(self.stamps)
+
+    def record(self, files: Iterable[Path]) -> dict:
+        """Where, and each file's size and mtime as its header was read (``--resume`` compares them)."""
+        out = []
+        for p in files:
+            stamp = self.stamps.get(p) or FileStamp.of(os.stat(p))  # as the header was read: later changes are refused
+            out.append({"name": os.path.relpath(p, self.folder), "size": stamp.size, "mtime_ns": stamp.mtime_ns})
+        return {"path": str(Path(self.path).resolve()), "files": out}
+
+    def folders(self, files: Iterable[Path]) -> list[Path]:
+        """The folder named and where the shards really are (symlinks resolved: a Hub cache snapshot)."""
+        return [self.folder] + [Path(f).resolve().parent for f in files]
 
 
 @dataclass(frozen=True)
@@ -59,11 +115,15 @@ class Checkpoint:
     folder: Path  # where config.json and friends would be
     files: tuple[Path, ...]
     tensors: dict[str, TensorInfo]  # in file order, then offset order
-    # A remote checkpoint's files, reached through the network (folder is then None and
-    # the paths are RemotePaths); None for a local one.
-    source: RemoteFiles | None = field(default=None, compare=False, repr=False)
+    # Where the files are and how they are read: LocalFiles (the default, built from folder and
+    # stamps), or a remote folder (folder is then None and the paths are RemotePaths).
+    source: TeacherFiles = field(default=None, compare=False, repr=False)
     # fstat of each local file when its header was read: the reader refuses a file changed since
     stamps: dict[Path, FileStamp] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.source is None:
+            object.__setattr__(self, "source", LocalFiles(self.path, self.folder, self.stamps))
 
     @classmethod
     def open(cls, path: str | Path, role: str = "checkpoint") -> "Checkpoint":
@@ -162,10 +222,7 @@ class Checkpoint:
         return sum(i.nbytes for i in self.tensors.values())
 
     def config_path(self) -> Path | None:
-        if self.source is not None:  # a RemotePath: read_text/read_bytes fetch it
-            return self.source.config_path()
-        p = self.folder / "config.json"
-        return p if p.is_file() else None
+        return self.source.config_path()
 
 
 def require_regular_file(path: Path, role: str) -> None:

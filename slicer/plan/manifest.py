@@ -7,26 +7,18 @@ student tensor, its source and the index set of each dimension.
 """
 from __future__ import annotations
 
-import os
 
 from ..version import __version__
 from ..axes import format_layout
 from .build import Plan
-from ..io.format import FileStamp
 
 FORMAT = "slicer-manifest/1"
 
 
 def build(plan: Plan) -> dict:
     teacher = plan.teacher
-    if teacher.source is not None:  # remote: URL, revision, sizes and ETags (--resume compares them)
-        teacher_record = teacher.source.record(teacher.files)
-    else:
-        files = []
-        for p in teacher.files:
-            stamp = teacher.stamps.get(p) or FileStamp.of(os.stat(p))  # as the header was read: later changes are refused
-            files.append({"name": os.path.relpath(p, teacher.folder), "size": stamp.size, "mtime_ns": stamp.mtime_ns})
-        teacher_record = {"path": str(teacher.path.resolve()), "files": files}
+    # local: path, sizes and mtimes; remote: URL, revision, sizes and ETags (--resume compares them)
+    teacher_record = teacher.source.record(teacher.files)
     return {
         "format": FORMAT,
         "slicer_version": __version__,

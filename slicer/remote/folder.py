@@ -30,6 +30,10 @@ log = logging.getLogger("slicer")
 
 
 class RemoteFolder:
+    """A teacher's folder reached through the network (``io.checkpoint.TeacherFiles``)."""
+
+    fetches = True  # every byte read is a request
+
     def __init__(self, source: Source, options: RemoteOptions):
         self.source = source
         self.options = options
@@ -94,6 +98,10 @@ class RemoteFolder:
                 return e
 
         return dict(zip(names, self.pool().map(one, names)))
+
+    def folders(self, files: Iterable[RemotePath]) -> list:
+        """No folder on this machine holds a remote teacher's files."""
+        return []
 
     def config_path(self) -> RemotePath | None:
         return self.path("config.json") if self.find("config.json") is not None else None

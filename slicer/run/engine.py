@@ -118,8 +118,6 @@ class Engine:
         """The teacher's reader: short-lived maps of local files, or (a remote teacher) a
         reader that fetches the plan's kept rows ahead of the engine, in the order ``run``
         (``whole_copies``) or ``tensor`` (not) asks for them."""
-        if plan.teacher.source is None:
-            return TeacherReader(plan.teacher.stamps)
         return plan.teacher.source.plan_reader(plan, skip_shards, self.chunk_bytes, whole_copies)
 
     def _run_job(self, job: TensorJob, reader: TeacherReader, writer: "_WriterThread", free: queue.Queue) -> int:
