@@ -6,11 +6,15 @@ submitit's ``AutoExecutor`` picks Slurm where ``sbatch`` exists. Executor option
 ``timeout_min``, ``slurm_array_parallelism``...), except ``cluster`` (``"local"``
 runs the array as local processes: submitit's own test executor, used by our tests).
 Logs and pickles go to ``submitit/`` in OUT's staging (removed once OUT is finished).
-A failed element is not resubmitted: rerun with ``--resume`` to write the shards that
-are missing (the recorded ones are kept).
+An element that dies (a lost node, the OOM killer, a kill, a preemption) is resubmitted as a
+job of its own, up to ``max_retries`` times (default 3, as Ray's tasks): it rewrites its shard
+from the start, and no other shard is read again. A slicer error inside a task (a teacher that
+changed, a full disk) is not retried: it is the run's one-line error. After the last retry,
+``--resume`` writes the shards still missing (the recorded ones are kept).
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +23,7 @@ from ..errors import SlicerError
 from .task import ShardTask, run_task
 
 WAIT_S = 0.2
+log = logging.getLogger("slicer")
 
 
 def _import_submitit():
@@ -31,8 +36,12 @@ def _import_submitit():
 
 
 class SlurmRunner:
-    def __init__(self, *, folder: Path, memory: int, cluster: str | None = None, **parameters):
+    def __init__(self, *, folder: Path, memory: int, cluster: str | None = None, max_retries: int = 3, **parameters):
         submitit = _import_submitit()
+        try:
+            self.max_retries = int(max_retries)
+        except (TypeError, ValueError):
+            raise SlicerError(f"--executor slurm: max_retries must be a whole number, not {max_retries!r}") from None
         self.executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
         defaults = {"cpus_per_task": 1, "mem_gb": max(1, -(-memory // (1 << 30))), "timeout_min": 24 * 60,
                     "name": "slicer-shard"}
@@ -45,8 +54,9 @@ class SlurmRunner:
     def run(self, tasks: list[ShardTask]) -> Iterator[tuple[ShardTask, dict]]:
         if not tasks:
             return
-        self.jobs = self.executor.map_array(run_task, tasks)
+        self.jobs = list(self.executor.map_array(run_task, tasks))
         waiting = dict(zip(self.jobs, tasks))
+        attempts = {id(task): 0 for task in tasks}
         while waiting:
             for job in [j for j in waiting if j.done()]:
                 task = waiting.pop(job)
@@ -55,10 +65,20 @@ class SlurmRunner:
                 except Exception as e:  # noqa: BLE001 - submitit re-raises the job's error, or its own
                     message = str(e).strip().splitlines()
                     slicer_line = next((m for m in reversed(message) if "SlicerError:" in m), None)
-                    if slicer_line is not None:
+                    if slicer_line is not None:  # the task's own verdict: the same again on any node
                         raise SlicerError(slicer_line.split("SlicerError:", 1)[1].strip()) from None
+                    if attempts[id(task)] < self.max_retries:
+                        attempts[id(task)] += 1
+                        log.warning("%s: the job %s died (%s); resubmitted (retry %d of %d)", ", ".join(task.shards),
+                                    job.job_id, type(e).__name__, attempts[id(task)], self.max_retries)
+                        retry = self.executor.submit(run_task, task)
+                        self.jobs.append(retry)
+                        waiting[retry] = task
+                        continue
                     raise SlicerError(f"{', '.join(task.shards)}: the job {job.job_id} failed "
-                                      f"({type(e).__name__}; its log: {job.paths.stderr})") from e
+                                      f"({type(e).__name__}, after {self.max_retries} retr{'y' if self.max_retries == 1 else 'ies'}; its log: "
+                                      f"{job.paths.stderr}); run the same command with --resume to write the "
+                                      "shards still missing") from e
                 yield task, result
             if waiting:
                 time.sleep(WAIT_S)
