@@ -69,7 +69,7 @@ def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | No
     start = time.perf_counter()
     import_accelerate()
     ckpt = teacher if isinstance(teacher, Checkpoint) else open_checkpoint(teacher, role="teacher")
-    if getattr(ckpt, "source", None) is not None:
+    if ckpt.source.fetches:
         raise SlicerError(f"{ckpt.path}: scoring runs the teacher from local files; a remote teacher is read for its "
                           "kept rows only, never as a whole: download it, or score it where it is stored")
     plan = identity_plan(ckpt)
