@@ -70,9 +70,30 @@ def load(folder):
     return model.eval()
 
 
-@pytest.mark.parametrize("family", list(OFFERED))
+def moe_teacher(folder, family: str, seed: int = 0):
+    """A tiny MoE / MLA teacher (tests/families_moe.py's configs), norm gains far from 1."""
+    from families_moe import FAMILIES as MOE
+
+    fam = MOE[family]
+    config = getattr(transformers, fam.config_class)(**fam.config)
+    torch.manual_seed(seed)
+    model = getattr(transformers, fam.config["architectures"][0])(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.rand_like(p) * 1.5 + 0.25)
+            else:
+                p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(folder)
+    return model.eval()
+
+
+MOE = ("qwen3_moe", "mixtral", "deepseek_v3")
+
+
+@pytest.mark.parametrize("family", [*OFFERED, *MOE])
 def test_full_width_rotation_reproduces_the_teachers_logits(tmp_path, family):
-    model = teacher(tmp_path / "t", family)
+    model = (moe_teacher if family in MOE else teacher)(tmp_path / "t", family)
     calib, _ = calibration(tmp_path / "calib.safetensors")
     summary = api.shrink(tmp_path / "t", tmp_path / "s", config_set={"hidden_size": 64}, hidden="rotate",
                          calibration=calib, samples=24, seq_len=16, device="cpu", save_rotation=True)

@@ -1,0 +1,75 @@
+"""What the engine does to each student tensor under a rotation: from the plan's bindings (which
+dimensions are bound to the hidden axis) and what the teacher's forward showed (``observe``).
+
+- a dimension bound to the hidden axis is multiplied by ``Qk`` (the roles below differ only in
+  the gain folded in); bound inside a composite layout (``hidden | x``) it cannot be: refused;
+- a norm site's gain: filled with the site's student gain;
+- a reader of a site (its last dimension hidden): ``W diag(g) Qk``, g the site's teacher gain;
+  the output embedding reads the last site;
+- anything else bound to the hidden axis (the embedding, the writers and their biases):
+  ``Qk`` on those dimensions, nothing folded; its module must have run in the observed forward
+  (a vision projector of a multimodal model does not, in a text forward: refused).
+"""
+from __future__ import annotations
+
+from ..axes import format_layout
+from ..errors import SlicerError
+from ..plan.build import Plan
+from ..run.rotate import Op
+from .observe import Observed
+
+
+def hidden_axis(plan: Plan, seen: Observed) -> str:
+    """The language model's hidden axis: the one the input embedding's last dimension is bound to."""
+    names = set(seen.sources.get(seen.embedding or "", [])) | {seen.embedding}
+    for job in plan.jobs:
+        if job.source.name in names and job.layouts:
+            return next(f for seg in job.layouts[-1] for f in seg if isinstance(f, str))
+    return f"{seen.text_config}hidden"
+
+
+def ops(plan: Plan, seen: Observed, site_gains: dict, where: str) -> tuple[dict[str, Op], dict[str, dict]]:
+    """(op per student tensor, its manifest record)."""
+    axis = hidden_axis(plan, seen)
+    modules_of: dict[str, set[str]] = {}  # a tied tensor belongs to several modules
+    for key, found in seen.sources.items():
+        for n in found:
+            modules_of.setdefault(n, set()).add(key.rsplit(".", 1)[0])
+    out: dict[str, Op] = {}
+    records: dict[str, dict] = {}
+    for job in plan.jobs:
+        dims = []
+        for d, layout in enumerate(job.layouts):
+            if any(f == axis for seg in layout for f in seg):
+                if layout != ((axis,),):
+                    raise SlicerError(f"{where}: tensor {job.source.name!r} binds the hidden axis inside "
+                                      f"{format_layout(layout)} (dimension {d}): --hidden rotate cannot multiply it")
+                dims.append(d)
+        if not dims:
+            continue
+        last = len(job.shape) - 1
+        src = job.source.name
+        if src in seen.norm_tensors and job.name != seen.head:
+            site = seen.norm_tensors[src]
+            out[job.name] = Op("fill", value=float(site_gains[site]))
+            records[job.name] = {"role": "norm", "site": site, "value": float(site_gains[site])}
+            continue
+        site = seen.sites[-1] if job.name == seen.head else seen.reader_tensors.get(src)
+        if site is not None and last not in dims:
+            site = None  # a module that reads the norm and writes the residual (packed experts): this tensor writes
+        if site is not None:
+            if dims != [last]:
+                raise SlicerError(f"{where}: tensor {src!r} reads the norm {site} but its hidden axis is dimension "
+                                  f"{dims}, not the last: --hidden rotate cannot fold the gain")
+            out[job.name] = Op("rotate", tuple(dims), scale=seen.gains[site])
+            records[job.name] = {"role": "reader", "dims": dims, "site": site,
+                                 "gain": seen.sources.get(f"{site}.weight", [f"{site}.weight"])[0]}
+            continue
+        modules = modules_of.get(src, set())
+        if modules and not modules & seen.ran:
+            raise SlicerError(f"{where}: tensor {src!r} is bound to the hidden axis but its module {min(modules)} did "
+                              "not run in the teacher's text forward, so its role under a rotation is unknown")
+        out[job.name] = Op("rotate", tuple(dims))
+        records[job.name] = {"role": "embedding" if src in set(seen.sources.get(seen.embedding or "", [])) else "writer",
+                             "dims": dims}
+    return out, records
