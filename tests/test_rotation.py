@@ -269,3 +269,37 @@ def test_a_student_wider_than_the_teacher_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "between 1 and the teacher's 64" in err[0], err
     assert not (tmp_path / "s").exists()
+
+
+def test_multimodal_llava_full_width_rotation_reproduces_the_logits_with_an_image(tmp_path):
+    """Llava: the language model is rotated; the projector's last linear writes the LM's residual stream
+    (a writer: Qk^T W, its bias Qk^T b), the projector's own width and the vision tower are kept."""
+    from families_multimodal import FAMILIES as MM, _llava_inputs
+
+    fam = MM["llava"]
+    config = transformers.LlavaConfig(**{k: v for k, v in fam.config.items()})
+    torch.manual_seed(0)
+    model = transformers.LlavaForConditionalGeneration(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and "language_model" in name:
+                p.copy_(torch.rand_like(p) * 1.5 + 0.25)
+            else:
+                p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(tmp_path / "t")
+    model.eval()
+    calib, _ = calibration(tmp_path / "calib.safetensors")
+    api.shrink(tmp_path / "t", tmp_path / "s", config_set={"text_config.hidden_size": 64}, hidden="rotate",
+               calibration=calib, samples=24, seq_len=16, device="cpu", save_rotation=True)
+    student, info = transformers.LlavaForConditionalGeneration.from_pretrained(
+        str(tmp_path / "s"), dtype=torch.float32, output_loading_info=True)
+    assert not any(info.values()), info
+    manifest = json.loads((tmp_path / "s" / "slicer_manifest.json").read_text())
+    roles = manifest["rotation"]["tensors"]
+    projector = {n: r["role"] for n, r in roles.items() if "multi_modal_projector" in n}
+    assert projector == {"multi_modal_projector.linear_2.weight": "writer", "multi_modal_projector.linear_2.bias": "writer"}
+    assert not any("vision_tower" in n for n in roles)
+    inputs = _llava_inputs(fam.config)
+    with torch.no_grad():
+        want, got = model(**inputs).logits, student.eval()(**inputs).logits
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), float((got - want).abs().max())

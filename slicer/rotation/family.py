@@ -9,6 +9,9 @@ from __future__ import annotations
 from ..errors import SlicerError
 
 OFFERED = ("llama", "mistral", "qwen2", "qwen3", "phi3", "qwen3_moe", "mixtral", "deepseek_v3")
+# Multimodal models whose language model is rotated (its text_config one of OFFERED); the projector's last
+# linear writes the LM's residual stream, the vision tower is selected as usual.
+MULTIMODAL = ("llava",)
 
 # Why the others are refused: a rotation commutes with RMSNorm's division by rms, but not with
 # LayerNorm's mean subtraction, nor with a gain applied after a norm on the branch output.
@@ -31,6 +34,12 @@ def check_offered(config: dict, where: str) -> str:
     model_type = config.get("model_type", "?")
     if model_type in OFFERED:
         return model_type
+    if model_type in MULTIMODAL:
+        text = (config.get("text_config") or {}).get("model_type", "llama")
+        if text in OFFERED:
+            return model_type
+        raise SlicerError(f"{where}: --hidden rotate is not offered for {model_type} teachers whose language model "
+                          f"is {text}; offered: {', '.join(OFFERED)}")
     why = WHY_NOT.get(model_type, "rotation is implemented for pre-norm RMSNorm decoders only")
     raise SlicerError(f"{where}: --hidden rotate is not offered for {model_type} teachers: {why}; offered: "
-                      f"{', '.join(sorted(OFFERED))}")
+                      f"{', '.join(sorted(OFFERED + MULTIMODAL))}")

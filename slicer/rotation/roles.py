@@ -8,7 +8,8 @@ dimensions are bound to the hidden axis) and what the teacher's forward showed (
   the output embedding reads the last site;
 - anything else bound to the hidden axis (the embedding, the writers and their biases):
   ``Qk`` on those dimensions, nothing folded; its module must have run in the observed forward
-  (a vision projector of a multimodal model does not, in a text forward: refused).
+  (or, where it did not run, as a multimodal projector's last linear in a text forward, write
+  it: no hidden-bound last dimension of a matrix, which would read the residual stream).
 """
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ def hidden_axis(plan: Plan, seen: Observed) -> str:
 def ops(plan: Plan, seen: Observed, site_gains: dict, where: str) -> tuple[dict[str, Op], dict[str, dict]]:
     """(op per student tensor, its manifest record)."""
     axis = hidden_axis(plan, seen)
+    embedding = set(seen.sources.get(seen.embedding or "", []))
+    # the head's checkpoint names (a tied head resolves to the embedding's: that one is the embedding)
+    head = {seen.head} | {n for n in seen.sources.get(seen.head or "", []) if n not in embedding}
     modules_of: dict[str, set[str]] = {}  # a tied tensor belongs to several modules
     for key, found in seen.sources.items():
         for n in found:
@@ -49,12 +53,12 @@ def ops(plan: Plan, seen: Observed, site_gains: dict, where: str) -> tuple[dict[
             continue
         last = len(job.shape) - 1
         src = job.source.name
-        if src in seen.norm_tensors and job.name != seen.head:
+        if src in seen.norm_tensors and job.name not in head:
             site = seen.norm_tensors[src]
             out[job.name] = Op("fill", value=float(site_gains[site]))
             records[job.name] = {"role": "norm", "site": site, "value": float(site_gains[site])}
             continue
-        site = seen.sites[-1] if job.name == seen.head else seen.reader_tensors.get(src)
+        site = seen.sites[-1] if job.name in head else seen.reader_tensors.get(src)
         if site is not None and last not in dims:
             site = None  # a module that reads the norm and writes the residual (packed experts): this tensor writes
         if site is not None:
@@ -66,10 +70,13 @@ def ops(plan: Plan, seen: Observed, site_gains: dict, where: str) -> tuple[dict[
                                  "gain": seen.sources.get(f"{site}.weight", [f"{site}.weight"])[0]}
             continue
         modules = modules_of.get(src, set())
-        if modules and not modules & seen.ran:
+        if modules and not modules & seen.ran and len(job.shape) > 1 and last in dims:
+            # A writer needs no site (its hidden dimension is an output: Qk^T W, a bias Qk^T b), so a module the
+            # text forward does not run (a multimodal projector's last linear) may be one; a last dimension
+            # bound to the hidden axis would read the residual stream, and which norm it reads was not seen.
             raise SlicerError(f"{where}: tensor {src!r} is bound to the hidden axis but its module {min(modules)} did "
                               "not run in the teacher's text forward, so its role under a rotation is unknown")
         out[job.name] = Op("rotate", tuple(dims))
-        records[job.name] = {"role": "embedding" if src in set(seen.sources.get(seen.embedding or "", [])) else "writer",
+        records[job.name] = {"role": "embedding" if src in embedding else "writer",
                              "dims": dims}
     return out, records
