@@ -41,10 +41,10 @@ OFFERED = {
 }
 
 
-def teacher(folder, family: str, seed: int = 0):
+def teacher(folder, family: str, seed: int = 0, **overrides):
     """A tiny random teacher whose norm gains are far from 1 (so folding them matters)."""
     config_class, arch, extra = OFFERED[family]
-    config = getattr(transformers, config_class)(**{**BASE, **extra}, architectures=[arch])
+    config = getattr(transformers, config_class)(**{**BASE, **extra, **overrides}, architectures=[arch])
     torch.manual_seed(seed)
     model = getattr(transformers, arch)(config)
     with torch.no_grad():
@@ -303,3 +303,63 @@ def test_multimodal_llava_full_width_rotation_reproduces_the_logits_with_an_imag
     with torch.no_grad():
         want, got = model(**inputs).logits, student.eval()(**inputs).logits
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), float((got - want).abs().max())
+
+
+def test_rotation_composes_with_layer_selection(tmp_path):
+    """At full width a rotation is exact for any stack of the teacher's layers: the rotated student with
+    layers selected has the logits of the same layers selected without rotation."""
+    teacher(tmp_path / "t", "llama", num_hidden_layers=3)
+    calib, _ = calibration(tmp_path / "calib.safetensors")
+    edits = {"hidden_size": 64, "num_hidden_layers": 2}
+    api.shrink(tmp_path / "t", tmp_path / "plain", config_set=edits, layer_selection="uniform", device="cpu")
+    api.shrink(tmp_path / "t", tmp_path / "rot", config_set=edits, layer_selection="uniform", hidden="rotate",
+               calibration=calib, samples=24, seq_len=16, device="cpu")
+    maps = [json.loads((tmp_path / s / "slicer_manifest.json").read_text())["layer_maps"] for s in ("plain", "rot")]
+    assert maps[0] == maps[1] and list(maps[0].values()) == [[0, 2]], maps  # uniform: layer 1 of 3 left out
+    ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = load(tmp_path / "plain")(ids).logits, load(tmp_path / "rot")(ids).logits
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), float((got - want).abs().max())
+
+
+def test_an_interrupted_rotated_shrink_resumes_to_the_same_student(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from slicer.errors import Interrupted, SlicerError
+    from slicer.run import rotate
+
+    teacher(tmp_path / "t", "llama")
+    calib, _ = calibration(tmp_path / "calib.safetensors")
+    kw = dict(config_set={"hidden_size": 32, "intermediate_size": 64}, hidden="rotate", calibration=calib, samples=24,
+              seq_len=16, device="cpu", max_shard_size="30KB")
+    api.shrink(tmp_path / "t", tmp_path / "clean", **kw)
+    real, calls = rotate.apply, [0]
+
+    def dies(*a, **k):
+        calls[0] += 1
+        if calls[0] == 12:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(rotate, "apply", dies)
+    with pytest.raises(Interrupted):
+        api.shrink(tmp_path / "t", tmp_path / "s", **kw)
+    monkeypatch.setattr(rotate, "apply", real)
+    staging = next(p for p in (tmp_path / "s").iterdir() if p.is_dir())
+    kept = [p.name for p in staging.glob("model-*.safetensors")]
+    assert kept, list(staging.iterdir())
+    inodes = {n: os.stat(staging / n).st_ino for n in kept}
+    summary = api.shrink(tmp_path / "t", tmp_path / "s", resume=True, **kw)
+    assert sorted(summary.resumed) == sorted(kept)
+    assert {n: os.stat(tmp_path / "s" / n).st_ino for n in kept} == inodes  # moved into place, not rewritten
+    files = sorted(p.name for p in (tmp_path / "clean").glob("model-*.safetensors"))
+    assert len(files) > len(kept) and files == sorted(p.name for p in (tmp_path / "s").glob("model-*.safetensors"))
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert all(digest(tmp_path / "clean" / f) == digest(tmp_path / "s" / f) for f in files)
+    # A resume with another rotation (other calibration) is refused: its values would differ.
+    other, _ = calibration(tmp_path / "other.safetensors", rows=20)
+    again = api.shrink(tmp_path / "t", tmp_path / "s", resume=True, **kw)
+    assert again.unchanged
+    with pytest.raises(SlicerError, match="cannot resume: .* differs"):
+        api.shrink(tmp_path / "t", tmp_path / "s", resume=True, **{**kw, "calibration": other})
