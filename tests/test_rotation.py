@@ -363,3 +363,36 @@ def test_an_interrupted_rotated_shrink_resumes_to_the_same_student(tmp_path, mon
     assert again.unchanged
     with pytest.raises(SlicerError, match="cannot resume: .* differs"):
         api.shrink(tmp_path / "t", tmp_path / "s", resume=True, **{**kw, "calibration": other})
+
+
+def test_gemma3_post_norms_cannot_be_rotated_exactly(tmp_path, capsys):
+    """Why Gemma 3 is refused, shown on its own norm module: its post-attention / post-FFN norms scale the
+    *branch output* by ``1 + w`` after normalizing, in the teacher's basis. In a rotated student the same
+    module scales ``Q^T y`` by its own diagonal gain; ``Q diag(1 + w') Q^T = diag(1 + w)`` holds only where Q
+    maps each gain's eigenspace to itself: with distinct gains, only a signed permutation (a channel selection,
+    which --hidden select already does). For a real rotation the best diagonal gain (least squares, fitted on
+    the very outputs it is checked on) still misses by far; for a signed permutation it is exact."""
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+
+    d = 64
+    torch.manual_seed(0)
+    norm = Gemma3RMSNorm(d, eps=1e-6).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(d, dtype=torch.float64) * 1.5 - 0.5)  # 1 + w: distinct gains in 0.5..2
+    y = torch.randn(4096, d, dtype=torch.float64)
+
+    def best_miss(q: torch.Tensor) -> float:
+        want = norm(y) @ q  # the teacher's post-norm output, rotated into the student's basis
+        base = (y @ q) / (y @ q).pow(2).mean(1, keepdim=True).add(1e-6).sqrt()  # what the student's module normalizes
+        gain = (want * base).sum(0) / base.pow(2).sum(0)  # the least-squares 1 + w', per student channel
+        return float((base * gain - want).norm() / want.norm())
+
+    rotation, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))
+    permutation = torch.eye(d, dtype=torch.float64)[torch.randperm(d)] * torch.where(torch.rand(d) < 0.5, -1.0, 1.0).double()
+    assert best_miss(rotation) > 0.1  # no gain vector makes the rotated Gemma 3 block the teacher's
+    assert best_miss(permutation) < 1e-6  # a channel selection is exact (float32 inside the module), as --hidden select is
+    build(tmp_path / "t", FAMILIES["gemma3_text"], coded=False)  # and --hidden rotate says so in one line
+    capsys.readouterr()
+    assert main(["shrink", str(tmp_path / "t"), str(tmp_path / "s"), "--set=hidden_size=32", "--hidden", "rotate"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "post-attention and post-FFN norms" in err[0], err

@@ -117,6 +117,14 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
         record["tensors"] = records
         return Rotation(q[:, :k], table), record
 
+    import gc
+
+    from ..importance.forward import give_back_memory
+    from ..run.memory import anon_bytes
+
+    gc.collect()
+    give_back_memory()  # the calibration forwards' heap, before the engine's peak is sampled
+    before = anon_bytes()
     summary = job.run(ckpt, out, student, options, device=request.device, backend=request.backend,
                       overwrite=request.overwrite, resume=request.resume, progress=request.progress,
                       chunk_bytes=request.chunk_bytes, rotate=rotate)
@@ -127,6 +135,7 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
                   metadata={"format": "pt", "sha256": record["sha256"]})
     if summary.rotation is not None:
         summary.rotation["engine"]["matmul_alone_gflop_per_s"] = matmul_alone(d, k, summary.device)
+        summary.rotation["engine"]["anon_before_engine_bytes"] = before
     log.info("hidden axis rotated: %d -> %d principal components of the residual stream (%.2f%% of its variance on "
              "%d calibration tokens x %d norm sites); statistics %.1f s; rotation sha256 %s",
              d, k, 100 * kept, stats.tokens, len(seen.sites), statistics_s, record["sha256"][:16])
