@@ -5,7 +5,9 @@ hidden axis rotated, each a fresh process sampled by bench/memsample.py (RssAnon
 The rotated run's summary (``--json``) gives its engine time (``seconds``: plan, read, multiply,
 write) apart from the statistics (the observing forward and the two calibration forwards:
 ``rotation.statistics_seconds``), the GFLOP/s of its products and ``torch.matmul`` alone on this
-machine at the same shapes. The target: the engine's time with rotation <= 2x the plain shrink's.
+machine at the same shapes. The target: the engine's time with rotation <= 2x the plain shrink's. Peak memory: the whole
+process's (memsample: the rotated run's is its calibration forward's) and the engine's own
+(the summary's, sampled while the engine runs, with what the process held before it).
 
     python bench/rotation_cost.py [--workdir DIR] [--sizes small,1b] [--json rows.json]
 """
@@ -75,10 +77,12 @@ def main(argv: list[str] | None = None) -> int:
             row = {"teacher": name, "params_b": round(sum(_n(s) for _, s in shape.tensors()) / 1e9, 3),
                    "mode": mode, "wall_s": round(r.wall_s, 2), "engine_s": round(summary["seconds"], 2),
                    "peak_anon_mb": round(r.peak_anon_bytes / 1e6), "user_s": round(r.user_s, 1),
+                   "engine_peak_mb": round(summary["peak_memory_bytes"] / 1e6),
                    "load_1min": os.getloadavg()[0]}
             rot = summary.get("rotation")
             if rot:
                 row.update(statistics_s=rot["statistics_seconds"], **rot["engine"])
+                row["anon_before_engine_mb"] = round(row.pop("anon_before_engine_bytes") / 1e6)
             rows.append(row)
             print(json.dumps(row), flush=True)
     for name in args.sizes.split(","):
@@ -86,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: engine {rotated['engine_s']:.2f} s rotated vs {plain['engine_s']:.2f} s selected "
               f"({rotated['engine_s'] / plain['engine_s']:.2f}x; target <= 2x); statistics {rotated['statistics_s']:.1f} s "
               f"apart; products {rotated['gflop_per_s']:.1f} GFLOP/s, torch.matmul alone "
-              f"{rotated['matmul_alone_gflop_per_s']:.1f}; peak RssAnon {plain['peak_anon_mb']} / "
-              f"{rotated['peak_anon_mb']} MB")
+              f"{rotated['matmul_alone_gflop_per_s']:.1f}; peak RssAnon, whole process {plain['peak_anon_mb']} / "
+              f"{rotated['peak_anon_mb']} MB, engine {plain['engine_peak_mb']} / {rotated['engine_peak_mb']} MB "
+              f"({rotated['anon_before_engine_mb']} MB before the engine started)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
