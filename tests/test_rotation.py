@@ -396,3 +396,16 @@ def test_gemma3_post_norms_cannot_be_rotated_exactly(tmp_path, capsys):
     assert main(["shrink", str(tmp_path / "t"), str(tmp_path / "s"), "--set=hidden_size=32", "--hidden", "rotate"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "post-attention and post-FFN norms" in err[0], err
+
+
+def test_a_quantized_teacher_is_refused_with_one_line(tmp_path, capsys):
+    from test_quantized import fp8_teacher
+
+    fp8_teacher(tmp_path / "t")
+    calib, _ = calibration(tmp_path / "calib.safetensors")
+    capsys.readouterr()
+    rc = main(["shrink", str(tmp_path / "t"), str(tmp_path / "s"), "--set=hidden_size=32", "--hidden", "rotate",
+               "--quantized", "dequantize", "--calibration", str(calib)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not offered for quantized teachers (fp8)" in err[0], err
+    assert not (tmp_path / "s").exists()

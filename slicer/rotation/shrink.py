@@ -71,6 +71,11 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
         raise SlicerError(f"{ckpt.path}: --hidden rotate needs the teacher's config.json beside its weights")
     config = json.loads(ckpt.config_path().read_text())
     check_offered(config, str(ckpt.path))
+    quantization = (config.get("quantization_config") or {}).get("quant_method")
+    if quantization:
+        raise SlicerError(f"{ckpt.path}: --hidden rotate is not offered for quantized teachers ({quantization}): the "
+                          "calibration forward that measures the rotation reads floating weights only; dequantize the "
+                          "teacher first")
     text = config.get("text_config") or config
     d = int(text["hidden_size"])
     k = student_hidden(config_set, student_config, template)
