@@ -7,6 +7,10 @@ in flight: ``depth`` buffers of ``chunk_bytes`` each, whatever the size of the m
 or of its largest tensor. Host memory is numpy throughout (see host_arrays.py), so the
 CPU path runs without importing torch. A gather may finish later (the GPU path):
 it then returns a :class:`Pending`, which the writer waits for before writing.
+
+A rotated hidden axis (slicer.run.rotate) runs here too, for it shares the reader, the writer
+thread and the chunk budget: its jobs are gathered with the hidden dimension whole and
+multiplied, slab by slab (which takes the module a little over 400 lines).
 """
 from __future__ import annotations
 
