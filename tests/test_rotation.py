@@ -409,3 +409,43 @@ def test_a_quantized_teacher_is_refused_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "not offered for quantized teachers (fp8)" in err[0], err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("family", ["mixtral", "deepseek_v3"])
+def test_half_width_moe_and_mla_students_load_and_verify_against_teacher_times_rotation(tmp_path, family):
+    """The families' own half-width edits (tests/families_moe.py: hidden, heads, FFN, experts, MLA ranks,
+    depth), rotated: a stock checkpoint, and every tensor is the teacher's selection times the rotation
+    (verify --teacher --full, which recomputes each from the teacher in float64)."""
+    from families_moe import FAMILIES as MOE_FAMILIES
+
+    moe_teacher(tmp_path / "t", family)
+    calib, _ = calibration(tmp_path / "calib.safetensors")
+    method = "uniform" if family == "deepseek_v3" else "importance"  # importance scores no MLA nope-dims axis
+    api.shrink(tmp_path / "t", tmp_path / "s", config_set=dict(MOE_FAMILIES[family].edits), hidden="rotate",
+               method=method, calibration=calib, samples=24, seq_len=16, device="cpu", save_rotation=True)
+    load(tmp_path / "s")
+    from slicer.verify import verify
+
+    report = verify(tmp_path / "s", teacher=tmp_path / "t", full=True)
+    assert report.ok, report.problems
+    roles = json.loads((tmp_path / "s" / "slicer_manifest.json").read_text())["rotation"]["tensors"]
+    assert report.tensors_rotated == len(roles)
+    if family == "deepseek_v3":
+        assert report.tensors_compared > report.tensors_rotated  # q_b / kv_b, their norms: gathered, bit-exact
+        assert roles["model.layers.0.self_attn.q_a_proj.weight"]["site"] == "model.layers.0.input_layernorm"
+        assert roles["model.layers.0.self_attn.kv_a_proj_with_mqa.weight"]["role"] == "reader"
+        assert not any("q_a_layernorm" in n or "kv_a_layernorm" in n for n in roles)  # internal, not the hidden axis
+        assert roles["model.layers.1.mlp.shared_experts.down_proj.weight"]["role"] == "writer"
+    # A rotated value moved by 1% of the tensor's range is caught (beside the shard's sha256).
+    from slicer.io.checkpoint import Checkpoint
+
+    info = Checkpoint.open(tmp_path / "s").tensors["lm_head.weight"]
+    with open(info.path, "r+b") as f:
+        f.seek(info.offset)
+        row = torch.frombuffer(bytearray(f.read(4 * info.shape[1])), dtype=torch.float32)
+        row[3] += 0.01 * float(row.abs().max())
+        f.seek(info.offset)
+        f.write(row.numpy().tobytes())
+    problems = verify(tmp_path / "s", teacher=tmp_path / "t", full=True).problems
+    assert any("tensor 'lm_head.weight': differs from teacher tensor" in p and "times the rotation at [0, 3]" in p
+               for p in problems), problems
