@@ -63,10 +63,7 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
     if is_url(teacher) or any(shrink_options.get(k) for k in ("revision", "cache_dir", "remote")):
         raise SlicerError(f"{teacher}: --hidden rotate runs the teacher on calibration data from local files; "
                           "download the teacher first")
-    ckpt = Checkpoint.open(teacher, role="teacher")
-    if getattr(ckpt, "source", None) is not None:
-        raise SlicerError(f"{ckpt.path}: --hidden rotate runs the teacher on calibration data from local files; "
-                          "download the teacher first")
+    ckpt = Checkpoint.open(teacher, role="teacher")  # local only (a URL is refused above)
     if ckpt.config_path() is None:
         raise SlicerError(f"{ckpt.path}: --hidden rotate needs the teacher's config.json beside its weights")
     config = json.loads(ckpt.config_path().read_text())
