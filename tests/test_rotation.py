@@ -382,7 +382,8 @@ def test_gemma3_post_norms_cannot_be_rotated_exactly(tmp_path, capsys):
     y = torch.randn(4096, d, dtype=torch.float64)
 
     def best_miss(q: torch.Tensor) -> float:
-        want = norm(y) @ q  # the teacher's post-norm output, rotated into the student's basis
+        with torch.no_grad():
+            want = norm(y) @ q  # the teacher's post-norm output, rotated into the student's basis
         base = (y @ q) / (y @ q).pow(2).mean(1, keepdim=True).add(1e-6).sqrt()  # what the student's module normalizes
         gain = (want * base).sum(0) / base.pow(2).sum(0)  # the least-squares 1 + w', per student channel
         return float((base * gain - want).norm() / want.norm())
