@@ -9,7 +9,9 @@ the source's, as the torch backend does): a few rows of every tensor by default,
 every element with ``full=True``.
 
 Memory stays bounded whatever the tensor sizes: data is read with ``pread`` in blocks
-of at most ``chunk_bytes`` of teacher span and of student bytes. Problems are
+of at most ``chunk_bytes`` of teacher span and of student bytes (a rotated student's tensor,
+which is not a selection, is compared from the teacher rows it needs: the compared rows, or
+the whole teacher tensor where its first dimension is the hidden axis, or with ``full``). Problems are
 collected as one line each in the report; input that cannot be verified at all (no
 manifest, an unreadable teacher) raises :class:`SlicerError`. Nothing is printed.
 
@@ -172,14 +174,20 @@ def _compare_rotated(name: str, rec: dict, role: dict, stored: TensorInfo, ckpt:
         return
     dims = list(role["dims"])
     teacher_dtype = DTYPES[source.dtype].torch_dtype
-    whole = files.read(source, 0, math.prod(source.shape)).view(teacher_dtype).view(tuple(source.shape)).double()
     index = [list(range(source.shape[d])) if d in dims else manifest_indices(sets[key])
              for d, key in enumerate(rec["index"])]
     picked = None
     if rows is not None and stored.shape and 0 not in dims:
         picked = _spot_rows(name, stored.shape[0], rows)
         index[0] = [index[0][r] for r in picked]
-    want = _select(whole, index)
+    if 0 in dims or not source.shape:  # every teacher row takes part in every student row: read it whole
+        whole = files.read(source, 0, math.prod(source.shape)).view(teacher_dtype).view(tuple(source.shape))
+    else:  # only the rows compared
+        size = math.prod(source.shape[1:])
+        whole = torch.stack([files.read(source, r * size, size).view(teacher_dtype).view(tuple(source.shape[1:]))
+                             for r in index[0]])
+        index[0] = list(range(len(index[0])))
+    want = _select(whole.double(), index)
     del whole
     if role.get("gain"):
         gain_info = ckpt.tensors[role["gain"]]
