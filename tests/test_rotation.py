@@ -450,3 +450,25 @@ def test_half_width_moe_and_mla_students_load_and_verify_against_teacher_times_r
     problems = verify(tmp_path / "s", teacher=tmp_path / "t", full=True).problems
     assert any("tensor 'lm_head.weight': differs from teacher tensor" in p and "times the rotation at [0, 3]" in p
                for p in problems), problems
+
+
+def test_an_rmsnorm_as_wide_as_the_hidden_axis_that_is_not_the_residual_stream_is_no_site(tmp_path):
+    """DeepSeek-V3 with q_lora_rank == hidden_size: its q_a_layernorm passes the forward's RMSNorm test over
+    d channels, but the plan binds its gain to the q-LoRA axis: no site (not in the covariance, not rotated)."""
+    from families_moe import FAMILIES as MOE_FAMILIES
+
+    config = dict(MOE_FAMILIES["deepseek_v3"].config, q_lora_rank=64)
+    model = transformers.DeepseekV3ForCausalLM(transformers.DeepseekV3Config(**config))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.rand_like(p) * 1.5 + 0.25) if "norm" in name else p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(tmp_path / "t")
+    calib, _ = calibration(tmp_path / "calib.safetensors")
+    api.shrink(tmp_path / "t", tmp_path / "s", config_set={"hidden_size": 64}, hidden="rotate", calibration=calib,
+               samples=24, seq_len=16, device="cpu")
+    rec = json.loads((tmp_path / "s" / "slicer_manifest.json").read_text())["rotation"]
+    assert rec["sites"] == 2 * config["num_hidden_layers"] + 1 and not any("q_a_layernorm" in s for s in rec["site_gains"])
+    ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = model.eval()(ids).logits, load(tmp_path / "s")(ids).logits
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), float((got - want).abs().max())

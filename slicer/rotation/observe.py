@@ -7,7 +7,8 @@ module's weights in memory at a time) with hooks on every module that holds para
   ``gain * x / rms(x)`` of its input x (RMSNorm over the hidden axis: the residual stream
   enters it). LayerNorm (mean subtracted), ``(1 + w)`` gains and per-head norms fail the test;
 - a **reader** of a site is a module whose input is that site's output (the same storage: a
-  view counts, as MoE blocks flatten tokens before the router and the experts): q/k/v,
+  view counts, as MoE blocks flatten tokens before the router and the experts; every norm's
+  output is held for the pass, so no storage is reused): q/k/v,
   gate/up, MLA's ``q_a_proj`` / ``kv_a_proj_with_mqa``, routers, experts, shared experts;
 - the output embedding (the LM head, which the forward does not run) reads the last site;
 - the teacher's gain of each site is taken from the module as the forward streams it in.
@@ -39,6 +40,15 @@ class Observed:
     text_config: str = ""  # "text_config." where the language model's config is nested
     reader_tensors: dict[str, str] = field(default_factory=dict)  # checkpoint tensor -> site
     norm_tensors: dict[str, str] = field(default_factory=dict)  # checkpoint tensor -> site
+    modules: dict[str, list[str]] = field(default_factory=dict)  # reader module -> its parameter names
+
+    def keep_sites(self, sites: list[str]) -> None:
+        """Only these sites (in forward order) and their readers; the checkpoint names of both."""
+        self.sites = [s for s in self.sites if s in set(sites)]
+        self.readers = {m: s for m, s in self.readers.items() if s in self.sites}
+        self.reader_tensors = {n: site for m, site in self.readers.items() for p in self.modules.get(m, [])
+                               for n in self.sources.get(f"{m}.{p}", [])}
+        self.norm_tensors = {n: site for site in self.sites for n in self.sources.get(f"{site}.weight", [])}
 
 
 def _is_rmsnorm(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, d: int) -> bool:
@@ -76,15 +86,16 @@ def observe(ckpt: Checkpoint, d: int, calibration=None, device: str = "cpu", tok
     readers: dict[str, str] = {}
     gains: dict[str, torch.Tensor] = {}
     ran: set[str] = set()
-    latest: list = [None, None]  # the last site's output (kept alive: its storage cannot be reused) and name
+    # every norm's output seen, by storage (kept alive, so no storage is reused: 8 tokens x d per norm)
+    outputs: dict[int, tuple[torch.Tensor, str]] = {}
 
     def pre(module, args, kwargs):
         x = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
         name = names[id(module)]
         ran.add(name)
-        if isinstance(x, torch.Tensor) and latest[0] is not None and name not in gains and \
-                x.untyped_storage().data_ptr() == latest[0].untyped_storage().data_ptr():
-            readers.setdefault(name, latest[1])
+        seen = outputs.get(x.untyped_storage().data_ptr()) if isinstance(x, torch.Tensor) else None
+        if seen is not None and name not in gains:
+            readers.setdefault(name, seen[1])
 
     def post(module, args, kwargs, y):
         x = args[0] if args else None
@@ -99,7 +110,7 @@ def observe(ckpt: Checkpoint, d: int, calibration=None, device: str = "cpu", tok
                 sites.append(name)
                 gains[name] = w.detach().double().cpu().clone()
             readers.pop(name, None)
-            latest[0], latest[1] = y, name
+            outputs[y.untyped_storage().data_ptr()] = (y, name)
 
     hooks = []
     try:
@@ -127,11 +138,6 @@ def observe(ckpt: Checkpoint, d: int, calibration=None, device: str = "cpu", tok
                     tied=bool(getattr(text, "tie_word_embeddings", False) or getattr(config, "tie_word_embeddings", False)),
                     text_config=nested)
     modules = dict(model.named_modules())
-    for module, site in readers.items():
-        for p, _ in modules[module].named_parameters(recurse=False):
-            for n in sources.get(f"{module}.{p}", []):
-                seen.reader_tensors[n] = site
-    for site in sites:
-        for n in sources.get(f"{site}.weight", []):
-            seen.norm_tensors[n] = site
+    seen.modules = {m: [p for p, _ in modules[m].named_parameters(recurse=False)] for m in readers}
+    seen.keep_sites(sites)
     return seen

@@ -7,9 +7,10 @@ dimensions are bound to the hidden axis) and what the teacher's forward showed (
 - a reader of a site (its last dimension hidden): ``W diag(g) Qk``, g the site's teacher gain;
   the output embedding reads the last site;
 - anything else bound to the hidden axis (the embedding, the writers and their biases):
-  ``Qk`` on those dimensions, nothing folded; its module must have run in the observed forward
-  (or, where it did not run, as a multimodal projector's last linear in a text forward, write
-  it: no hidden-bound last dimension of a matrix, which would read the residual stream).
+  ``Qk`` on those dimensions, nothing folded. A writer needs no site, so its module need not
+  have run (a multimodal projector's last linear, in a text forward); a matrix other than the
+  embedding whose last dimension is hidden-bound reads the residual stream: if it was not seen
+  reading a site, it is refused rather than guessed.
 """
 from __future__ import annotations
 
@@ -27,6 +28,17 @@ def hidden_axis(plan: Plan, seen: Observed) -> str:
         if job.source.name in names and job.layouts:
             return next(f for seg in job.layouts[-1] for f in seg if isinstance(f, str))
     return f"{seen.text_config}hidden"
+
+
+def residual_sites(plan: Plan, seen: Observed) -> list[str]:
+    """The observed norm sites whose gain the plan binds to the hidden axis. An RMSNorm over a width that
+    merely equals d (MLA's ``q_a_layernorm`` where ``q_lora_rank == hidden_size``) passes the forward's
+    test but normalizes something else: its gain is bound to its own axis. Sites of layers the
+    student leaves out are not in the plan: kept (their statistics are the teacher's residual stream)."""
+    axis = hidden_axis(plan, seen)
+    bound = {job.source.name: job.layouts[0] == ((axis,),) for job in plan.jobs if len(job.shape) == 1}
+    return [site for site in seen.sites
+            if all(bound.get(n, True) for n in seen.sources.get(f"{site}.weight", []))]
 
 
 def ops(plan: Plan, seen: Observed, site_gains: dict, where: str) -> tuple[dict[str, Op], dict[str, dict]]:
@@ -69,13 +81,15 @@ def ops(plan: Plan, seen: Observed, site_gains: dict, where: str) -> tuple[dict[
             records[job.name] = {"role": "reader", "dims": dims, "site": site,
                                  "gain": seen.sources.get(f"{site}.weight", [f"{site}.weight"])[0]}
             continue
-        modules = modules_of.get(src, set())
-        if modules and not modules & seen.ran and len(job.shape) > 1 and last in dims:
+        if len(job.shape) > 1 and last in dims and src not in embedding:
             # A writer needs no site (its hidden dimension is an output: Qk^T W, a bias Qk^T b), so a module the
-            # text forward does not run (a multimodal projector's last linear) may be one; a last dimension
-            # bound to the hidden axis would read the residual stream, and which norm it reads was not seen.
-            raise SlicerError(f"{where}: tensor {src!r} is bound to the hidden axis but its module {min(modules)} did "
-                              "not run in the teacher's text forward, so its role under a rotation is unknown")
+            # text forward does not run (a multimodal projector's last linear) may be one; a matrix whose last
+            # dimension is the hidden axis reads the residual stream, through a norm that was not seen.
+            modules = modules_of.get(src, set())
+            how = "did not run in the teacher's text forward" if modules and not modules & seen.ran else \
+                "was not seen reading the output of any norm site"
+            raise SlicerError(f"{where}: tensor {src!r} reads the hidden axis but its module "
+                              f"{min(modules) if modules else '?'} {how}, so its role under a rotation is unknown")
         out[job.name] = Op("rotate", tuple(dims))
         records[job.name] = {"role": "embedding" if src in embedding else "writer",
                              "dims": dims}

@@ -27,7 +27,7 @@ from ..errors import SlicerError
 from ..plan.request import Request
 from .family import check_offered
 from .observe import observe
-from .roles import hidden_axis, ops
+from .roles import hidden_axis, ops, residual_sites
 from .statistics import WEIGHTINGS, collect
 from .transform import matrix_sha256, rotation
 
@@ -82,14 +82,7 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
         raise SlicerError(f"--hidden rotate: the student's hidden size {k} must be between 1 and the teacher's {d}")
     start = time.perf_counter()
     seen = observe(ckpt, d, calibration=calibration, device=device)
-    stats = collect(ckpt, seen.sites, calibration=calibration, samples=samples, seq_len=seq_len, device=device,
-                    weighting=weighting, keep=k, gains=gains)
-    if stats.tokens < d:
-        log.warning("--hidden rotate: %d calibration tokens for a %d x %d covariance per site: the rotation is "
-                    "underdetermined; pass more text with --calibration / --samples", stats.tokens, d, d)
-    q, variances = rotation(stats.covariance)
-    kept = float(variances[:k].clamp(min=0).sum() / variances.clamp(min=0).sum())
-    statistics_s = time.perf_counter() - start
+    observed_s = time.perf_counter() - start
     student_set = dict(config_set or {})
     if seen.tied:  # the final norm's gain is folded into the head, not into the embedding
         student_set["tie_word_embeddings"] = False
@@ -100,6 +93,16 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
                          scores=scores, calibration=calibration if ranks else None, samples=samples, seq_len=seq_len,
                          device=device, **shrink_options)
     ckpt, student, options = job.describe_student(ckpt.path, request)
+    seen.keep_sites(residual_sites(job.plan_student(ckpt, student, options), seen))
+    start = time.perf_counter()  # the statistics: the observing forward and the two below (importance's scores apart)
+    stats = collect(ckpt, seen.sites, calibration=calibration, samples=samples, seq_len=seq_len, device=device,
+                    weighting=weighting, keep=k, gains=gains)
+    if stats.tokens < d:
+        log.warning("--hidden rotate: %d calibration tokens for a %d x %d covariance per site: the rotation is "
+                    "underdetermined; pass more text with --calibration / --samples", stats.tokens, d, d)
+    q, variances = rotation(stats.covariance)
+    kept = float(variances[:k].clamp(min=0).sum() / variances.clamp(min=0).sum())
+    statistics_s = observed_s + time.perf_counter() - start
     record = {"hidden": "rotate", "teacher_hidden": d, "student_hidden": k, "weighting": weighting,
               "calibration": stats.calibration, "tokens_per_site": stats.tokens, "sites": len(seen.sites),
               "variance_kept": round(kept, 6), "sha256": matrix_sha256(q), "matrix": "float64 [d, d], row-major",
