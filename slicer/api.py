@@ -81,8 +81,8 @@ def shrink_request(teacher: str | Path, out: str | Path, request: Request) -> Su
     """The one place that chooses how a shrink runs: rotated, distributed, or here."""
     if request.hidden != "select":
         if request.distributed:
-            raise SlicerError("--hidden rotate runs in one process: it writes a rotated teacher first; "
-                              "drop --shards / --executor")
+            raise SlicerError("--hidden rotate runs in one process: its rotation comes from the calibration forward "
+                              "it runs first; drop --shards / --executor")
         from .rotation.shrink import shrink_request as shrink_rotated
 
         return shrink_rotated(teacher, out, request)

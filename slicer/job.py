@@ -56,6 +56,7 @@ class Summary:
     resumed: list[str] = field(default_factory=list)  # shards of the interrupted run that were kept
     unchanged: bool = False  # --resume found this very student finished in OUT: nothing was written
     network: dict | None = None  # a remote teacher: requests, resolves, retries, rate-limit waits (RemoteFolder.stats)
+    rotation: dict | None = None  # --hidden rotate: the manifest's record, and the engine's products (GFLOP/s)
 
     @property
     def gb_per_s(self) -> float:
@@ -143,8 +144,10 @@ def _plan(teacher: Checkpoint, student: StudentSpec, options: Options) -> Plan:
 
 
 def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, device="auto", backend="auto",
-        overwrite=False, resume=False, progress=False, chunk_bytes=DEFAULT_CHUNK_BYTES) -> Summary:
-    """Shared by every route to a student spec (template, config)."""
+        overwrite=False, resume=False, progress=False, chunk_bytes=DEFAULT_CHUNK_BYTES, rotate=None) -> Summary:
+    """Shared by every route to a student spec (template, config). ``rotate(plan)``, where the
+    hidden axis is rotated (slicer.rotation), returns the engine's Rotation and the manifest's
+    record of it (part of the fingerprint --resume compares)."""
     from .run.backends import choose
     from .run.engine import Engine
     from .io.writer import OutputDir, fingerprint
@@ -156,8 +159,12 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
     check_out(out, the_plan.teacher, student)
     chosen = choose(device, backend)
     output = OutputDir(out, overwrite=overwrite, resume=resume)
-    engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device, arrays=chosen.arrays)
+    rotation, rotation_record = rotate(the_plan) if rotate is not None else (None, None)
+    engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device, arrays=chosen.arrays,
+                    rotation=rotation)
     record, extra = output_files(the_plan, student)
+    if rotation_record is not None:
+        record["rotation"] = rotation_record
     bar = None
     writing = False
     try:
@@ -189,6 +196,8 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
         log.info("resumed: kept %d completed shard(s): %s", len(resumed), ", ".join(sorted(resumed)))
     summary = _summary(out, the_plan, chosen, bytes_read=bytes_read, seconds=time.perf_counter() - start,
                        peak=memory.peak, replaced=list(output.replace), resumed=sorted(resumed))
+    if rotation is not None:
+        summary.rotation = {**rotation_record, "engine": rotation.stats()}
     log.debug("wrote %s", summary)
     return summary
 

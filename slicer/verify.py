@@ -9,7 +9,9 @@ the source's, as the torch backend does): a few rows of every tensor by default,
 every element with ``full=True``.
 
 Memory stays bounded whatever the tensor sizes: data is read with ``pread`` in blocks
-of at most ``chunk_bytes`` of teacher span and of student bytes. Problems are
+of at most ``chunk_bytes`` of teacher span and of student bytes (a rotated student's tensor,
+which is not a selection, is compared from the teacher rows it needs: the compared rows, or
+the whole teacher tensor where its first dimension is the hidden axis, or with ``full``). Problems are
 collected as one line each in the report; input that cannot be verified at all (no
 manifest, an unreadable teacher) raises :class:`SlicerError`. Nothing is printed.
 
@@ -53,6 +55,8 @@ class VerifyReport:
     tensors: int = 0  # tensors in the manifest
     dimensions_audited: int = 0  # tensor dimensions whose index set was recomposed from their axes
     tensors_compared: int = 0  # compared with the teacher's selection
+    tensors_rotated: int = 0  # of those, compared with teacher x rotation (allclose: not sub-tensors)
+    tolerance: str | None = None  # how rotated tensors are compared
     elements_compared: int = 0
     bytes_hashed: int = 0
     problems: list[str] = field(default_factory=list)  # one line each: "<file>: <what differs>"
@@ -82,11 +86,11 @@ def verify(out: str | Path, *, teacher: str | Path | None = None, full: bool = F
     report = VerifyReport(str(out), None if teacher is None else str(teacher), full,
                           tensors=len(manifest["tensors"]))
     ckpt = None
+    rotation = None
     if teacher is not None:  # before the long part
         if isinstance(manifest.get("rotation"), dict):  # written by --hidden rotate: values are not sub-tensors
-            raise SlicerError(f"{out}: a rotated student (--hidden rotate): its hidden-bound tensors are the teacher's "
-                              "multiplied by a rotation, not sub-tensors of it; comparing them with the teacher is not "
-                              "implemented yet (verify without --teacher checks its files and axes)")
+            rotation = _rotation(out, manifest["rotation"])
+            report.tolerance = ROTATED_TOLERANCE
         if revision is None and is_url(teacher):
             from .remote import recorded_revision
 
@@ -102,9 +106,105 @@ def verify(out: str | Path, *, teacher: str | Path | None = None, full: bool = F
                 stored = headers.get(rec["shard"], {}).get(name)
                 if stored is None:
                     continue  # already reported: missing shard or tensor
+                role = rotation["tensors"].get(name) if rotation is not None else None
+                if role is not None:
+                    _compare_rotated(name, rec, role, stored, ckpt, manifest["index_sets"], report, files,
+                                     None if full else rows_per_tensor, rotation["qk"])
+                    continue
                 _compare(name, rec, stored, ckpt, manifest["index_sets"], report, files,
                          None if full else rows_per_tensor, budget)
     return report
+
+
+# --------------------------------------------------------------------------- a rotated student
+
+ROTATED_TOLERANCE = ("rotated tensors (--hidden rotate) are not sub-tensors of the teacher: each is compared with "
+                     "the teacher's selection on its other axes times the rotation's kept columns (norm gains folded), "
+                     "computed in float64: |got - want| <= eps(dtype) |want| + 1e-4 max|want| (eps: 2^-7 BF16, "
+                     "2^-10 F16, 1e-5 F32); norm gains equal the manifest's per-site value cast")
+
+
+def _rotation(out: Path, record: dict) -> dict:
+    """The rotation a rotated student was written with: rotation.safetensors in OUT (--save-rotation),
+    checked against the sha256 the manifest records."""
+    import torch
+    from safetensors.torch import load_file
+
+    path = out / str(record.get("saved") or "rotation.safetensors")
+    if not path.is_file():
+        raise SlicerError(f"{out}: a rotated student (--hidden rotate) whose rotation was not saved: its tensors are "
+                          "the teacher's times the rotation, not sub-tensors, and the manifest records only its sha256; "
+                          "rerun the shrink with --save-rotation to compare values (verify without --teacher checks "
+                          "its files and axes)")
+    q = load_file(str(path)).get("rotation")
+    digest = hashlib.sha256(q.double().contiguous().numpy().tobytes()).hexdigest() if q is not None else None
+    if digest != record.get("sha256"):
+        raise SlicerError(f"{path}: tensor 'rotation' is not the rotation the manifest records (sha256 {digest} vs "
+                          f"{record.get('sha256')})")
+    k = int(record["student_hidden"])
+    return {"qk": q[:, :k].to(torch.float64), "tensors": record.get("tensors") or {}}
+
+
+def _compare_rotated(name: str, rec: dict, role: dict, stored: TensorInfo, ckpt: Checkpoint, sets: dict,
+                     report: VerifyReport, files: "_Files", rows: int | None, qk: "torch.Tensor") -> None:
+    """A rotated tensor against its definition: the teacher's tensor, its other dimensions selected by the
+    manifest's index sets, its hidden-bound dimensions multiplied by ``Qk`` (a reader's norm gain first)."""
+    import torch
+
+    where = f"{stored.path}: tensor {name!r}"
+    out_dtype = DTYPES[rec["dtype"]].torch_dtype
+    got_all = lambda: files.read(stored, 0, math.prod(stored.shape)).view(  # noqa: E731
+        DTYPES[rec["dtype"]].torch_dtype).view(tuple(stored.shape)).double()
+    report.tensors_compared += 1
+    report.tensors_rotated += 1
+    if role.get("role") == "norm":
+        got = got_all()
+        want = torch.as_tensor(role["value"], dtype=torch.float64).expand(got.shape).to(out_dtype).double()
+        report.elements_compared += got.numel()
+        if not torch.equal(got, want):
+            report.problems.append(f"{where}: a rotated norm gain, not the site's value {role['value']}")
+        return
+    if isinstance(rec.get("dequantize"), dict):
+        report.tensors_compared -= 1
+        report.tensors_rotated -= 1
+        return  # values dequantized then rotated: compared by the tests, not here
+    source = ckpt.tensors.get(rec["source"])
+    if source is None or list(source.shape) != rec["teacher_shape"]:
+        report.problems.append(f"{where}: its source {rec['source']!r} is not in the teacher {ckpt.path} as recorded")
+        return
+    dims = list(role["dims"])
+    teacher_dtype = DTYPES[source.dtype].torch_dtype
+    index = [list(range(source.shape[d])) if d in dims else manifest_indices(sets[key])
+             for d, key in enumerate(rec["index"])]
+    picked = None
+    if rows is not None and stored.shape and 0 not in dims:
+        picked = _spot_rows(name, stored.shape[0], rows)
+        index[0] = [index[0][r] for r in picked]
+    if 0 in dims or not source.shape:  # every teacher row takes part in every student row: read it whole
+        whole = files.read(source, 0, math.prod(source.shape)).view(teacher_dtype).view(tuple(source.shape))
+    else:  # only the rows compared
+        size = math.prod(source.shape[1:])
+        whole = torch.stack([files.read(source, r * size, size).view(teacher_dtype).view(tuple(source.shape[1:]))
+                             for r in index[0]])
+        index[0] = list(range(len(index[0])))
+    want = _select(whole.double(), index)
+    del whole
+    if role.get("gain"):
+        gain_info = ckpt.tensors[role["gain"]]
+        gain = files.read(gain_info, 0, gain_info.shape[0]).view(DTYPES[gain_info.dtype].torch_dtype).double()
+        want = want * gain
+    for d in dims:
+        want = torch.movedim(torch.movedim(want, d, -1) @ qk, -1, d)
+    got = got_all()
+    if picked is not None:
+        got = got[picked]
+    eps = {"BF16": 2.0 ** -7, "F16": 2.0 ** -10}.get(rec["dtype"], 1e-5)
+    report.elements_compared += got.numel()
+    bad = (got - want).abs() > eps * want.abs() + 1e-4 * float(want.abs().max() if want.numel() else 0)
+    if got.shape != want.shape or bool(bad.any()):
+        at = bad.nonzero()[0].tolist() if got.shape == want.shape else []
+        report.problems.append(f"{where}: differs from teacher tensor {rec['source']!r} times the rotation at {at} "
+                               f"(beyond the stated tolerance)")
 
 
 # --------------------------------------------------------------------------- manifest

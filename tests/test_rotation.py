@@ -41,10 +41,10 @@ OFFERED = {
 }
 
 
-def teacher(folder, family: str, seed: int = 0):
+def teacher(folder, family: str, seed: int = 0, **overrides):
     """A tiny random teacher whose norm gains are far from 1 (so folding them matters)."""
     config_class, arch, extra = OFFERED[family]
-    config = getattr(transformers, config_class)(**{**BASE, **extra}, architectures=[arch])
+    config = getattr(transformers, config_class)(**{**BASE, **extra, **overrides}, architectures=[arch])
     torch.manual_seed(seed)
     model = getattr(transformers, arch)(config)
     with torch.no_grad():
@@ -70,9 +70,30 @@ def load(folder):
     return model.eval()
 
 
-@pytest.mark.parametrize("family", list(OFFERED))
+def moe_teacher(folder, family: str, seed: int = 0):
+    """A tiny MoE / MLA teacher (tests/families_moe.py's configs), norm gains far from 1."""
+    from families_moe import FAMILIES as MOE
+
+    fam = MOE[family]
+    config = getattr(transformers, fam.config_class)(**fam.config)
+    torch.manual_seed(seed)
+    model = getattr(transformers, fam.config["architectures"][0])(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.rand_like(p) * 1.5 + 0.25)
+            else:
+                p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(folder)
+    return model.eval()
+
+
+MOE = ("qwen3_moe", "mixtral", "deepseek_v3")
+
+
+@pytest.mark.parametrize("family", [*OFFERED, *MOE])
 def test_full_width_rotation_reproduces_the_teachers_logits(tmp_path, family):
-    model = teacher(tmp_path / "t", family)
+    model = (moe_teacher if family in MOE else teacher)(tmp_path / "t", family)
     calib, _ = calibration(tmp_path / "calib.safetensors")
     summary = api.shrink(tmp_path / "t", tmp_path / "s", config_set={"hidden_size": 64}, hidden="rotate",
                          calibration=calib, samples=24, seq_len=16, device="cpu", save_rotation=True)
@@ -103,23 +124,75 @@ def norm_inputs(model, ids) -> dict[str, torch.Tensor]:
     return {s: torch.cat(v) for s, v in seen.items()}
 
 
-def test_half_width_student_is_the_rotated_teacher_gathered_consistently(tmp_path):
-    model = teacher(tmp_path / "t", "llama")
+def student_tensors(folder) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        if f.name != "rotation.safetensors":
+            out.update(load_file(str(f)))
+    return out
+
+
+def reference(t: dict[str, torch.Tensor], name: str, qk: torch.Tensor):
+    """The teacher's tensor in the rotated basis, written from the spec by name (an independent
+    reference): (values whose rows are the members of the other axis, "rows" or "cols").
+    Readers of a norm: W diag(g) Qk; the embedding: E Qk; writers: Qk^T W."""
+    w = t[name]
+    layer = name.rsplit(".mlp.", 1)[0].rsplit(".self_attn.", 1)[0]
+    gain = lambda site: t[f"{site}.weight"][:, None]  # noqa: E731
+    if name == "model.embed_tokens.weight":
+        return w @ qk, "rows"
+    if name == "lm_head.weight":
+        return w @ (gain("model.norm") * qk), "rows"
+    if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "q_a_proj.weight",
+                      "kv_a_proj_with_mqa.weight")):
+        return w @ (gain(layer + ".input_layernorm") * qk), "rows"
+    if name.endswith(("gate_proj.weight", "up_proj.weight", "mlp.gate.weight", "w1.weight", "w3.weight")):
+        return w @ (gain(layer + ".post_attention_layernorm") * qk), "rows"
+    if name.endswith(("o_proj.weight", "down_proj.weight", "w2.weight")):
+        return qk.T @ w, "cols"
+    raise AssertionError(f"no reference for {name}")
+
+
+def members(got: torch.Tensor, candidates: dict[str, tuple[torch.Tensor, str]]) -> list[tuple[str, int]]:
+    """Which teacher member each student row (or column) is, found from the values alone: the one
+    candidate row of the rotated teacher it equals (allclose), among every candidate tensor."""
+    out = []
+    for name, (ref, how) in candidates.items():
+        a, b = (got, ref) if how == "rows" else (got.T, ref.T)
+        out.append((name, a, b))
+    a = out[0][1]
+    labels = [(name, j) for name, _, b in out for j in range(b.shape[0])]
+    b = torch.cat([b for _, _, b in out])
+    close = ((a[:, None, :] - b[None]).abs() <= 1e-5 + 1e-4 * b[None].abs()).all(-1)  # allclose, row against row
+    found = []
+    for i in range(a.shape[0]):
+        hits = [labels[j] for j in close[i].nonzero().flatten().tolist()]
+        assert len(hits) == 1, (i, hits)
+        found.append(hits[0])
+    return found
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3_moe"])
+def test_half_width_rotated_student_is_consistent_by_value(tmp_path, family):
+    """Every student tensor is the rotated teacher (an independent reference), and every member
+    of every other axis (FFN neurons, heads, experts) sits at the same place in every tensor:
+    each student row/column is identified with a teacher member by its values alone."""
+    model = (moe_teacher if family in MOE else teacher)(tmp_path / "t", family)
     calib, ids = calibration(tmp_path / "calib.safetensors")
-    edits = {"hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2}
+    edits = {"hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
+             **({"moe_intermediate_size": 24, "num_experts": 4} if family in MOE else {"intermediate_size": 48})}
     api.shrink(tmp_path / "t", tmp_path / "s", config_set=edits, hidden="rotate", method="importance",
                attention="heads", calibration=calib, samples=24, seq_len=16, device="cpu", save_rotation=True)
     load(tmp_path / "s")
     d, k = 64, 32
-    # The rotation, recomputed: eigenvectors of the covariance of every norm input, each token
-    # scaled to unit rms (the default weighting), summed over sites.
-    xs = norm_inputs(model, ids)
-    unit = {s: x / x.pow(2).mean(1, keepdim=True).sqrt() for s, x in xs.items()}
-    cov = sum(x.T @ x for x in unit.values())
-    values, vectors = torch.linalg.eigh(cov)
-    ref = vectors[:, torch.argsort(values, descending=True)][:, :k]
     saved = load_file(str(tmp_path / "s" / "rotation.safetensors"))["rotation"]
     qk = saved[:, :k]
+    # The rotation, recomputed from plain transformers hooks: eigenvectors of the covariance of every
+    # norm input, each token scaled to unit rms (the default weighting), summed over sites.
+    xs = norm_inputs(model, ids)
+    unit = {s: x / x.pow(2).mean(1, keepdim=True).sqrt() for s, x in xs.items()}
+    values, vectors = torch.linalg.eigh(sum(x.T @ x for x in unit.values()))
+    ref = vectors[:, torch.argsort(values, descending=True)][:, :k]
     assert torch.allclose((qk.T @ ref).abs().diagonal(), torch.ones(k, dtype=torch.float64), atol=1e-6)
     manifest = json.loads((tmp_path / "s" / "slicer_manifest.json").read_text())
     rec = manifest["rotation"]
@@ -127,51 +200,49 @@ def test_half_width_student_is_the_rotated_teacher_gathered_consistently(tmp_pat
 
     assert rec["sha256"] == hashlib.sha256(saved.contiguous().numpy().tobytes()).hexdigest()
     assert rec["student_hidden"] == k and rec["teacher_hidden"] == d and rec["calibration"]["sha256"]
-    # Every tensor: the teacher rotated (gains folded), then gathered by the manifest's index sets.
-    t = {n: p.detach().double() for n, p in model.state_dict().items()}
-    out = load_file(str(next((tmp_path / "s").glob("*.safetensors")))) if not (
-        tmp_path / "s" / "model.safetensors.index.json").exists() else None
-    if out is None:
-        out = {}
-        for f in (tmp_path / "s").glob("model-*.safetensors"):
-            out.update(load_file(str(f)))
-    sets = manifest["index_sets"]
-    index = {n: [_indices(sets[key]) for key in r["index"]] for n, r in manifest["tensors"].items()}
-    gain = lambda site: t[f"{site}.weight"][:, None]  # noqa: E731
+    t = {n: v.double() for n, v in student_tensors(tmp_path / "t").items()}  # the teacher's files (per-expert names)
+    out = {n: v.double() for n, v in student_tensors(tmp_path / "s").items()}
+    who: dict[str, list] = {}
     for name, got in out.items():
-        if name == "model.embed_tokens.weight":
-            want = t[name] @ qk
-        elif name == "lm_head.weight":
-            want = t[name] @ (gain("model.norm") * qk)
-        elif name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")):
-            want = t[name] @ (gain(name.rsplit(".", 3)[0] + ".input_layernorm") * qk)
-        elif name.endswith(("gate_proj.weight", "up_proj.weight")):
-            want = t[name] @ (gain(name.rsplit(".", 3)[0] + ".post_attention_layernorm") * qk)
-        elif name.endswith(("o_proj.weight", "down_proj.weight")):
-            want = qk.T @ t[name]
-        elif name.endswith("norm.weight"):
-            site = name[: -len(".weight")]
-            x = xs[site]
+        if name.endswith("norm.weight"):
+            if "q_norm" in name or "k_norm" in name:  # per-head norms: not hidden-bound, kept as they are
+                assert torch.equal(got, t[name].to(got.dtype)), name
+                continue
+            x = xs[name[: -len(".weight")]]
             c = math.sqrt(d / k) * float(((x @ qk).norm(dim=1) / x.norm(dim=1)).mean())
-            want = torch.full((k,), c, dtype=torch.float64)
+            assert torch.allclose(got, torch.full((k,), c, dtype=torch.float64), rtol=1e-5), name
+            continue
+        if ".experts." in name:  # a student expert may be any teacher expert: search them all
+            stem = name.split(".experts.")[0] + ".experts."
+            leaf = name.split(".experts.")[1].split(".", 1)[1]
+            cands = {n: reference(t, n, qk) for n in t if n.startswith(stem) and n.endswith("." + leaf)}
         else:
-            raise AssertionError(f"unexpected student tensor {name}")
-        want = want[torch.meshgrid(*[torch.tensor(i) for i in index[name]], indexing="ij")] if want.dim() == 2 else \
-            want[torch.tensor(index[name][0])]
-        assert got.shape == want.shape, name
-        assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-6), (name, float((got.double() - want).abs().max()))
-    # The other axes stay consistent: one FFN set per layer, one head set shared by q/k/v and o.
+            cands = {name: reference(t, name, qk)}
+        who[name] = members(got, cands)
+        hidden = got.shape[1] if next(iter(cands.values()))[1] == "rows" else got.shape[0]
+        assert hidden == k, name
     for layer in range(2):
         p = f"model.layers.{layer}."
-        ffn = index[p + "mlp.gate_proj.weight"][0]
-        assert ffn == index[p + "mlp.up_proj.weight"][0] == index[p + "mlp.down_proj.weight"][1]
-        assert len(ffn) == 48 and ffn != list(range(48))  # importance chose them (not the first 48)
-        assert index[p + "self_attn.q_proj.weight"][0] == index[p + "self_attn.o_proj.weight"][1]
-        assert index[p + "self_attn.k_proj.weight"][0] == index[p + "self_attn.v_proj.weight"][0]
-        assert all(ix[1] == list(range(k)) for n, ix in index.items() if n.endswith(("q_proj.weight", "gate_proj.weight")))
-    # verify checks its files and axes; against the teacher it says why values cannot be compared.
+        # q rows and o columns: the same query rows; k and v rows: the same kv rows
+        assert [j for _, j in who[p + "self_attn.q_proj.weight"]] == [j for _, j in who[p + "self_attn.o_proj.weight"]]
+        assert [j for _, j in who[p + "self_attn.k_proj.weight"]] == [j for _, j in who[p + "self_attn.v_proj.weight"]]
+        q_rows = [j for _, j in who[p + "self_attn.q_proj.weight"]]
+        assert len(q_rows) == 4 * 8 and all(r % 8 == i % 8 for i, r in enumerate(q_rows))  # whole heads
+        if family in MOE:
+            router = [j for _, j in who[p + "mlp.gate.weight"]]  # the experts kept, in order
+            for e in range(4):
+                sets = {leaf: who[f"{p}mlp.experts.{e}.{leaf}.weight"] for leaf in ("gate_proj", "up_proj", "down_proj")}
+                teacher_expert = {int(n.split(".experts.")[1].split(".")[0]) for v in sets.values() for n, _ in v}
+                assert teacher_expert == {router[e]}, (e, teacher_expert, router)
+                assert [j for _, j in sets["gate_proj"]] == [j for _, j in sets["up_proj"]] == \
+                    [j for _, j in sets["down_proj"]]
+        else:
+            ffn = [j for _, j in who[p + "mlp.gate_proj.weight"]]
+            assert ffn == [j for _, j in who[p + "mlp.up_proj.weight"]] == [j for _, j in who[p + "mlp.down_proj.weight"]]
+            assert len(ffn) == 48 and ffn != list(range(48))  # importance chose them (not the first 48)
+    # verify checks its files and axes, and the values against teacher x rotation
     assert main(["verify", str(tmp_path / "s")]) == 0
-    assert main(["verify", str(tmp_path / "s"), "--teacher", str(tmp_path / "t")]) == 2
+    assert main(["verify", str(tmp_path / "s"), "--teacher", str(tmp_path / "t")]) == 0
 
 
 def _indices(entry: dict) -> list[int]:
@@ -198,3 +269,206 @@ def test_a_student_wider_than_the_teacher_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "between 1 and the teacher's 64" in err[0], err
     assert not (tmp_path / "s").exists()
+
+
+def test_multimodal_llava_full_width_rotation_reproduces_the_logits_with_an_image(tmp_path):
+    """Llava: the language model is rotated; the projector's last linear writes the LM's residual stream
+    (a writer: Qk^T W, its bias Qk^T b), the projector's own width and the vision tower are kept."""
+    from families_multimodal import FAMILIES as MM, _llava_inputs
+
+    fam = MM["llava"]
+    config = transformers.LlavaConfig(**{k: v for k, v in fam.config.items()})
+    torch.manual_seed(0)
+    model = transformers.LlavaForConditionalGeneration(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and "language_model" in name:
+                p.copy_(torch.rand_like(p) * 1.5 + 0.25)
+            else:
+                p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(tmp_path / "t")
+    model.eval()
+    calib, _ = calibration(tmp_path / "calib.safetensors")
+    api.shrink(tmp_path / "t", tmp_path / "s", config_set={"text_config.hidden_size": 64}, hidden="rotate",
+               calibration=calib, samples=24, seq_len=16, device="cpu", save_rotation=True)
+    student, info = transformers.LlavaForConditionalGeneration.from_pretrained(
+        str(tmp_path / "s"), dtype=torch.float32, output_loading_info=True)
+    assert not any(info.values()), info
+    manifest = json.loads((tmp_path / "s" / "slicer_manifest.json").read_text())
+    roles = manifest["rotation"]["tensors"]
+    projector = {n: r["role"] for n, r in roles.items() if "multi_modal_projector" in n}
+    assert projector == {"multi_modal_projector.linear_2.weight": "writer", "multi_modal_projector.linear_2.bias": "writer"}
+    assert not any("vision_tower" in n for n in roles)
+    inputs = _llava_inputs(fam.config)
+    with torch.no_grad():
+        want, got = model(**inputs).logits, student.eval()(**inputs).logits
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), float((got - want).abs().max())
+
+
+def test_rotation_composes_with_layer_selection(tmp_path):
+    """At full width a rotation is exact for any stack of the teacher's layers: the rotated student with
+    layers selected has the logits of the same layers selected without rotation."""
+    teacher(tmp_path / "t", "llama", num_hidden_layers=3)
+    calib, _ = calibration(tmp_path / "calib.safetensors")
+    edits = {"hidden_size": 64, "num_hidden_layers": 2}
+    api.shrink(tmp_path / "t", tmp_path / "plain", config_set=edits, layer_selection="uniform", device="cpu")
+    api.shrink(tmp_path / "t", tmp_path / "rot", config_set=edits, layer_selection="uniform", hidden="rotate",
+               calibration=calib, samples=24, seq_len=16, device="cpu")
+    maps = [json.loads((tmp_path / s / "slicer_manifest.json").read_text())["layer_maps"] for s in ("plain", "rot")]
+    assert maps[0] == maps[1] and list(maps[0].values()) == [[0, 2]], maps  # uniform: layer 1 of 3 left out
+    ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = load(tmp_path / "plain")(ids).logits, load(tmp_path / "rot")(ids).logits
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), float((got - want).abs().max())
+
+
+def test_an_interrupted_rotated_shrink_resumes_to_the_same_student(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from slicer.errors import Interrupted, SlicerError
+    from slicer.run import rotate
+
+    teacher(tmp_path / "t", "llama")
+    calib, _ = calibration(tmp_path / "calib.safetensors")
+    kw = dict(config_set={"hidden_size": 32, "intermediate_size": 64}, hidden="rotate", calibration=calib, samples=24,
+              seq_len=16, device="cpu", max_shard_size="30KB")
+    api.shrink(tmp_path / "t", tmp_path / "clean", **kw)
+    real, calls = rotate.apply, [0]
+
+    def dies(*a, **k):
+        calls[0] += 1
+        if calls[0] == 12:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(rotate, "apply", dies)
+    with pytest.raises(Interrupted):
+        api.shrink(tmp_path / "t", tmp_path / "s", **kw)
+    monkeypatch.setattr(rotate, "apply", real)
+    staging = next(p for p in (tmp_path / "s").iterdir() if p.is_dir())
+    kept = [p.name for p in staging.glob("model-*.safetensors")]
+    assert kept, list(staging.iterdir())
+    inodes = {n: os.stat(staging / n).st_ino for n in kept}
+    summary = api.shrink(tmp_path / "t", tmp_path / "s", resume=True, **kw)
+    assert sorted(summary.resumed) == sorted(kept)
+    assert {n: os.stat(tmp_path / "s" / n).st_ino for n in kept} == inodes  # moved into place, not rewritten
+    files = sorted(p.name for p in (tmp_path / "clean").glob("model-*.safetensors"))
+    assert len(files) > len(kept) and files == sorted(p.name for p in (tmp_path / "s").glob("model-*.safetensors"))
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert all(digest(tmp_path / "clean" / f) == digest(tmp_path / "s" / f) for f in files)
+    # A resume with another rotation (other calibration) is refused: its values would differ.
+    other, _ = calibration(tmp_path / "other.safetensors", rows=20)
+    again = api.shrink(tmp_path / "t", tmp_path / "s", resume=True, **kw)
+    assert again.unchanged
+    with pytest.raises(SlicerError, match="cannot resume: .* differs"):
+        api.shrink(tmp_path / "t", tmp_path / "s", resume=True, **{**kw, "calibration": other})
+
+
+def test_gemma3_post_norms_cannot_be_rotated_exactly(tmp_path, capsys):
+    """Why Gemma 3 is refused, shown on its own norm module: its post-attention / post-FFN norms scale the
+    *branch output* by ``1 + w`` after normalizing, in the teacher's basis. In a rotated student the same
+    module scales ``Q^T y`` by its own diagonal gain; ``Q diag(1 + w') Q^T = diag(1 + w)`` holds only where Q
+    maps each gain's eigenspace to itself: with distinct gains, only a signed permutation (a channel selection,
+    which --hidden select already does). For a real rotation the best diagonal gain (least squares, fitted on
+    the very outputs it is checked on) still misses by far; for a signed permutation it is exact."""
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+
+    d = 64
+    torch.manual_seed(0)
+    norm = Gemma3RMSNorm(d, eps=1e-6).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(d, dtype=torch.float64) * 1.5 - 0.5)  # 1 + w: distinct gains in 0.5..2
+    y = torch.randn(4096, d, dtype=torch.float64)
+
+    def best_miss(q: torch.Tensor) -> float:
+        with torch.no_grad():
+            want = norm(y) @ q  # the teacher's post-norm output, rotated into the student's basis
+        base = (y @ q) / (y @ q).pow(2).mean(1, keepdim=True).add(1e-6).sqrt()  # what the student's module normalizes
+        gain = (want * base).sum(0) / base.pow(2).sum(0)  # the least-squares 1 + w', per student channel
+        return float((base * gain - want).norm() / want.norm())
+
+    rotation, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))
+    permutation = torch.eye(d, dtype=torch.float64)[torch.randperm(d)] * torch.where(torch.rand(d) < 0.5, -1.0, 1.0).double()
+    assert best_miss(rotation) > 0.1  # no gain vector makes the rotated Gemma 3 block the teacher's
+    assert best_miss(permutation) < 1e-6  # a channel selection is exact (float32 inside the module), as --hidden select is
+    build(tmp_path / "t", FAMILIES["gemma3_text"], coded=False)  # and --hidden rotate says so in one line
+    capsys.readouterr()
+    assert main(["shrink", str(tmp_path / "t"), str(tmp_path / "s"), "--set=hidden_size=32", "--hidden", "rotate"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "post-attention and post-FFN norms" in err[0], err
+
+
+def test_a_quantized_teacher_is_refused_with_one_line(tmp_path, capsys):
+    from test_quantized import fp8_teacher
+
+    fp8_teacher(tmp_path / "t")
+    calib, _ = calibration(tmp_path / "calib.safetensors")
+    capsys.readouterr()
+    rc = main(["shrink", str(tmp_path / "t"), str(tmp_path / "s"), "--set=hidden_size=32", "--hidden", "rotate",
+               "--quantized", "dequantize", "--calibration", str(calib)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not offered for quantized teachers (fp8)" in err[0], err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("family", ["mixtral", "deepseek_v3"])
+def test_half_width_moe_and_mla_students_load_and_verify_against_teacher_times_rotation(tmp_path, family):
+    """The families' own half-width edits (tests/families_moe.py: hidden, heads, FFN, experts, MLA ranks,
+    depth), rotated: a stock checkpoint, and every tensor is the teacher's selection times the rotation
+    (verify --teacher --full, which recomputes each from the teacher in float64)."""
+    from families_moe import FAMILIES as MOE_FAMILIES
+
+    moe_teacher(tmp_path / "t", family)
+    calib, _ = calibration(tmp_path / "calib.safetensors")
+    method = "uniform" if family == "deepseek_v3" else "importance"  # importance scores no MLA nope-dims axis
+    api.shrink(tmp_path / "t", tmp_path / "s", config_set=dict(MOE_FAMILIES[family].edits), hidden="rotate",
+               method=method, calibration=calib, samples=24, seq_len=16, device="cpu", save_rotation=True)
+    load(tmp_path / "s")
+    from slicer.verify import verify
+
+    report = verify(tmp_path / "s", teacher=tmp_path / "t", full=True)
+    assert report.ok, report.problems
+    roles = json.loads((tmp_path / "s" / "slicer_manifest.json").read_text())["rotation"]["tensors"]
+    assert report.tensors_rotated == len(roles)
+    if family == "deepseek_v3":
+        assert report.tensors_compared > report.tensors_rotated  # q_b / kv_b, their norms: gathered, bit-exact
+        assert roles["model.layers.0.self_attn.q_a_proj.weight"]["site"] == "model.layers.0.input_layernorm"
+        assert roles["model.layers.0.self_attn.kv_a_proj_with_mqa.weight"]["role"] == "reader"
+        assert not any("q_a_layernorm" in n or "kv_a_layernorm" in n for n in roles)  # internal, not the hidden axis
+        assert roles["model.layers.1.mlp.shared_experts.down_proj.weight"]["role"] == "writer"
+    # A rotated value moved by 1% of the tensor's range is caught (beside the shard's sha256).
+    from slicer.io.checkpoint import Checkpoint
+
+    info = Checkpoint.open(tmp_path / "s").tensors["lm_head.weight"]
+    with open(info.path, "r+b") as f:
+        f.seek(info.offset)
+        row = torch.frombuffer(bytearray(f.read(4 * info.shape[1])), dtype=torch.float32)
+        row[3] += 0.01 * float(row.abs().max())
+        f.seek(info.offset)
+        f.write(row.numpy().tobytes())
+    problems = verify(tmp_path / "s", teacher=tmp_path / "t", full=True).problems
+    assert any("tensor 'lm_head.weight': differs from teacher tensor" in p and "times the rotation at [0, 3]" in p
+               for p in problems), problems
+
+
+def test_an_rmsnorm_as_wide_as_the_hidden_axis_that_is_not_the_residual_stream_is_no_site(tmp_path):
+    """DeepSeek-V3 with q_lora_rank == hidden_size: its q_a_layernorm passes the forward's RMSNorm test over
+    d channels, but the plan binds its gain to the q-LoRA axis: no site (not in the covariance, not rotated)."""
+    from families_moe import FAMILIES as MOE_FAMILIES
+
+    config = dict(MOE_FAMILIES["deepseek_v3"].config, q_lora_rank=64)
+    model = transformers.DeepseekV3ForCausalLM(transformers.DeepseekV3Config(**config))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.rand_like(p) * 1.5 + 0.25) if "norm" in name else p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(tmp_path / "t")
+    calib, _ = calibration(tmp_path / "calib.safetensors")
+    api.shrink(tmp_path / "t", tmp_path / "s", config_set={"hidden_size": 64}, hidden="rotate", calibration=calib,
+               samples=24, seq_len=16, device="cpu")
+    rec = json.loads((tmp_path / "s" / "slicer_manifest.json").read_text())["rotation"]
+    assert rec["sites"] == 2 * config["num_hidden_layers"] + 1 and not any("q_a_layernorm" in s for s in rec["site_gains"])
+    ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = model.eval()(ids).logits, load(tmp_path / "s")(ids).logits
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), float((got - want).abs().max())

@@ -516,6 +516,9 @@ def cmd_verify(args) -> int:
         if report.teacher is not None:
             how = "every element" if report.full else "sampled rows"
             checked += f", {report.tensors_compared} compared with the teacher ({how}: {report.elements_compared} elements)"
+            if report.tensors_rotated:
+                checked += (f"; {report.tensors_rotated} of them rotated (--hidden rotate): not sub-tensors, compared "
+                            "with teacher x rotation within a tolerance (--json: tolerance)")
         verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
         _out(f"verify {report.out}: {verdict}; checked {checked}")  # the result: stdout, as every command's
     return 0 if report.ok else 1

@@ -120,6 +120,14 @@ def format_summary(s) -> str:
         f"({s.gb_per_s:.2f} GB/s), peak memory {format_bytes(s.peak_memory_bytes)}, {s.backend} on {s.device}"
         + fetched
     )
+    rot = getattr(s, "rotation", None)
+    if rot and rot.get("engine"):  # --hidden rotate: the engine's products beside torch.matmul alone
+        e = rot["engine"]
+        alone = e.get("matmul_alone_gflop_per_s")
+        text += (f"\nhidden axis rotated {rot['teacher_hidden']} -> {rot['student_hidden']}: {e['gflop']:.1f} GFLOP of "
+                 f"torch.matmul in {e['matmul_seconds']:.2f} s ({e['gflop_per_s']:.1f} GFLOP/s; torch.matmul alone on "
+                 f"this machine: {alone if alone is not None else '?'} GFLOP/s); statistics "
+                 f"{rot['statistics_seconds']:.1f} s before the engine (not in the time above)")
     if getattr(s, "replaced", None):
         text += f"\nreplaced {len(s.replaced)} file{'s' * (len(s.replaced) != 1)} of OUT: {', '.join(s.replaced)}"
     return text

@@ -61,6 +61,8 @@ def fingerprint(record: dict) -> dict:
             "layout": layout, "shards": shards}
     if record.get("scores"):  # importance: other scores, other index sets
         keys["scores"] = record["scores"]
+    if record.get("rotation"):  # a rotated hidden axis (slicer.rotation): another rotation, other values
+        keys["rotation"] = {k: record["rotation"].get(k) for k in ("sha256", "student_hidden", "site_gains")}
     return json.loads(json.dumps(keys))  # a copy, in the form it takes on disk
 
 

@@ -8,12 +8,14 @@ them, multiplying every hidden-bound dimension by an orthogonal ``Q`` gives the 
 (the teacher's logits, exactly); keeping the first k columns of ``Q`` (the directions of most
 variance of the residual stream on calibration data) gives a student of hidden size k.
 
-- ``family`` (pure): which models are offered, and the role of each tensor (reader of
-  which norm site, writer, embedding, head);
-- ``transform`` (pure): one tensor's transform, and ``Q`` from the covariance;
+- ``family`` (pure): which models are offered, and why the others are refused;
+- ``observe``: the role of each module, seen on one short streamed forward of the teacher
+  (which norms are RMSNorms over the residual stream, which modules read each);
+- ``roles``: what the engine does to each student tensor (from the plan's bindings and what
+  was observed);
+- ``transform`` (pure): ``Q`` from the covariance;
 - ``statistics``: the covariance of the residual stream at every norm input, and the
   per-site gains, from the streamed calibration forward ``slicer score`` runs;
-- ``teacher``: write the rotated teacher (one tensor in memory at a time);
-- ``shrink``: the whole run: statistics, rotation, rotated teacher, selection of the
-  other axes by importance, manifest.
+- ``shrink``: the whole run: roles, statistics, rotation, then the engine (slicer.run.rotate
+  multiplies every hidden-bound dimension as it streams), manifest.
 """

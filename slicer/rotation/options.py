@@ -6,7 +6,8 @@ WEIGHTING_CHOICES = ("normalized", "raw")
 
 
 def add_arguments(parser) -> None:
-    group = parser.add_argument_group("rotated hidden axis (Llama, Mistral, Qwen2/3, Phi-3 teachers)")
+    group = parser.add_argument_group("rotated hidden axis (Llama, Mistral, Qwen2/3, Phi-3, Qwen3-MoE, Mixtral, DeepSeek-V3, "
+                                      "Llava teachers)")
     group.add_argument("--hidden", choices=HIDDEN_CHOICES, default="select",
                        help="select: the hidden axis keeps a subset of the teacher's channels (by --method); rotate: it "
                             "keeps the top principal components of the residual stream measured on the calibration "

@@ -7,6 +7,10 @@ in flight: ``depth`` buffers of ``chunk_bytes`` each, whatever the size of the m
 or of its largest tensor. Host memory is numpy throughout (see host_arrays.py), so the
 CPU path runs without importing torch. A gather may finish later (the GPU path):
 it then returns a :class:`Pending`, which the writer waits for before writing.
+
+A rotated hidden axis (slicer.run.rotate) runs here too, for it shares the reader, the writer
+thread and the chunk budget: its jobs are gathered with the hidden dimension whole and
+multiplied, slab by slab (which takes the module a little over 400 lines).
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from ..selection import IndexSet
 
 if TYPE_CHECKING:
     from ..io.writer import OutputDir, ShardWriter
+    from .rotate import Op, Rotation
 
 DEFAULT_CHUNK_BYTES = 32 << 20
 PIPELINE_DEPTH = 3
@@ -52,8 +57,9 @@ def wait_for(result: object) -> None:
 
 class Engine:
     def __init__(self, gather: Gather, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, depth: int = PIPELINE_DEPTH,
-                 device: str = "cpu", arrays: str = "torch"):
+                 device: str = "cpu", arrays: str = "torch", rotation: "Rotation | None" = None):
         self.gather = gather
+        self.rotation = rotation  # a rotated hidden axis (slicer.run.rotate): its jobs are multiplied, not gathered
         self.chunk_bytes = max(chunk_bytes, 16)  # a chunk holds at least one element of any dtype
         self.depth = depth
         self.device = device
@@ -121,6 +127,14 @@ class Engine:
         return plan.teacher.source.plan_reader(plan, skip_shards, self.chunk_bytes, whole_copies)
 
     def _run_job(self, job: TensorJob, reader: TeacherReader, writer: "_WriterThread", free: queue.Queue) -> int:
+        op = self.rotation.ops.get(job.name) if self.rotation is not None else None
+        if op is not None:
+            touched = 0
+            for part, values in self._rotated(job, op, reader):
+                touched += part
+                writer.submit(("bytes", values.reshape(-1).view(torch_dtype("U8")).numpy(), None))
+                stop.check()
+            return touched
         if job.is_copy:
             if reader.streams_copies:  # remote: the bytes come as buffers, not from a file descriptor
                 for block in reader.copy_blocks(job.source):
@@ -146,6 +160,16 @@ class Engine:
     def tensor(self, job: TensorJob, reader: TeacherReader):
         """One whole student tensor as a torch tensor on the engine's device (the streaming
         API's unit of work)."""
+        op = self.rotation.ops.get(job.name) if self.rotation is not None else None
+        if op is not None:
+            import torch
+
+            parts = [values for _, values in self._rotated(job, op, reader)]
+            return torch.cat([p.reshape(-1) for p in parts]).view(job.shape).to(self.device)
+        return self._gathered(job, reader)
+
+    def _gathered(self, job: TensorJob, reader: TeacherReader):
+        """``tensor``, gathered (never rotated)."""
         out_size = DTYPES[job.dtype].itemsize
         nbytes = math.prod(job.shape) * out_size
         if self.device == "cpu":  # host bytes, typed the backend's way chunk by chunk
@@ -167,6 +191,24 @@ class Engine:
         for _, _, result in self.select(job, reader, into_full):
             wait_for(result)
         return torch_view(raw, job.dtype).view(job.shape)
+
+    def _rotated(self, job: TensorJob, op: "Op", reader: TeacherReader):
+        """A rotated job's student values, slab by slab in output order, as host torch tensors:
+        (teacher bytes read, values)."""
+        import time
+
+        from . import rotate
+
+        dtype = rotate.out_dtype(job)
+        if op.kind == "fill":
+            yield 0, rotate.fill(op, job.shape, dtype)
+            return
+        start = time.perf_counter()
+        for part in rotate.slabs(rotate.whole(job, op, self.rotation.d), op, self.budget):
+            x = self._gathered(part, reader)
+            yield part.bytes_to_read, rotate.apply(self.rotation, op, x, self.device, dtype)
+            self.rotation.seconds += time.perf_counter() - start
+            start = time.perf_counter()
 
     def select(self, job: TensorJob, reader: TeacherReader,
                destination: Callable[[Chunk, bool], Any]) -> Iterator[tuple[Chunk, Any, object]]:
