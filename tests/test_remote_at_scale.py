@@ -215,19 +215,18 @@ def test_the_meter_probes_the_bandwidth_then_measures_what_a_request_costs():
     now = [0.0]
     meter = Meter(clock=lambda: now[0])
 
-    def requests(n: int, nbytes: int, seconds_each: float, busy_s: float = 0.008) -> None:
+    def requests(n: int, nbytes: int, seconds_each: float) -> None:
         for _ in range(n):
-            now[0] += seconds_each
             meter.delivered(nbytes)
-            meter.record(nbytes, busy_s)
+            now[0] += seconds_each
+            meter.record(nbytes)
 
-    # the probe: 8 requests of 512 kB, the first sent at t=0, done at 8 x 5.24 ms: 100 MB/s
-    for i in range(adaptive.PROBE_REQUESTS):
-        now[0] += (512 << 10) / 100e6
-        meter.delivered(512 << 10)
-        meter.record(512 << 10, now[0])  # taken at t=0
+    # the probe: 8 requests of 512 kB, the first byte at t=1 ms (the wait before it is no bandwidth),
+    # the last request done 8 x 5.24 ms later: 100 MB/s
+    now[0] = 0.001
+    requests(adaptive.PROBE_REQUESTS, 512 << 10, (512 << 10) / 100e6)
     assert meter.bytes_per_s == pytest.approx(100e6)
-    assert meter.measured() is None and meter.gap_worth_a_request() is None  # no cost yet
+    assert meter.request_s is None and not meter.probing()  # no cost measured yet (the assumed one stands in)
     # small requests, one every 0.5 ms: 0.5 ms each, of which 41 us are their 4 kB at 100 MB/s
     requests(1 + 300, 4096, 0.0005)
     assert meter.request_s == pytest.approx(0.0005 - 4096 / 100e6, rel=0.02)
@@ -250,26 +249,45 @@ def test_the_policy_keeps_the_budget_where_bandwidth_limits_and_bridges_where_re
     from slicer.remote import adaptive
     from slicer.remote.adaptive import AdaptivePolicy
 
-    class Fixed:  # a meter that has measured this much
-        def __init__(self, worth):
-            self.worth = worth
+    class Fixed:  # a meter: probing, or measured this much
+        def __init__(self, worth, probing=False):
+            self.worth, self.probe = worth, probing
+
+        def probing(self):
+            return self.probe
 
         def gap_worth_a_request(self):
             return self.worth
 
-    policy = AdaptivePolicy(Fixed(None), gap=64 << 10, overfetch=0.1)
-    runs = adaptive.PROBE_REQUESTS * adaptive.PROBE_REQUEST_BYTES // 4096
+    policy = AdaptivePolicy(Fixed(None, probing=True), gap=64 << 10, overfetch=0.1)
     # the probe first: every gap under 1 MB bridged, in requests of at most 512 kB
-    assert all(policy.limits(4096) == (adaptive.PROBE_GAP_BYTES, math.inf) for _ in range(runs))
+    assert all(policy.limits(4096) == (adaptive.PROBE_GAP_BYTES, math.inf) for _ in range(10))
     assert policy.max_bytes == adaptive.PROBE_REQUEST_BYTES
-    assert policy.limits(4096) == (64 << 10, 0.1) and policy.max_bytes is None  # not measured: the fixed rule
+    policy.meter = Fixed(None)  # the probe's answers not all in: the fixed rule
+    assert policy.limits(4096) == (64 << 10, 0.1) and policy.max_bytes is None
     for _ in range(100):
         policy.issued(8192)  # the fixed rule's requests here: 8 kB (two runs and their gap)
     policy.meter = Fixed(50_000)  # a request costs what 50 kB take: requests limit
     assert policy.limits(4096) == (50_000, math.inf)
     policy.meter = Fixed(6_000)  # cheaper than 8 kB of bytes: the bandwidth limits, the budget holds
     assert policy.limits(4096) == (64 << 10, 0.1)
-    assert policy.decisions == {"probe": runs, "unmeasured": 1, "budget": 1, "bridge": 1}
+    assert policy.decisions == {"probe": 10, "unmeasured": 1, "budget": 1, "bridge": 1}
+
+
+def test_the_meter_assumes_a_request_cost_until_it_has_measured_one():
+    from slicer.remote import adaptive
+    from slicer.remote.adaptive import Meter
+
+    now = [0.0]
+    meter = Meter(clock=lambda: now[0])
+    assert meter.probing() and meter.gap_worth_a_request() is None
+    for _ in range(adaptive.PROBE_REQUESTS):
+        meter.delivered(1 << 20)
+        now[0] += 0.01
+        meter.record(1 << 20)
+    assert not meter.probing() and meter.bytes_per_s == pytest.approx(100 * 2 ** 20)
+    assert meter.request_s is None
+    assert meter.gap_worth_a_request() == int(100 * 2 ** 20 * adaptive.ASSUMED_REQUEST_S)
 
 
 def test_coalesce_follows_the_policy_as_it_changes():

@@ -76,15 +76,14 @@ class Fetcher:
                 "rate_limit_waits": self.limits.waits, "rate_limit_wait_s": round(self.limits.waited_s, 3),
                 **self.meter.describe()}
 
-    def fill(self, file: RemoteFile, start: int, end: int, pieces: Pieces, began: float | None = None) -> None:
+    def fill(self, file: RemoteFile, start: int, end: int, pieces: Pieces, metered: bool = False) -> None:
         """Bytes ``start..end-1`` of ``file`` into ``pieces``: all of them, or an exception.
-        ``began``: when the caller began taking this request (monotonic), for the meter."""
+        ``metered``: the reader's requests, which the meter measures (not the headers' reads)."""
         if self.cache is not None and self.cache.fill(file, start, pieces):
             with self._lock:
                 self.from_cache += sum(n for dest, n in pieces.targets if dest is not None)
             return
 
-        metered = began is not None
 
         def counted(data) -> None:
             pieces.write(data)
@@ -95,17 +94,14 @@ class Fetcher:
                 self.meter.delivered(n)
 
         def attempt() -> None:
-            nonlocal began
             pieces.reset()
             with self._lock:
                 self.requests += 1
-            sent = began if began is not None else time.monotonic()
-            began = None  # a retry's time is its own
             self.source.read(file, start, end, counted)
             if pieces.filled != end - start:
                 raise Transient(f"the response ended after {pieces.filled} of {end - start} bytes")
-            if metered:  # the reader's requests, from taking it to its last byte (adaptive.Meter)
-                self.meter.record(end - start, time.monotonic() - sent)
+            if metered:
+                self.meter.record(end - start)
 
         self.call(f"{file.url}: bytes {start}-{end - 1}", attempt)
         if self.cache is not None:

@@ -133,14 +133,12 @@ class RemoteReader:
                 self._cond.notify_all()
 
     def _fetch_requests(self) -> None:
-        began = time.monotonic()  # a request's cost (adaptive.Meter) runs from here: taking it is part of it
         while True:
             with self._cond:
                 while not self._may_issue():
                     if self._stopped or self._error is not None or self._exhausted:
                         return
                     self._cond.wait(WAIT_S)
-                    began = time.monotonic()  # waiting for the engine to use what was fetched is not
                 try:
                     req = next(self._requests, None)
                 except BaseException as e:  # noqa: BLE001 - e.g. a bug in planning: shown in the engine
@@ -153,7 +151,8 @@ class RemoteReader:
                     return
                 targets = self._issue(req)
             try:
-                self.folder.fetcher.fill(self.folder.remote_file(req.file), req.start, req.end, Pieces(targets), began)
+                self.folder.fetcher.fill(self.folder.remote_file(req.file), req.start, req.end, Pieces(targets),
+                                         metered=True)
             except BaseException as e:  # noqa: BLE001 - re-raised in the engine's thread
                 with self._cond:
                     self._error = self._error or e
@@ -161,7 +160,6 @@ class RemoteReader:
                 return
             finally:
                 del targets  # views of span buffers: a waiting worker must not keep a used span alive
-            began = time.monotonic()  # handing this one over is part of the next one's cost
             with self._cond:
                 for span, _, _ in req.pieces:
                     if span is not None:
