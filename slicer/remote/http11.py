@@ -37,6 +37,10 @@ class Refused(HttpError):
     """Nothing listens there (the connection was refused)."""
 
 
+class Untrusted(HttpError):
+    """The server's TLS certificate failed verification: no retry can change that."""
+
+
 class Headers(dict):
     """Response headers, names lowercased; ``get`` takes any case. Repeated fields are joined with ", "."""
 
@@ -77,6 +81,9 @@ class Connection:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a request is one write; don't hold it back
             if scheme == "https":
                 sock = (tls or ssl.create_default_context()).wrap_socket(sock, server_hostname=host)
+        except ssl.SSLCertVerificationError as e:
+            sock.close()
+            raise Untrusted(f"the certificate of {host}:{port} is not trusted: {e.verify_message}") from e
         except OSError as e:
             sock.close()
             raise HttpError(f"TLS with {host}:{port} failed: {e}") from e

@@ -18,7 +18,7 @@ import base64
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..errors import SlicerError
-from .http11 import HttpError, Pool, Refused
+from .http11 import HttpError, Pool, Refused, Untrusted
 from .locations import Locations, RedirectError, same_origin
 from .ratelimit import rate_limited
 from .source import RemoteFile, Source, Transient, Write, check_range_response, join, status_error
@@ -116,6 +116,8 @@ class HttpSource(Source):
         headers = {**self._base_headers, **(self._auth if credentials else {}), **headers}
         try:
             return self._pool.request(method, url, headers)
+        except Untrusted as e:
+            raise SlicerError(f"{url}: {e}") from e
         except Refused as e:
             if is_literal_address(urlsplit(url).hostname):  # final: nothing to retry
                 raise SlicerError(f"{url}: connection refused (nothing listens there)") from e
