@@ -84,7 +84,6 @@ class Fetcher:
                 self.from_cache += sum(n for dest, n in pieces.targets if dest is not None)
             return
 
-
         def counted(data) -> None:
             pieces.write(data)
             n = memoryview(data).nbytes

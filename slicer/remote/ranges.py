@@ -112,10 +112,10 @@ def coalesce(spans: Iterable[Span], gap: int, max_bytes: int, overfetch: float =
     whatever the gaps: keeping every other 8 kB row would otherwise fetch twice the bytes).
     Gap bytes inside one span are written into that span's buffer (they are its unkept
     rows); gap bytes between spans are dropped. ``policy`` (``adaptive.AdaptivePolicy``), when
-    given, replaces ``gap`` and ``overfetch`` before each run (``policy.limits(run_bytes)``) with
-    what it has measured, and ``max_bytes`` with ``policy.max_bytes`` where that is set; it is told
-    of every request made (``policy.issued(nbytes)``). Bytes bridged without a budget (``overfetch`` infinite) are not
-    counted against a later finite one.
+    given, replaces ``gap`` and ``overfetch`` before each run (``policy.limits(run_bytes)``)
+    with what it has measured, and ``max_bytes`` with ``policy.max_bytes`` where that is set;
+    it is told of every request made (``policy.issued(nbytes)``). Bytes bridged without a
+    budget (``overfetch`` infinite) are not counted against a later finite one.
     """
     req: Request | None = None
     kept = bridged = 0
