@@ -45,7 +45,8 @@ class HttpSource(Source):
             parts = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
         self.url = urlunsplit(parts).rstrip("/")
         self.locations = Locations()
-        # One keep-alive connection per thread in flight (the pool holds the idle ones).
+        # One keep-alive connection per thread in flight (the pool keeps the idle ones, so it
+        # grows to ``requests`` connections by itself). No proxies, as with urllib3 before.
         self._pool = Pool(timeout_s)
 
     def list(self) -> None:
