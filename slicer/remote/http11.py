@@ -1,20 +1,25 @@
-"""A lean HTTP/1.1 client for plain range requests: keep-alive connections, one request at a time each.
+"""A keep-alive HTTP/1.1 client for plain range requests, on h11: one request at a time per connection.
+
+The protocol is h11's (the sans-IO HTTP/1.1 engine under httpx): it writes the requests and
+parses the answers (status line, headers, interim 1xx answers, bodies framed by
+Content-Length, chunked transfer coding or the connection's end, HEAD/204/304) and says
+whether a connection may carry another request. This module only moves bytes between h11
+and a socket, and keeps the idle connections.
 
 Why not urllib3 (which this replaced for ``http(s)://`` teachers): a remote run at the
 defaults makes one request per kept row where rows are small (tens of thousands for an
 8B teacher), and each cost ~390 us of client CPU through urllib3 (pool-key normalising,
-URL parsing, ``email``-module header parsing, socket timeouts set twice per request),
-~200 us through ``http.client``, ~60 us here (measured with 3,000 4 kB ranges on
-loopback; bench/RESULTS.md). Client CPU per request is what decides whether fetching
-only the kept rows can beat downloading everything (docs/remote.md).
+URL parsing, ``email``-module header parsing, socket timeouts set twice per request) and
+~150-200 us through ``http.client``; through h11 on a raw socket it is far less
+(``python bench/http_client.py``; bench/RESULTS.md). Client CPU per request is what decides
+whether fetching only the kept rows can beat downloading everything (docs/remote.md).
 
-What it speaks is plain HTTP/1.1 (RFC 9112): a request line and headers; a response's
-status line, headers and a body framed by Content-Length, chunked transfer coding, or
-the connection's end. Nothing else: no redirects (``locations.py`` follows them), no
-retries (the fetcher's), no content decoding (``Accept-Encoding: identity`` is sent),
-no proxies (as before). A connection is reused only after its response was read to the
-end; a reused connection that fails before any byte of an answer (the server closed
-it while idle) is replaced once at once, as browsers and urllib3 do for idempotent requests.
+Nothing beyond plain HTTP/1.1: no redirects (``locations.py`` follows them), no retries
+(the fetcher's), no content decoding (``Accept-Encoding: identity`` is sent), no proxies
+(as before). A connection is reused only after its answer was read to the end and h11
+says both sides may go on; a reused connection that fails before any byte of an answer
+(the server closed it while idle) is replaced once at once, as browsers and urllib3 do for
+idempotent requests.
 """
 from __future__ import annotations
 
@@ -25,8 +30,10 @@ from collections.abc import Iterator
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-MAX_LINE = 64 << 10  # a status or header line longer than this is not an HTTP server's
-MAX_HEADERS = 200
+import h11
+
+MAX_HEAD = 64 << 10  # a response head longer than this is not an HTTP server's
+RECV_BYTES = 64 << 10  # one recv: a small answer in one; more would be an mmap per call (glibc)
 
 
 class HttpError(Exception):
@@ -55,7 +62,7 @@ class Headers(dict):
 
 
 @lru_cache(maxsize=256)
-def _split(url: str) -> tuple[tuple[str, str, int], str, str]:
+def _split(url: str) -> tuple[tuple[str, str, int], bytes, bytes]:
     """(origin, request target, Host header) of an absolute http(s) URL."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -64,7 +71,11 @@ def _split(url: str) -> tuple[tuple[str, str, int], str, str]:
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     shown = f"[{host}]" if ":" in host else host
     host_header = shown if port == (443 if scheme == "https" else 80) else f"{shown}:{port}"
-    return (scheme, host, port), target, host_header
+    return (scheme, host, port), target.encode("latin-1"), host_header.encode("latin-1")
+
+
+class _Dropped(HttpError):
+    """The connection ended before the answer began: on a reused connection, the server had closed it."""
 
 
 class Connection:
@@ -88,122 +99,92 @@ class Connection:
             sock.close()
             raise HttpError(f"TLS with {host}:{port} failed: {e}") from e
         self.sock = sock
-        self.file = sock.makefile("rb", buffering=1 << 16)
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self.used = 0  # responses read on it
 
     def close(self) -> None:
-        try:
-            self.file.close()
-        finally:
-            self.sock.close()
+        self.sock.close()
 
-    def _line(self) -> bytes:
-        line = self.file.readline(MAX_LINE + 1)
-        if len(line) > MAX_LINE:
-            raise HttpError("a response line longer than 64 kB")
-        return line
-
-    def exchange(self, request: bytes, head: bool) -> "Response":
+    def exchange(self, request: h11.Request) -> "Response":
+        h = self.h11
         try:
-            self.sock.sendall(request)
-            line = self._line()
+            data = h.send(request) + h.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as e:  # a header value h11 will not send (say, a line break in it)
+            raise HttpError(f"cannot send the request: {e}") from e
+        answered = False  # any byte of the answer yet
+        try:
+            self.sock.sendall(data)
+            while True:
+                event = h.next_event()
+                if event is h11.NEED_DATA:
+                    data = self.sock.recv(RECV_BYTES)
+                    if not data and not answered:
+                        raise _Dropped("the server closed the connection before answering")
+                    answered = True
+                    h.receive_data(data)
+                elif type(event) is h11.Response:
+                    return Response(self, event)
+                elif type(event) is h11.ConnectionClosed:
+                    raise HttpError("the connection ended inside the response's head")
+                # else an interim answer (h11.InformationalResponse, e.g. 103 Early Hints): the real one follows
+        except h11.RemoteProtocolError as e:
+            raise HttpError(f"a malformed response (not HTTP/1.x?): {e}") from None
         except TimeoutError:
             raise
-        except OSError as e:  # reset or broken pipe before any byte of the answer
+        except OSError as e:  # reset or broken pipe
+            if answered:
+                raise
             raise _Dropped(f"the connection dropped before the answer: {e}") from e
-        while True:
-            if not line:
-                raise _Dropped("the server closed the connection before answering")
-            try:
-                version, status, reason = (line.decode("latin-1").rstrip("\r\n").split(" ", 2) + [""])[:3]
-                code = int(status)
-            except ValueError:
-                raise HttpError(f"not an HTTP status line: {line[:80]!r}") from None
-            if not version.startswith("HTTP/1."):
-                raise HttpError(f"not an HTTP/1.x response: {line[:80]!r}")
-            headers = Headers()
-            for _ in range(MAX_HEADERS + 1):
-                h = self._line()
-                if h in (b"\r\n", b"\n"):
-                    break
-                if not h:
-                    raise HttpError("the connection ended inside the response's headers")
-                name, sep, value = h.decode("latin-1").partition(":")
-                if not sep:
-                    raise HttpError(f"a malformed header line: {h[:80]!r}")
-                name, value = name.strip().lower(), value.strip()
-                headers[name] = f"{dict.get(headers, name)}, {value}" if name in headers else value
-            else:
-                raise HttpError(f"more than {MAX_HEADERS} response headers")
-            if 100 <= code < 200:  # an interim answer (e.g. 103 Early Hints): the real one follows
-                line = self._line()
-                continue
-            return Response(self, code, reason, headers, head, version == "HTTP/1.0")
-
-
-class _Dropped(HttpError):
-    """The connection ended before the answer began: on a reused connection, the server had closed it."""
 
 
 class Response:
-    def __init__(self, conn: Connection, status: int, reason: str, headers: Headers, head: bool, http10: bool):
+    def __init__(self, conn: Connection, event: h11.Response):
         self.conn: Connection | None = conn
-        self.status, self.reason, self.headers = status, reason, headers
-        tokens = {t.strip().lower() for t in (headers.get("Connection") or "").split(",")}
-        self._keep = "close" not in tokens and (not http10 or "keep-alive" in tokens)
-        self._chunked = "chunked" in (headers.get("Transfer-Encoding") or "").lower()
-        length = headers.get("Content-Length")
-        if head or status in (204, 304):
-            self._left: int | None = 0
-        elif self._chunked:
-            self._left = None
-        elif length is not None:
-            try:
-                self._left = int(length)
-            except ValueError:
-                raise HttpError(f"a malformed Content-Length: {length!r}") from None
-        else:  # framed by the connection's end: it cannot be reused
-            self._left, self._keep = None, False
-        self.done = self._left == 0 and not self._chunked
+        self.status = event.status_code
+        self.reason = event.reason.decode("latin-1")
+        headers = Headers()
+        for name, value in event.headers:  # h11 lowercases the names
+            key, text = name.decode("latin-1"), value.decode("latin-1")
+            headers[key] = f"{dict.get(headers, key)}, {text}" if key in headers else text
+        self.headers = headers
+        self.done = False  # the body read to its end
 
     def stream(self, block: int) -> Iterator[bytes]:
         """The body in blocks of at most ``block`` bytes; raises HttpError if it breaks off."""
-        f = self.conn.file
+        conn = self.conn
+        h, sock = conn.h11, conn.sock
         try:
-            if self._chunked:
-                yield from self._chunks(f, block)
-            elif self._left is None:  # until the connection closes
-                while data := f.read1(block):
-                    yield data
-            else:
-                while self._left:
-                    data = f.read1(min(block, self._left))
-                    if not data:
-                        raise HttpError(f"the connection ended with {self._left} bytes of the body unread")
-                    self._left -= len(data)
-                    yield data
+            while True:
+                event = h.next_event()
+                kind = type(event)
+                if event is h11.NEED_DATA:
+                    h.receive_data(sock.recv(RECV_BYTES))  # b"": the connection's end (h11 decides what it means)
+                elif kind is h11.Data:
+                    data = event.data
+                    if len(data) <= block:
+                        yield data
+                    else:
+                        view = memoryview(data)
+                        for i in range(0, len(data), block):
+                            yield view[i:i + block]
+                elif kind is h11.EndOfMessage:
+                    self.done = True
+                    return
+                else:  # ConnectionClosed
+                    raise HttpError("the connection ended inside the body")
+        except h11.RemoteProtocolError as e:  # truncated (the server closed early), a malformed chunk
+            raise HttpError(f"the body broke off: {e}") from None
         except OSError as e:  # timed out, reset
             raise HttpError(f"reading the body failed: {e}") from e
-        self.done = True
 
-    def _chunks(self, f, block: int) -> Iterator[bytes]:
-        while True:
-            size_line = self.conn._line()
-            try:
-                size = int(size_line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise HttpError(f"a malformed chunk size: {size_line[:40]!r}") from None
-            if size == 0:
-                while self.conn._line() not in (b"\r\n", b"\n", b""):  # trailers
-                    pass
-                return
-            while size:
-                data = f.read1(min(block, size))
-                if not data:
-                    raise HttpError("the connection ended inside a chunk")
-                size -= len(data)
-                yield data
-            f.readline(3)  # the chunk's CRLF
+    def finished(self) -> bool:
+        """Whether the body was read to its end; an empty body (HEAD, 204, 304, length 0) needs no reading."""
+        if not self.done and self.conn is not None:
+            try:  # h11 ends an empty body without more bytes; anything else means bytes were left unread
+                self.done = type(self.conn.h11.next_event()) is h11.EndOfMessage
+            except h11.ProtocolError:
+                pass
+        return self.done
 
 
 class Pool:
@@ -222,15 +203,19 @@ class Pool:
         origin, target, host = _split(url)
         if origin[0] not in ("http", "https"):
             raise HttpError(f"not an http(s) URL: {url}")
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
-        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        try:
+            request = h11.Request(method=method, target=target,
+                                  headers=[(b"Host", host), *((k.encode("latin-1"), v.encode("latin-1"))
+                                                              for k, v in headers.items())])
+        except (h11.LocalProtocolError, UnicodeEncodeError) as e:
+            raise HttpError(f"cannot send the request: {e}") from e
         conn = self._take(origin)
         reused = conn is not None
         for _ in range(2):
             if conn is None:
                 conn = self._open(origin)
             try:
-                return conn.exchange(request, head=method == "HEAD")
+                return conn.exchange(request)
             except _Dropped:
                 conn.close()
                 if not reused:
@@ -244,15 +229,20 @@ class Pool:
         raise AssertionError("unreachable")
 
     def release(self, resp: Response) -> None:
-        """Return the response's connection to the pool if its body was read to the end; else close it."""
-        conn, resp.conn = resp.conn, None
+        """Return the response's connection to the pool if its body was read to the end and h11
+        lets it carry another request; else close it."""
+        conn = resp.conn
         if conn is None:
             return
-        if resp.done and resp._keep:
+        done = resp.finished()
+        resp.conn = None
+        h = conn.h11
+        if done and h.our_state is h11.DONE and h.their_state is h11.DONE:
+            h.start_next_cycle()
             conn.used += 1
             with self._lock:
                 self._idle.setdefault(conn.origin, []).append(conn)
-        else:  # unread bytes would poison its next answer
+        else:  # unread bytes would poison its next answer; or "Connection: close", or framed by its end
             conn.close()
 
     def _take(self, origin) -> Connection | None:
