@@ -58,8 +58,9 @@ def stdlib_engine():
             host, port = url.split("/")[2].split(":")
             conn = local.conn = http.client.HTTPConnection(host, int(port), timeout=30)
             conns.append(conn)
-        conn.request("GET", "/" + url.split("/", 3)[3], headers={
-            "Range": f"bytes={start}-{start + RANGE_BYTES - 1}", "Accept-Encoding": "identity", "User-Agent": "weight-slicer"})
+        conn.request("GET", "/" + url.split("/", 3)[3],
+                     headers={"Range": f"bytes={start}-{start + RANGE_BYTES - 1}",
+                              "Accept-Encoding": "identity", "User-Agent": "weight-slicer"})
         r = conn.getresponse()
         body = r.read()
         assert r.status == 206 and len(body) == RANGE_BYTES, r.status

@@ -46,9 +46,10 @@ PROBE_REQUESTS = 8  # the run's first requests...
 PROBE_GAP_BYTES = 1 << 20  # ...bridge gaps up to this long...
 PROBE_REQUEST_BYTES = 512 << 10  # ...in requests of at most this many bytes (4 MB or so): they show the bandwidth
 # What a request is taken to cost until a window of small requests has measured it: about what one
-# costs on loopback with http11 on a quiet machine (bench/RESULTS.md). Where it makes the rule keep
-# the budget, the budget's small requests measure the real cost at once; where it bridges, requests
-# would cost at least this much more than their bytes take anyway.
+# cost on loopback on a quiet machine with http11's hand parser, before h11 (bench/RESULTS.md); through
+# h11 one costs more, so this errs toward keeping the budget. Where it makes the rule keep the budget,
+# the budget's small requests measure the real cost at once; where it bridges, requests would cost at
+# least this much more than their bytes take anyway.
 ASSUMED_REQUEST_S = 100e-6
 
 

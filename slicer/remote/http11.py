@@ -9,17 +9,22 @@ and a socket, and keeps the idle connections.
 Why not urllib3 (which this replaced for ``http(s)://`` teachers): a remote run at the
 defaults makes one request per kept row where rows are small (tens of thousands for an
 8B teacher), and each cost ~390 us of client CPU through urllib3 (pool-key normalising,
-URL parsing, ``email``-module header parsing, socket timeouts set twice per request) and
-~150-200 us through ``http.client``; through h11 on a raw socket it is far less
-(``python bench/http_client.py``; bench/RESULTS.md). Client CPU per request is what decides
-whether fetching only the kept rows can beat downloading everything (docs/remote.md).
+URL parsing, ``email``-module header parsing, socket timeouts set twice per request),
+~140-165 us through h11 here (3,000 4 kB ranges on loopback, ``python bench/http_client.py``;
+bench/RESULTS.md). Client CPU per request is what decides whether fetching only the kept rows
+can beat downloading everything (docs/remote.md). Why h11 and not ``http.client``: a pooled
+client on ``http.client`` measured the same CPU within noise, and ``http.client`` returns a 103
+as the answer, reports a short body through ``read1`` only as an early end and takes a
+non-numeric Content-Length for a body framed by the connection's end, so a client on it grows
+protocol code of its own around it again. (The hand parser h11 replaced cost ~50-60 us,
+but was a protocol implementation of slicer's own.)
 
 Nothing beyond plain HTTP/1.1: no redirects (``locations.py`` follows them), no retries
 (the fetcher's), no content decoding (``Accept-Encoding: identity`` is sent), no proxies
 (as before). A connection is reused only after its answer was read to the end and h11
-says both sides may go on; a reused connection that fails before any byte of an answer
-(the server closed it while idle) is replaced once at once, as browsers and urllib3 do for
-idempotent requests.
+says both sides may go on (never an HTTP/1.0 server's: h11's rule); a reused connection
+that fails before any byte of an answer (the server closed it while idle) is replaced once
+at once, as browsers and urllib3 do for idempotent requests.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from urllib.parse import urlsplit
 import h11
 
 MAX_HEAD = 64 << 10  # a response head longer than this is not an HTTP server's
-RECV_BYTES = 64 << 10  # one recv: a small answer in one; more would be an mmap per call (glibc)
+RECV_BYTES = 64 << 10  # one recv: a small answer's head and body at once
 
 
 class HttpError(Exception):

@@ -1,9 +1,9 @@
 """Plain HTTP(S) folders (mirrors, object stores behind a URL, the tests' server), through ``http11``.
 
-``http11.py`` is a lean keep-alive HTTP/1.1 client: a pool of connections shared by
+``http11.py`` is a keep-alive HTTP/1.1 client on h11: a pool of connections shared by
 the fetcher's threads, each streaming one ``Range`` request at a time, with direct
 access to the exact response headers (Content-Range, ETag) the checks below read. It
-replaced urllib3 here because a request through urllib3 cost ~6x the client CPU, and
+replaced urllib3 here because a request through urllib3 cost ~2.5x the client CPU, and
 requests per kept row are what a remote run makes most of (http11's docstring).
 Redirects are followed by ``locations.py``; retries are the fetcher's, for every
 source alike.
