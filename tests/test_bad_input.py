@@ -648,7 +648,6 @@ def test_score_checks_its_output_location_before_scoring(tmp_path, capfd, monkey
     ("https://127.0.0.1:99999/x/", "not a valid URL"),
 ])
 def test_bad_urls_are_one_line_without_retries(tmp_path, capfd, monkeypatch, url, expect):
-    pytest.importorskip("urllib3")
     import slicer.remote.fetch as fetch
 
     slept = []

@@ -208,31 +208,86 @@ def test_stated_waits_are_read_from_ratelimit_and_retry_after(headers, expect):
 
 # --------------------------------------------------------------------------- adaptive coalescing
 
-def test_the_meter_bridges_gaps_that_take_less_time_than_a_request():
-    from slicer.remote.adaptive import AdaptivePolicy, Meter
+def test_the_meter_probes_the_bandwidth_then_measures_what_a_request_costs():
+    from slicer.remote import adaptive
+    from slicer.remote.adaptive import Meter
 
     now = [0.0]
     meter = Meter(clock=lambda: now[0])
-    policy = AdaptivePolicy(meter, gap=64 << 10, overfetch=0.1)
 
-    def requests(n: int, nbytes: int, seconds_each: float, first_byte_s: float = 0.008, in_flight: int = 16) -> None:
+    def requests(n: int, nbytes: int, seconds_each: float) -> None:
         for _ in range(n):
+            meter.delivered(nbytes)
             now[0] += seconds_each
-            meter.record(nbytes, first_byte_s, in_flight)
+            meter.record(nbytes)
 
-    requests(1, 4096, 0.0)  # starts the clock
-    assert meter.gap_worth_a_request() is None and policy.limits() == (64 << 10, 0.1)  # not measured: the fixed rule
-    # small requests, 8 ms to the first byte with 16 in flight: 0.5 ms each (Little's law); 8 MB/s delivered
-    requests(1300, 4096, 0.0005)
-    assert meter.request_s == pytest.approx(0.0005)
-    assert meter.gap_worth_a_request() == pytest.approx(4096, rel=0.01)  # the bandwidth seen so far: 8 MB/s
-    requests(40, 8 << 20, (8 << 20) / 100e6)  # large ones at the link's 100 MB/s (after a mixed window, pure ones)
-    assert meter.bytes_per_s == pytest.approx(100e6, rel=0.01)
-    # one request costs 0.5 ms: as long as 50 kB take at 100 MB/s
-    assert meter.gap_worth_a_request() == pytest.approx(50_000, rel=0.01)
-    assert policy.limits() == (meter.gap_worth_a_request(), float("inf"))
-    requests(40, 8 << 20, (8 << 20) / 100e6, first_byte_s=0.64)  # a saturated link: first bytes wait for others'
-    assert meter.gap_worth_a_request() == pytest.approx(50_000, rel=0.01)  # that wait is bandwidth: not a request's cost
+    # the probe: 8 requests of 512 kB, the first byte at t=1 ms (the wait before it is no bandwidth),
+    # the last request done 8 x 5.24 ms later: 100 MB/s
+    now[0] = 0.001
+    requests(adaptive.PROBE_REQUESTS, 512 << 10, (512 << 10) / 100e6)
+    assert meter.bytes_per_s == pytest.approx(100e6)
+    assert meter.request_s is None and not meter.probing()  # no cost measured yet (the assumed one stands in)
+    # small requests, one every 0.5 ms: 0.5 ms each, of which 41 us are their 4 kB at 100 MB/s
+    requests(1 + 300, 4096, 0.0005)
+    assert meter.request_s == pytest.approx(0.0005 - 4096 / 100e6, rel=0.02)
+    assert meter.gap_worth_a_request() == pytest.approx(100e6 * (0.0005 - 4096 / 100e6), rel=0.02)  # ~46 kB
+    # large requests on a saturated link: their windows say nothing of a request's cost (after the
+    # window that mixes them with the small ones)
+    requests(20, 8 << 20, (8 << 20) / 100e6)
+    cost = meter.request_s
+    assert cost == pytest.approx(0.0005 - 4096 / 100e6, rel=0.05)
+    requests(60, 8 << 20, (8 << 20) / 100e6)
+    assert meter.bytes_per_s == pytest.approx(100e6, rel=0.01) and meter.request_s == cost
+    # requests that go as fast as their bytes: the link limits, no request cost is left
+    requests(2000, 64 << 10, (64 << 10) / 100e6)
+    assert meter.request_s < cost / 100
+
+
+def test_the_policy_keeps_the_budget_where_bandwidth_limits_and_bridges_where_requests_do():
+    import math
+
+    from slicer.remote import adaptive
+    from slicer.remote.adaptive import AdaptivePolicy
+
+    class Fixed:  # a meter: probing, or measured this much
+        def __init__(self, worth, probing=False):
+            self.worth, self.probe = worth, probing
+
+        def probing(self):
+            return self.probe
+
+        def gap_worth_a_request(self):
+            return self.worth
+
+    policy = AdaptivePolicy(Fixed(None, probing=True), gap=64 << 10, overfetch=0.1)
+    # the probe first: every gap under 1 MB bridged, in requests of at most 512 kB
+    assert all(policy.limits(4096) == (adaptive.PROBE_GAP_BYTES, math.inf) for _ in range(10))
+    assert policy.max_bytes == adaptive.PROBE_REQUEST_BYTES
+    policy.meter = Fixed(None)  # the probe's answers not all in: the fixed rule
+    assert policy.limits(4096) == (64 << 10, 0.1) and policy.max_bytes is None
+    for _ in range(100):
+        policy.issued(8192)  # the fixed rule's requests here: 8 kB (two runs and their gap)
+    policy.meter = Fixed(50_000)  # a request costs what 50 kB take: requests limit
+    assert policy.limits(4096) == (50_000, math.inf)
+    policy.meter = Fixed(6_000)  # cheaper than 8 kB of bytes: the bandwidth limits, the budget holds
+    assert policy.limits(4096) == (64 << 10, 0.1)
+    assert policy.decisions == {"probe": 10, "unmeasured": 1, "budget": 1, "bridge": 1}
+
+
+def test_the_meter_assumes_a_request_cost_until_it_has_measured_one():
+    from slicer.remote import adaptive
+    from slicer.remote.adaptive import Meter
+
+    now = [0.0]
+    meter = Meter(clock=lambda: now[0])
+    assert meter.probing() and meter.gap_worth_a_request() is None
+    for _ in range(adaptive.PROBE_REQUESTS):
+        meter.delivered(1 << 20)
+        now[0] += 0.01
+        meter.record(1 << 20)
+    assert not meter.probing() and meter.bytes_per_s == pytest.approx(100 * 2 ** 20)
+    assert meter.request_s is None
+    assert meter.gap_worth_a_request() == int(100 * 2 ** 20 * adaptive.ASSUMED_REQUEST_S)
 
 
 def test_coalesce_follows_the_policy_as_it_changes():
@@ -240,8 +295,10 @@ def test_coalesce_follows_the_policy_as_it_changes():
 
     class Switch:  # one request per run for the first 3 runs, then every gap bridged
         calls = 0
+        max_bytes = None
+        issued = staticmethod(lambda nbytes: None)
 
-        def limits(self):
+        def limits(self, run_bytes):
             self.calls += 1
             return (0, 0.0) if self.calls <= 3 else (1 << 20, float("inf"))
 

@@ -55,8 +55,11 @@ def make_source(url: str, options: RemoteOptions) -> tuple[Source | None, str | 
         raise SlicerError(f"{url}: --revision applies to hf:// teachers only")
     folder, name = split_target(url)
     if scheme in ("http", "https"):
-        from .http_source import HttpSource
-
+        try:
+            from .http_source import HttpSource
+        except ImportError as e:  # h11, the HTTP/1.1 engine, comes with [remote]
+            raise SlicerError(f"{url}: a teacher at this URL needs h11 ({e}); "
+                              "pip install 'weight-slicer[remote]'") from e
         return HttpSource(folder, requests=options.requests, timeout_s=options.timeout_s), name, None
     from .fsspec_source import FsspecSource
 

@@ -40,7 +40,6 @@ class Fetcher:
         self.from_cache = 0  # bytes served by the cache instead of the network
         self.limits = RateLimits()
         self.meter = Meter()  # request cost and bandwidth, for adaptive coalescing
-        self._in_flight = 0
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
         """``fn()``, retried with exponential backoff (and jitter) while it raises Transient;
@@ -77,38 +76,31 @@ class Fetcher:
                 "rate_limit_waits": self.limits.waits, "rate_limit_wait_s": round(self.limits.waited_s, 3),
                 **self.meter.describe()}
 
-    def fill(self, file: RemoteFile, start: int, end: int, pieces: Pieces) -> None:
-        """Bytes ``start..end-1`` of ``file`` into ``pieces``: all of them, or an exception."""
+    def fill(self, file: RemoteFile, start: int, end: int, pieces: Pieces, metered: bool = False) -> None:
+        """Bytes ``start..end-1`` of ``file`` into ``pieces``: all of them, or an exception.
+        ``metered``: the reader's requests, which the meter measures (not the headers' reads)."""
         if self.cache is not None and self.cache.fill(file, start, pieces):
             with self._lock:
                 self.from_cache += sum(n for dest, n in pieces.targets if dest is not None)
             return
 
-        first_byte: list[float] = []  # when this attempt's first bytes arrived (the meter's request cost)
-
         def counted(data) -> None:
-            if not first_byte:
-                first_byte.append(time.monotonic())
             pieces.write(data)
+            n = memoryview(data).nbytes
             with self._lock:
-                self.bytes_fetched += memoryview(data).nbytes
+                self.bytes_fetched += n
+            if metered:
+                self.meter.delivered(n)
 
         def attempt() -> None:
             pieces.reset()
-            first_byte.clear()
             with self._lock:
                 self.requests += 1
-                self._in_flight += 1
-                in_flight = self._in_flight
-            sent = time.monotonic()
-            try:
-                self.source.read(file, start, end, counted)
-            finally:
-                with self._lock:
-                    self._in_flight -= 1
+            self.source.read(file, start, end, counted)
             if pieces.filled != end - start:
                 raise Transient(f"the response ended after {pieces.filled} of {end - start} bytes")
-            self.meter.record(end - start, first_byte[0] - sent if first_byte else None, in_flight)
+            if metered:
+                self.meter.record(end - start)
 
         self.call(f"{file.url}: bytes {start}-{end - 1}", attempt)
         if self.cache is not None:

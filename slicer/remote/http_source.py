@@ -1,10 +1,12 @@
-"""Plain HTTP(S) folders (mirrors, object stores behind a URL, the tests' server), through urllib3.
+"""Plain HTTP(S) folders (mirrors, object stores behind a URL, the tests' server), through ``http11``.
 
-urllib3 because the job is a pool of keep-alive connections shared by a few threads,
-each streaming one ``Range`` request at a time: it is what requests and botocore are
-built on, it needs no event loop, and it gives direct control of timeouts, redirects
-and the exact response headers (Content-Range, ETag) the checks below read. Retries
-are not urllib3's: the fetcher retries every source the same way.
+``http11.py`` is a keep-alive HTTP/1.1 client on h11: a pool of connections shared by
+the fetcher's threads, each streaming one ``Range`` request at a time, with direct
+access to the exact response headers (Content-Range, ETag) the checks below read. It
+replaced urllib3 here because a request through urllib3 cost ~2.5x the client CPU, and
+requests per kept row are what a remote run makes most of (http11's docstring).
+Redirects are followed by ``locations.py``; retries are the fetcher's, for every
+source alike.
 
 An HTTP folder cannot be listed, so its files are found by name: the index or
 ``model.safetensors``, then the config, tokenizer and generation files Hugging Face
@@ -16,6 +18,7 @@ import base64
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..errors import SlicerError
+from .http11 import HttpError, Pool, Refused, Untrusted
 from .locations import Locations, RedirectError, same_origin
 from .ratelimit import rate_limited
 from .source import RemoteFile, Source, Transient, Write, check_range_response, join, status_error
@@ -33,11 +36,6 @@ class HttpSource(Source):
     side_files = SIDE_FILES
 
     def __init__(self, folder_url: str, *, requests: int, timeout_s: float):
-        try:
-            import urllib3
-        except ImportError as e:  # pragma: no cover - urllib3 comes with huggingface_hub, requests, botocore
-            raise SlicerError(f"an http(s):// teacher needs urllib3 ({e}); pip install 'weight-slicer[remote]'") from e
-        self._urllib3 = urllib3
         parts = urlsplit(folder_url)
         self._base_headers = {"Accept-Encoding": "identity", "User-Agent": "weight-slicer"}
         self._auth: dict[str, str] = {}
@@ -47,13 +45,9 @@ class HttpSource(Source):
             parts = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
         self.url = urlunsplit(parts).rstrip("/")
         self.locations = Locations()
-        self._pool = urllib3.PoolManager(
-            num_pools=4, maxsize=max(requests, 1),
-            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
-            # HEADs follow redirects (urllib3 drops Authorization on the way to another host); range
-            # requests follow them through self.locations. Every other retry is the fetcher's.
-            retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5, raise_on_redirect=True),
-        )
+        # One keep-alive connection per thread in flight (the pool keeps the idle ones, so it
+        # grows to ``requests`` connections by itself). No proxies, as with urllib3 before.
+        self._pool = Pool(timeout_s)
 
     def list(self) -> None:
         return None
@@ -62,7 +56,7 @@ class HttpSource(Source):
         url = join(self.url, name)
 
         def send(where: str, credentials: bool) -> _Response:
-            return _Response(self._request("HEAD", where, {}, credentials=credentials, redirect=False))
+            return _Response(self._pool, self._request("HEAD", where, {}, credentials=credentials))
 
         try:  # a redirect is followed here once, and the range requests go where it led (one resolve per file)
             resp = self.locations.open(name, url, send)
@@ -92,7 +86,7 @@ class HttpSource(Source):
                 h = dict(headers)
                 if strong and credentials:
                     h["If-Match"] = file.etag
-                resp = _Response(self._request("GET", url, h, credentials=credentials, redirect=False))
+                resp = _Response(self._pool, self._request("GET", url, h, credentials=credentials))
                 resp.redirected = url != file.url
                 return resp
 
@@ -101,7 +95,6 @@ class HttpSource(Source):
             except RedirectError as e:
                 raise SlicerError(f"{file.url}: {e}") from e
             r = resp.r
-            complete = False
             try:
                 if r.status not in (200, 206):
                     raise rate_limited(r.status, r.headers) or status_error(file.url, r.status, r.reason or "")
@@ -109,59 +102,43 @@ class HttpSource(Source):
                 got_end = check_range_response(file, start, end, r.status, r.headers,
                                                etag_checked=strong or resp.redirected)
                 try:
-                    for block in r.stream(STREAM_BYTES, decode_content=False):
+                    for block in r.stream(STREAM_BYTES):
                         write(block)
-                except (self._urllib3.exceptions.HTTPError, OSError) as e:  # dropped, truncated, timed out
+                except HttpError as e:  # dropped, truncated, timed out
                     raise Transient(f"the response broke off: {e}") from e
-                complete = True
                 start = got_end
             finally:
-                if not complete:  # unread bytes would poison the connection's next response
-                    r.close()
-                r.release_conn()
+                resp.close()  # back to the pool if read to the end, else closed
 
-    def _request(self, method: str, url: str, headers: dict, *, credentials: bool | None = None, redirect: bool = True):
-        # urllib3 sends a request's own headers instead of the pool's, so every request
-        # gets the common ones here, and the credentials only where they belong.
+    def _request(self, method: str, url: str, headers: dict, *, credentials: bool | None = None):
+        # Every request gets the common headers here, and the credentials only where they belong.
         if credentials is None:
             credentials = same_origin(url, self.url)
         headers = {**self._base_headers, **(self._auth if credentials else {}), **headers}
         try:
-            return self._pool.request(method, url, headers=headers, preload_content=False, decode_content=False,
-                                      redirect=redirect)
-        except self._urllib3.exceptions.MaxRetryError as e:
-            if isinstance(e.reason, self._urllib3.exceptions.ResponseError):  # too many redirects
-                raise SlicerError(f"{url}: {e.reason}") from e
-            if _refused(e.reason) and is_literal_address(urlsplit(url).hostname):  # final: nothing to retry
+            return self._pool.request(method, url, headers)
+        except Untrusted as e:
+            raise SlicerError(f"{url}: {e}") from e
+        except Refused as e:
+            if is_literal_address(urlsplit(url).hostname):  # final: nothing to retry
                 raise SlicerError(f"{url}: connection refused (nothing listens there)") from e
-            raise Transient(f"cannot connect: {e.reason}") from e
-        except (self._urllib3.exceptions.HTTPError, OSError) as e:
+            raise Transient(f"cannot connect: {e}") from e
+        except HttpError as e:
             raise Transient(f"request failed: {e}") from e
 
     def close(self) -> None:
-        self._pool.clear()
+        self._pool.close()
 
 
 class _Response:
-    """A urllib3 response as ``Locations.open`` sees it."""
+    """An http11 response as ``Locations.open`` sees it."""
 
-    def __init__(self, r):
+    def __init__(self, pool: Pool, r):
         self.r = r
         self.status = r.status
         self.headers = r.headers
         self.redirected = False
+        self._pool = pool
 
     def close(self) -> None:
-        self.r.close()
-        self.r.release_conn()
-
-
-def _refused(reason: object) -> bool:
-    """urllib3 wraps ConnectionRefusedError in NewConnectionError (its message, or its context)."""
-    seen = 0
-    while reason is not None and seen < 5:
-        if isinstance(reason, ConnectionRefusedError):
-            return True
-        reason = reason.__cause__ or reason.__context__
-        seen += 1
-    return False
+        self._pool.release(self.r)

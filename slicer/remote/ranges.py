@@ -112,14 +112,19 @@ def coalesce(spans: Iterable[Span], gap: int, max_bytes: int, overfetch: float =
     whatever the gaps: keeping every other 8 kB row would otherwise fetch twice the bytes).
     Gap bytes inside one span are written into that span's buffer (they are its unkept
     rows); gap bytes between spans are dropped. ``policy`` (``adaptive.AdaptivePolicy``), when
-    given, replaces ``gap`` and ``overfetch`` before each run with what it has measured.
+    given, replaces ``gap`` and ``overfetch`` before each run (``policy.limits(run_bytes)``)
+    with what it has measured, and ``max_bytes`` with ``policy.max_bytes`` where that is set;
+    it is told of every request made (``policy.issued(nbytes)``). Bytes bridged without a
+    budget (``overfetch`` infinite) are not counted against a later finite one.
     """
     req: Request | None = None
     kept = bridged = 0
+    default_max = max_bytes
     for span in spans:
         for rel, length in span.runs:
             if policy is not None:
-                gap, overfetch = policy.limits()
+                gap, overfetch = policy.limits(length)
+                max_bytes = policy.max_bytes or default_max
             start = span.offset + rel
             end = start + length
             kept += length
@@ -127,9 +132,11 @@ def coalesce(spans: Iterable[Span], gap: int, max_bytes: int, overfetch: float =
                 if req is not None and not (req.file == span.file and req.end <= start <= req.end + gap
                                             and start - req.start < max_bytes
                                             and bridged + (start - req.end) <= overfetch * kept):
+                    if policy is not None:
+                        policy.issued(req.nbytes)
                     yield req
                     req = None
-                if req is not None:
+                if req is not None and overfetch != math.inf:  # only a budget counts what it bridged
                     bridged += start - req.end
                 if req is None:
                     req = Request(span.file, start, start)
@@ -139,6 +146,8 @@ def coalesce(spans: Iterable[Span], gap: int, max_bytes: int, overfetch: float =
         # runs are never empty, so the open request now holds this span's last bytes
         req.seals.append(span)
     if req is not None:
+        if policy is not None:
+            policy.issued(req.nbytes)
         yield req
 
 

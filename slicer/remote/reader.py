@@ -151,7 +151,8 @@ class RemoteReader:
                     return
                 targets = self._issue(req)
             try:
-                self.folder.fetcher.fill(self.folder.remote_file(req.file), req.start, req.end, Pieces(targets))
+                self.folder.fetcher.fill(self.folder.remote_file(req.file), req.start, req.end, Pieces(targets),
+                                         metered=True)
             except BaseException as e:  # noqa: BLE001 - re-raised in the engine's thread
                 with self._cond:
                     self._error = self._error or e
