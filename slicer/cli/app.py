@@ -93,8 +93,12 @@ def _add_selection_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_calibration_args(group, calibration_help: str) -> None:
-    group.add_argument("--calibration", metavar="FILE", help=calibration_help + "; a text or JSONL file (tokenized with "
-                       "the teacher's tokenizer), a .safetensors file of input_ids or pixel_values, or a folder of images")
+    group.add_argument("--calibration", metavar="FILE", help=calibration_help + "; a text file, a JSONL file or a parquet "
+                       "file or folder (the [parquet] extra): texts are tokenized with the teacher's tokenizer, token ids "
+                       "taken as they are; a .safetensors file of input_ids or pixel_values; or a folder of images")
+    group.add_argument("--calibration-field", metavar="NAME",
+                       help="the JSONL field or parquet column to read (default: text, else input_ids); it may hold "
+                            "text, token ids or chat messages")
     group.add_argument("--samples", type=int, default=Request.samples, help=f"calibration rows (default {Request.samples})")
     group.add_argument("--seq-len", type=int, default=Request.seq_len,
                        help=f"tokens per calibration row (default {Request.seq_len})")
@@ -412,8 +416,19 @@ def _selection_kwargs(args) -> dict:
     return dict(template=args.template, student_config=args.student_config, config_set=_parse_set(args.config_set),
                 method=args.method, seed=args.seed, layer_selection=args.layer_selection, attention=args.attention,
                 exclude=args.exclude, dtype=args.dtype, max_shard_size=args.max_shard_size,
-                quantized=args.quantized, scores=args.scores, calibration=args.calibration, samples=args.samples,
+                quantized=args.quantized, scores=args.scores, calibration=_calibration(args), samples=args.samples,
                 seq_len=args.seq_len, route_cache=args.route_cache)
+
+
+def _calibration(args):
+    """--calibration FILE, with --calibration-field: the file and the field of its records to read."""
+    if args.calibration_field is None:
+        return args.calibration
+    if args.calibration is None:
+        raise SlicerError("--calibration-field names a field of the --calibration file: pass --calibration FILE too")
+    from ..importance.calibration import Source
+
+    return Source(args.calibration, args.calibration_field)
 
 
 def _parse_set(items: list[str], flag: str = "--set") -> dict:
@@ -489,7 +504,7 @@ def cmd_score(args) -> int:
     from ..importance import score_to_file
 
     _check_writable(args.output)  # before the scoring run, not after it
-    summary = score_to_file(args.teacher, args.output, calibration=args.calibration, samples=args.samples,
+    summary = score_to_file(args.teacher, args.output, calibration=_calibration(args), samples=args.samples,
                             seq_len=args.seq_len, device=args.device)
     if args.json:
         print(json.dumps(summary))

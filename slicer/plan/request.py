@@ -46,7 +46,7 @@ class Request:
     remote: Mapping | None = None  # RemoteOptions fields
     # -- importance: a scores file, or scoring on the fly
     scores: str | Path | None = None
-    calibration: str | Path | None = None
+    calibration: str | Path | None = None  # or importance.calibration.Source(path, field): a JSONL field, a parquet column
     samples: int = DEFAULT_SAMPLES
     seq_len: int = DEFAULT_SEQ_LEN
     device: str = "auto"  # scoring and gathering

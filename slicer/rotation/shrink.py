@@ -24,6 +24,7 @@ import torch
 
 from ..io.checkpoint import Checkpoint, is_url
 from ..errors import SlicerError
+from ..importance.calibration import warn_underdetermined
 from ..plan.request import Request
 from .family import check_offered
 from .observe import observe
@@ -97,9 +98,7 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
     start = time.perf_counter()  # the statistics: the observing forward and the two below (importance's scores apart)
     stats = collect(ckpt, seen.sites, calibration=calibration, samples=samples, seq_len=seq_len, device=device,
                     weighting=weighting, keep=k, gains=gains)
-    if stats.tokens < d:
-        log.warning("--hidden rotate: %d calibration tokens for a %d x %d covariance per site: the rotation is "
-                    "underdetermined; pass more text with --calibration / --samples", stats.tokens, d, d)
+    warn_underdetermined(stats.tokens, d, "--hidden rotate (per norm site)")
     q, variances = rotation(stats.covariance)
     kept = float(variances[:k].clamp(min=0).sum() / variances.clamp(min=0).sum())
     statistics_s = observed_s + time.perf_counter() - start
