@@ -202,16 +202,16 @@ def test_the_default_text_fills_the_default_batch(folder, caplog):
     assert got.describe()["source"] == "default" and got.describe()["tokens"] == 4096
 
 
-@pytest.mark.parametrize("tokens, dim, needle", [(4607, 576, "4,607 calibration tokens for a 576 x 576 covariance, "
-                                                                 "4,608 needed (8 per dimension)"),
+@pytest.mark.parametrize("tokens, dim, needle", [(2303, 576, "2,303 calibration tokens for a 576 x 576 covariance, "
+                                                                 "2,304 needed (4 per dimension)"),
                                                   (500, 576, "below 576 it is singular")])
 def test_an_underdetermined_covariance_is_one_warning_line(tokens, dim, needle, caplog):
-    assert calib.TOKENS_PER_DIMENSION == 8
+    assert calib.TOKENS_PER_DIMENSION == 4
     with caplog.at_level(logging.WARNING, logger="slicer"):
         assert warn_underdetermined(tokens, dim, "--hidden rotate")
     [record] = caplog.records
     assert needle in record.getMessage() and "\n" not in record.getMessage()
-    assert underdetermined(8 * dim, dim, "x") is None and not warn_underdetermined(8 * dim, dim, "x")
+    assert underdetermined(4 * dim, dim, "x") is None and not warn_underdetermined(4 * dim, dim, "x")
 
 
 def test_calibration_field_without_calibration_is_refused(tmp_path, capsys):

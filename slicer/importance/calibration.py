@@ -51,9 +51,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json", "spiece.model")
 TEXT_FIELD, IDS_FIELD = "text", "input_ids"  # what a JSONL record or a parquet table is read for, unless told
-# Tokens per dimension a d x d covariance needs before its top components stop moving: measured on
-# SmolLM2-135M's rotation (bench/calibration_tokens.py, bench/RESULTS.md).
-TOKENS_PER_DIMENSION = 8
+# Tokens per dimension a d x d covariance needs: SmolLM2-135M's rotated student (d = 576) improves
+# from 0.9 x d to 2.7 x d calibration tokens and no further at 10 x d (bench/calibration_tokens.py,
+# bench/RESULTS.md); 4 keeps a margin over that knee, and the default 4,096 tokens cover d <= 1,024.
+TOKENS_PER_DIMENSION = 4
 
 
 @dataclass(frozen=True)
