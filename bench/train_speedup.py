@@ -211,7 +211,9 @@ def plot(results: list[dict], path: Path, settings: str) -> bool:
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("held-out perplexity")
-    ax.set_title("SmolLM2-135M half-width students: " + settings, fontsize=8)
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap("SmolLM2-135M-Instruct half-width students: " + settings, 95)), fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
