@@ -27,7 +27,9 @@ from .members import hand_down
 from .scores import Scores, layer_key, teacher_files
 
 log = logging.getLogger("slicer")
-HIDDEN_FROM = ("residual", "inputs")  # hidden channels: the residual stream entering each layer, or linear inputs
+# hidden channels: the residual stream entering each layer, the linear inputs, or those inputs' L2 norm times the
+# reading weight's column norm, summed over every reader (Wanda's |W| ||x||, aggregated as a dependency group)
+HIDDEN_FROM = ("residual", "inputs", "weighted")
 STATISTIC = ("mean over calibration tokens of the L2 norm of each member's activations (hidden: the residual "
              "stream entering each layer; others: linear-layer inputs; derived axes summed into their leaves); "
              "experts: mean router-weighted output norm over their tokens (REAP); layers: 1 - mean cos(input, "
@@ -126,6 +128,8 @@ def run_forward(model, inputs: dict, device: torch.device, ckpt: Checkpoint) -> 
 def finish(table, sums: Sums, tokens: int) -> dict[str, torch.Tensor]:
     """Sums -> one vector per axis (leaves, the derived axes they came from, experts, layers)."""
     raw = {name: s / max(tokens, 1) for name, s in sums.norms.items()}
+    for name, s in sums.weighted_scores(tokens).items():
+        raw[name] = raw[name] + s if name in raw else s
     for axis, total in sums.expert_sum.items():
         count = sums.expert_count[axis]
         raw[axis] = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
