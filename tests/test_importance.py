@@ -162,7 +162,7 @@ def test_importance_keeps_every_axis_consistent_in_every_tensor(root, llama, cal
 
     family = FAMILIES["llama"]
     coded = build(root / "llama-coded", family, coded=True)
-    if hidden_from == "residual":
+    if hidden_from == "weighted":  # the default, through the CLI
         vectors = read_folder_scores(_score(llama, calibration, root / "twin.safetensors"))
     else:
         vectors = score_teacher(llama, calibration, hidden_from=hidden_from).scores.vectors
@@ -317,6 +317,33 @@ def test_weighted_hidden_scores_are_wandas_norms_summed_over_every_reader(root, 
         h.remove()
     assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-7), (got[:4], want[:4])
     assert sorted(torch.topk(got, 32).indices.tolist()) == sorted(HIDDEN)
+
+
+def test_weighted_query_heads_are_scored_by_their_outputs_energy(root, calibration):
+    """hidden_from="weighted": a query head's score is the L2 norm of its slice of the attention
+    output projection's input over all calibration tokens (per token), not the mean of per-token
+    norms; checked against that definition on the model in memory."""
+    from safetensors.torch import load_file
+    from slicer.importance.scoring import score_teacher
+
+    teacher = root / "planted"
+    if not (teacher / "config.json").exists():
+        _planted_llama(teacher)
+    vectors = score_teacher(teacher, calibration, hidden_from="weighted").scores.vectors
+    model = transformers.LlamaForCausalLM.from_pretrained(str(teacher), dtype=torch.float32).eval()
+    ids = load_file(str(calibration))["input_ids"]
+    seen = {}
+    handles = [block.self_attn.o_proj.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0]))
+               for i, block in enumerate(model.model.layers)]
+    with torch.no_grad():
+        model.model(ids)
+    for h in handles:
+        h.remove()
+    heads = model.config.num_attention_heads
+    for i, x in seen.items():
+        want = (x.reshape(-1, heads, x.shape[-1] // heads).double().pow(2).sum((0, 2)) / ids.numel()).sqrt()
+        got = vectors[f"model.layers.{i}.self_attn:q-heads"].double()
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-9), (i, got, want)
 
 
 def test_importance_keeps_the_planted_experts(root, calibration, tmp_path):

@@ -44,13 +44,15 @@ class Site:
     """One place an activation is read: how its last dimension splits into axis members."""
 
     groups: list[tuple[str, torch.Tensor, torch.Tensor, int, bool]]  # (axis, kept elements, members, t, one each)
-    weighted: frozenset[str] = frozenset()  # axes scored by weight column norm x activation L2 (hidden_from="weighted")
+    # hidden_from="weighted": axis -> scored by the reading weight's column norm x activation L2 (True), or by the
+    # activation L2 alone (False: a head's energy over all tokens)
+    weighted: dict[str, bool] = field(default_factory=dict)
 
     @classmethod
     def of(cls, table: AxisTable, layout: Layout, skip_kinds: frozenset[str] = frozenset(),
-           weighted_kinds: frozenset[str] = frozenset()) -> "Site | None":
+           weighted_kinds: dict[str, bool] | None = None) -> "Site | None":
         groups = []
-        weighted = set()
+        weighted = {}
         for name, members in element_members(table, layout).items():
             ax = table[name]
             if ax.kind == "flat" or ax.kind in skip_kinds:
@@ -58,9 +60,9 @@ class Site:
             kept = torch.nonzero(members >= 0).flatten()
             identity = len(kept) == len(members) == ax.t and bool((members == torch.arange(ax.t)).all())
             groups.append((name, kept, members[kept], ax.t, identity))
-            if ax.kind in weighted_kinds:
-                weighted.add(name)
-        return cls(groups, frozenset(weighted)) if groups else None
+            if weighted_kinds and ax.kind in weighted_kinds:
+                weighted[name] = weighted_kinds[ax.kind]
+        return cls(groups, weighted) if groups else None
 
 
 @dataclass
@@ -82,7 +84,7 @@ class Sums:
             chunk = x[start:start + TOKEN_CHUNK].float()
             for name, kept, members, t, identity in site.groups:
                 if name in site.weighted and module is not None:
-                    self._add_weighted(path, name, chunk, module, kept, members, t)
+                    self._add_weighted(path, name, chunk, module if site.weighted[name] else None, kept, members, t)
                     continue
                 if identity:
                     got = chunk.abs().sum(0)
@@ -96,15 +98,20 @@ class Sums:
     def _add_weighted(self, path: str, name: str, chunk: torch.Tensor, module, kept: torch.Tensor,
                       members: torch.Tensor, t: int) -> None:
         """Wanda's |W| * ||x|| per member, over every element it owns: the column norm of the
-        weight (how strongly the layer reads the member) and the sum of squares of its
-        activations; the square root is taken once all tokens are in (``weighted_scores``)."""
+        weight (how strongly the layer reads the member; 1 with no ``module``) and the sum of
+        squares of its activations; the square root is taken once all tokens are in
+        (``weighted_scores``)."""
         key = (path, name)
         dev = chunk.device
         sq = torch.zeros(t, dtype=torch.float64).index_add_(0, members, chunk[:, kept.to(dev)].pow(2).sum(0).double().cpu())
         if key not in self.weighted:
-            cols = module.weight.detach().float().pow(2).sum(1 - linear_input_dim(module))  # one per input element
-            norm = torch.zeros(t, dtype=torch.float64).index_add_(0, members, cols[kept.to(cols.device)].double().cpu())
-            self.weighted[key] = [norm.sqrt(), sq]
+            if module is None:
+                norm = torch.ones(t, dtype=torch.float64)
+            else:
+                cols = module.weight.detach().float().pow(2).sum(1 - linear_input_dim(module))  # one per input element
+                norm = torch.zeros(t, dtype=torch.float64).index_add_(0, members, cols[kept.to(cols.device)].double().cpu())
+                norm = norm.sqrt()
+            self.weighted[key] = [norm, sq]
         else:
             self.weighted[key][1] += sq
 
@@ -147,7 +154,9 @@ def find_sites(plan, view, *, hidden_from: str = "residual") -> Sites:
     table = plan.axes
     sites = Sites()
     skip = frozenset({"hidden"}) if hidden_from == "residual" else frozenset()
-    weighted = frozenset({"hidden"}) if hidden_from == "weighted" else frozenset()
+    # weighted: hidden channels by |W| ||x|| over every reader; query heads by their output's energy over all
+    # tokens (L2, not the mean of per-token norms: measured better on SmolLM2, bench/selection_quality.py)
+    weighted = {"hidden": True, "q-heads": False} if hidden_from == "weighted" else None
     by_module: dict[str, list] = {}
     for job in plan.jobs:
         owner = view.owner(job.source.name)
