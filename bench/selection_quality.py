@@ -148,9 +148,12 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/slicer-bench-rotation", type=Path)
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
     p.add_argument("--json", help="write the rows here")
+    p.add_argument("--kv-heads", type=int, default=3, help="the students' kv heads (slicer rows only below 3: "
+                   "Torch-Pruning cannot prune kv heads under GQA)")
     p.add_argument("--build", nargs=2, metavar=("ROW", "OUT"), help=argparse.SUPPRESS)  # the child's job
     args = p.parse_args()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    SHAPE["num_key_value_heads"] = args.kv_heads
     from rotation_quality import load, teacher_folder
 
     teacher = teacher_folder(args.workdir)
@@ -176,8 +179,9 @@ def main() -> None:
     row("teacher", load(teacher))
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     for name in args.rows.split(","):
-        out = args.workdir / f"select-{name}"
-        child = subprocess.run([sys.executable, __file__, "--workdir", str(args.workdir), "--build", name, str(out)],
+        out = args.workdir / f"select-{name}-kv{args.kv_heads}"
+        child = subprocess.run([sys.executable, __file__, "--workdir", str(args.workdir), "--kv-heads",
+                                str(args.kv_heads), "--build", name, str(out)],
                                env=env, check=True, capture_output=True, text=True)
         got = json.loads(child.stdout.strip().splitlines()[-1])
         row(name, load(out), got["seconds"], got["peak_rss_bytes"])
@@ -186,7 +190,7 @@ def main() -> None:
         setattr(config, k, v)
     torch.manual_seed(0)
     row("random init", transformers.AutoModelForCausalLM.from_config(config).eval())
-    print("\n| student (hidden 288, FFN 768, heads 6/3) | " + " | ".join(texts) + " | build s | peak MiB |")
+    print(f"\n| student (hidden 288, FFN 768, heads 6/{args.kv_heads}) | " + " | ".join(texts) + " | build s | peak MiB |")
     print("|---|" + "---|" * (len(texts) + 2))
     for r in rows:
         extra = f" {r['seconds']:.0f} | {r['peak_rss_bytes'] / 2**20:.0f} |" if r["seconds"] else " | |"
