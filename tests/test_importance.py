@@ -150,15 +150,22 @@ def test_importance_index_sets_are_sorted_and_of_the_students_size(llama, calibr
             assert ax["index"] == f"importance:{name}:{ax['t']}->{ax['s']}"
 
 
-def test_importance_keeps_every_axis_consistent_in_every_tensor(root, llama, calibration, tmp_path):
+@pytest.mark.parametrize("hidden_from", ["residual", "weighted"])
+def test_importance_keeps_every_axis_consistent_in_every_tensor(root, llama, calibration, tmp_path, hidden_from):
     """The consistency checker of the axes issue, with method importance, on a coded teacher
-    ranked by the scores of its random twin (imported as another tool's ranking would be)."""
+    ranked by the scores of its random twin (imported as another tool's ranking would be), for
+    each hidden statistic: the coded values prove every kept member sits at the same place in
+    every tensor."""
     from slicer.io.checkpoint import Checkpoint
     from slicer.importance.scores import Scores, save, teacher_files
+    from slicer.importance.scoring import score_teacher
 
     family = FAMILIES["llama"]
     coded = build(root / "llama-coded", family, coded=True)
-    vectors = read_folder_scores(_score(llama, calibration, root / "twin.safetensors"))
+    if hidden_from == "weighted":  # the default, through the CLI
+        vectors = read_folder_scores(_score(llama, calibration, root / "twin.safetensors"))
+    else:
+        vectors = score_teacher(llama, calibration, hidden_from=hidden_from).scores.vectors
     imported = tmp_path / "imported.safetensors"
     save(imported, Scores(vectors, {"teacher": teacher_files(Checkpoint.open(coded))}))
     out = tmp_path / "out"
@@ -276,9 +283,67 @@ def test_hidden_channels_scored_by_linear_inputs_find_the_planted_ones_too(root,
     teacher = root / "planted"  # written by the test above, or now
     if not (teacher / "config.json").exists():
         _planted_llama(teacher)
-    for hidden_from in ("inputs", "residual"):
+    for hidden_from in ("inputs", "residual", "weighted"):
         hidden = score_teacher(teacher, calibration, hidden_from=hidden_from).scores.vectors["hidden"]
         assert sorted(torch.topk(hidden, 32).indices.tolist()) == sorted(HIDDEN), hidden_from
+
+
+def test_weighted_hidden_scores_are_wandas_norms_summed_over_every_reader(root, calibration):
+    """hidden_from="weighted": a hidden channel's score is, summed over every linear that reads the
+    hidden axis (q, k, v, gate, up of every layer), the norm of the weight's column times the L2
+    norm of the channel's input over the calibration tokens (per token). Checked against that
+    definition computed on the whole model in memory with plain forward hooks."""
+    from safetensors.torch import load_file
+    from slicer.importance.scoring import score_teacher
+
+    teacher = root / "planted"
+    if not (teacher / "config.json").exists():
+        _planted_llama(teacher)
+    got = score_teacher(teacher, calibration, hidden_from="weighted").scores.vectors["hidden"]
+    model = transformers.LlamaForCausalLM.from_pretrained(str(teacher), dtype=torch.float32).eval()
+    ids = load_file(str(calibration))["input_ids"]
+    want = torch.zeros(64, dtype=torch.float64)
+    readers = [m for block in model.model.layers for m in (block.self_attn.q_proj, block.self_attn.k_proj,
+               block.self_attn.v_proj, block.mlp.gate_proj, block.mlp.up_proj)]
+
+    def add(module, args):
+        nonlocal want
+        x = args[0].reshape(-1, 64).double()
+        want = want + module.weight.double().norm(dim=0) * (x.pow(2).sum(0) / ids.numel()).sqrt()
+    handles = [m.register_forward_pre_hook(add) for m in readers]
+    with torch.no_grad():
+        model.model(ids)
+    for h in handles:
+        h.remove()
+    assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-7), (got[:4], want[:4])
+    assert sorted(torch.topk(got, 32).indices.tolist()) == sorted(HIDDEN)
+
+
+def test_weighted_query_heads_are_scored_by_their_outputs_energy(root, calibration):
+    """hidden_from="weighted": a query head's score is the L2 norm of its slice of the attention
+    output projection's input over all calibration tokens (per token), not the mean of per-token
+    norms; checked against that definition on the model in memory."""
+    from safetensors.torch import load_file
+    from slicer.importance.scoring import score_teacher
+
+    teacher = root / "planted"
+    if not (teacher / "config.json").exists():
+        _planted_llama(teacher)
+    vectors = score_teacher(teacher, calibration, hidden_from="weighted").scores.vectors
+    model = transformers.LlamaForCausalLM.from_pretrained(str(teacher), dtype=torch.float32).eval()
+    ids = load_file(str(calibration))["input_ids"]
+    seen = {}
+    handles = [block.self_attn.o_proj.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0]))
+               for i, block in enumerate(model.model.layers)]
+    with torch.no_grad():
+        model.model(ids)
+    for h in handles:
+        h.remove()
+    heads = model.config.num_attention_heads
+    for i, x in seen.items():
+        want = (x.reshape(-1, heads, x.shape[-1] // heads).double().pow(2).sum((0, 2)) / ids.numel()).sqrt()
+        got = vectors[f"model.layers.{i}.self_attn:q-heads"].double()
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-9), (i, got, want)
 
 
 def test_importance_keeps_the_planted_experts(root, calibration, tmp_path):

@@ -19,7 +19,10 @@ input activations. So, with no per-architecture code:
 
 A member's score is the mean over calibration tokens of the L2 norm of the activations it
 owns (one element: mean |x|; a head: the norm of its output), summed over every place that
-sees the axis. The probes are accelerate ``ModelHook``s placed before accelerate's offloading
+sees the axis. With ``hidden_from="weighted"`` (the default) two axes are scored otherwise:
+a hidden channel by Wanda's ``|W| ||x||`` (the reading weight's column norm times the L2
+norm of the channel's input over all tokens) summed over every linear that reads it, and a
+query head by the L2 norm of its output over all tokens. The probes are accelerate ``ModelHook``s placed before accelerate's offloading
 hooks, so they run while the module's weights are loaded.
 """
 from __future__ import annotations
@@ -44,10 +47,15 @@ class Site:
     """One place an activation is read: how its last dimension splits into axis members."""
 
     groups: list[tuple[str, torch.Tensor, torch.Tensor, int, bool]]  # (axis, kept elements, members, t, one each)
+    # hidden_from="weighted": axis -> scored by the reading weight's column norm x activation L2 (True), or by the
+    # activation L2 alone (False: a head's energy over all tokens)
+    weighted: dict[str, bool] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, table: AxisTable, layout: Layout, skip_kinds: frozenset[str] = frozenset()) -> "Site | None":
+    def of(cls, table: AxisTable, layout: Layout, skip_kinds: frozenset[str] = frozenset(),
+           weighted_kinds: dict[str, bool] | None = None) -> "Site | None":
         groups = []
+        weighted = {}
         for name, members in element_members(table, layout).items():
             ax = table[name]
             if ax.kind == "flat" or ax.kind in skip_kinds:
@@ -55,7 +63,9 @@ class Site:
             kept = torch.nonzero(members >= 0).flatten()
             identity = len(kept) == len(members) == ax.t and bool((members == torch.arange(ax.t)).all())
             groups.append((name, kept, members[kept], ax.t, identity))
-        return cls(groups) if groups else None
+            if weighted_kinds and ax.kind in weighted_kinds:
+                weighted[name] = weighted_kinds[ax.kind]
+        return cls(groups, weighted) if groups else None
 
 
 @dataclass
@@ -68,12 +78,17 @@ class Sums:
     cos_sum: dict[str, dict[int, float]] = field(default_factory=dict)  # layer list -> layer -> sum of cos
     cos_count: dict[str, dict[int, int]] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)  # sites that actually ran
+    # (site path, axis) -> [per-member weight column norm, per-member sum over tokens of x^2]
+    weighted: dict[tuple[str, str], list[torch.Tensor]] = field(default_factory=dict)
 
-    def add_norms(self, site: Site, x: torch.Tensor) -> None:
+    def add_norms(self, site: Site, x: torch.Tensor, module=None, path: str = "") -> None:
         x = x.detach().reshape(-1, x.shape[-1])
         for start in range(0, x.shape[0], TOKEN_CHUNK):
             chunk = x[start:start + TOKEN_CHUNK].float()
             for name, kept, members, t, identity in site.groups:
+                if name in site.weighted and module is not None:
+                    self._add_weighted(path, name, chunk, module if site.weighted[name] else None, kept, members, t)
+                    continue
                 if identity:
                     got = chunk.abs().sum(0)
                 else:
@@ -82,6 +97,34 @@ class Sums:
                     got = per.sqrt().sum(0)
                 got = got.double().cpu()
                 self.norms[name] = self.norms[name] + got if name in self.norms else got
+
+    def _add_weighted(self, path: str, name: str, chunk: torch.Tensor, module, kept: torch.Tensor,
+                      members: torch.Tensor, t: int) -> None:
+        """Wanda's |W| * ||x|| per member, over every element it owns: the column norm of the
+        weight (how strongly the layer reads the member; 1 with no ``module``) and the sum of
+        squares of its activations; the square root is taken once all tokens are in
+        (``weighted_scores``)."""
+        key = (path, name)
+        dev = chunk.device
+        sq = torch.zeros(t, dtype=torch.float64).index_add_(0, members, chunk[:, kept.to(dev)].pow(2).sum(0).double().cpu())
+        if key not in self.weighted:
+            if module is None:
+                norm = torch.ones(t, dtype=torch.float64)
+            else:
+                cols = module.weight.detach().float().pow(2).sum(1 - linear_input_dim(module))  # one per input element
+                norm = torch.zeros(t, dtype=torch.float64).index_add_(0, members, cols[kept.to(cols.device)].double().cpu())
+                norm = norm.sqrt()
+            self.weighted[key] = [norm, sq]
+        else:
+            self.weighted[key][1] += sq
+
+    def weighted_scores(self, tokens: int) -> dict[str, torch.Tensor]:
+        """Axis -> sum over the sites that read it of column norm x activation L2 (per token)."""
+        out: dict[str, torch.Tensor] = {}
+        for (_, name), (norm, sq) in self.weighted.items():
+            got = norm * (sq / max(tokens, 1)).sqrt()
+            out[name] = out[name] + got if name in out else got
+        return out
 
 
 def linear_input_dim(module) -> int | None:
@@ -114,6 +157,9 @@ def find_sites(plan, view, *, hidden_from: str = "residual") -> Sites:
     table = plan.axes
     sites = Sites()
     skip = frozenset({"hidden"}) if hidden_from == "residual" else frozenset()
+    # weighted: hidden channels by |W| ||x|| over every reader; query heads by their output's energy over all
+    # tokens (L2, not the mean of per-token norms: measured better on SmolLM2, bench/selection_quality.py)
+    weighted = {"hidden": True, "q-heads": False} if hidden_from == "weighted" else None
     by_module: dict[str, list] = {}
     for job in plan.jobs:
         owner = view.owner(job.source.name)
@@ -123,7 +169,7 @@ def find_sites(plan, view, *, hidden_from: str = "residual") -> Sites:
         by_module.setdefault(owner.module_path, []).append((job, owner))
         d = linear_input_dim(module)
         if d is not None and owner.key == f"{owner.module_path}.weight" and len(job.layouts) == 2:
-            site = Site.of(table, job.layouts[d], skip)
+            site = Site.of(table, job.layouts[d], skip, weighted)
             if site is not None:
                 sites.linears[owner.module_path] = site
         elif has_experts_interface(module) and len(job.layouts) >= 2:
@@ -234,12 +280,14 @@ def attach(model, view, sites: Sites, sums: Sums, *, hidden_from: str = "residua
 
     Probe = _probe_class()
     for path, site in sites.linears.items():
-        def read(module, args, kwargs, site=site, path=path):
+        def read(module, args, kwargs, output, site=site, path=path):
             x = args[0] if args else kwargs.get("input", kwargs.get("x"))
             if x is not None:
-                sums.add_norms(site, x)
+                sums.add_norms(site, x, module, path)
                 sums.seen.add(path)
-        add_hook_to_module(view.modules[path], Probe(before=read))
+        # read after the forward: a weighted site needs the module's weights, which the offloading
+        # hook (after this probe) loads in its pre_forward and drops in its post_forward
+        add_hook_to_module(view.modules[path], Probe(after=read))
     for path, axis in sites.experts.items():
         packed = {param: site for (p, param), site in sites.packed.items() if p == path}
         add_hook_to_module(view.modules[path], Probe(after=_expert_scorer(axis, packed, sums, path)))

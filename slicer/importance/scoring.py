@@ -27,9 +27,13 @@ from .members import hand_down
 from .scores import Scores, layer_key, teacher_files
 
 log = logging.getLogger("slicer")
-HIDDEN_FROM = ("residual", "inputs")  # hidden channels: the residual stream entering each layer, or linear inputs
-STATISTIC = ("mean over calibration tokens of the L2 norm of each member's activations (hidden: the residual "
-             "stream entering each layer; others: linear-layer inputs; derived axes summed into their leaves); "
+# hidden channels: the residual stream entering each layer, the linear inputs, or those inputs' L2 norm times the
+# reading weight's column norm, summed over every reader (Wanda's |W| ||x||, aggregated as a dependency group)
+HIDDEN_FROM = ("weighted", "residual", "inputs")
+STATISTIC = ("hidden channels: sum over every linear that reads them of the weight's column norm x the L2 norm "
+             "of the channel's input per calibration token (Wanda); query heads: the L2 norm of their output per "
+             "token; other axes: mean over calibration tokens of the L2 norm of each member's linear-layer inputs; "
+             "derived axes summed into their leaves; "
              "experts: mean router-weighted output norm over their tokens (REAP); layers: 1 - mean cos(input, "
              "output hidden states)")
 
@@ -55,12 +59,17 @@ def identity_plan(ckpt: Checkpoint):
 
 
 def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | None = None, *, samples: int = 32,
-                  seq_len: int = 128, device: str = "auto", hidden_from: str = "residual") -> ScoreRun:
+                  seq_len: int = 128, device: str = "auto", hidden_from: str = "weighted") -> ScoreRun:
     """Scores of every axis of ``teacher`` (one module's weights in memory at a time).
 
-    ``hidden_from``: hidden channels are scored by the residual stream entering every layer
-    (the default: it did a little better on both real teachers of bench/importance_quality.py)
-    or by the inputs of the linear layers that read the hidden axis (normed, as Minitron)."""
+    ``hidden_from``: ``weighted`` (the default): hidden channels by Wanda's |W| ||x|| summed
+    over every linear that reads them (all readers' input columns, as a dependency group
+    aggregates), query heads by the L2 norm of their output over all tokens; on SmolLM2 at half
+    width (heads 6/3) it cut perplexity from 8,408 / 8,148 to 5,428 / 4,328 on the two held-out
+    texts of bench/selection_quality.py. ``residual``: hidden channels by the residual stream
+    entering every layer (the statistic before), heads by the mean of per-token norms;
+    ``inputs``: by the (normed) inputs of the linear layers that read the hidden axis, as
+    Minitron. The metadata's ``statistic`` describes ``weighted``; ``hidden_from`` says which ran."""
     from ..hf.bindings.view import ModelView
     from .forward import CheckpointWeights, empty_model, import_accelerate, pick_device, stream
 
@@ -126,6 +135,8 @@ def run_forward(model, inputs: dict, device: torch.device, ckpt: Checkpoint) -> 
 def finish(table, sums: Sums, tokens: int) -> dict[str, torch.Tensor]:
     """Sums -> one vector per axis (leaves, the derived axes they came from, experts, layers)."""
     raw = {name: s / max(tokens, 1) for name, s in sums.norms.items()}
+    for name, s in sums.weighted_scores(tokens).items():
+        raw[name] = raw[name] + s if name in raw else s
     for axis, total in sums.expert_sum.items():
         count = sums.expert_count[axis]
         raw[axis] = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
