@@ -61,7 +61,7 @@ def students(teacher: Path, work: Path, edits: dict, scores: Path, methods=None,
              tag="") -> dict[str, Path]:
     out = {}
     for method in methods or METHODS:
-        folder = work / f"{tag}{method}{'' if HIDDEN_FROM == 'weighted' else '-' + HIDDEN_FROM}"
+        folder = work / f"{tag}{method}{'' if HIDDEN_FROM == 'residual' else '-' + HIDDEN_FROM}"
         t = time.perf_counter()
         if method == "magnitude":  # data-free scores, applied as an imported ranking
             from importance_magnitude import magnitude_file
@@ -78,14 +78,14 @@ def students(teacher: Path, work: Path, edits: dict, scores: Path, methods=None,
     return out
 
 
-HIDDEN_FROM = "weighted"  # --hidden-from: which activations score the hidden channels (see main)
+HIDDEN_FROM = "residual"  # --hidden-from: which activations score the hidden channels (see main)
 
 
 def score(teacher: Path, work: Path) -> Path:
-    path = work / ("scores.safetensors" if HIDDEN_FROM == "weighted" else f"scores-{HIDDEN_FROM}.safetensors")
+    path = work / ("scores.safetensors" if HIDDEN_FROM == "residual" else f"scores-{HIDDEN_FROM}.safetensors")
     if not path.exists():
         t = time.perf_counter()
-        if HIDDEN_FROM == "weighted":  # slicer's default
+        if HIDDEN_FROM == "residual":  # slicer's default
             slicer_cli("score", str(teacher), "-o", str(path), "--quiet")
         else:  # the alternative statistic, through the Python API
             from slicer.importance.scores import save
@@ -238,10 +238,10 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/slicer-bench-importance/bench", help="students and converted teachers go here")
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--methods", help=f"a subset of {','.join(METHODS)}")
-    p.add_argument("--hidden-from", choices=["weighted", "residual", "inputs"], default="weighted",
-                   help="score hidden channels by |W| ||x|| over every reader (slicer's default), by the residual "
-                        "stream entering each layer (the statistic before 2026-12-07) or by the (normed) inputs of "
-                        "the linear layers that read them")
+    p.add_argument("--hidden-from", choices=["weighted", "residual", "inputs"], default="residual",
+                   help="score hidden channels by the residual stream entering each layer (slicer's default), by "
+                        "|W| ||x|| over every reader (weighted) or by the (normed) inputs of the linear layers that "
+                        "read them")
     args = p.parse_args()
     global HIDDEN_FROM
     HIDDEN_FROM = args.hidden_from

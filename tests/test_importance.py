@@ -162,7 +162,7 @@ def test_importance_keeps_every_axis_consistent_in_every_tensor(root, llama, cal
 
     family = FAMILIES["llama"]
     coded = build(root / "llama-coded", family, coded=True)
-    if hidden_from == "weighted":  # the default, through the CLI
+    if hidden_from == "residual":  # the default, through the CLI
         vectors = read_folder_scores(_score(llama, calibration, root / "twin.safetensors"))
     else:
         vectors = score_teacher(llama, calibration, hidden_from=hidden_from).scores.vectors

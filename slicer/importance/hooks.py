@@ -19,7 +19,7 @@ input activations. So, with no per-architecture code:
 
 A member's score is the mean over calibration tokens of the L2 norm of the activations it
 owns (one element: mean |x|; a head: the norm of its output), summed over every place that
-sees the axis. With ``hidden_from="weighted"`` (the default) two axes are scored otherwise:
+sees the axis. With ``hidden_from="weighted"`` two axes are scored otherwise:
 a hidden channel by Wanda's ``|W| ||x||`` (the reading weight's column norm times the L2
 norm of the channel's input over all tokens) summed over every linear that reads it, and a
 query head by the L2 norm of its output over all tokens. The probes are accelerate ``ModelHook``s placed before accelerate's offloading

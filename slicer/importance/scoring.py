@@ -29,13 +29,19 @@ from .scores import Scores, layer_key, teacher_files
 log = logging.getLogger("slicer")
 # hidden channels: the residual stream entering each layer, the linear inputs, or those inputs' L2 norm times the
 # reading weight's column norm, summed over every reader (Wanda's |W| ||x||, aggregated as a dependency group)
-HIDDEN_FROM = ("weighted", "residual", "inputs")
-STATISTIC = ("hidden channels: sum over every linear that reads them of the weight's column norm x the L2 norm "
-             "of the channel's input per calibration token (Wanda); query heads: the L2 norm of their output per "
-             "token; other axes: mean over calibration tokens of the L2 norm of each member's linear-layer inputs; "
-             "derived axes summed into their leaves; "
-             "experts: mean router-weighted output norm over their tokens (REAP); layers: 1 - mean cos(input, "
-             "output hidden states)")
+HIDDEN_FROM = ("residual", "weighted", "inputs")
+_REST = ("experts: mean router-weighted output norm over their tokens (REAP); layers: 1 - mean cos(input, "
+         "output hidden states)")
+STATISTICS = {  # the scores file's metadata "statistic", per hidden_from
+    "residual": "mean over calibration tokens of the L2 norm of each member's activations (hidden: the residual "
+                "stream entering each layer; others: linear-layer inputs; derived axes summed into their leaves); " + _REST,
+    "inputs": "mean over calibration tokens of the L2 norm of each member's activations (hidden: the normed inputs "
+              "of the linears that read it; others: linear-layer inputs; derived axes summed into their leaves); " + _REST,
+    "weighted": "hidden channels: sum over every linear that reads them of the weight's column norm x the L2 norm "
+                "of the channel's input per calibration token (Wanda); query heads: the L2 norm of their output per "
+                "token; other axes: mean over calibration tokens of the L2 norm of each member's linear-layer inputs; "
+                "derived axes summed into their leaves; " + _REST,
+}
 
 
 @dataclass
@@ -59,17 +65,17 @@ def identity_plan(ckpt: Checkpoint):
 
 
 def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | None = None, *, samples: int = 32,
-                  seq_len: int = 128, device: str = "auto", hidden_from: str = "weighted") -> ScoreRun:
+                  seq_len: int = 128, device: str = "auto", hidden_from: str = "residual") -> ScoreRun:
     """Scores of every axis of ``teacher`` (one module's weights in memory at a time).
 
-    ``hidden_from``: ``weighted`` (the default): hidden channels by Wanda's |W| ||x|| summed
-    over every linear that reads them (all readers' input columns, as a dependency group
-    aggregates), query heads by the L2 norm of their output over all tokens; on SmolLM2 at half
-    width (heads 6/3) it cut perplexity from 8,408 / 8,148 to 5,428 / 4,328 on the two held-out
-    texts of bench/selection_quality.py. ``residual``: hidden channels by the residual stream
-    entering every layer (the statistic before), heads by the mean of per-token norms;
-    ``inputs``: by the (normed) inputs of the linear layers that read the hidden axis, as
-    Minitron. The metadata's ``statistic`` describes ``weighted``; ``hidden_from`` says which ran."""
+    ``hidden_from``: ``residual`` (the default): hidden channels by the residual stream entering
+    every layer, heads by the mean of per-token norms. ``weighted``: hidden channels by Wanda's
+    |W| ||x|| summed over every linear that reads them (all readers' input columns, as a
+    dependency group aggregates), query heads by the L2 norm of their output over all tokens:
+    on SmolLM2 at half width it is 3.6x better at heads 6/3 but 7.8x worse at heads 6/2
+    (bench/selection_quality.py, bench/RESULTS.md), so it is not the default. ``inputs``: by
+    the (normed) inputs of the linear layers that read the hidden axis, as Minitron. The
+    metadata's ``statistic`` describes the one that ran."""
     from ..hf.bindings.view import ModelView
     from .forward import CheckpointWeights, empty_model, import_accelerate, pick_device, stream
 
@@ -100,7 +106,7 @@ def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | No
     vectors = finish(plan.axes, sums, batch.tokens)
     if not vectors:
         raise SlicerError(f"{ckpt.path}: no activation reached a scored axis; is the calibration right for this teacher?")
-    metadata = {"teacher": teacher_files(ckpt), "calibration": batch.describe(), "statistic": STATISTIC,
+    metadata = {"teacher": teacher_files(ckpt), "calibration": batch.describe(), "statistic": STATISTICS[hidden_from],
                 "hidden_from": hidden_from, "slicer_version": __version__}
     seconds = time.perf_counter() - start
     log.debug("scored %d axes in %.1f s on %s", len(vectors), seconds, dev)
