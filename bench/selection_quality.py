@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -134,11 +133,6 @@ def torch_pruning(criterion: str, teacher: Path, out: Path) -> None:
     model.save_pretrained(str(out))
 
 
-def perplexity(model, ids: torch.Tensor) -> float:
-    with torch.no_grad():
-        return math.exp(float(model(ids, labels=ids).loss))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="/tmp/slicer-bench-rotation", type=Path)
@@ -150,7 +144,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     SHAPE["num_key_value_heads"] = args.kv_heads
-    from rotation_quality import load, teacher_folder
+    from rotation_quality import load, perplexity, teacher_folder
 
     teacher = teacher_folder(args.workdir)
     if args.build:

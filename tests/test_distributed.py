@@ -202,8 +202,25 @@ def _kill_client(server: RangeServer, handler) -> bool:
     return False
 
 
-def test_ray_worker_killed_mid_shard_is_retried_and_other_shards_are_not_fetched_again(
-        ray_cluster, remote_root, server, tmp_path):
+def _kill_at_first_row(server: RangeServer, once: bool) -> list:
+    """A fault that SIGKILLs the client asking for a tensor row (past the header) of a shard: the
+    first such request only (``once``), or every one. Returns the list of shards a kill landed on."""
+    headers = {p.name: 8 + int.from_bytes(p.read_bytes()[:8], "little") for p in server.teacher_dir.glob("*.safetensors")}
+    killed = []
+
+    def hook(target: Path, handler) -> None:
+        rng = handler.headers.get("Range", "")
+        start = int(rng.split("=")[1].split("-")[0]) if "=" in rng else 0
+        if not (once and killed) and start >= headers.get(target.name, 1 << 62) and _kill_client(server, handler):
+            killed.append(target.name)
+
+    server.faults.append(Fault("hook", match=".safetensors", times=-1, hook=hook, pass_handler=True))
+    return killed
+
+
+def _killed_worker_is_retried(remote_root, server, tmp_path, executor: str, options: dict) -> None:
+    """One worker SIGKILLed mid-shard: the retry gives the clean run's student, and only its own shard
+    is fetched again."""
     n = shard_count(remote_root)
     per_shard = []  # what each shard alone fetches (headers included), in one process
     for k in range(1, n + 1):
@@ -211,27 +228,24 @@ def test_ray_worker_killed_mid_shard_is_retried_and_other_shards_are_not_fetched
         shrink(server.teacher_url, tmp_path / f"s{k}", remote_root["template"], shards=[k])
         per_shard.append(server.stats.bytes_sent)
     server.stats.reset()
-    shrink(server.teacher_url, tmp_path / "clean", remote_root["template"], executor="ray")
+    shrink(server.teacher_url, tmp_path / "clean", remote_root["template"], executor=executor, executor_options=options)
     clean = server.stats.bytes_sent
 
-    headers = {p.name: 8 + int.from_bytes(p.read_bytes()[:8], "little") for p in server.teacher_dir.glob("*.safetensors")}
-    killed = []
-
-    def hook(target: Path, handler) -> None:
-        rng = handler.headers.get("Range", "")
-        start = int(rng.split("=")[1].split("-")[0]) if "=" in rng else 0
-        if not killed and start >= headers.get(target.name, 1 << 62) and _kill_client(server, handler):
-            killed.append(target.name)
-
-    server.faults.append(Fault("hook", match=".safetensors", times=-1, hook=hook, pass_handler=True))
+    killed = _kill_at_first_row(server, once=True)
     server.stats.reset()
     out = tmp_path / "out"
-    shrink(server.teacher_url, out, remote_root["template"], executor="ray", executor_options={"max_retries": 2})
+    shrink(server.teacher_url, out, remote_root["template"], executor=executor,
+           executor_options={**options, "max_retries": 2})
     assert killed, "no worker was killed"
     assert tree(out, manifest=True) == tree(tmp_path / "clean", manifest=True)
     extra = server.stats.bytes_sent - clean
     # The killed task fetched part of its shard twice; no other shard was fetched again.
     assert 0 < extra <= max(per_shard), (extra, per_shard)
+
+
+def test_ray_worker_killed_mid_shard_is_retried_and_other_shards_are_not_fetched_again(
+        ray_cluster, remote_root, server, tmp_path):
+    _killed_worker_is_retried(remote_root, server, tmp_path, "ray", {})
 
 
 def test_ray_resume_over_the_finished_student_fetches_headers_only(ray_cluster, remote_root, server, tmp_path):
@@ -338,49 +352,12 @@ def test_submitit_local_executor_runs_the_same_path(remote_root, tmp_path):
 def test_a_slurm_element_killed_mid_shard_is_resubmitted_and_other_shards_are_not_fetched_again(
         remote_root, server, tmp_path):
     pytest.importorskip("submitit")
-    options = {"cluster": "local", "timeout_min": 10}
-    n = shard_count(remote_root)
-    per_shard = []  # what each shard alone fetches (headers included), in one process
-    for k in range(1, n + 1):
-        server.stats.reset()
-        shrink(server.teacher_url, tmp_path / f"s{k}", remote_root["template"], shards=[k])
-        per_shard.append(server.stats.bytes_sent)
-    server.stats.reset()
-    shrink(server.teacher_url, tmp_path / "clean", remote_root["template"], executor="slurm", executor_options=options)
-    clean = server.stats.bytes_sent
-
-    headers = {p.name: 8 + int.from_bytes(p.read_bytes()[:8], "little") for p in server.teacher_dir.glob("*.safetensors")}
-    killed = []
-
-    def hook(target: Path, handler) -> None:
-        rng = handler.headers.get("Range", "")
-        start = int(rng.split("=")[1].split("-")[0]) if "=" in rng else 0
-        if not killed and start >= headers.get(target.name, 1 << 62) and _kill_client(server, handler):
-            killed.append(target.name)
-
-    server.faults.append(Fault("hook", match=".safetensors", times=-1, hook=hook, pass_handler=True))
-    server.stats.reset()
-    out = tmp_path / "out"
-    shrink(server.teacher_url, out, remote_root["template"], executor="slurm",
-           executor_options={**options, "max_retries": 2})
-    assert killed, "no element was killed"
-    assert tree(out, manifest=True) == tree(tmp_path / "clean", manifest=True)
-    extra = server.stats.bytes_sent - clean
-    # The killed element fetched part of its shard twice; no other shard was fetched again.
-    assert 0 < extra <= max(per_shard), (extra, per_shard)
+    _killed_worker_is_retried(remote_root, server, tmp_path, "slurm", {"cluster": "local", "timeout_min": 10})
 
 
 def test_a_slurm_element_that_keeps_dying_stops_the_run_after_its_retries(remote_root, server, tmp_path):
     pytest.importorskip("submitit")
-    headers = {p.name: 8 + int.from_bytes(p.read_bytes()[:8], "little") for p in server.teacher_dir.glob("*.safetensors")}
-
-    def hook(target: Path, handler) -> None:  # every element dies at its first row
-        rng = handler.headers.get("Range", "")
-        start = int(rng.split("=")[1].split("-")[0]) if "=" in rng else 0
-        if start >= headers.get(target.name, 1 << 62):
-            _kill_client(server, handler)
-
-    server.faults.append(Fault("hook", match=".safetensors", times=-1, hook=hook, pass_handler=True))
+    _kill_at_first_row(server, once=False)  # every element dies at its first row
     out = tmp_path / "out"
     with pytest.raises(SlicerError, match=r"after 1 retry; its log: .*--resume"):
         shrink(server.teacher_url, out, remote_root["template"], executor="slurm",

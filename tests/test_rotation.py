@@ -47,6 +47,11 @@ def teacher(folder, family: str, seed: int = 0, **overrides):
     config = getattr(transformers, config_class)(**{**BASE, **extra, **overrides}, architectures=[arch])
     torch.manual_seed(seed)
     model = getattr(transformers, arch)(config)
+    return _spread_and_save(model, folder)
+
+
+def _spread_and_save(model, folder):
+    """Norm gains far from 1 (so folding them matters), the other weights nudged; saved, in eval mode."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
@@ -78,14 +83,7 @@ def moe_teacher(folder, family: str, seed: int = 0):
     config = getattr(transformers, fam.config_class)(**fam.config)
     torch.manual_seed(seed)
     model = getattr(transformers, fam.config["architectures"][0])(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(torch.rand_like(p) * 1.5 + 0.25)
-            else:
-                p.add_(torch.randn_like(p) * 0.05)
-    model.save_pretrained(folder)
-    return model.eval()
+    return _spread_and_save(model, folder)
 
 
 MOE = ("qwen3_moe", "mixtral", "deepseek_v3")
