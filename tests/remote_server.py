@@ -109,6 +109,7 @@ class Stats:
     cdn_requests: int = 0  # requests to signed CDN URLs (hub mode's /cdn/, redirect_weights' /signed/)
     refused: int = 0  # hub mode: CDN requests refused (expired or badly signed URLs), 403
     rate_limited: int = 0  # hub mode: resolves answered 429 by the resolver window
+    proxied: list = field(default_factory=list)  # paths of requests in absolute form (sent to it as a proxy)
     resolved: list = field(default_factory=list)  # the path of every resolve
     authorized: list = field(default_factory=list)  # paths of requests that carried an Authorization header
     by_path: dict = field(default_factory=dict)
@@ -123,7 +124,7 @@ class Stats:
         with self.lock:
             self.bytes_sent = self.requests = self.ranged_requests = 0
             self.resolves = self.refused = self.rate_limited = self.cdn_requests = 0
-            self.by_path, self.authorized, self.resolved = {}, [], []
+            self.by_path, self.authorized, self.resolved, self.proxied = {}, [], [], []
 
 
 def etag_of(path: Path) -> str:
@@ -279,6 +280,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             st.stats.requests += 1
             if self.headers.get("Authorization") is not None:
                 st.stats.authorized.append(self.path)
+            if self.path.startswith(("http://", "https://")):  # a client that takes this server for its proxy
+                st.stats.proxied.append(self.path)
         path = unquote(urlsplit(self.path).path)
         if path == "/__stats":  # for benchmarks in another process: counters, then reset
             with st.stats.lock:

@@ -69,6 +69,52 @@ def test_http_redirecting_teacher_is_resolved_once_per_file(remote_root, server,
     assert server.stats.cdn_requests > 10 * len(per_file)
 
 
+def test_hf_cdn_ranges_go_through_http11_and_only_the_resolves_through_huggingface_hub(remote_root, hub_at, tmp_path,
+                                                                                     monkeypatch):
+    from huggingface_hub.utils import get_session
+
+    from slicer.remote import http11
+
+    session, sent = get_session(), []
+    real_send = session.send
+    monkeypatch.setattr(session, "send", lambda req, **kw: sent.append(str(req.url)) or real_send(req, **kw))
+    opened = []
+    real_open = http11.Pool._open
+    monkeypatch.setattr(http11.Pool, "_open", lambda self, origin: opened.append(origin) or real_open(self, origin))
+    with RangeServer(hub={"org/m": Repo(remote_root["teacher"])}) as srv:
+        hub_at(srv)
+        summary = _shrink("hf://org/m", tmp_path / "out", remote_root["template"])
+        assert tree(tmp_path / "out") == remote_root["local_tree"]
+        assert sent and not [u for u in sent if "/cdn/" in u]  # the Hub's calls only: model info, resolves
+        assert sum("/resolve/" in u for u in sent) == srv.stats.resolves == summary.network["resolves"]
+        assert srv.stats.cdn_requests > 10 * len(_shards(remote_root)) and not srv.stats.proxied
+        assert 1 <= len(opened) <= FAST.get("requests", 16)  # kept alive: a connection per thread at most
+
+
+def test_hf_cdn_ranges_through_a_proxy_stay_on_huggingface_hubs_session(remote_root, hub_at, tmp_path, monkeypatch):
+    from huggingface_hub.utils import close_session
+
+    from slicer.remote.hub_source import proxied
+
+    with RangeServer(hub={"org/m": Repo(remote_root["teacher"])}) as srv:
+        hub_at(srv)
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", srv.url)  # the stand-in takes absolute-form requests: it is its own proxy
+        close_session()  # huggingface_hub's httpx client reads the environment when it is made
+        try:
+            assert proxied(srv.url + "/cdn/x") and not proxied("https://cdn-lfs.hf.co/x")
+            monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+            assert not proxied(srv.url + "/cdn/x")
+            monkeypatch.delenv("NO_PROXY")
+            _shrink("hf://org/m", tmp_path / "out", remote_root["template"])
+            assert tree(tmp_path / "out") == remote_root["local_tree"]
+            through_proxy = [p for p in srv.stats.proxied if "/cdn/" in p]
+            assert srv.stats.cdn_requests > 0 and len(through_proxy) == srv.stats.cdn_requests  # every CDN range
+        finally:
+            close_session()
+
+
 # --------------------------------------------------------------------------- expiry
 
 @pytest.mark.parametrize("in_url", [False, True], ids=["opaque-token", "Expires-in-url"])

@@ -1,21 +1,29 @@
 """Hugging Face Hub repositories (``hf://ORG/NAME[@REVISION][/FOLDER]``), through huggingface_hub.
 
-Everything goes through huggingface_hub's own pieces, so a run behaves as its
-downloads do: ``HfApi.model_info(files_metadata=True)`` lists the files with sizes and
-LFS hashes and resolves the revision to a commit; data comes from ``hf_hub_url`` URLs
-pinned to that commit (so files cannot change under a run), requested with ``Range``
-on huggingface_hub's shared HTTP session with ``build_hf_headers`` (``HF_TOKEN`` or the
-stored login), exactly as ``HfFileSystemFile._fetch_range`` reads a range. The endpoint
-is ``HF_ENDPOINT``'s. With ``HF_HUB_OFFLINE=1`` nothing is requested: the repository is
-read from huggingface_hub's local cache (see :func:`cached_snapshot`).
+The Hub's own calls go through huggingface_hub, so a run behaves as its downloads do:
+``HfApi.model_info(files_metadata=True)`` lists the files with sizes and LFS hashes and
+resolves the revision to a commit; each file's ``hf_hub_url``, pinned to that commit (so
+files cannot change under a run), is requested once (its resolve, ``locations.py``) on
+huggingface_hub's shared HTTP session with ``build_hf_headers`` (``HF_TOKEN`` or the
+stored login). The range requests then go where the resolve redirected (the CDN's signed
+URL) through ``http11``'s keep-alive pool, as http(s) teachers' do: a request through
+huggingface_hub's httpx session costs several times the client CPU, and a run at the
+defaults makes tens of thousands of them (docs/remote.md). Where the environment names a
+proxy for the CDN's URL (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, less
+``NO_PROXY``), which httpx honours and ``http11`` cannot tunnel through, the range
+requests stay on huggingface_hub's session. The endpoint is ``HF_ENDPOINT``'s. With
+``HF_HUB_OFFLINE=1`` nothing is requested: the repository is read from huggingface_hub's
+local cache (see :func:`cached_snapshot`).
 """
 from __future__ import annotations
 
 import importlib
+import urllib.request
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from ..errors import SlicerError
+from .http11 import HttpError, Pool, Untrusted
 from .locations import Locations, RedirectError
 from .ratelimit import rate_limited
 from .source import Changed, RemoteFile, Source, Transient, Write, check_range_response, status_error
@@ -84,6 +92,8 @@ class HubSource(Source):
         self._files: dict[str, RemoteFile] | None = None
         self._urls: dict[str, str] = {}  # each file's /resolve/ URL, pinned to the commit
         self.locations = Locations(resolver=True)
+        # The CDN's range requests (``read``): one keep-alive connection per thread in flight.
+        self._pool = Pool(timeout_s)
 
     def list(self) -> dict[str, RemoteFile]:
         if self._files is None:
@@ -114,43 +124,50 @@ class HubSource(Source):
 
     def read(self, file: RemoteFile, start: int, end: int, write: Write) -> None:
         # One resolve per file (locations.py): the first range request goes to the file's
-        # /resolve/ URL, the CDN URL it redirects to is remembered, and every later one goes
-        # there directly, without the token (another origin).
+        # /resolve/ URL through huggingface_hub, the CDN URL it redirects to is remembered, and
+        # every later one goes there directly through http11, without the token (another origin).
         own_url = self._urls[file.name]
         while start < end:
             headers = self._headers()
             headers["Range"] = f"bytes={start}-{end - 1}"
             headers["Accept-Encoding"] = "identity"
-            anonymous = {k: v for k, v in headers.items() if k.lower() != "authorization"}
 
-            def send(url: str, credentials: bool) -> _Response:
-                req = self._session().build_request("GET", url, headers=headers if credentials else anonymous,
-                                                    timeout=self.timeout_s)
-                return _Response(self._session().send(req, stream=True, follow_redirects=False))
+            def send(url: str, credentials: bool) -> _Answer:
+                sent = headers if credentials else {k: v for k, v in headers.items() if k.lower() != "authorization"}
+                if url == own_url or proxied(url):  # the resolve, or a CDN only a proxy reaches: huggingface_hub's
+                    req = self._session().build_request("GET", url, headers=sent, timeout=self.timeout_s)
+                    return _HubAnswer(self._session().send(req, stream=True, follow_redirects=False))
+                try:
+                    return _PoolAnswer(self._pool, self._pool.request("GET", url, sent))
+                except Untrusted as err:
+                    raise SlicerError(f"{file.url}: {err}") from err
+                except HttpError as err:  # refused, dropped, timed out: retried like httpx's transport errors
+                    raise Transient(f"request failed: {err}") from err
 
             def one_response() -> int:
                 try:
                     resp = self.locations.open(file.name, own_url, send)
                 except RedirectError as err:
                     raise SlicerError(f"{file.url}: {err}") from err
-                r = resp.r
                 try:
-                    if r.status_code >= 400:
-                        limited = rate_limited(r.status_code, r.headers)
+                    if resp.status >= 400:
+                        limited = rate_limited(resp.status, resp.headers)
                         if limited is not None:
                             raise limited
-                        r.read()
-                        self._raise_for_status(r)
-                        raise status_error(file.url, r.status_code)
+                        resp.raise_for_status(self._raise_for_status)
+                        raise status_error(file.url, resp.status)
                     # The URL names a commit: the CDN's ETag need not be the Hub's, and need not be checked.
-                    got_end = check_range_response(file, start, end, r.status_code, r.headers, etag_checked=True)
-                    for block in r.iter_raw(STREAM_BYTES):
+                    got_end = check_range_response(file, start, end, resp.status, resp.headers, etag_checked=True)
+                    for block in resp.blocks():
                         write(block)
                     return got_end
                 finally:
-                    r.close()
+                    resp.close()
 
             start = self._call(file.url, one_response)
+
+    def close(self) -> None:
+        self._pool.close()
 
     def _call(self, url: str, fn):
         """Run one Hub request; its errors as slicer's (one line) or Transient (retried)."""
@@ -183,13 +200,55 @@ class HubSource(Source):
             raise Transient(f"{type(err).__name__}: {err}") from err
 
 
-class _Response:
-    """An httpx response as ``Locations.open`` sees it."""
+def proxied(url: str) -> bool:
+    """Whether the environment sends ``url`` through a proxy (``HTTPS_PROXY`` / ``HTTP_PROXY`` /
+    ``ALL_PROXY``, less ``NO_PROXY``), as httpx and requests read it: ``http11`` cannot tunnel."""
+    proxies = urllib.request.getproxies_environment()
+    parts = urlsplit(url)
+    if not (proxies.get(parts.scheme.lower()) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass_environment(parts.netloc, proxies)
+
+
+class _HubAnswer:
+    """An httpx response (huggingface_hub's session) as ``Locations.open`` and ``read`` see it."""
 
     def __init__(self, r):
         self.r = r
         self.status = r.status_code
         self.headers = r.headers
 
+    def raise_for_status(self, hf_raise_for_status) -> None:
+        self.r.read()
+        hf_raise_for_status(self.r)  # the Hub's own errors (X-Error-Code: gated, not found, ...)
+
+    def blocks(self):
+        return self.r.iter_raw(STREAM_BYTES)
+
     def close(self) -> None:
         self.r.close()
+
+
+class _PoolAnswer:
+    """An http11 response (the CDN's) as ``Locations.open`` and ``read`` see it."""
+
+    def __init__(self, pool: Pool, r):
+        self.r = r
+        self.status = r.status
+        self.headers = r.headers
+        self._pool = pool
+
+    def raise_for_status(self, hf_raise_for_status) -> None:
+        pass  # a CDN's answer has none of the Hub's error codes: ``status_error`` says it
+
+    def blocks(self):
+        try:
+            yield from self.r.stream(STREAM_BYTES)
+        except HttpError as e:  # dropped, truncated, timed out
+            raise Transient(f"the response broke off: {e}") from e
+
+    def close(self) -> None:
+        self._pool.release(self.r)  # back to the pool if read to the end, else closed
+
+
+_Answer = _HubAnswer | _PoolAnswer
