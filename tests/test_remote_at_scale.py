@@ -289,35 +289,81 @@ def test_the_meter_probes_the_bandwidth_then_measures_what_a_request_costs():
     assert meter.request_s < cost / 100
 
 
-def test_the_policy_keeps_the_budget_where_bandwidth_limits_and_bridges_where_requests_do():
+def _brute_force_choice(kept, runs, gaps, file_bytes, max_bytes, bw, c):
+    """The rule of adaptive.py's docstring over every k (no sampling), written from its words."""
+    gaps = sorted(gaps)
+    ways = []
+    for k in range(len(gaps) + 1):
+        nbytes = kept + sum(gaps[:k])
+        requests = max(runs - k, -(-nbytes // max_bytes))
+        ways.append((nbytes, ((nbytes / bw) ** 2 + (requests * c) ** 2) ** 0.5))
+    fastest = min(t for _, t in ways)
+    bound = fastest + 0.5 * max(0.0, file_bytes / bw - fastest)
+    return min(nbytes for nbytes, t in ways if t <= bound * (1 + 1e-9))
+
+
+def test_the_profile_counts_the_plans_runs_and_gaps_and_the_rule_takes_the_fewest_bytes_near_the_fastest():
+    import math
+
+    from slicer.remote.adaptive import Profile
+    from slicer.remote.ranges import Span
+
+    # every other 4 kB row of a 4 MB tensor at 1 MB in a 16 MB file, then 2 runs with a 12 kB gap in another file
+    rows = Span("a", 1 << 20, 4 << 20, [(i * 8192, 4096) for i in range(512)])
+    other = Span("b", 0, 64 << 10, [(0, 4096), (16384, 8192)])
+    profile = Profile.of([rows, other], {"a": 16 << 20, "b": 64 << 10}.__getitem__, 8 << 20)
+    assert (profile.kept, profile.runs, profile.file_bytes) == (512 * 4096 + 12288, 514, (16 << 20) + (64 << 10))
+    assert sorted(profile.gaps.tolist()) == [4096] * 511 + [12288]  # nothing between the files
+    gaps = profile.gaps.tolist()
+    for bw, c in [(100e6, 1e-6), (100e6, 300e-6), (1e9, 300e-6), (1e9, 20e-6), (50e6, 2e-3)]:
+        gap, overfetch, said = profile.choose(bw, c)
+        want = _brute_force_choice(profile.kept, profile.runs, gaps, profile.file_bytes, 8 << 20, bw, c)
+        got = profile.kept + (sum(gaps) if overfetch == math.inf else overfetch * profile.kept)
+        # the 2,048 sampled ways of 512 gaps are all of them: the same bytes as the brute force
+        assert got == pytest.approx(want, rel=1e-9), (bw, c, said)
+        assert said["predicted_bytes_ratio"] == pytest.approx(want / profile.kept, abs=1e-4)
+    assert profile.choose(100e6, 1e-6)[:2] == (0, 0.0)  # requests free: one per run, the kept bytes only
+    # a request costs what 30 kB take and the file is all the gaps and rows (a download is the fastest
+    # way): nearly every gap bridged (the last few requests overlap the bytes, so leaving them costs nothing)
+    tight = Profile.of([rows], {"a": (4 << 20) - 4096}.__getitem__, 8 << 20)
+    gap, overfetch, said = tight.choose(100e6, 300e-6)
+    assert gap == 4096 and overfetch > 0.9 * 511 / 512 and said["predicted_s"] == said["predicted_fastest_s"]
+    # the same, but the file is 4x what is read: a download would be slow, so half its saving buys fewer bytes
+    gap, overfetch, said = profile.choose(100e6, 300e-6)
+    assert gap == 4096 and 0 < overfetch < 0.9 * 511 * 4096 / profile.kept
+    assert said["predicted_fastest_s"] < said["predicted_s"] < said["predicted_download_all_s"]
+
+
+def test_the_policy_probes_then_follows_the_fixed_rule_until_measured_then_chooses_as_measurements_move():
     import math
 
     from slicer.remote import adaptive
-    from slicer.remote.adaptive import AdaptivePolicy
+    from slicer.remote.adaptive import AdaptivePolicy, Profile
+    from slicer.remote.ranges import Span
 
     class Fixed:  # a meter: probing, or measured this much
-        def __init__(self, worth, probing=False):
-            self.worth, self.probe = worth, probing
+        def __init__(self, measured, probing=False):
+            self.m, self.probe, self.chosen = measured, probing, {}
 
         def probing(self):
             return self.probe
 
-        def gap_worth_a_request(self):
-            return self.worth
+        def measured(self):
+            return self.m
 
-    policy = AdaptivePolicy(Fixed(None, probing=True), gap=64 << 10, overfetch=0.1)
+    profile = Profile.of([Span("a", 0, 4 << 20, [(i * 8192, 4096) for i in range(512)])], lambda f: 4 << 20, 8 << 20)
+    policy = AdaptivePolicy(Fixed(None, probing=True), gap=64 << 10, overfetch=0.1, profile=profile)
     # the probe first: every gap under 1 MB bridged, in requests of at most 512 kB
     assert all(policy.limits(4096) == (adaptive.PROBE_GAP_BYTES, math.inf) for _ in range(10))
     assert policy.max_bytes == adaptive.PROBE_REQUEST_BYTES
     policy.meter = Fixed(None)  # the probe's answers not all in: the fixed rule
     assert policy.limits(4096) == (64 << 10, 0.1) and policy.max_bytes is None
-    for _ in range(100):
-        policy.issued(8192)  # the fixed rule's requests here: 8 kB (two runs and their gap)
-    policy.meter = Fixed(50_000)  # a request costs what 50 kB take: requests limit
-    assert policy.limits(4096) == (50_000, math.inf)
-    policy.meter = Fixed(6_000)  # cheaper than 8 kB of bytes: the bandwidth limits, the budget holds
-    assert policy.limits(4096) == (64 << 10, 0.1)
-    assert policy.decisions == {"probe": 10, "unmeasured": 1, "budget": 1, "bridge": 1}
+    policy.meter = Fixed((100e6, 1e-6))  # requests cost nothing: one per kept run
+    assert policy.limits(4096) == (0, 0.0) and policy.meter.chosen["predicted_bytes_ratio"] == 1.0
+    policy.meter = Fixed((100e6, 300e-6))  # a request costs what 30 kB take: chosen again, most gaps bridged
+    assert policy.limits(4096) == policy.limits(4096) == profile.choose(100e6, 300e-6)[:2]
+    assert policy.limits(4096)[1] > 0.9 * 511 / 512
+    assert policy.decisions == {"probe": 10, "unmeasured": 1, "chosen": 4, "choices": 2}
 
 
 def test_the_meter_assumes_a_request_cost_until_it_has_measured_one():

@@ -1,13 +1,28 @@
-"""Adaptive coalescing: keep the byte budget while bandwidth limits, bridge gaps while requests do.
+"""Adaptive coalescing: the fewest bytes whose time stays near the fastest choice's, measured as the run goes.
 
-A remote run is limited by one of two things: bytes (the bandwidth) or requests (each
-costs client CPU, server time, or a round trip shared by the requests in flight). The two
-overlap (while the link carries some requests' bytes, others are being made), so a stretch
-of kept runs fetched one request each takes about max(bytes / bandwidth, requests x c),
-c the cost of one request: requests limit exactly where the requests are shorter than
-``bandwidth x c`` bytes. Which one limits depends on the link, the server, the machine
-and the rows: at 100 MB/s a 4 kB gap takes 41 us, at 1 GB/s 4 us, while a request costs
-20 us-1 ms (bench/remote.py --which gap). So the run measures both (:class:`Meter`):
+Bytes cost something beyond time: egress is metered, the Hub's bandwidth and a shared link
+are other people's too. So the rule is explicit: of the ways to fetch the plan's kept runs,
+take the **fewest bytes whose predicted time T stays within** ``T_fast + SHARE_OF_SAVING x
+(T_all - T_fast)``, T_fast the fastest way's predicted time and T_all that of downloading
+every file the run reads: at most half the time saved over downloading everything is spent
+on fetching fewer bytes, and never more than the download would take. Where bridging every
+gap is as slow as the download (gaps as large as the rows kept), T_all = T_fast and the
+rule is simply the fastest way's fewest bytes.
+
+The ways (:class:`Profile`, from the plan, before the first request): bridging the k
+smallest gaps between consecutive kept runs of a file, for every k. The plan knows every
+kept run, so each way's bytes B(k) (the kept bytes and those gaps) and requests R(k) (one
+per unbridged run, at least one per ``max_request_bytes``) are sums over the sorted gaps.
+A way's time: B / bandwidth (the link) and R x c (c what a request costs the run: client
+CPU, the server's, a round trip shared by the requests in flight) overlap, since the link
+carries some requests' bytes while others are made; T = (Bt^4 + Rt^4)^(1/4), a smooth max
+that charges a way where both limit at once ~19 % more than either alone, as they never
+overlap perfectly. The chosen k goes to ``ranges.coalesce`` as (the largest gap bridged,
+a budget of those bridged bytes as a share of the kept ones): gaps up to that size are
+bridged in plan order until the budget is spent (the whole of it: every gap bridged,
+``overfetch`` infinite).
+
+Bandwidth and c come from :class:`Meter`, and the choice is made again whenever they move:
 
 * ``bytes_per_s``: the run's requests until ``PROBE_REQUESTS`` of them are done bridge every
   gap up to ``PROBE_GAP_BYTES``, in requests of at most ``PROBE_REQUEST_BYTES`` (those in
@@ -19,29 +34,31 @@ and the rows: at 100 MB/s a 4 kB gap takes 41 us, at 1 GB/s 4 us, while a reques
   ``COST_MAX_REQUEST_BYTES`` on average), the window's time per request less the time one
   request's bytes take at that bandwidth; a moving average over such windows. Where the
   requests limit, the time per request is c; where the link does, what is left is small.
-  Until a window has measured it, c is taken to be ``ASSUMED_REQUEST_S``.
+  Until a window has measured it, c is taken to be ``ASSUMED_REQUEST_S``: low on purpose,
+  so the first choice fetches few bytes in small requests, which measure c at once (a
+  choice that bridges everything makes no small requests and would never correct a c
+  assumed too high).
 
-:class:`AdaptivePolicy` then decides before each kept run: where the fixed rule's recent
-requests (or, where it made none, the recent kept runs) are shorter than ``bandwidth x c``
-bytes, requests limit and gaps up to that many bytes are bridged
-(each takes less time as bytes than it saves as a request), with no byte budget; else the
-bandwidth limits and the fixed rule applies (``RemoteOptions.gap_bytes`` within the
-``overfetch`` budget, at most 1.1x the kept bytes): more requests cost nothing there.
-``--coalesce-gap`` or ``--max-overfetch`` turn this off (the fixed rule only).
+``--coalesce-gap`` or ``--max-overfetch`` turn this off (the fixed rule only:
+``RemoteOptions.gap_bytes`` within the ``overfetch`` budget, at most 1.1x the kept bytes).
 """
 from __future__ import annotations
 
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
+
+import numpy as np
 
 WINDOW_S = 0.1  # a window closes after this long...
 WINDOW_REQUESTS = 32  # ...and at least this many requests (short windows catch bursts, not rates)
 MAX_GAP_BYTES = 64 << 20  # never bridge more than this, whatever the measurement (a stalled window)
 COST_WEIGHT = 0.5  # a window's cost per request in the moving average
 COST_MAX_REQUEST_BYTES = 1 << 20  # windows of larger requests on average say nothing of a request's cost
-RUNS_HORIZON_BYTES = 4 << 20  # kept runs further back than about this many kept bytes weigh little
+SHARE_OF_SAVING = 0.5  # of the time saved over downloading everything, at most this share buys fewer bytes
+SMOOTH_MAX_P = 1  # T = (bytes time^p + requests time^p)^(1/p); 1: they add up (bench/RESULTS.md, 2026-12-07 third pass)
+FRONTIER_POINTS = 2048  # ways of bridging considered (k sampled evenly over the sorted gaps)
 PROBE_REQUESTS = 8  # the run's first requests...
 PROBE_GAP_BYTES = 1 << 20  # ...bridge gaps up to this long...
 PROBE_REQUEST_BYTES = 512 << 10  # ...in requests of at most this many bytes (4 MB or so): they show the bandwidth
@@ -69,6 +86,7 @@ class Meter:
         self.windows = 0
         self.bytes_per_s = 0.0  # the probe's, or the best window's
         self.request_s_avg: float | None = None  # the cost windows' moving average
+        self.chosen: dict = {}  # the policy's last choice and its predictions (AdaptivePolicy), for the summary
 
     def delivered(self, nbytes: int) -> None:
         """``nbytes`` of a metered request's response arrived (rates count bytes as they arrive:
@@ -132,56 +150,97 @@ class Meter:
         cost = self.request_s  # None: never measured (the assumed cost decided)
         return {"measured_bytes_per_s": round(self.bytes_per_s),
                 "measured_request_us": round(cost * 1e6, 1) if cost is not None else None,
-                "bridged_gap_bytes": self.gap_worth_a_request()}
+                "bridged_gap_bytes": self.gap_worth_a_request(), **self.chosen}
+
+
+class Profile:
+    """The plan's kept runs as :func:`ranges.coalesce` sees them (pure): the kept bytes, the runs,
+    the gaps between consecutive runs of a file (sorted), the bytes of the files read. ``ways()``:
+    bytes and requests when the k smallest gaps are bridged, for k sampled from 0 to all."""
+
+    def __init__(self, kept: int, runs: int, gaps: np.ndarray, file_bytes: int, max_bytes: int):
+        self.kept, self.runs, self.file_bytes, self.max_bytes = kept, runs, file_bytes, max_bytes
+        self.gaps = np.sort(np.asarray(gaps, dtype=np.int64))
+        m = len(self.gaps)
+        k = np.unique(np.linspace(0, m, min(m + 1, FRONTIER_POINTS)).round().astype(np.int64))
+        # a class of equal gaps ends at a k of its own: its last point is exactly "all of them bridged"
+        ends = np.flatnonzero(np.diff(self.gaps)) + 1 if m else np.empty(0, np.int64)
+        self.k = np.union1d(k, ends[:FRONTIER_POINTS])
+        bridged = np.concatenate(([0], np.cumsum(self.gaps)))[self.k]
+        self.bytes = kept + bridged
+        self.requests = np.maximum(runs - self.k, np.ceil(self.bytes / max_bytes))
+
+    @classmethod
+    def of(cls, spans: Iterable, file_size: Callable[[Hashable], int], max_bytes: int) -> "Profile":
+        """From the spans the reader will fetch (``ranges.plan_spans``), in order."""
+        gaps: list[int] = []
+        kept = runs = 0
+        files: set = set()
+        prev_file, prev_end = None, -1
+        for span in spans:
+            files.add(span.file)
+            base = span.offset
+            for rel, length in span.runs:
+                start = base + rel
+                if span.file == prev_file and prev_end <= start <= prev_end + MAX_GAP_BYTES:
+                    gaps.append(start - prev_end)
+                prev_file, prev_end = span.file, start + length
+                kept += length
+                runs += 1
+        return cls(kept, runs, np.array(gaps, dtype=np.int64), sum(file_size(f) for f in files), max_bytes)
+
+    def choose(self, bytes_per_s: float, request_s: float) -> tuple[int, float, dict]:
+        """(gap, overfetch) for ``coalesce`` by the module's rule, and what was predicted."""
+        t = (np.power(self.bytes / bytes_per_s, SMOOTH_MAX_P)
+             + np.power(self.requests * request_s, SMOOTH_MAX_P)) ** (1 / SMOOTH_MAX_P)
+        fastest = float(t.min())
+        t_all = self.file_bytes / bytes_per_s
+        bound = fastest + SHARE_OF_SAVING * max(0.0, t_all - fastest)
+        i = int(np.argmax(t <= bound * (1 + 1e-9)))  # the first (fewest bytes) within the bound
+        k = int(self.k[i])
+        if k == 0:
+            gap, overfetch = 0, 0.0
+        elif k == len(self.gaps):
+            gap, overfetch = int(self.gaps[-1]), math.inf
+        else:
+            gap, overfetch = int(self.gaps[k - 1]), float(self.bytes[i] - self.kept) / max(1, self.kept)
+        return gap, overfetch, {"chosen_gap_bytes": gap, "chosen_overfetch": round(overfetch, 4),
+                                "predicted_bytes_ratio": round(float(self.bytes[i]) / max(1, self.kept), 4),
+                                "predicted_s": round(float(t[i]), 3), "predicted_fastest_s": round(fastest, 3),
+                                "predicted_download_all_s": round(t_all, 3)}
 
 
 class AdaptivePolicy:
     """What ``ranges.coalesce`` asks before each run of kept bytes: (gap, overfetch) now, and
     ``max_bytes`` (None: the caller's) (module docstring). Used by one thread at a time."""
 
-    def __init__(self, meter: Meter, gap: int, overfetch: float):
+    def __init__(self, meter: Meter, gap: int, overfetch: float, profile: Profile | None = None):
         self.meter = meter
         self.gap = gap
         self.overfetch = overfetch
+        self.profile = profile
         self.max_bytes: int | None = PROBE_REQUEST_BYTES
-        self._runs = 0.0  # recent kept runs, decaying with the bytes kept after them (RUNS_HORIZON_BYTES)
-        self._run_bytes = 0.0
-        self._budget_requests = 0.0  # the same for the requests made by the fixed rule
-        self._budget_bytes = 0.0
-        self._bridging = False  # the last decision
-        self.decisions = {"probe": 0, "unmeasured": 0, "budget": 0, "bridge": 0}  # runs decided each way
-
-    def request_bytes(self) -> float:
-        """What one request of the fixed rule would fetch here: the mean of its recent requests
-        (runs merged within the budget), or of the recent kept runs where it has made none."""
-        if self._budget_requests >= 1:
-            return self._budget_bytes / self._budget_requests
-        return self._run_bytes / self._runs if self._runs else 0.0
+        self._measured: tuple[float, float] | None = None  # what the current choice was made for
+        self._choice: tuple[int, float] = (gap, overfetch)
+        self.decisions = {"probe": 0, "unmeasured": 0, "chosen": 0, "choices": 0}  # runs decided each way
 
     def issued(self, nbytes: int) -> None:
-        """``ranges.coalesce`` made a request of ``nbytes``."""
-        if not self._bridging:
-            keep = math.exp(-nbytes / RUNS_HORIZON_BYTES)
-            self._budget_requests = self._budget_requests * keep + 1
-            self._budget_bytes = self._budget_bytes * keep + nbytes
+        """``ranges.coalesce`` made a request of ``nbytes`` (nothing to learn from it here)."""
 
     def limits(self, run_bytes: int = 0) -> tuple[int, float]:
-        if run_bytes:
-            keep = math.exp(-run_bytes / RUNS_HORIZON_BYTES)
-            self._runs = self._runs * keep + 1
-            self._run_bytes = self._run_bytes * keep + run_bytes
         if self.meter.probing():  # the probe's requests: every gap under 1 MB bridged, 512 kB each
             self.decisions["probe"] += 1
-            self._bridging = True
             return PROBE_GAP_BYTES, math.inf
         self.max_bytes = None
-        worth = self.meter.gap_worth_a_request()
-        self._bridging = worth is not None and self.request_bytes() < worth
-        if worth is None:  # the probe's answers are still on their way: the fixed rule
+        measured = self.meter.measured()
+        if measured is None or self.profile is None:  # the probe's answers are still on their way: the fixed rule
             self.decisions["unmeasured"] += 1
             return self.gap, self.overfetch
-        if self._bridging:  # requests limit: bridge what takes less time than a request
-            self.decisions["bridge"] += 1
-            return worth, math.inf
-        self.decisions["budget"] += 1  # the bandwidth limits: the byte budget
-        return self.gap, self.overfetch
+        if measured != self._measured:  # a new window moved the measurement: choose again
+            self._measured = measured
+            gap, overfetch, said = self.profile.choose(*measured)
+            self._choice = (gap, overfetch)
+            self.meter.chosen = said
+            self.decisions["choices"] += 1
+        self.decisions["chosen"] += 1
+        return self._choice

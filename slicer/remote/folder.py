@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import SlicerError
 from ..io.format import Header, TensorInfo, header_length, parse_header
+from .adaptive import Profile
 from .fetch import Fetcher
 from .source import Pieces
 from .options import RemoteOptions
@@ -131,8 +132,12 @@ class RemoteFolder:
     def plan_reader(self, plan: "Plan", skip_shards: Iterable[str], chunk_bytes: int,
                     whole_copies: bool = True) -> RemoteReader:
         """The engine's reader for ``plan`` (the shards in ``skip_shards`` are not read)."""
-        spans = plan_spans(plan, chunk_bytes, frozenset(skip_shards), whole_copies)
-        return RemoteReader(self, spans, chunk_bytes)
+        skip = frozenset(skip_shards)
+        profile = None
+        if self.options.adaptive:  # every kept run and gap, for the adaptive rule's choice (adaptive.py)
+            profile = Profile.of(plan_spans(plan, chunk_bytes, skip, whole_copies),
+                                 lambda path: self.remote_file(path).size, self.options.max_request_bytes)
+        return RemoteReader(self, plan_spans(plan, chunk_bytes, skip, whole_copies), chunk_bytes, profile)
 
     def read_rows(self, info: TensorInfo, first: int, count: int, shape: tuple[int, ...],
                   rows: list[int] | None) -> "torch.Tensor":

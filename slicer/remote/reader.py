@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import SlicerError
 from ..io.format import TensorInfo
-from .adaptive import AdaptivePolicy
+from .adaptive import AdaptivePolicy, Profile
 from .source import Pieces
 from .ranges import Request, Span, coalesce, copy_spans
 
@@ -51,11 +51,12 @@ class RemoteReader:
 
     streams_copies = True  # whole-tensor copies come as buffers (copy_blocks), not from a file descriptor
 
-    def __init__(self, folder, spans: Iterable[Span], chunk_bytes: int):
+    def __init__(self, folder, spans: Iterable[Span], chunk_bytes: int, profile: Profile | None = None):
         self.folder = folder
         options = folder.options
         self.chunk_bytes = chunk_bytes
-        policy = AdaptivePolicy(folder.fetcher.meter, options.gap_bytes, options.overfetch) if options.adaptive else None
+        policy = (AdaptivePolicy(folder.fetcher.meter, options.gap_bytes, options.overfetch, profile)
+                  if options.adaptive else None)
         self._requests: Iterator[Request] = coalesce(spans, options.gap_bytes, options.max_request_bytes, options.overfetch,
                                                      policy)
         self._limit = options.ahead(chunk_bytes)
