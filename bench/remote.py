@@ -401,7 +401,25 @@ def format_e2e(rows: list[dict]) -> str:
                      f"{', '.join(str(n.get('measured_request_us')) for n in nets)} us per request; peak "
                      f"{r['slicer_peak_mb']:.0f} MB; load {r['load_before']:.1f}-{r['load_after']:.1f}) | | | | |")
     lines.append("students byte-identical to the local run's: " + ("yes" if all(r["identical"] for r in rows) else "NO"))
+    lines += e2e_targets(rows)
     return "\n".join(lines)
+
+
+def e2e_targets(rows: list[dict]) -> list[str]:
+    """issue 18's e2e targets, each with its figure (medians) and met / NOT met."""
+    out = []
+    for r in rows:
+        ratio = r["slicer_s"] / r["download_s"]
+        out.append(f"target: default <= 1.0x download all at {r['bandwidth_mb_s']:g} MB/s: {ratio:.2f}x "
+                   f"({'met' if ratio <= 1.0 else 'NOT met'})")
+    for r in rows:
+        if r["bandwidth_mb_s"] == 100:
+            ratio = r["slicer_bytes_median"] / r["bytes_to_read"]
+            out.append(f"target: default fetches <= 1.1x bytes_to_read at 100 MB/s: {ratio:.3f}x "
+                       f"({'met' if ratio <= 1.1 else 'NOT met'})")
+    same = all(r["identical"] for r in rows)
+    out.append(f"target: students byte-identical: {'met' if same else 'NOT met'}")
+    return out
 
 
 def format_gap(rows: list[dict]) -> str:
@@ -418,6 +436,8 @@ def format_gap(rows: list[dict]) -> str:
     over = sum(r["default_vs_best"] > 1.15 for r in rows)
     lines.append(f"default within {worst:.2f}x (ratio of medians; {paired:.2f}x the median of paired ratios) of the "
                  f"better fixed choice in every cell; {over} of {len(rows)} cells over 1.15x (target 1.15x)")
+    lines.append(f"target: default within 1.15x of the better fixed choice in every cell (ratio of medians): "
+                 f"{worst:.2f}x ({'met' if worst <= 1.15 else 'NOT met'})")
     return "\n".join(lines)
 
 
@@ -447,9 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {"machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg(),
                           "note": "shared 2-core VM; server, client and shrink on one machine"}}
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    t0 = time.perf_counter()
     if "e2e" in a.which:
         result["e2e"] = run_e2e(a.workdir, bws, a.repeats, log)
         print(format_e2e(result["e2e"]))
+        print(f"e2e took {time.perf_counter() - t0:.0f} s, load average {os.getloadavg()[0]:.1f} at its end")
     if "requests" in a.which:
         result["requests"] = run_requests(a.workdir, [0, 64 << 10, 256 << 10, 1 << 20], log)
         print(format_requests(result["requests"]))
@@ -461,8 +483,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"(bound: files + files x run time / URL lifetime = {h['bound']:.1f}; {h['refused']} CDN requests refused as expired, "
                   f"{h['network']['requests']} requests)")
     if "gap" in a.which:
+        t0 = time.perf_counter()
         result["gap"] = run_gap(a.workdir, bws, [float(x) for x in a.latencies.split(",")], a.repeats, log)
         print(format_gap(result["gap"]))
+        print(f"gap took {time.perf_counter() - t0:.0f} s, load average {os.getloadavg()[0]:.1f} at its end")
     result["machine"]["load_after"] = os.getloadavg()  # other work on the machine skews every figure
     print(f"load average before {result['machine']['load_before'][0]:.1f}, after {result['machine']['load_after'][0]:.1f}",
           file=sys.stderr)

@@ -316,7 +316,7 @@ def test_the_profile_counts_the_plans_runs_and_gaps_and_the_rule_takes_the_fewes
     assert sorted(profile.gaps.tolist()) == [4096] * 511 + [12288]  # nothing between the files
     gaps = profile.gaps.tolist()
     for bw, c in [(100e6, 1e-6), (100e6, 300e-6), (1e9, 300e-6), (1e9, 20e-6), (50e6, 2e-3)]:
-        gap, overfetch, said = profile.choose(bw, c)
+        gap, overfetch, _, said = profile.choose(bw, c)
         want = _brute_force_choice(profile.kept, profile.runs, gaps, profile.file_bytes, 8 << 20, bw, c)
         got = profile.kept + (sum(gaps) if overfetch == math.inf else overfetch * profile.kept)
         # the 2,048 sampled ways of 512 gaps are all of them: the same bytes as the brute force
@@ -326,12 +326,16 @@ def test_the_profile_counts_the_plans_runs_and_gaps_and_the_rule_takes_the_fewes
     # a request costs what 30 kB take and the file is all the gaps and rows (a download is the fastest way):
     # every gap bridged
     tight = Profile.of([rows], {"a": (4 << 20) - 4096}.__getitem__, 8 << 20)
-    gap, overfetch, said = tight.choose(100e6, 300e-6)
+    gap, overfetch, _, said = tight.choose(100e6, 300e-6)
     assert (gap, overfetch) == (4096, math.inf) and said["predicted_s"] == said["predicted_fastest_s"]
     # the same, but the file is 4x what is read: a download would be slow, so half its saving buys fewer bytes
-    gap, overfetch, said = profile.choose(100e6, 300e-6)
+    gap, overfetch, _, said = profile.choose(100e6, 300e-6)
     assert gap == 4096 and 0 < overfetch < 0.9 * 511 * 4096 / profile.kept
     assert said["predicted_fastest_s"] < said["predicted_s"] < said["predicted_download_all_s"]
+    # a measurement that moves a little keeps the way (a run flipping between ways pays for both); a large move does not
+    way = profile.choose(100e6, 300e-6)[2]
+    assert profile.choose(100e6, 330e-6)[2] != way and profile.choose(100e6, 330e-6, current=way)[2] == way
+    assert profile.choose(100e6, 1e-6, current=way)[:3] == profile.choose(100e6, 1e-6)[:3] == (0, 0.0, 0)
 
 
 def test_the_policy_probes_then_follows_the_fixed_rule_until_measured_then_chooses_as_measurements_move():

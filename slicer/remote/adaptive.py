@@ -13,16 +13,21 @@ The ways (:class:`Profile`, from the plan, before the first request): bridging t
 smallest gaps between consecutive kept runs of a file, for every k. The plan knows every
 kept run, so each way's bytes B(k) (the kept bytes and those gaps) and requests R(k) (one
 per unbridged run, at least one per ``max_request_bytes``) are sums over the sorted gaps.
-A way's time: B / bandwidth (the link) and R x c (c what a request costs the run: client
-CPU, the server's, a round trip shared by the requests in flight) overlap, since the link
-carries some requests' bytes while others are made; T = (Bt^4 + Rt^4)^(1/4), a smooth max
-that charges a way where both limit at once ~19 % more than either alone, as they never
-overlap perfectly. The chosen k goes to ``ranges.coalesce`` as (the largest gap bridged,
-a budget of those bridged bytes as a share of the kept ones): gaps up to that size are
-bridged in plan order until the budget is spent (the whole of it: every gap bridged,
+A way's time T = B / bandwidth + R x c, c what a request costs the run (client CPU, the
+server's, a round trip shared by the requests in flight). The sum, not the max: the link
+carries some requests' bytes while others are made, but on the loopback bench the fixed
+rule's 30,224 small requests took about the sum (a max, or a smooth max between, predicted
+runs of many small requests several seconds too fast, and chose them: bench/RESULTS.md,
+2026-12-07 third pass). So bridging a class of gaps is all or nothing by time (each gap of g
+bytes saves c and costs g / bandwidth); only the share of the saving spends time on bytes,
+bridging part of a class. The chosen k goes to ``ranges.coalesce`` as (the largest gap
+bridged, a budget of those bridged bytes as a share of the kept ones): gaps up to that size
+are bridged in plan order until the budget is spent (the whole of it: every gap bridged,
 ``overfetch`` infinite).
 
-Bandwidth and c come from :class:`Meter`, and the choice is made again whenever they move:
+Bandwidth and c come from :class:`Meter`, and the choice is made again whenever they move,
+though a way stays while its time and bytes are within ``STICK`` of the new bound and of the
+new choice's bytes (a run that flips between ways as c wavers around a gap's time pays for both):
 
 * ``bytes_per_s``: the run's requests until ``PROBE_REQUESTS`` of them are done bridge every
   gap up to ``PROBE_GAP_BYTES``, in requests of at most ``PROBE_REQUEST_BYTES`` (those in
@@ -57,7 +62,8 @@ MAX_GAP_BYTES = 64 << 20  # never bridge more than this, whatever the measuremen
 COST_WEIGHT = 0.5  # a window's cost per request in the moving average
 COST_MAX_REQUEST_BYTES = 1 << 20  # windows of larger requests on average say nothing of a request's cost
 SHARE_OF_SAVING = 0.5  # of the time saved over downloading everything, at most this share buys fewer bytes
-SMOOTH_MAX_P = 1  # T = (bytes time^p + requests time^p)^(1/p); 1: they add up (bench/RESULTS.md, 2026-12-07 third pass)
+STICK = 0.1  # a new measurement changes the way only if the current one is now over the bound, or over the
+#               fewest bytes within it, by more than this
 FRONTIER_POINTS = 2048  # ways of bridging considered (k sampled evenly over the sorted gaps)
 PROBE_REQUESTS = 8  # the run's first requests...
 PROBE_GAP_BYTES = 1 << 20  # ...bridge gaps up to this long...
@@ -189,14 +195,16 @@ class Profile:
                 runs += 1
         return cls(kept, runs, np.array(gaps, dtype=np.int64), sum(file_size(f) for f in files), max_bytes)
 
-    def choose(self, bytes_per_s: float, request_s: float) -> tuple[int, float, dict]:
-        """(gap, overfetch) for ``coalesce`` by the module's rule, and what was predicted."""
-        t = (np.power(self.bytes / bytes_per_s, SMOOTH_MAX_P)
-             + np.power(self.requests * request_s, SMOOTH_MAX_P)) ** (1 / SMOOTH_MAX_P)
+    def choose(self, bytes_per_s: float, request_s: float, current: int | None = None) -> tuple[int, float, int, dict]:
+        """(gap, overfetch) for ``coalesce`` by the module's rule, the way's index (``current`` for the
+        next call: a way still within ``STICK`` of the bound is kept), and what was predicted."""
+        t = self.bytes / bytes_per_s + self.requests * request_s
         fastest = float(t.min())
         t_all = self.file_bytes / bytes_per_s
         bound = fastest + SHARE_OF_SAVING * max(0.0, t_all - fastest)
         i = int(np.argmax(t <= bound * (1 + 1e-9)))  # the first (fewest bytes) within the bound
+        if current is not None and t[current] <= bound * (1 + STICK) and self.bytes[i] * (1 + STICK) >= self.bytes[current]:
+            i = current  # within STICK of the bound and of the fewest bytes: no change worth its cost
         k = int(self.k[i])
         if k == 0:
             gap, overfetch = 0, 0.0
@@ -204,10 +212,10 @@ class Profile:
             gap, overfetch = int(self.gaps[-1]), math.inf
         else:
             gap, overfetch = int(self.gaps[k - 1]), float(self.bytes[i] - self.kept) / max(1, self.kept)
-        return gap, overfetch, {"chosen_gap_bytes": gap, "chosen_overfetch": round(overfetch, 4),
-                                "predicted_bytes_ratio": round(float(self.bytes[i]) / max(1, self.kept), 4),
-                                "predicted_s": round(float(t[i]), 3), "predicted_fastest_s": round(fastest, 3),
-                                "predicted_download_all_s": round(t_all, 3)}
+        return gap, overfetch, i, {"chosen_gap_bytes": gap, "chosen_overfetch": round(overfetch, 4),
+                                   "predicted_bytes_ratio": round(float(self.bytes[i]) / max(1, self.kept), 4),
+                                   "predicted_s": round(float(t[i]), 3), "predicted_fastest_s": round(fastest, 3),
+                                   "predicted_download_all_s": round(t_all, 3)}
 
 
 class AdaptivePolicy:
@@ -222,6 +230,7 @@ class AdaptivePolicy:
         self.max_bytes: int | None = PROBE_REQUEST_BYTES
         self._measured: tuple[float, float] | None = None  # what the current choice was made for
         self._choice: tuple[int, float] = (gap, overfetch)
+        self._way: int | None = None  # the chosen way's index in the profile
         self.decisions = {"probe": 0, "unmeasured": 0, "chosen": 0, "choices": 0}  # runs decided each way
 
     def issued(self, nbytes: int) -> None:
@@ -238,7 +247,7 @@ class AdaptivePolicy:
             return self.gap, self.overfetch
         if measured != self._measured:  # a new window moved the measurement: choose again
             self._measured = measured
-            gap, overfetch, said = self.profile.choose(*measured)
+            gap, overfetch, self._way, said = self.profile.choose(*measured, self._way)
             self._choice = (gap, overfetch)
             self.meter.chosen = said
             self.decisions["choices"] += 1
