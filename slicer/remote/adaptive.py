@@ -9,21 +9,22 @@ on fetching fewer bytes, and never more than the download would take. Where brid
 gap is as slow as the download (gaps as large as the rows kept), T_all = T_fast and the
 rule is simply the fastest way's fewest bytes.
 
-The ways (:class:`Profile`, from the plan, before the first request): bridging the k
-smallest gaps between consecutive kept runs of a file, for every k. The plan knows every
-kept run, so each way's bytes B(k) (the kept bytes and those gaps) and requests R(k) (one
-per unbridged run, at least one per ``max_request_bytes``) are sums over the sorted gaps.
+The ways (:class:`Profile`, from the plan, before the first request): bridging every gap
+between consecutive kept runs of a file up to a threshold g, for g each size of gap the plan
+has, and none. The plan knows every kept run, so each way's bytes B(g) (the kept bytes and
+those gaps) and requests R(g) (one per unbridged run, at least one per ``max_request_bytes``)
+are sums over the sorted gaps.
 A way's time T = B / bandwidth + R x c, c what a request costs the run (client CPU, the
 server's, a round trip shared by the requests in flight). The sum, not the max: the link
 carries some requests' bytes while others are made, but on the loopback bench the fixed
 rule's 30,224 small requests took about the sum (a max, or a smooth max between, predicted
 runs of many small requests several seconds too fast, and chose them: bench/RESULTS.md,
 2026-12-07 third pass). So bridging a class of gaps is all or nothing by time (each gap of g
-bytes saves c and costs g / bandwidth); only the share of the saving spends time on bytes,
-bridging part of a class. The chosen k goes to ``ranges.coalesce`` as (the largest gap
-bridged, a budget of those bridged bytes as a share of the kept ones): gaps up to that size
-are bridged in plan order until the budget is spent (the whole of it: every gap bridged,
-``overfetch`` infinite).
+bytes saves c and costs g / bandwidth), and the share of the saving is what lets a threshold
+with fewer bytes be chosen where it is not the fastest. The chosen g goes to
+``ranges.coalesce`` as the gap, with no byte budget. (Bridging part of a class of gaps through
+a budget was tried: coalesce spends a budget in plan order, on whichever gaps come first, so
+the run made 4x the requests predicted and fetched other bytes than chosen; RESULTS.md.)
 
 Bandwidth and c come from :class:`Meter`, and the choice is made again whenever they move,
 though a way stays while its time and bytes are within ``STICK`` of the new bound and of the
@@ -64,7 +65,7 @@ COST_MAX_REQUEST_BYTES = 1 << 20  # windows of larger requests on average say no
 SHARE_OF_SAVING = 0.5  # of the time saved over downloading everything, at most this share buys fewer bytes
 STICK = 0.1  # a new measurement changes the way only if the current one is now over the bound, or over the
 #               fewest bytes within it, by more than this
-FRONTIER_POINTS = 2048  # ways of bridging considered (k sampled evenly over the sorted gaps)
+FRONTIER_POINTS = 2048  # thresholds considered at most (sampled evenly over the sizes of gap the plan has)
 PROBE_REQUESTS = 8  # the run's first requests...
 PROBE_GAP_BYTES = 1 << 20  # ...bridge gaps up to this long...
 PROBE_REQUEST_BYTES = 512 << 10  # ...in requests of at most this many bytes (4 MB or so): they show the bandwidth
@@ -168,10 +169,12 @@ class Profile:
         self.kept, self.runs, self.file_bytes, self.max_bytes = kept, runs, file_bytes, max_bytes
         self.gaps = np.sort(np.asarray(gaps, dtype=np.int64))
         m = len(self.gaps)
-        k = np.unique(np.linspace(0, m, min(m + 1, FRONTIER_POINTS)).round().astype(np.int64))
-        # a class of equal gaps ends at a k of its own: its last point is exactly "all of them bridged"
-        ends = np.flatnonzero(np.diff(self.gaps)) + 1 if m else np.empty(0, np.int64)
-        self.k = np.union1d(k, ends[:FRONTIER_POINTS])
+        # The ways: every gap up to a threshold bridged, for each size of gap the plan has (where a
+        # class of equal gaps ends), and none; FRONTIER_POINTS of them at most, evenly over the classes.
+        ends = np.append(np.flatnonzero(np.diff(self.gaps)) + 1, m) if m else np.empty(0, np.int64)
+        if len(ends) > FRONTIER_POINTS:
+            ends = ends[np.unique(np.linspace(0, len(ends) - 1, FRONTIER_POINTS).round().astype(np.int64))]
+        self.k = np.concatenate(([0], ends)).astype(np.int64)
         bridged = np.concatenate(([0], np.cumsum(self.gaps)))[self.k]
         self.bytes = kept + bridged
         self.requests = np.maximum(runs - self.k, np.ceil(self.bytes / max_bytes))
@@ -206,12 +209,7 @@ class Profile:
         if current is not None and t[current] <= bound * (1 + STICK) and self.bytes[i] * (1 + STICK) >= self.bytes[current]:
             i = current  # within STICK of the bound and of the fewest bytes: no change worth its cost
         k = int(self.k[i])
-        if k == 0:
-            gap, overfetch = 0, 0.0
-        elif k == len(self.gaps):
-            gap, overfetch = int(self.gaps[-1]), math.inf
-        else:
-            gap, overfetch = int(self.gaps[k - 1]), float(self.bytes[i] - self.kept) / max(1, self.kept)
+        gap, overfetch = (int(self.gaps[k - 1]), math.inf) if k else (0, 0.0)  # every gap up to ``gap``, no budget
         return gap, overfetch, i, {"chosen_gap_bytes": gap, "chosen_overfetch": round(overfetch, 4),
                                    "predicted_bytes_ratio": round(float(self.bytes[i]) / max(1, self.kept), 4),
                                    "predicted_s": round(float(t[i]), 3), "predicted_fastest_s": round(fastest, 3),

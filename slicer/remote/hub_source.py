@@ -94,6 +94,7 @@ class HubSource(Source):
         self.locations = Locations(resolver=True)
         # The CDN's range requests (``read``): one keep-alive connection per thread in flight.
         self._pool = Pool(timeout_s)
+        self._proxy_for: dict[tuple[str, str], bool] = {}  # (scheme, host:port) -> whether a proxy is set for it
 
     def list(self) -> dict[str, RemoteFile]:
         if self._files is None:
@@ -134,7 +135,7 @@ class HubSource(Source):
 
             def send(url: str, credentials: bool) -> _Answer:
                 sent = headers if credentials else {k: v for k, v in headers.items() if k.lower() != "authorization"}
-                if url == own_url or proxied(url):  # the resolve, or a CDN only a proxy reaches: huggingface_hub's
+                if url == own_url or self._proxied(url):  # the resolve, or a CDN only a proxy reaches: huggingface_hub's
                     req = self._session().build_request("GET", url, headers=sent, timeout=self.timeout_s)
                     return _HubAnswer(self._session().send(req, stream=True, follow_redirects=False))
                 try:
@@ -165,6 +166,14 @@ class HubSource(Source):
                     resp.close()
 
             start = self._call(file.url, one_response)
+
+    def _proxied(self, url: str) -> bool:
+        """:func:`proxied`, once per origin (reading the environment costs ~70 us: more than the request)."""
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        if key not in self._proxy_for:
+            self._proxy_for[key] = proxied(url)
+        return self._proxy_for[key]
 
     def close(self) -> None:
         self._pool.close()
