@@ -24,7 +24,8 @@ bytes saves c and costs g / bandwidth), and the share of the saving is what lets
 with fewer bytes be chosen where it is not the fastest. The chosen g goes to
 ``ranges.coalesce`` as the gap, with no byte budget. (Bridging part of a class of gaps through
 a budget was tried: coalesce spends a budget in plan order, on whichever gaps come first, so
-the run made 4x the requests predicted and fetched other bytes than chosen; RESULTS.md.)
+the bench run made ~12,000 requests where ~100 were predicted, and fetched other bytes than
+chosen; RESULTS.md.)
 
 Bandwidth and c come from :class:`Meter`, and the choice is made again whenever they move,
 though a way stays while its time and bytes are within ``STICK`` of the new bound and of the
@@ -59,7 +60,7 @@ import numpy as np
 
 WINDOW_S = 0.1  # a window closes after this long...
 WINDOW_REQUESTS = 32  # ...and at least this many requests (short windows catch bursts, not rates)
-MAX_GAP_BYTES = 64 << 20  # never bridge more than this, whatever the measurement (a stalled window)
+MAX_GAP_BYTES = 64 << 20  # never bridge more than this, whatever the measurement (nor count it a way)
 COST_WEIGHT = 0.5  # a window's cost per request in the moving average
 COST_MAX_REQUEST_BYTES = 1 << 20  # windows of larger requests on average say nothing of a request's cost
 SHARE_OF_SAVING = 0.5  # of the time saved over downloading everything, at most this share buys fewer bytes
@@ -71,9 +72,8 @@ PROBE_GAP_BYTES = 1 << 20  # ...bridge gaps up to this long...
 PROBE_REQUEST_BYTES = 512 << 10  # ...in requests of at most this many bytes (4 MB or so): they show the bandwidth
 # What a request is taken to cost until a window of small requests has measured it: about what one
 # cost on loopback on a quiet machine with http11's hand parser, before h11 (bench/RESULTS.md); through
-# h11 one costs more, so this errs toward keeping the budget. Where it makes the rule keep the budget,
-# the budget's small requests measure the real cost at once; where it bridges, requests would cost at
-# least this much more than their bytes take anyway.
+# h11 one costs more, so this errs toward fewer bytes in more requests, whose windows measure the real
+# cost at once (a choice that bridged everything would make no small requests to measure it by).
 ASSUMED_REQUEST_S = 100e-6
 
 
