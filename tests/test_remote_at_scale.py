@@ -213,7 +213,8 @@ def test_the_summary_and_json_report_requests_resolves_and_waits(remote_root, hu
         assert f"requests, {srv.stats.resolves} resolves, rate limited 1 time: waited 1 s)" in text, text
         srv.stats.reset()
         assert cli.main(args + ["--overwrite", "--json"]) == 0
-        net = json.loads(capfd.readouterr().out.strip().splitlines()[-1])["network"]
+        out = capfd.readouterr().out.strip().splitlines()[-1]
+        net = json.loads(out, parse_constant=lambda name: pytest.fail(f"--json wrote {name}: not JSON"))["network"]
         assert net["resolves"] == srv.stats.resolves and net["requests"] > net["resolves"]
         assert net["rate_limit_waits"] == 0  # the fault fired once, in the first run
 
@@ -327,6 +328,9 @@ def test_the_profile_counts_the_plans_runs_and_gaps_and_the_rule_takes_the_fewes
     tight = Profile.of([rows], {"a": (4 << 20) - 4096}.__getitem__, 8 << 20)
     gap, overfetch, _, said = tight.choose(100e6, 300e-6)
     assert (gap, overfetch) == (4096, math.inf) and said["predicted_s"] == said["predicted_fastest_s"]
+    import json
+
+    json.dumps(said, allow_nan=False)  # what --json's network shows: strict JSON (no Infinity)
     # the same, but the file is 4x what is read: a download would be slow, so half its saving buys fewer bytes:
     # the 4 kB gaps bridged, not the 12 kB one, though bridging it too would be (a little) faster
     gap, overfetch, way, said = profile.choose(100e6, 300e-6)

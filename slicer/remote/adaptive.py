@@ -210,7 +210,7 @@ class Profile:
             i = current  # within STICK of the bound and of the fewest bytes: no change worth its cost
         k = int(self.k[i])
         gap, overfetch = (int(self.gaps[k - 1]), math.inf) if k else (0, 0.0)  # every gap up to ``gap``, no budget
-        return gap, overfetch, i, {"chosen_gap_bytes": gap, "chosen_overfetch": round(overfetch, 4),
+        return gap, overfetch, i, {"chosen_gap_bytes": gap,  # every gap up to it bridged (0: none), no budget
                                    "predicted_bytes_ratio": round(float(self.bytes[i]) / max(1, self.kept), 4),
                                    "predicted_s": round(float(t[i]), 3), "predicted_fastest_s": round(fastest, 3),
                                    "predicted_download_all_s": round(t_all, 3)}
