@@ -18,7 +18,9 @@ fixed latency before every answer (a far server's round trip). Two measurements:
         is the gap worth a request: at most that many bytes should be bridged.
 
 Every run is a whole process; e2e reports wall times (import included), gap the run's
-own time from its summary (plan, fetch, write). The median of --repeats is reported. The machine is shared and has 2 cores: the server, the client and (for
+own time from its summary (plan, fetch, write). The median of --repeats is reported, and each
+of issue 18's targets as a line "target: ... (met / NOT met)", with the load and how long the
+part took (e2e ~3.5 min, gap ~6 min at --repeats 3 on the shared 2-vCPU VM at load ~12). The machine is shared and has 2 cores: the server, the client and (for
 download) the local shrink compete for them, as they would not across a real network.
 
   requests  Llama-3.1-405B's shapes (sparse files) shrunk to Llama-3.1-8B's: the requests and
