@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("-o", "--output", metavar="FILE", default="scores.safetensors",
                        help="where to write the scores (default scores.safetensors)")
     score.add_argument("--device", default="auto", help="where the teacher runs: auto (cuda if available), cpu, cuda[:N]")
+    score.add_argument("--criterion", choices=["activation", "taylor"], default="taylor",
+                       help="activation (default): mean activation norms; taylor: |w x grad| of the teacher's next-token "
+                            "loss over every tensor an axis binds, streamed backwards layer by layer (docs/importance.md)")
     _add_output_flags(score)
 
     verify = sub.add_parser("verify", help="check a written student against its manifest (and the teacher)",
@@ -505,7 +508,7 @@ def cmd_score(args) -> int:
 
     _check_writable(args.output)  # before the scoring run, not after it
     summary = score_to_file(args.teacher, args.output, calibration=_calibration(args), samples=args.samples,
-                            seq_len=args.seq_len, device=args.device)
+                            seq_len=args.seq_len, device=args.device, criterion=args.criterion)
     if args.json:
         print(json.dumps(summary))
     elif not args.quiet:
