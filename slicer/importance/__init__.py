@@ -6,6 +6,7 @@
   offloaded execution over a lazy map of the teacher's safetensors);
 - ``hooks``: where each axis shows in the activations, read off the plan's layouts;
 - ``members`` (pure): which member of which axis every element of a dimension is;
+- ``taylor``: the default criterion, gradient x weight, with a streamed backward layer by layer;
 - ``scoring``: the whole run; ``scores``: the scores file and the ``Ranking`` selection asks.
 """
 from __future__ import annotations
