@@ -226,8 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where to write the scores (default scores.safetensors)")
     score.add_argument("--device", default="auto", help="where the teacher runs: auto (cuda if available), cpu, cuda[:N]")
     score.add_argument("--criterion", choices=["activation", "taylor"], default="taylor",
-                       help="activation (default): mean activation norms; taylor: |w x grad| of the teacher's next-token "
-                            "loss over every tensor an axis binds, streamed backwards layer by layer (docs/importance.md)")
+                       help="taylor (default): (w x grad)^2 of the teacher's next-token loss over every tensor an axis "
+                            "binds, a forward and a backward layer by layer; activation: mean activation norms of one "
+                            "forward, cheaper (docs/importance.md)")
     _add_output_flags(score)
 
     verify = sub.add_parser("verify", help="check a written student against its manifest (and the teacher)",
@@ -512,7 +513,8 @@ def cmd_score(args) -> int:
     if args.json:
         print(json.dumps(summary))
     elif not args.quiet:
-        print(f"scored {summary['axes']} axes and {summary['layer_lists']} layer list(s) of {summary['teacher']} on "
+        print(f"scored {summary['axes']} axes and {summary['layer_lists']} layer list(s) of {summary['teacher']} "
+              f"({summary['criterion']}) on "
               f"{summary['tokens']} calibration tokens in {summary['seconds']:.1f} s on {summary['device']} (peak memory "
               f"{format_bytes(summary['peak_memory_bytes'])}); wrote {summary['output']} (sha256 {summary['sha256'][:16]}...)")
     return 0
