@@ -279,6 +279,24 @@ def test_importance_keeps_exactly_the_planted_members(root, calibration, tmp_pat
     assert uniform["hidden"] != sorted(HIDDEN) and uniform["ffn0"] != FFN[0]
 
 
+def test_taylor_finds_the_planted_members_of_the_layers_that_reach_the_loss(root, calibration):
+    """The default criterion (Taylor) on the planted Llama: the planted hidden channels, and in the
+    layers that add to the residual stream the planted FFN neurons and kv heads. (The other layers'
+    members change nothing downstream, so their gradients, and their Taylor scores, are zero.)"""
+    from slicer.importance.scoring import score_teacher
+
+    teacher = root / "planted"
+    if not (teacher / "config.json").exists():
+        _planted_llama(teacher)
+    vectors = score_teacher(teacher, calibration).scores.vectors
+    assert sorted(torch.topk(vectors["hidden"], 32).indices.tolist()) == sorted(HIDDEN)
+    for t in LAYERS:
+        assert sorted(torch.topk(vectors[f"model.layers.{t}.mlp:ffn"], 48).indices.tolist()) == FFN[t]
+        assert sorted(torch.topk(vectors[f"model.layers.{t}.self_attn:kv-heads"], 2).indices.tolist()) == KV[t]
+    for t in set(range(4)) - set(LAYERS):
+        assert float(vectors[f"model.layers.{t}.mlp:ffn"].abs().max()) < 1e-12
+
+
 def test_hidden_channels_scored_by_linear_inputs_find_the_planted_ones_too(root, calibration):
     from slicer.importance.scoring import score_teacher
 
