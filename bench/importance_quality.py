@@ -61,7 +61,7 @@ def students(teacher: Path, work: Path, edits: dict, scores: Path, methods=None,
              tag="") -> dict[str, Path]:
     out = {}
     for method in methods or METHODS:
-        folder = work / f"{tag}{method}{'' if HIDDEN_FROM == 'residual' else '-' + HIDDEN_FROM}"
+        folder = work / f"{tag}{method}{'' if HIDDEN_FROM == 'residual' else '-' + HIDDEN_FROM}{_criterion_tag()}"
         t = time.perf_counter()
         if method == "magnitude":  # data-free scores, applied as an imported ranking
             from importance_magnitude import magnitude_file
@@ -79,19 +79,27 @@ def students(teacher: Path, work: Path, edits: dict, scores: Path, methods=None,
 
 
 HIDDEN_FROM = "residual"  # --hidden-from: which activations score the hidden channels (see main)
+CRITERION = "activation"  # --criterion
+TAYLOR = None  # --taylor: the Taylor reduction (None: slicer's default)
+
+
+def _criterion_tag() -> str:
+    return "" if CRITERION == "activation" else f"-taylor{'-' + TAYLOR if TAYLOR else ''}"
 
 
 def score(teacher: Path, work: Path) -> Path:
-    path = work / ("scores.safetensors" if HIDDEN_FROM == "residual" else f"scores-{HIDDEN_FROM}.safetensors")
+    tag = ("" if HIDDEN_FROM == "residual" else f"-{HIDDEN_FROM}") + _criterion_tag()
+    path = work / f"scores{tag}.safetensors"
     if not path.exists():
         t = time.perf_counter()
-        if HIDDEN_FROM == "residual":  # slicer's default
+        if not tag:  # slicer's default
             slicer_cli("score", str(teacher), "-o", str(path), "--quiet")
-        else:  # the alternative statistic, through the Python API
+        else:  # the alternative statistics, through the Python API
             from slicer.importance.scores import save
             from slicer.importance.scoring import score_teacher
 
-            save(path, score_teacher(teacher, hidden_from=HIDDEN_FROM).scores)
+            extra = {"criterion": CRITERION} | ({"taylor": TAYLOR} if TAYLOR else {})
+            save(path, score_teacher(teacher, hidden_from=HIDDEN_FROM, **extra).scores)
         print(f"  scored {teacher.name} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     return path
 
@@ -156,10 +164,11 @@ def run_minilm(work: Path) -> list[dict]:
     tok = transformers.AutoTokenizer.from_pretrained(str(teacher))
     rows = [{"model": "teacher", **sentence_metrics(transformers.AutoModel.from_pretrained(str(teacher)).eval(), tok)}]
     scores = score(teacher, work)
-    for method, folder in students(teacher, work, MINILM_STUDENT, scores).items():
+    built = students(teacher, work, MINILM_STUDENT, scores)
+    for method, folder in built.items():
         model = transformers.AutoModel.from_pretrained(str(folder)).eval()
         rows.append({"model": method, **sentence_metrics(model, tok)})
-    config = transformers.AutoConfig.from_pretrained(str(work / "uniform"))
+    config = transformers.AutoConfig.from_pretrained(str(next(iter(built.values()))))  # the students' shape
     torch.manual_seed(0)
     rows.append({"model": "random init", **sentence_metrics(transformers.AutoModel.from_config(config).eval(), tok)})
     return rows
@@ -242,9 +251,12 @@ def main() -> None:
                    help="score hidden channels by the residual stream entering each layer (slicer's default), by "
                         "|W| ||x|| over every reader (weighted) or by the (normed) inputs of the linear layers that "
                         "read them")
+    p.add_argument("--criterion", choices=["activation", "taylor"], default="activation",
+                   help="score_teacher's criterion: activation norms, or first-order Taylor (gradient x weight)")
+    p.add_argument("--taylor", choices=["abs", "signed", "squared"], help="the Taylor reduction (default: slicer's)")
     args = p.parse_args()
-    global HIDDEN_FROM
-    HIDDEN_FROM = args.hidden_from
+    global HIDDEN_FROM, CRITERION, TAYLOR
+    HIDDEN_FROM, CRITERION, TAYLOR = args.hidden_from, args.criterion, args.taylor
     if args.methods:
         METHODS[:] = args.methods.split(",")
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))

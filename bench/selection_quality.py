@@ -11,10 +11,13 @@ calibration or selection saw). Calibration for everyone: slicer's default text
 Rows, each built in a subprocess of its own (time: the whole build, calibration forward
 included; peak: that process's max RSS):
 - ``uniform``: ``slicer shrink --method uniform``;
-- ``importance (residual)``: ``slicer score`` then ``--method importance``, hidden channels
-  scored by the residual stream (slicer's statistic before 2026-12-07);
+- ``importance (residual)``: ``score_teacher(criterion="activation")`` then ``--method importance``,
+  hidden channels scored by the residual stream (slicer's default before Taylor);
 - ``importance (weighted)``: hidden channels scored by Wanda's column norm x activation norm,
-  summed over every linear that reads them (``score_teacher(hidden_from="weighted")``);
+  summed over every linear that reads them (``score_teacher(criterion="activation", hidden_from="weighted")``);
+- ``importance (taylor)``: slicer's default, first-order Taylor (``score_teacher(criterion="taylor")``,
+  ``taylor="squared"``: the sum of (w g)^2 per element); ``taylor-abs``: the sum of |w g| (Torch-Pruning's
+  GroupTaylorImportance); ``taylor-signed``: |sum of w g|;
 - ``torch-pruning activation`` / ``taylor``: Torch-Pruning 1.6's ``ActivationImportance(p=2)``
   and ``GroupTaylorImportance`` (``BasePruner``, local pruning, ratio 0.5, head ratio 1/3, head
   size kept), on ``attn_implementation="eager"`` with a forward that returns the logits;
@@ -49,7 +52,8 @@ DATA = ROOT / "bench" / "data"
 TEXTS = ("heldout.txt", "finetune.txt")
 SHAPE = {"hidden_size": 288, "intermediate_size": 768, "num_attention_heads": 6, "num_key_value_heads": 3,
          "head_dim": 64}
-ROWS = ("uniform", "importance-residual", "importance-weighted", "tp-activation", "tp-taylor")
+ROWS = ("uniform", "importance-residual", "importance-weighted", "importance-taylor", "importance-taylor-abs",
+        "importance-taylor-signed", "tp-activation", "tp-taylor")
 SAMPLES, SEQ_LEN = 32, 128  # slicer's default text gives 32 rows of 128 tokens
 
 
@@ -67,11 +71,18 @@ def build(row: str, teacher: Path, out: Path) -> None:
     if row == "uniform":
         api.shrink(teacher, out, config_set=SHAPE, method="uniform", overwrite=True, attention="heads")
     elif row.startswith("importance-"):
+        from slicer.importance import taylor
         from slicer.importance.scores import save
         from slicer.importance.scoring import score_teacher
 
         scores = out.with_name(out.name + ".scores.safetensors")
-        save(scores, score_teacher(teacher, hidden_from=row.split("-", 1)[1], device="cpu").scores)
+        statistic = row.split("-", 1)[1]
+        if statistic.startswith("taylor"):  # taylor (slicer's default), taylor-abs, taylor-signed
+            how = {"taylor": taylor.DEFAULT}.get(statistic, statistic.split("-")[-1])
+            run = score_teacher(teacher, criterion="taylor", taylor=how, device="cpu")
+        else:
+            run = score_teacher(teacher, hidden_from=statistic, criterion="activation", device="cpu")
+        save(scores, run.scores)
         api.shrink(teacher, out, config_set=SHAPE, method="importance", scores=scores, overwrite=True,
                    attention="heads")
     elif row.startswith("tp-"):

@@ -65,7 +65,9 @@ def calibration(root):
 
 
 def _score(teacher, calib, out):
-    rc = main(["score", str(teacher), "--calibration", str(calib), "-o", str(out), "--quiet"])
+    """``slicer score`` with the activation criterion, whose statistics these tests check
+    (the default, Taylor, is checked against its definition in tests/test_taylor.py)."""
+    rc = main(["score", str(teacher), "--calibration", str(calib), "-o", str(out), "--criterion", "activation", "--quiet"])
     assert rc == 0
     return out
 
@@ -165,7 +167,7 @@ def test_importance_keeps_every_axis_consistent_in_every_tensor(root, llama, cal
     if hidden_from == "residual":  # the default, through the CLI
         vectors = read_folder_scores(_score(llama, calibration, root / "twin.safetensors"))
     else:
-        vectors = score_teacher(llama, calibration, hidden_from=hidden_from).scores.vectors
+        vectors = score_teacher(llama, calibration, hidden_from=hidden_from, criterion="activation").scores.vectors
     imported = tmp_path / "imported.safetensors"
     save(imported, Scores(vectors, {"teacher": teacher_files(Checkpoint.open(coded))}))
     out = tmp_path / "out"
@@ -277,6 +279,24 @@ def test_importance_keeps_exactly_the_planted_members(root, calibration, tmp_pat
     assert uniform["hidden"] != sorted(HIDDEN) and uniform["ffn0"] != FFN[0]
 
 
+def test_taylor_finds_the_planted_members_of_the_layers_that_reach_the_loss(root, calibration):
+    """The default criterion (Taylor) on the planted Llama: the planted hidden channels, and in the
+    layers that add to the residual stream the planted FFN neurons and kv heads. (The other layers'
+    members change nothing downstream, so their gradients, and their Taylor scores, are zero.)"""
+    from slicer.importance.scoring import score_teacher
+
+    teacher = root / "planted"
+    if not (teacher / "config.json").exists():
+        _planted_llama(teacher)
+    vectors = score_teacher(teacher, calibration).scores.vectors
+    assert sorted(torch.topk(vectors["hidden"], 32).indices.tolist()) == sorted(HIDDEN)
+    for t in LAYERS:
+        assert sorted(torch.topk(vectors[f"model.layers.{t}.mlp:ffn"], 48).indices.tolist()) == FFN[t]
+        assert sorted(torch.topk(vectors[f"model.layers.{t}.self_attn:kv-heads"], 2).indices.tolist()) == KV[t]
+    for t in set(range(4)) - set(LAYERS):
+        assert float(vectors[f"model.layers.{t}.mlp:ffn"].abs().max()) < 1e-12
+
+
 def test_hidden_channels_scored_by_linear_inputs_find_the_planted_ones_too(root, calibration):
     from slicer.importance.scoring import score_teacher
 
@@ -284,7 +304,7 @@ def test_hidden_channels_scored_by_linear_inputs_find_the_planted_ones_too(root,
     if not (teacher / "config.json").exists():
         _planted_llama(teacher)
     for hidden_from in ("inputs", "residual", "weighted"):
-        hidden = score_teacher(teacher, calibration, hidden_from=hidden_from).scores.vectors["hidden"]
+        hidden = score_teacher(teacher, calibration, hidden_from=hidden_from, criterion="activation").scores.vectors["hidden"]
         assert sorted(torch.topk(hidden, 32).indices.tolist()) == sorted(HIDDEN), hidden_from
 
 
@@ -299,7 +319,7 @@ def test_weighted_hidden_scores_are_wandas_norms_summed_over_every_reader(root, 
     teacher = root / "planted"
     if not (teacher / "config.json").exists():
         _planted_llama(teacher)
-    got = score_teacher(teacher, calibration, hidden_from="weighted").scores.vectors["hidden"]
+    got = score_teacher(teacher, calibration, hidden_from="weighted", criterion="activation").scores.vectors["hidden"]
     model = transformers.LlamaForCausalLM.from_pretrained(str(teacher), dtype=torch.float32).eval()
     ids = load_file(str(calibration))["input_ids"]
     want = torch.zeros(64, dtype=torch.float64)
@@ -329,7 +349,7 @@ def test_weighted_query_heads_are_scored_by_their_outputs_energy(root, calibrati
     teacher = root / "planted"
     if not (teacher / "config.json").exists():
         _planted_llama(teacher)
-    vectors = score_teacher(teacher, calibration, hidden_from="weighted").scores.vectors
+    vectors = score_teacher(teacher, calibration, hidden_from="weighted", criterion="activation").scores.vectors
     model = transformers.LlamaForCausalLM.from_pretrained(str(teacher), dtype=torch.float32).eval()
     ids = load_file(str(calibration))["input_ids"]
     seen = {}

@@ -225,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("-o", "--output", metavar="FILE", default="scores.safetensors",
                        help="where to write the scores (default scores.safetensors)")
     score.add_argument("--device", default="auto", help="where the teacher runs: auto (cuda if available), cpu, cuda[:N]")
+    score.add_argument("--criterion", choices=["activation", "taylor"], default="taylor",
+                       help="taylor (default): (w x grad)^2 of the teacher's next-token loss over every tensor an axis "
+                            "binds, a forward and a backward layer by layer; activation: mean activation norms of one "
+                            "forward, cheaper (docs/importance.md)")
     _add_output_flags(score)
 
     verify = sub.add_parser("verify", help="check a written student against its manifest (and the teacher)",
@@ -505,11 +509,12 @@ def cmd_score(args) -> int:
 
     _check_writable(args.output)  # before the scoring run, not after it
     summary = score_to_file(args.teacher, args.output, calibration=_calibration(args), samples=args.samples,
-                            seq_len=args.seq_len, device=args.device)
+                            seq_len=args.seq_len, device=args.device, criterion=args.criterion)
     if args.json:
         print(json.dumps(summary))
     elif not args.quiet:
-        print(f"scored {summary['axes']} axes and {summary['layer_lists']} layer list(s) of {summary['teacher']} on "
+        print(f"scored {summary['axes']} axes and {summary['layer_lists']} layer list(s) of {summary['teacher']} "
+              f"({summary['criterion']}) on "
               f"{summary['tokens']} calibration tokens in {summary['seconds']:.1f} s on {summary['device']} (peak memory "
               f"{format_bytes(summary['peak_memory_bytes'])}); wrote {summary['output']} (sha256 {summary['sha256'][:16]}...)")
     return 0

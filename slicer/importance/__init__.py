@@ -6,6 +6,7 @@
   offloaded execution over a lazy map of the teacher's safetensors);
 - ``hooks``: where each axis shows in the activations, read off the plan's layouts;
 - ``members`` (pure): which member of which axis every element of a dimension is;
+- ``taylor``: the default criterion, gradient x weight, with a streamed backward layer by layer;
 - ``scoring``: the whole run; ``scores``: the scores file and the ``Ranking`` selection asks.
 """
 from __future__ import annotations
@@ -23,20 +24,23 @@ __all__ = ["Scores", "load", "save", "score", "score_to_file"]
 
 
 def score(teacher: str | Path, output: str | Path | None = None, *, calibration: str | Path | None = None,
-          samples: int = 32, seq_len: int = 128, device: str = "auto") -> Scores:
+          samples: int = 32, seq_len: int = 128, device: str = "auto", criterion: str = "taylor") -> Scores:
     """Score every axis of ``teacher`` on ``calibration`` (None: the default text), streamed;
-    written to ``output`` when given. ``scores.vectors``: axis name -> tensor of scores."""
+    written to ``output`` when given. ``scores.vectors``: axis name -> tensor of scores.
+    ``criterion``: ``activation`` or ``taylor`` (gradient x weight, docs/importance.md)."""
     from .scores import load
     from .scoring import score_teacher
 
     if output is not None:
-        score_to_file(teacher, output, calibration=calibration, samples=samples, seq_len=seq_len, device=device)
+        score_to_file(teacher, output, calibration=calibration, samples=samples, seq_len=seq_len, device=device,
+                      criterion=criterion)
         return load(output)
-    return score_teacher(teacher, calibration, samples=samples, seq_len=seq_len, device=device).scores
+    return score_teacher(teacher, calibration, samples=samples, seq_len=seq_len, device=device,
+                         criterion=criterion).scores
 
 
 def score_to_file(teacher: str | Path, output: str | Path, *, calibration: str | Path | None = None,
-                  samples: int = 32, seq_len: int = 128, device: str = "auto") -> dict:
+                  samples: int = 32, seq_len: int = 128, device: str = "auto", criterion: str = "taylor") -> dict:
     """``slicer score``: score ``teacher`` and write the scores to ``output``; a summary."""
     from ..run.memory import PeakSampler
     from .scores import save
@@ -52,12 +56,13 @@ def score_to_file(teacher: str | Path, output: str | Path, *, calibration: str |
     if target.is_dir():
         raise SlicerError(f"{out}: is a folder; name the scores file, e.g. {out / 'scores.safetensors'}")
     with PeakSampler() as memory:
-        run = score_teacher(ckpt, calibration, samples=samples, seq_len=seq_len, device=device)
+        run = score_teacher(ckpt, calibration, samples=samples, seq_len=seq_len, device=device, criterion=criterion)
     sha = save(out, run.scores)
     layer_lists = len(run.scores.layers())
     return {"teacher": str(ckpt.path), "output": str(out), "sha256": sha, "axes": len(run.scores.vectors) - layer_lists,
             "layer_lists": layer_lists, "tokens": run.tokens, "seconds": round(run.seconds, 3), "device": run.device,
-            "peak_memory_bytes": memory.peak, "calibration": run.scores.metadata.get("calibration")}
+            "peak_memory_bytes": memory.peak, "calibration": run.scores.metadata.get("calibration"),
+            "criterion": run.scores.metadata.get("criterion")}
 
 
 def __getattr__(name: str):

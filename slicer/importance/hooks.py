@@ -248,7 +248,7 @@ def _module_layer(key: str, lists: set[str]) -> str | None:
 
 # --------------------------------------------------------------------------- probes
 
-def _probe_class():
+def probe_class():
     from accelerate.hooks import ModelHook
 
     class Probe(ModelHook):
@@ -278,7 +278,7 @@ def attach(model, view, sites: Sites, sums: Sums, *, hidden_from: str = "residua
     """Put probes on the model's modules (before accelerate's offloading hooks are added)."""
     from accelerate.hooks import add_hook_to_module
 
-    Probe = _probe_class()
+    Probe = probe_class()
     for path, site in sites.linears.items():
         def read(module, args, kwargs, output, site=site, path=path):
             x = args[0] if args else kwargs.get("input", kwargs.get("x"))
@@ -296,7 +296,7 @@ def attach(model, view, sites: Sites, sums: Sums, *, hidden_from: str = "residua
         add_hook_to_module(view.modules[path], Probe(after=_layer_scorer(prefix, index, residual, sums, path)))
 
 
-def _first_tensor(obj):
+def first_tensor(obj):
     if isinstance(obj, torch.Tensor):
         return obj
     if isinstance(obj, (tuple, list)) and obj and isinstance(obj[0], torch.Tensor):
@@ -315,7 +315,7 @@ def _layer_scorer(prefix: str, index: int, residual: str | None, sums: Sums, pat
     def after(module, args, kwargs, output):
         give_back_memory()  # the layer's weights are off the model again: keep memory flat in depth
         x = args[0] if args else kwargs.get("hidden_states")
-        y = _first_tensor(output)
+        y = first_tensor(output)
         if not isinstance(x, torch.Tensor) or y is None or x.shape != y.shape:
             return  # not a hidden -> hidden block: no block influence
         cos = torch.nn.functional.cosine_similarity(x.detach().float(), y.detach().float(), dim=-1)
