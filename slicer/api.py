@@ -87,10 +87,22 @@ def shrink_request(teacher: str | Path, out: str | Path, request: Request) -> Su
 
         return shrink_rotated(teacher, out, request)
     if request.distributed:
+        if request.correct:
+            from .corrections import check_request
+
+            check_request(teacher, request)  # refuses: corrections run in one process
         from .distributed import shrink_distributed
 
         return shrink_distributed(teacher, out, request)
-    return shrink_here(teacher, out, request)
+    if not request.correct:
+        return shrink_here(teacher, out, request)
+    from .corrections import check_request, correct
+
+    which = check_request(teacher, request)
+    summary = shrink_here(teacher, out, request)
+    summary.corrections = correct(teacher, out, which, alpha=request.correct_alpha, calibration=request.calibration,
+                                  samples=request.samples, seq_len=request.seq_len, device=request.device)
+    return summary
 
 
 def stream(teacher: str | Path, **options) -> Iterator[tuple[str, torch.Tensor]]:
