@@ -88,7 +88,7 @@ def shrink_request(teacher: str | Path, out: str | Path, request: Request) -> Su
         return shrink_rotated(teacher, out, request)
     if request.distributed:
         if request.correct:
-            from .corrections import check_request
+            from .corrections.refit import check_request
 
             check_request(teacher, request)  # refuses: corrections run in one process
         from .distributed import shrink_distributed
@@ -96,7 +96,7 @@ def shrink_request(teacher: str | Path, out: str | Path, request: Request) -> Su
         return shrink_distributed(teacher, out, request)
     if not request.correct:
         return shrink_here(teacher, out, request)
-    from .corrections import check_request, correct
+    from .corrections.refit import check_request, correct
 
     which = check_request(teacher, request)
     summary = shrink_here(teacher, out, request)

@@ -26,7 +26,7 @@ from test_rotation import calibration, load, teacher  # noqa: E402
 
 from slicer import api  # noqa: E402
 from slicer.cli import main  # noqa: E402
-from slicer.corrections import ridge  # noqa: E402
+from slicer.corrections.refit import ridge  # noqa: E402
 from slicer.verify import verify  # noqa: E402
 
 CUT = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2}

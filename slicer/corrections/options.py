@@ -1,7 +1,8 @@
 """The CLI's correction options (``slicer shrink --correct``): defined once, here."""
 from __future__ import annotations
 
-from .refit import CORRECTIONS, DEFAULT_ALPHA
+CORRECTIONS = ("writers", "readers", "lm_head")
+DEFAULT_ALPHA = 1e-2
 
 
 def add_arguments(parser) -> None:

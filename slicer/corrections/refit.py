@@ -38,10 +38,9 @@ from ..errors import SlicerError
 from ..io.checkpoint import Checkpoint
 from ..io.writer import MANIFEST_NAME
 from ..selection import manifest_indices
+from .options import CORRECTIONS, DEFAULT_ALPHA
 
 log = logging.getLogger("slicer")
-CORRECTIONS = ("writers", "readers", "lm_head")
-DEFAULT_ALPHA = 1e-2
 
 
 def parse(text: str | None) -> tuple[str, ...]:

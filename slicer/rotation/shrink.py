@@ -24,8 +24,8 @@ import torch
 
 from ..io.checkpoint import Checkpoint, is_url
 from ..errors import SlicerError
-from ..corrections import check_request
-from ..corrections import correct as correct_student
+from ..corrections.refit import check_request
+from ..corrections.refit import correct as correct_student
 from ..importance.calibration import warn_underdetermined
 from ..plan.request import Request
 from .family import check_offered
