@@ -102,6 +102,27 @@ def test_a_refit_is_the_ridge_solution_on_the_students_own_inputs(tmp_path, whic
     assert fits["relative_error_after"] < fits["relative_error_before"]
 
 
+def test_a_bias_correction_moves_a_writers_bias_by_the_mean_it_misses(tmp_path):
+    t = teacher(tmp_path / "t", "llama-biases")
+    calib, ids = calibration(tmp_path / "calib.safetensors")
+    kw = dict(config_set=CUT, method="importance", attention="heads", calibration=calib, samples=24, seq_len=16,
+              device="cpu")
+    api.shrink(tmp_path / "t", tmp_path / "plain", **kw)
+    api.shrink(tmp_path / "t", tmp_path / "fit", correct="bias", **kw)
+    manifest = json.loads((tmp_path / "fit" / "slicer_manifest.json").read_text())
+    assert sorted(manifest["corrections"]["tensors"]) == sorted(
+        f"model.layers.{i}.{m}.bias" for i in (0, 1) for m in ("self_attn.o_proj", "mlp.down_proj"))
+    module = "model.layers.0.self_attn.o_proj"
+    plain = load(tmp_path / "plain")
+    _, ys = inputs_and_outputs(plain, ids, module)
+    _, yt = inputs_and_outputs(t, ids, module)
+    hidden = indices(manifest, manifest["tensors"][module + ".weight"]["index"][0])
+    want = plain.get_submodule(module).bias.double() + (yt[:, hidden] - ys).mean(0)
+    got = load_file(str(tmp_path / "fit" / "model.safetensors"))
+    assert torch.allclose(got[module + ".bias"].double(), want, rtol=1e-5, atol=1e-6)
+    assert torch.equal(got[module + ".weight"], plain.get_submodule(module).weight)
+
+
 def test_the_members_kept_are_unchanged_and_a_large_alpha_keeps_the_weights(tmp_path):
     teacher(tmp_path / "t", "llama")
     calib, _ = calibration(tmp_path / "calib.safetensors")
@@ -149,6 +170,6 @@ def test_a_remote_teacher_is_refused_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--correct" in err[0] and "local files" in err[0], err
     assert not (tmp_path / "s").exists()
-    code = main(["shrink", str(tmp_path), str(tmp_path / "s"), "--set", "hidden_size=32", "--correct", "bias"])
+    code = main(["shrink", str(tmp_path), str(tmp_path / "s"), "--set", "hidden_size=32", "--correct", "bogus"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and "unknown correction 'bias'" in err[0]
+    assert code == 2 and "unknown correction 'bogus'" in err[0]

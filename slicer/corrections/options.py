@@ -1,7 +1,7 @@
 """The CLI's correction options (``slicer shrink --correct``): defined once, here."""
 from __future__ import annotations
 
-CORRECTIONS = ("writers", "readers", "lm_head")
+CORRECTIONS = ("writers", "readers", "lm_head", "bias")
 DEFAULT_ALPHA = 1e-2
 
 
@@ -12,8 +12,9 @@ def add_arguments(parser) -> None:
                             f"{', '.join(CORRECTIONS)}: each fed the student's own inputs on the calibration data "
                             "(--calibration, --samples, --seq-len), layer by layer, against the teacher's outputs "
                             "(writers: o_proj, down_proj: the teacher's whole output in the student's hidden basis; "
-                            "readers: q/k/v, gate/up: the kept members' outputs; lm_head: the teacher's logits); ridge "
-                            "least squares, which members are kept is unchanged (default: none)")
+                            "readers: q/k/v, gate/up: the kept members' outputs; lm_head: the teacher's logits; bias: a "
+                            "writer's bias alone moved by the mean it misses, FLAP's compensation); ridge least squares, "
+                            "which members are kept is unchanged (default: none)")
     group.add_argument("--correct-alpha", type=float, default=DEFAULT_ALPHA, metavar="A",
                        help=f"the ridge's strength relative to the mean diagonal of each Gram (default {DEFAULT_ALPHA:g}; "
                             "larger keeps the written weights)")

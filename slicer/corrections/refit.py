@@ -25,6 +25,7 @@ column of ones.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -142,37 +143,53 @@ class _Side:
         self.prefix, self.layers = _layer_list(self.model)
         self.names = {id(m): n for n, m in self.model.named_modules()}
 
-    def first_layer_inputs(self, inputs: dict) -> tuple[torch.Tensor, dict]:
-        """The hidden states and keyword arguments the model hands its first layer."""
-        emb = self.model.get_input_embeddings()
-        name = self.names[id(emb)]
-        _materialize(emb, self.weights, name + ".", self.device)
+    def outside(self) -> list:
+        """The modules with parameters outside the layer list (embeddings, final norm, head)."""
+        found = []
+        for name, m in self.model.named_modules():
+            inside = name == self.prefix or name.startswith(self.prefix + ".")
+            if not inside and any(True for _ in m.parameters(recurse=False)):
+                found.append(m)
+        return found
+
+    def first_layer_inputs(self, inputs: dict) -> tuple[torch.Tensor, tuple, dict]:
+        """The hidden states and the other arguments the model hands its first layer."""
+        around = self.outside()
+        for m in around:  # small beside the layers (an embedding table, a head): what runs before layer 0
+            _materialize(m, self.weights, self.names[id(m)] + ".", self.device)
         caught = {}
 
         def catch(module, args, kwargs):
+            kwargs = dict(kwargs)
             caught["hidden"] = args[0] if args else kwargs.pop("hidden_states")
-            caught["kwargs"] = dict(kwargs)
+            caught["args"] = tuple(args[1:])
+            caught["kwargs"] = kwargs
             raise _Stop
 
         handle = self.layers[0].register_forward_pre_hook(catch, with_kwargs=True)
+        kwargs = {k: v.to(self.device) for k, v in inputs.items()}
+        if "use_cache" in inspect.signature(self.model.forward).parameters:
+            kwargs["use_cache"] = False
         try:
             with torch.no_grad():
-                self.model(**{k: v.to(self.device) for k, v in inputs.items()}, use_cache=False)
+                self.model(**kwargs)
         except _Stop:
             pass
         finally:
             handle.remove()
-            _release(emb)
+            for m in around:
+                _release(m)
         if "hidden" not in caught:
             raise SlicerError(f"{self.ckpt.path}: the forward never reached its first decoder layer")
-        return caught["hidden"], caught["kwargs"]
+        return caught["hidden"], (caught["args"], caught["kwargs"])
 
     def load(self, module) -> None:
         _materialize(module, self.weights, self.names[id(module)] + ".", self.device)
 
 
-def _call(layer, hidden, kwargs):
-    out = layer(hidden, **kwargs)
+def _call(layer, hidden, rest):
+    args, kwargs = rest
+    out = layer(hidden, *args, **kwargs)
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -240,8 +257,8 @@ def correct(teacher: str | Path, out: str | Path, which: tuple[str, ...], *, hid
                 xt, order, same = _teacher_inputs(tlayer, ht, kt)
                 for name in order:
                     role = _role(s, slayer, name, tensors, axis)
-                    if role is None or (role == "writer" and "writers" not in which) or \
-                            (role == "reader" and "readers" not in which):
+                    mode = _mode(role, which, slayer.get_submodule(name))
+                    if mode is None:
                         continue
                     if same.get(name) is None or same[name] not in fits.get("_x", {}):
                         xs = _student_input(slayer, name, hs, ks)
@@ -251,7 +268,7 @@ def correct(teacher: str | Path, out: str | Path, which: tuple[str, ...], *, hid
                     key = f"{s.names[id(slayer)]}.{name}"
                     fits[key] = _refit(s, t, slayer.get_submodule(name), tlayer.get_submodule(name), key,
                                        f"{t.names[id(tlayer)]}.{name}", xs, xt[name], role, p, tensors, sets, alpha,
-                                       changed)
+                                       changed, bias_only=mode == "bias")
                 fits.pop("_x", None)
                 ht, hs = _call(tlayer, ht, kt), _call(slayer, hs, ks)
                 _release(tlayer)
@@ -333,6 +350,15 @@ def _student_input(layer, name: str, hidden, kwargs) -> torch.Tensor:
     return caught["x"]
 
 
+def _mode(role: str | None, which: tuple[str, ...], module) -> str | None:
+    """What is refitted of one linear: "all" (weight and bias), "bias" (a writer's bias alone), or None."""
+    if role == "reader" and "readers" in which or role == "writer" and "writers" in which:
+        return "all"
+    if role == "writer" and "bias" in which and module.bias is not None:
+        return "bias"
+    return None
+
+
 def _role(side: _Side, layer, name: str, tensors: dict, axis: str) -> str | None:
     key = f"{side.names[id(layer)]}.{name}.weight"
     rec = tensors.get(_ckpt_name(side, key))
@@ -346,8 +372,21 @@ def _role(side: _Side, layer, name: str, tensors: dict, axis: str) -> str | None
 
 
 def _refit(s: _Side, t: _Side, smod, tmod, skey: str, tkey: str, xs, xt, role: str, p, tensors: dict, sets: dict,
-           alpha: float, changed: dict) -> dict:
-    """Refit one linear in place (the student's module keeps the new weights for the rest of its layer)."""
+           alpha: float, changed: dict, bias_only: bool = False) -> dict:
+    """Refit one linear in place (the student's module keeps the new weights for the rest of its layer).
+
+    ``bias_only`` (FLAP's bias compensation, generalized): the weight kept, the bias moved by the
+    mean of what the student's output misses, ``b = b0 + mean(Y - X_s W0^T - b0)``: the least
+    squares bias for the written weight (what the cut members and the cut hidden channels
+    contributed on average)."""
+    if bias_only:
+        target = torch.cat([tmod.weight.detach().double(), tmod.bias.detach().double()[:, None]], 1).T @ p
+        mean_y = _ones(xt).mean(0) @ target
+        mean_s = xs.mean(0) @ smod.weight.detach().double().T + smod.bias.detach().double()
+        smod.bias.data = (smod.bias.detach().double() + mean_y - mean_s).to(smod.bias.dtype).contiguous()
+        changed[_ckpt_name(s, skey + ".bias")] = smod.bias.detach().cpu()
+        return {"role": "writer bias", "tokens": xs.shape[0],
+                "mean_shift": round(float((mean_y - mean_s).norm() / mean_y.norm().clamp(min=1e-30)), 6)}
     wt = tmod.weight.detach().double()
     w0 = smod.weight.detach().double()
     has_bias = smod.bias is not None
@@ -389,6 +428,8 @@ def _residual(gram, cross, xt, target, w) -> float:
 def _refit_head(s: _Side, t: _Side, ht, hs, p, tensors, sets, alpha, changed) -> dict:
     """The output head: a reader of the final norm, fitted to the teacher's logits."""
     shead, thead = s.model.get_output_embeddings(), t.model.get_output_embeddings()
+    if shead is None or thead is None:
+        raise SlicerError(f"{s.ckpt.path}: --correct lm_head: the model has no output head")
     snorm, tnorm = _final_norm(s), _final_norm(t)
     if getattr(s.model.config.get_text_config(), "tie_word_embeddings", False):
         raise SlicerError(f"{s.ckpt.path}: --correct lm_head: the student's head is tied to its embedding; refitting "
