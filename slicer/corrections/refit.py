@@ -209,6 +209,7 @@ def correct(teacher: str | Path, out: str | Path, which: tuple[str, ...], *, hid
     hidden index set."""
     from ..importance import calibration as calib
     from ..importance.forward import give_back_memory, import_accelerate, pick_device
+    from ..run.memory import PeakSampler, anon_bytes
 
     which = tuple(which)
     if not which:
@@ -241,6 +242,8 @@ def correct(teacher: str | Path, out: str | Path, which: tuple[str, ...], *, hid
     changed: dict[str, torch.Tensor] = {}
     fits: dict[str, dict] = {}
     staging = Path(tempfile.mkdtemp(prefix=".slicer-correct-", dir=out))
+    before = anon_bytes()
+    sampler = PeakSampler().__enter__()  # RssAnon + RssShmem: the page cache of the mapped files apart
     try:
         with torch.no_grad():
             ht, kt = t.first_layer_inputs(batch.inputs)
@@ -283,12 +286,14 @@ def correct(teacher: str | Path, out: str | Path, which: tuple[str, ...], *, hid
         t.weights.close()
         names = _rewrite(out, manifest, staging)
     finally:
+        sampler.__exit__(None, None, None)
         for f in staging.glob("*"):
             f.unlink()
         staging.rmdir()
     record = {"which": list(which), "alpha": alpha, "calibration": batch.describe(), "tensors": names,
               "fits": {k: v for k, v in fits.items() if not k.startswith("_")},
-              "seconds": round(time.perf_counter() - start, 3),
+              "seconds": round(time.perf_counter() - start, 3), "anon_before_bytes": before,
+              "peak_anon_bytes": sampler.peak,
               "note": "the listed tensors were refitted after selection (ridge least squares against the teacher's "
                       "outputs on the calibration batch, the student's own inputs): their values are not the "
                       "teacher's selected or rotated; which members are kept is unchanged"}
