@@ -258,21 +258,19 @@ def correct(teacher: str | Path, out: str | Path, which: tuple[str, ...], *, hid
                 slayer = s.layers[si]
                 s.load(slayer)
                 xt, order, same = _teacher_inputs(tlayer, ht, kt)
+                last: tuple[str, torch.Tensor] | None = None  # (the first linear of an input, the student's input)
                 for name in order:
                     role = _role(s, slayer, name, tensors, axis)
                     mode = _mode(role, which, slayer.get_submodule(name))
                     if mode is None:
                         continue
-                    if same.get(name) is None or same[name] not in fits.get("_x", {}):
-                        xs = _student_input(slayer, name, hs, ks)
-                        fits["_x"] = {same.get(name) or name: xs}
-                    else:
-                        xs = fits["_x"][same[name]]
+                    if last is None or last[0] != same[name]:  # q, k, v (gate, up) share one input: one pass
+                        last = (same[name], _student_input(slayer, name, hs, ks))
+                    xs = last[1]
                     key = f"{s.names[id(slayer)]}.{name}"
                     fits[key] = _refit(s, t, slayer.get_submodule(name), tlayer.get_submodule(name), key,
                                        f"{t.names[id(tlayer)]}.{name}", xs, xt[name], role, p, tensors, sets, alpha,
                                        changed, bias_only=mode == "bias")
-                fits.pop("_x", None)
                 ht, hs = _call(tlayer, ht, kt), _call(slayer, hs, ks)
                 _release(tlayer)
                 _release(slayer)
@@ -291,7 +289,7 @@ def correct(teacher: str | Path, out: str | Path, which: tuple[str, ...], *, hid
             f.unlink()
         staging.rmdir()
     record = {"which": list(which), "alpha": alpha, "calibration": batch.describe(), "tensors": names,
-              "fits": {k: v for k, v in fits.items() if not k.startswith("_")},
+              "fits": fits,
               "seconds": round(time.perf_counter() - start, 3), "anon_before_bytes": before,
               "peak_anon_bytes": sampler.peak,
               "note": "the listed tensors were refitted after selection (ridge least squares against the teacher's "
