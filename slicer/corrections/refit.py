@@ -390,42 +390,56 @@ def _refit(s: _Side, t: _Side, smod, tmod, skey: str, tkey: str, xs, xt, role: s
         changed[_ckpt_name(s, skey + ".bias")] = smod.bias.detach().cpu()
         return {"role": "writer bias", "tokens": xs.shape[0],
                 "mean_shift": round(float((mean_y - mean_s).norm() / mean_y.norm().clamp(min=1e-30)), 6)}
-    wt = tmod.weight.detach().double()
-    w0 = smod.weight.detach().double()
     has_bias = smod.bias is not None
     if has_bias:
-        wt = torch.cat([wt, tmod.bias.detach().double()[:, None]], 1)
-        w0 = torch.cat([w0, smod.bias.detach().double()[:, None]], 1)
         xs, xt = _ones(xs), _ones(xt)
     name = _ckpt_name(s, skey + ".weight")
-    if role == "reader":  # the teacher's rows of the members kept
-        rows = manifest_indices(sets[tensors[name]["index"][0]])
-        target = wt[rows].T  # [in_t, out_s]
-    else:  # the teacher's whole output, in the student's hidden basis (the bias row too)
-        target = wt.T @ p
-    gram = xs.T @ xs
-    cross = (xs.T @ xt) @ target
-    w = ridge(gram, cross, w0, alpha)
-    before = _residual(gram, cross, xt, target, w0)
-    after = _residual(gram, cross, xt, target, w)
-    dtype = smod.weight.dtype
+    rows = manifest_indices(sets[tensors[name]["index"][0]]) if role == "reader" else None
+    gram, xst, xtt = xs.T @ xs, xs.T @ xt, xt.T @ xt
+    out_rows = smod.weight.shape[0]
+    new_w = torch.empty(smod.weight.shape, dtype=smod.weight.dtype, device=smod.weight.device)
+    new_b = torch.empty_like(smod.bias) if has_bias else None
+    sums = [0.0, 0.0, 0.0]  # ||Y||^2, ||X_s W0^T - Y||^2, ||X_s W^T - Y||^2
+    for a in range(0, out_rows, _ROWS):  # output rows are independent: a vocabulary-sized head in slabs
+        b = min(a + _ROWS, out_rows)
+        if rows is not None:  # a reader: the teacher's rows of the members kept
+            wt = _with_bias(tmod, rows[a:b])
+            target = wt.T  # [in_t, rows]
+        else:  # a writer: the teacher's whole output, in the student's hidden basis (the bias row too)
+            target = _with_bias(tmod, None).T @ p[:, a:b]
+        w0 = _with_bias(smod, list(range(a, b)))
+        cross = xst @ target
+        w = ridge(gram, cross, w0, alpha)
+        yy = float(torch.einsum("ij,ij->", target, xtt @ target))
+        sums[0] += yy
+        for i, m in ((1, w0), (2, w)):
+            sums[i] += float(torch.einsum("ij,ij->", m.T, gram @ m.T)) - 2 * float(torch.einsum("ij,ij->", m.T, cross)) \
+                + yy
+        if has_bias:
+            new_b[a:b] = w[:, -1].to(new_b.dtype)
+            w = w[:, :-1]
+        new_w[a:b] = w.to(new_w.dtype)
     # new storage, not copy_: a float32 weight read from the student's files is a view of its read-only map
     if has_bias:
-        smod.bias.data = w[:, -1].to(dtype).contiguous()
+        smod.bias.data = new_b
         changed[_ckpt_name(s, skey + ".bias")] = smod.bias.detach().cpu()
-        w = w[:, :-1]
-    smod.weight.data = w.to(dtype).contiguous()
+    smod.weight.data = new_w
     changed[name] = smod.weight.detach().cpu()
-    return {"role": role, "tokens": xs.shape[0], "inputs": xs.shape[1], "relative_error_before": before,
-            "relative_error_after": after}
+    return {"role": role, "tokens": xs.shape[0], "inputs": xs.shape[1],
+            "relative_error_before": round(max(sums[1], 0.0) / max(sums[0], 1e-300), 6),
+            "relative_error_after": round(max(sums[2], 0.0) / max(sums[0], 1e-300), 6)}
 
 
-def _residual(gram, cross, xt, target, w) -> float:
-    """||X_s W^T - Y||^2 / ||Y||^2 from Grams: ||Y||^2 = tr(T^T X_t^T X_t T)."""
-    yy = float(((xt @ target) ** 2).sum()) if xt.shape[0] * target.shape[1] <= 1 << 26 else \
-        float(torch.einsum("ij,ij->", target, (xt.T @ xt) @ target))
-    fit = float(torch.einsum("ij,ij->", w.T, gram @ w.T)) - 2 * float(torch.einsum("ij,ij->", w.T, cross)) + yy
-    return round(max(fit, 0.0) / max(yy, 1e-300), 6)
+_ROWS = 8192  # output rows solved at a time (the right-hand sides of one Cholesky factorization, refactored per slab)
+
+
+def _with_bias(module, rows: list[int] | None) -> torch.Tensor:
+    """The module's [weight | bias] rows (all with None) in float64."""
+    w = module.weight.detach() if rows is None else module.weight.detach()[rows]
+    if module.bias is None:
+        return w.double()
+    b = module.bias.detach() if rows is None else module.bias.detach()[rows]
+    return torch.cat([w.double(), b.double()[:, None]], 1)
 
 
 def _refit_head(s: _Side, t: _Side, ht, hs, p, tensors, sets, alpha, changed) -> dict:
