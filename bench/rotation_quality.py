@@ -84,7 +84,7 @@ def main() -> None:
     p.add_argument("--correct", default="",
                    help="comma-separated corrections to add as rows after each rotated student (one row each; "
                         "join several with +, e.g. writers+lm_head)")
-    p.add_argument("--correct-alpha", type=float, default=1e-2, help="the ridge's alpha (default 0.01)")
+    p.add_argument("--correct-alpha", type=float, default=0.1, help="the ridge's alpha (default 0.1)")
     args = p.parse_args()
     import transformers
 

@@ -168,6 +168,19 @@ def test_a_rotated_student_whose_inputs_are_the_teachers_is_reproduced(tmp_path)
         assert torch.allclose(b[name], a[name], rtol=1e-3, atol=1e-4 * float(a[name].abs().max())), name
 
 
+def test_the_cli_refits_records_and_says_so(tmp_path, capsys):
+    teacher(tmp_path / "t", "llama")
+    calib, _ = calibration(tmp_path / "calib.safetensors")
+    code = main(["shrink", str(tmp_path / "t"), str(tmp_path / "s"), "--set", "hidden_size=32", "--hidden", "rotate",
+                 "--calibration", str(calib), "--samples", "24", "--seq-len", "16", "--device", "cpu",
+                 "--correct", "writers,lm_head"])
+    out = capsys.readouterr().out
+    assert code == 0 and "corrected (writers,lm_head, alpha 0.1): 5 tensors refitted on 384 calibration tokens" in out
+    record = json.loads((tmp_path / "s" / "slicer_manifest.json").read_text())["corrections"]
+    assert record["which"] == ["writers", "lm_head"] and record["alpha"] == 0.1 and record["peak_anon_bytes"] > 0
+    assert main(["verify", str(tmp_path / "s")]) == 0  # the shards' new sha256 are the manifest's
+
+
 def test_a_remote_teacher_is_refused_with_one_line(tmp_path, capsys):
     code = main(["shrink", "hf://org/model", str(tmp_path / "s"), "--set", "hidden_size=32", "--correct", "writers"])
     err = capsys.readouterr().err.strip().splitlines()
