@@ -99,7 +99,9 @@ def shrink_request(teacher: str | Path, out: str | Path, request: Request) -> Su
     from .corrections.refit import check_request, correct
 
     which = check_request(teacher, request)
-    summary = shrink_here(teacher, out, request)
+    ranks = request.method == "importance" or request.layer_selection == "importance"
+    # the calibration is the refit's too; selection only takes it where it ranks
+    summary = shrink_here(teacher, out, request if ranks else request.replace(calibration=None))
     summary.corrections = correct(teacher, out, which, alpha=request.correct_alpha, calibration=request.calibration,
                                   samples=request.samples, seq_len=request.seq_len, device=request.device)
     return summary

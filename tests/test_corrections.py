@@ -168,6 +168,25 @@ def test_a_rotated_student_whose_inputs_are_the_teachers_is_reproduced(tmp_path)
         assert torch.allclose(b[name], a[name], rtol=1e-3, atol=1e-4 * float(a[name].abs().max())), name
 
 
+def test_with_layer_selection_each_student_layer_is_fitted_to_its_teacher_layer(tmp_path):
+    teacher(tmp_path / "t", "llama", num_hidden_layers=4)
+    calib, _ = calibration(tmp_path / "calib.safetensors")
+    kw = dict(config_set={"num_hidden_layers": 2}, layer_selection="uniform", device="cpu")
+    api.shrink(tmp_path / "t", tmp_path / "plain", **kw)
+    api.shrink(tmp_path / "t", tmp_path / "fit", correct="writers", correct_alpha=1e-4, calibration=calib, samples=24,
+               seq_len=16, **kw)
+    layers = json.loads((tmp_path / "fit" / "slicer_manifest.json").read_text())["layer_maps"]["model.layers"]
+    assert layers[0] == 0 and layers[1] != 1
+    a, b = (load_file(str(tmp_path / f / "model.safetensors")) for f in ("plain", "fit"))
+    # student layer 0 is teacher layer 0 on the teacher's own inputs: its refit gives back its weights; student
+    # layer 1 reads what teacher layer 1 wrote in the teacher, which the student lacks: its writers move
+    for m in ("self_attn.o_proj", "mlp.down_proj"):
+        w = f"model.layers.0.{m}.weight"
+        assert torch.allclose(b[w], a[w], rtol=1e-3, atol=1e-4 * float(a[w].abs().max())), w
+        w = f"model.layers.1.{m}.weight"
+        assert not torch.allclose(b[w], a[w], rtol=1e-2, atol=1e-3), w
+
+
 def test_the_cli_refits_records_and_says_so(tmp_path, capsys):
     teacher(tmp_path / "t", "llama")
     calib, _ = calibration(tmp_path / "calib.safetensors")
