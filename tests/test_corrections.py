@@ -208,3 +208,8 @@ def test_a_remote_teacher_is_refused_with_one_line(tmp_path, capsys):
     code = main(["shrink", str(tmp_path), str(tmp_path / "s"), "--set", "hidden_size=32", "--correct", "bogus"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "unknown correction 'bogus'" in err[0]
+    teacher(tmp_path / "t", "llama-tied")  # a tied head cannot be refitted alone: refused before anything is written
+    capsys.readouterr()
+    code = main(["shrink", str(tmp_path / "t"), str(tmp_path / "s"), "--set", "hidden_size=32", "--correct", "lm_head"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "tied to its embedding" in err[0] and not (tmp_path / "s").exists()

@@ -78,10 +78,15 @@ def check_request(teacher, request) -> tuple[str, ...]:
     config = ckpt.config_path()
     if config is None:
         raise SlicerError(f"{ckpt.path}: --correct needs the teacher's config.json beside its weights")
-    quant = (json.loads(Path(config).read_text()).get("quantization_config") or {}).get("quant_method")
+    config = json.loads(Path(config).read_text())
+    quant = (config.get("quantization_config") or {}).get("quant_method")
     if quant:
         raise SlicerError(f"{ckpt.path}: --correct is not offered for quantized teachers ({quant}): the refit's "
                           "forward reads floating weights only; dequantize the teacher first")
+    tied = (request.config_set or {}).get("tie_word_embeddings", config.get("tie_word_embeddings", False))
+    if "lm_head" in which and tied and request.hidden != "rotate":  # a rotated student's head is untied
+        raise SlicerError(f"{ckpt.path}: --correct lm_head: the student's head is tied to its embedding; refitting "
+                          "it would change the embedding too (untie it: --set tie_word_embeddings=false)")
     return which
 
 
