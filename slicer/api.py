@@ -69,6 +69,10 @@ def shrink(teacher: str | Path, out: str | Path, **options) -> Summary:
     stream instead of a subset of its channels (see :mod:`slicer.rotation`;
     ``rotation_weighting``, ``save_rotation``).
 
+    ``correct="writers,lm_head"`` (and ``correct_alpha``): after writing, refit those maps on the
+    student's own inputs against the teacher's outputs on ``calibration`` (see
+    :mod:`slicer.corrections`); ``Summary.corrections`` is the manifest's record.
+
     Beyond one machine (see :mod:`slicer.distributed`): ``shards`` (numbers from 1) writes
     only those output shards into ``out`` as a staging folder, for ``slicer finish``;
     ``executor="ray"`` or ``"slurm"`` runs one task per output shard (``executor_options``:
