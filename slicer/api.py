@@ -69,6 +69,10 @@ def shrink(teacher: str | Path, out: str | Path, **options) -> Summary:
     stream instead of a subset of its channels (see :mod:`slicer.rotation`;
     ``rotation_weighting``, ``save_rotation``).
 
+    ``correct="writers,lm_head"`` (and ``correct_alpha``): after writing, refit those maps on the
+    student's own inputs against the teacher's outputs on ``calibration`` (see
+    :mod:`slicer.corrections`); ``Summary.corrections`` is the manifest's record.
+
     Beyond one machine (see :mod:`slicer.distributed`): ``shards`` (numbers from 1) writes
     only those output shards into ``out`` as a staging folder, for ``slicer finish``;
     ``executor="ray"`` or ``"slurm"`` runs one task per output shard (``executor_options``:
@@ -87,10 +91,24 @@ def shrink_request(teacher: str | Path, out: str | Path, request: Request) -> Su
 
         return shrink_rotated(teacher, out, request)
     if request.distributed:
+        if request.correct:
+            from .corrections.refit import check_request
+
+            check_request(teacher, request)  # refuses: corrections run in one process
         from .distributed import shrink_distributed
 
         return shrink_distributed(teacher, out, request)
-    return shrink_here(teacher, out, request)
+    if not request.correct:
+        return shrink_here(teacher, out, request)
+    from .corrections.refit import check_request, correct
+
+    which = check_request(teacher, request)
+    ranks = request.method == "importance" or request.layer_selection == "importance"
+    # the calibration is the refit's too; selection only takes it where it ranks
+    summary = shrink_here(teacher, out, request if ranks else request.replace(calibration=None))
+    summary.corrections = correct(teacher, out, which, alpha=request.correct_alpha, calibration=request.calibration,
+                                  samples=request.samples, seq_len=request.seq_len, device=request.device)
+    return summary
 
 
 def stream(teacher: str | Path, **options) -> Iterator[tuple[str, torch.Tensor]]:

@@ -57,6 +57,7 @@ class Summary:
     unchanged: bool = False  # --resume found this very student finished in OUT: nothing was written
     network: dict | None = None  # a remote teacher: requests, resolves, retries, rate-limit waits (RemoteFolder.stats)
     rotation: dict | None = None  # --hidden rotate: the manifest's record, and the engine's products (GFLOP/s)
+    corrections: dict | None = None  # --correct: the manifest's record (what was refitted, how well, how long)
 
     @property
     def gb_per_s(self) -> float:

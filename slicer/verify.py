@@ -57,6 +57,7 @@ class VerifyReport:
     tensors_compared: int = 0  # compared with the teacher's selection
     tensors_rotated: int = 0  # of those, compared with teacher x rotation (allclose: not sub-tensors)
     tolerance: str | None = None  # how rotated tensors are compared
+    tensors_corrected: int = 0  # refitted by --correct (the manifest's corrections record): values not compared
     elements_compared: int = 0
     bytes_hashed: int = 0
     problems: list[str] = field(default_factory=list)  # one line each: "<file>: <what differs>"
@@ -102,10 +103,15 @@ def verify(out: str | Path, *, teacher: str | Path | None = None, full: bool = F
         _check_axes(manifest, headers, report)
         if ckpt is not None:
             budget = max(int(chunk_bytes), 64)
+            corrections = manifest.get("corrections")
+            corrected = set(corrections.get("tensors", [])) if isinstance(corrections, dict) else set()
             for name, rec in manifest["tensors"].items():
                 stored = headers.get(rec["shard"], {}).get(name)
                 if stored is None:
                     continue  # already reported: missing shard or tensor
+                if name in corrected:  # refitted on calibration data: no definition from the teacher to compare with
+                    report.tensors_corrected += 1
+                    continue
                 role = rotation["tensors"].get(name) if rotation is not None else None
                 if role is not None:
                     _compare_rotated(name, rec, role, stored, ckpt, manifest["index_sets"], report, files,

@@ -19,6 +19,7 @@ STAGES = [
     ("slicer.run",),
     ("slicer.importance",),
     ("slicer.job",),
+    ("slicer.corrections",),
     ("slicer.rotation", "slicer.distributed"),
     ("slicer.api", "slicer.verify"),
     ("slicer.cli", "slicer", "slicer.__main__"),

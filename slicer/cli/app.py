@@ -206,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_flags(run)
     _add_remote_args(shrink)
     _add_rotation_args(shrink)
+    _add_correction_args(shrink)
     _add_distributed_args(shrink)
 
     plan = sub.add_parser("plan", help="dry run: show what shrink would do, reading headers only",
@@ -467,7 +468,8 @@ def cmd_shrink(args) -> int:
 
     request = Request.of(**_selection_kwargs(args), **_remote_kwargs(args), device=args.device, backend=args.backend,
                          overwrite=args.overwrite, resume=args.resume, progress=_show_progress(args),
-                         chunk_bytes=args.chunk_mb << 20, **_rotation_kwargs(args), **_distributed_kwargs(args))
+                         chunk_bytes=args.chunk_mb << 20, **_rotation_kwargs(args), **_correction_kwargs(args),
+                         **_distributed_kwargs(args))
     summary = api.shrink_request(args.teacher, args.out, request)
     try:
         _print_summary(args, summary)
@@ -496,6 +498,18 @@ def _add_rotation_args(p) -> None:
     from ..rotation.options import add_arguments
 
     add_arguments(p)
+
+
+def _add_correction_args(p) -> None:
+    from ..corrections.options import add_arguments
+
+    add_arguments(p)
+
+
+def _correction_kwargs(args) -> dict:
+    from ..corrections.options import kwargs
+
+    return kwargs(args)
 
 
 def _rotation_kwargs(args) -> dict:
@@ -539,6 +553,9 @@ def cmd_verify(args) -> int:
             if report.tensors_rotated:
                 checked += (f"; {report.tensors_rotated} of them rotated (--hidden rotate): not sub-tensors, compared "
                             "with teacher x rotation within a tolerance (--json: tolerance)")
+            if report.tensors_corrected:
+                checked += (f"; {report.tensors_corrected} refitted by --correct, not compared (the manifest's "
+                            "corrections record)")
         verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
         _out(f"verify {report.out}: {verdict}; checked {checked}")  # the result: stdout, as every command's
     return 0 if report.ok else 1

@@ -128,6 +128,11 @@ def format_summary(s) -> str:
                  f"torch.matmul in {e['matmul_seconds']:.2f} s ({e['gflop_per_s']:.1f} GFLOP/s; torch.matmul alone on "
                  f"this machine: {alone if alone is not None else '?'} GFLOP/s); statistics "
                  f"{rot['statistics_seconds']:.1f} s before the engine (not in the time above)")
+    fix = getattr(s, "corrections", None)
+    if fix:  # --correct: the refit after the engine
+        text += (f"\ncorrected ({','.join(fix['which'])}, alpha {fix['alpha']:g}): {len(fix['tensors'])} tensors "
+                 f"refitted on {fix['calibration'].get('tokens', '?')} calibration tokens in {fix['seconds']:.1f} s "
+                 f"(not in the time above), peak memory {format_bytes(fix['peak_anon_bytes'])}")
     if getattr(s, "replaced", None):
         text += f"\nreplaced {len(s.replaced)} file{'s' * (len(s.replaced) != 1)} of OUT: {', '.join(s.replaced)}"
     return text

@@ -59,6 +59,8 @@ class Request:
     hidden: str = "select"  # "rotate": the hidden axis keeps principal components (slicer.rotation)
     rotation_weighting: str = "normalized"
     save_rotation: bool = False
+    correct: str | tuple | None = None  # refits after writing (slicer.corrections): "writers,lm_head"
+    correct_alpha: float = 0.1  # slicer.corrections.options.DEFAULT_ALPHA
     shards: Iterable[int] | None = None  # beyond one machine (slicer.distributed)
     executor: str | None = None
     executor_options: Mapping | None = None

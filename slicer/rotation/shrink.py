@@ -24,6 +24,8 @@ import torch
 
 from ..io.checkpoint import Checkpoint, is_url
 from ..errors import SlicerError
+from ..corrections.refit import check_request
+from ..corrections.refit import correct as correct_student
 from ..importance.calibration import warn_underdetermined
 from ..plan.request import Request
 from .family import check_offered
@@ -53,6 +55,7 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
                    template=None, method: str = Request.method, scores=None, calibration=None,
                    samples: int = Request.samples, seq_len: int = Request.seq_len, device: str = Request.device,
                    weighting: str = "normalized", gains: str = "scalar", save_rotation: bool = False,
+                   correct: str | tuple | None = None, correct_alpha: float = Request.correct_alpha,
                    **shrink_options):
     """As :func:`slicer.api.shrink`, with the hidden axis rotated. Returns the engine's Summary,
     with ``rotation`` (a dict: the manifest's record and the engine's GFLOP/s) set on it."""
@@ -93,6 +96,7 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
     request = Request.of(config_set=student_set, student_config=student_config, template=template, method=method,
                          scores=scores, calibration=calibration if ranks else None, samples=samples, seq_len=seq_len,
                          device=device, **shrink_options)
+    which = check_request(ckpt.path, request.replace(correct=correct, correct_alpha=correct_alpha)) if correct else ()
     ckpt, student, options = job.describe_student(ckpt.path, request)
     seen.keep_sites(residual_sites(job.plan_student(ckpt, student, options), seen))
     start = time.perf_counter()  # the statistics: the observing forward and the two below (importance's scores apart)
@@ -137,6 +141,9 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
 
         save_file({"rotation": q.contiguous(), "variances": variances.contiguous()}, str(Path(out) / ROTATION_NAME),
                   metadata={"format": "pt", "sha256": record["sha256"]})
+    if which:  # the refits, fed the rotated student's own inputs (slicer.corrections)
+        summary.corrections = correct_student(ckpt.path, out, which, hidden_map=q[:, :k], alpha=correct_alpha,
+                                              calibration=calibration, samples=samples, seq_len=seq_len, device=device)
     if summary.rotation is not None:
         summary.rotation["engine"]["matmul_alone_gflop_per_s"] = matmul_alone(d, k, summary.device)
         summary.rotation["engine"]["anon_before_engine_bytes"] = before
