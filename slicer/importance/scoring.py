@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def identity_plan(ckpt: Checkpoint):
 
 
 def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | None = None, *, samples: int = 32,
-                  seq_len: int = 128, device: str = "auto", hidden_from: str = "residual") -> ScoreRun:
+                  seq_len: int = 128, device: str = "auto", hidden_from: str = "residual",
+                  taps: Mapping[str, Callable[[torch.Tensor], None]] | None = None) -> ScoreRun:
     """Scores of every axis of ``teacher`` (one module's weights in memory at a time).
 
     ``hidden_from``: ``residual`` (the default): hidden channels by the residual stream entering
@@ -75,7 +77,11 @@ def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | No
     on SmolLM2 at half width it is 3.6x better at heads 6/3 but 7.8x worse at heads 6/2
     (bench/selection_quality.py, bench/RESULTS.md), so it is not the default. ``inputs``: by
     the (normed) inputs of the linear layers that read the hidden axis, as Minitron. The
-    metadata's ``statistic`` describes the one that ran."""
+    metadata's ``statistic`` describes the one that ran.
+
+    ``taps``: module path -> a callable given that module's input on the same forward (the
+    rotation's statistics ride along: one pass of the teacher for both); the scores do not
+    depend on them."""
     from ..hf.bindings.view import ModelView
     from .forward import CheckpointWeights, empty_model, import_accelerate, pick_device, stream
 
@@ -96,10 +102,14 @@ def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | No
     sums = Sums()
     attach(model, view, sites, sums, hidden_from=hidden_from)
     weights = CheckpointWeights(ckpt, model)
+    handles = []
     try:
         stream(model, weights, dev)
+        handles = tap(model, taps or {}, ckpt)
         run_forward(model, batch.inputs, dev, ckpt)
     finally:
+        for h in handles:
+            h.remove()
         weights.close()
     probed = len(sites.linears) + len(sites.experts) + len(sites.layers)
     log.debug("%d of %d probed modules ran on the calibration batch", len(sums.seen), probed)
@@ -111,6 +121,16 @@ def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | No
     seconds = time.perf_counter() - start
     log.debug("scored %d axes in %.1f s on %s", len(vectors), seconds, dev)
     return ScoreRun(Scores(vectors, metadata, f"scores of {ckpt.path}"), seconds, batch.tokens, str(dev))
+
+
+def tap(model, taps: Mapping[str, Callable[[torch.Tensor], None]], ckpt: Checkpoint) -> list:
+    """Forward pre-hooks handing each tapped module's first input to its callable; the handles."""
+    modules = dict(model.named_modules())
+    missing = [m for m in taps if m not in modules]
+    if missing:
+        raise SlicerError(f"{ckpt.path}: the model has no module {missing[0]} (is this a "
+                          f"{model.config.model_type} checkpoint?)")
+    return [modules[m].register_forward_pre_hook(lambda module, args, fn=fn: fn(args[0])) for m, fn in taps.items()]
 
 
 def run_forward(model, inputs: dict, device: torch.device, ckpt: Checkpoint) -> None:
