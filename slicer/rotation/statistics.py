@@ -113,6 +113,10 @@ class Gatherer:
         self._kept: dict[str, torch.Tensor] = {}  # site -> [<= sample, d] float32 on the CPU
         self._draws: dict[str, torch.Generator] = {}  # site -> its reservoir's generator (one seed: the same tokens)
 
+    def held(self, site: str) -> torch.Tensor:
+        """The rows held for ``site``'s gain ([<= sample, d] float32)."""
+        return self._kept[site]
+
     def taps(self) -> dict[str, Callable[[torch.Tensor], None]]:
         return {s: (lambda x, s=s: self(s, x)) for s in self.sites}
 
