@@ -125,11 +125,14 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
     if save_rotation:
         record["saved"] = ROTATION_NAME
 
+    rotation_of = []  # the engine's Rotation, for matmul_alone on its own products afterwards
+
     def rotate(plan):
         table, records = ops(plan, seen, stats.gains, str(ckpt.path))
         record["axis"] = hidden_axis(plan, seen)
         record["tensors"] = records
-        return Rotation(q[:, :k], table), record
+        rotation_of.append(Rotation(q[:, :k], table))
+        return rotation_of[0], record
 
     import gc
 
@@ -148,7 +151,7 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
         save_file({"rotation": q.contiguous(), "variances": variances.contiguous()}, str(Path(out) / ROTATION_NAME),
                   metadata={"format": "pt", "sha256": record["sha256"]})
     if summary.rotation is not None:
-        summary.rotation["engine"]["matmul_alone_gflop_per_s"] = matmul_alone(d, k, summary.device)
+        summary.rotation["engine"].update(matmul_alone(rotation_of[0], summary.device))
         summary.rotation["engine"]["anon_before_engine_bytes"] = before
     log.info("hidden axis rotated: %d -> %d principal components of the residual stream (%.2f%% of its variance on "
              "%d calibration tokens x %d norm sites); statistics %.1f s; rotation sha256 %s",
