@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             if rotated:
                 cmd += ["--hidden", "rotate"]
             env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())} if tree else None
-            r = run(cmd, stdout=str(work / f"{name}-{mode}.json"), env=env)
+            # cwd: the workdir, so that `-m slicer` imports the tree asked for, not one in the current folder
+            r = run(cmd, stdout=str(work / f"{name}-{mode}.json"), env=env, cwd=str(work))
             if r.returncode != 0:
                 print(r.stderr_tail, file=sys.stderr)
                 return 1
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         plain = next(r for r in rows if r["teacher"] == name and r["mode"] == "select")
         for rotated in (r for r in rows if r["teacher"] == name and r["mode"].startswith("rotate")):
             print(f"{name} {rotated['mode']}: wall {rotated['wall_s']:.1f} s rotated vs {plain['wall_s']:.1f} s selected "
-                  f"({rotated['wall_s'] / plain['wall_s']:.2f}x counting everything; target <= 2x; "
+                  f"({rotated['wall_s'] / plain['wall_s']:.2f}x counting everything; target <= 2x; CPU user "
+                  f"{rotated['user_s']:.0f} / {plain['user_s']:.0f} s: {rotated['user_s'] / plain['user_s']:.2f}x; "
                   f"{rotated['calibration_forwards']} calibration forward(s) after the observing one); statistics "
                   f"{rotated['statistics_s']:.1f} s; engine {rotated['engine_s']:.2f} s vs {plain['engine_s']:.2f} s; "
                   f"products {rotated['gflop']:.0f} GFLOP at {rotated['gflop_per_s']:.1f} GFLOP/s, torch.matmul alone "
