@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             rot = summary.get("rotation")
             if rot:
                 row.update(statistics_s=rot["statistics_seconds"], scoring_s=rot.get("scoring_seconds"),
+                           statistics_split=rot.get("statistics_split"),
                            calibration_forwards=rot.get("calibration_forwards", 2 + (args.method == "importance")),
                            **rot["engine"])
                 row["anon_before_engine_mb"] = round(row.pop("anon_before_engine_bytes") / 1e6)

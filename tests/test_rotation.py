@@ -464,9 +464,11 @@ def test_an_rmsnorm_as_wide_as_the_hidden_axis_that_is_not_the_residual_stream_i
     model.save_pretrained(tmp_path / "t")
     calib, _ = calibration(tmp_path / "calib.safetensors")
     api.shrink(tmp_path / "t", tmp_path / "s", config_set={"hidden_size": 64}, hidden="rotate", calibration=calib,
-               samples=24, seq_len=16, device="cpu")
+               samples=24, seq_len=16, device="cpu", method="importance")
     rec = json.loads((tmp_path / "s" / "slicer_manifest.json").read_text())["rotation"]
     assert rec["sites"] == 2 * config["num_hidden_layers"] + 1 and not any("q_a_layernorm" in s for s in rec["site_gains"])
+    # the scoring forward gathered over every observed norm, q_a_layernorm too: the statistics took a forward of their own
+    assert rec["calibration_forwards"] == 2
     ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want, got = model.eval()(ids).logits, load(tmp_path / "s")(ids).logits

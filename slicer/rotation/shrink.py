@@ -118,6 +118,8 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
               "site_gains": {s: round(g, 6) if isinstance(g, float) else [round(x, 6) for x in g.tolist()]
                              for s, g in stats.gains.items()}, "head_untied": seen.tied,
               "statistics_seconds": round(statistics_s, 3), "scoring_seconds": round(scoring_s, 3),
+              "statistics_split": {"observe": round(observed_s, 3), "gather": round(gatherer.seconds if fused else 0.0, 3),
+                                   "forward_and_finish": round(statistics_s - observed_s - (gatherer.seconds if fused else 0.0), 3)},
               "calibration_forwards": 1 if fused else 1 + (gatherer is not None),  # besides the observing one
               "note": "every dimension bound to the hidden axis is the teacher's multiplied by the first "
                       "student_hidden columns of the rotation (norm gains folded into their readers), not a "
