@@ -67,6 +67,15 @@ class Rotation:
             self._on[key] = self.qk.to(device=device, dtype=self.compute or torch.float32).contiguous()
         return self._on[key]
 
+    def scaled(self, op: "Op", device):
+        """``diag(op.scale) @ Qk``: a reader's folded norm gain, for the slabs of one tensor in a row."""
+        held = self._on.get("scaled")
+        if held is None or held[0] is not op:
+            q = self.matrix(device)
+            held = (op, op.scale.to(device=device, dtype=q.dtype)[:, None] * q)
+            self._on["scaled"] = held
+        return held[1]
+
     def transposed(self, device):
         """``Qk^T`` [k, d], contiguous (a writer's product from the left), moved there once."""
         key = f"{device}:T"
@@ -124,8 +133,6 @@ def apply(rotation: Rotation, op: Op, x, device, out_dtype):
     y = x.to(device=device, dtype=compute)
     for dim in op.dims:
         last = dim == y.dim() - 1
-        if last and op.scale is not None:
-            y = y * op.scale.to(device=device, dtype=compute)
         if dim == 0 and not last:
             side, operand = "left", y.reshape(y.shape[0], -1).contiguous()
         else:
@@ -134,6 +141,8 @@ def apply(rotation: Rotation, op: Op, x, device, out_dtype):
         start = time.perf_counter()
         if side == "left":
             out = torch.matmul(rotation.transposed(device), operand)
+        elif last and op.scale is not None:  # (x * g) @ Qk == x @ (g[:, None] * Qk): the gain on d x k, not rows x d
+            out = torch.matmul(operand, rotation.scaled(op, device))
         else:
             out = torch.matmul(operand, rotation.matrix(device))
         if out.is_cuda:
