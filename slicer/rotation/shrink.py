@@ -110,7 +110,8 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
     warn_underdetermined(stats.tokens, d, "--hidden rotate (per norm site)")
     q, variances = stats.rotation()
     kept = float(variances[:k].clamp(min=0).sum() / variances.clamp(min=0).sum())
-    statistics_s = observed_s + time.perf_counter() - start + (gatherer.seconds if fused else 0.0)
+    gathered_s = gatherer.seconds if fused else 0.0  # the hooks' share of the scoring forward
+    statistics_s = observed_s + time.perf_counter() - start + gathered_s
     record = {"hidden": "rotate", "teacher_hidden": d, "student_hidden": k, "weighting": weighting,
               "calibration": stats.calibration, "tokens_per_site": stats.tokens, "sites": len(seen.sites),
               "variance_kept": round(kept, 6), "sha256": matrix_sha256(q), "matrix": "float64 [d, d], row-major",
@@ -118,8 +119,8 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
               "site_gains": {s: round(g, 6) if isinstance(g, float) else [round(x, 6) for x in g.tolist()]
                              for s, g in stats.gains.items()}, "head_untied": seen.tied,
               "statistics_seconds": round(statistics_s, 3), "scoring_seconds": round(scoring_s, 3),
-              "statistics_split": {"observe": round(observed_s, 3), "gather": round(gatherer.seconds if fused else 0.0, 3),
-                                   "forward_and_finish": round(statistics_s - observed_s - (gatherer.seconds if fused else 0.0), 3)},
+              "statistics_split": {"observe": round(observed_s, 3), "gather": round(gathered_s, 3),
+                                   "forward_and_finish": round(statistics_s - observed_s - gathered_s, 3)},
               "calibration_forwards": 1 if fused else 1 + (gatherer is not None),  # besides the observing one
               "note": "every dimension bound to the hidden axis is the teacher's multiplied by the first "
                       "student_hidden columns of the rotation (norm gains folded into their readers), not a "

@@ -146,7 +146,8 @@ class Gatherer:
         rest = x[max(room, 0):]
         if rest.shape[0]:
             draw = self._draws.setdefault(site, torch.Generator().manual_seed(self.seed))
-            position = torch.arange(seen + max(room, 0), seen + n, dtype=torch.float64) + 1  # rows seen, this one included
+            # each row's count of rows seen, itself included
+            position = torch.arange(seen + max(room, 0), seen + n, dtype=torch.float64) + 1
             slot = (torch.rand(rest.shape[0], generator=draw, dtype=torch.float64) * position).long()
             hit = torch.nonzero(slot < self.sample).flatten()
             if hit.numel():
