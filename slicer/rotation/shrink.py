@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..io.checkpoint import Checkpoint, is_url
+from ..io.format import DTYPES
 from ..errors import SlicerError
 from ..importance.calibration import warn_underdetermined
 from ..plan.request import Request
@@ -134,7 +135,10 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
         table, records = ops(plan, seen, stats.gains, str(ckpt.path))
         record["axis"] = hidden_axis(plan, seen)
         record["tensors"] = records
-        rotation_of.append(Rotation(q[:, :k], table))
+        # products in float64 where a rotated tensor is written in float32 or wider (its own precision, not
+        # float32's rounding again: SmolLM2's full-width logits within allclose 1e-4), else float32 (bf16's 8 bits)
+        wide = any(DTYPES[j.dtype].itemsize >= 4 and DTYPES[j.dtype].floating for j in plan.jobs if j.name in table)
+        rotation_of.append(Rotation(q[:, :k], table, compute=torch.float64 if wide else None))
         return rotation_of[0], record
 
     import gc
