@@ -168,6 +168,7 @@ class Gatherer:
         if keep is not None:
             q, _ = stats.rotation()
             stats.gains = site_gains(Sample(self._kept), self.sites, q[:, :keep], gains)
+            self._kept = {}  # the sample has served: not held through the engine (138 MB at 1.1B)
         return stats
 
 
