@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -102,14 +103,11 @@ def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | No
     sums = Sums()
     attach(model, view, sites, sums, hidden_from=hidden_from)
     weights = CheckpointWeights(ckpt, model)
-    handles = []
     try:
         stream(model, weights, dev)
-        handles = tap(model, taps or {}, ckpt)
-        run_forward(model, batch.inputs, dev, ckpt)
+        with tapping(model, taps or {}, ckpt):  # the forward only: a recompute (a backward's) must not tap again
+            run_forward(model, batch.inputs, dev, ckpt)
     finally:
-        for h in handles:
-            h.remove()
         weights.close()
     probed = len(sites.linears) + len(sites.experts) + len(sites.layers)
     log.debug("%d of %d probed modules ran on the calibration batch", len(sums.seen), probed)
@@ -123,14 +121,20 @@ def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | No
     return ScoreRun(Scores(vectors, metadata, f"scores of {ckpt.path}"), seconds, batch.tokens, str(dev))
 
 
-def tap(model, taps: Mapping[str, Callable[[torch.Tensor], None]], ckpt: Checkpoint) -> list:
-    """Forward pre-hooks handing each tapped module's first input to its callable; the handles."""
+@contextlib.contextmanager
+def tapping(model, taps: Mapping[str, Callable[[torch.Tensor], None]], ckpt: Checkpoint):
+    """Within the block, each tapped module's first input goes to its callable (forward pre-hooks)."""
     modules = dict(model.named_modules())
     missing = [m for m in taps if m not in modules]
     if missing:
         raise SlicerError(f"{ckpt.path}: the model has no module {missing[0]} (is this a "
                           f"{model.config.model_type} checkpoint?)")
-    return [modules[m].register_forward_pre_hook(lambda module, args, fn=fn: fn(args[0])) for m, fn in taps.items()]
+    handles = [modules[m].register_forward_pre_hook(lambda module, args, fn=fn: fn(args[0])) for m, fn in taps.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def run_forward(model, inputs: dict, device: torch.device, ckpt: Checkpoint) -> None:

@@ -76,14 +76,10 @@ class _Teacher:
         stream(self.model, self.weights, self.device)
 
     def run(self, sites: list[str], hook) -> None:
-        from ..importance.scoring import run_forward, tap
+        from ..importance.scoring import run_forward, tapping
 
-        handles = tap(self.model, {s: (lambda x, s=s: hook(s, x)) for s in sites}, self.ckpt)
-        try:
+        with tapping(self.model, {s: (lambda x, s=s: hook(s, x)) for s in sites}, self.ckpt):
             run_forward(self.model, self.batch.inputs, self.device, self.ckpt)
-        finally:
-            for h in handles:
-                h.remove()
 
     def close(self) -> None:
         self.weights.close()
