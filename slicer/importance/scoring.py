@@ -122,14 +122,25 @@ def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | No
 
 
 @contextlib.contextmanager
-def tapping(model, taps: Mapping[str, Callable[[torch.Tensor], None]], ckpt: Checkpoint):
-    """Within the block, each tapped module's first input goes to its callable (forward pre-hooks)."""
+def tapping(model, taps: Mapping[str, Callable[[torch.Tensor], None]], ckpt: Checkpoint, once: bool = False):
+    """Within the block, each tapped module's first input goes to its callable (forward pre-hooks);
+    ``once``: its first call only (a backward's recompute runs the module again on the same input)."""
     modules = dict(model.named_modules())
     missing = [m for m in taps if m not in modules]
     if missing:
         raise SlicerError(f"{ckpt.path}: the model has no module {missing[0]} (is this a "
                           f"{model.config.model_type} checkpoint?)")
-    handles = [modules[m].register_forward_pre_hook(lambda module, args, fn=fn: fn(args[0])) for m, fn in taps.items()]
+    done: set[str] = set()
+
+    def hook(name, fn):
+        def pre(module, args):
+            if once and name in done:
+                return
+            done.add(name)
+            fn(args[0])
+        return pre
+
+    handles = [modules[m].register_forward_pre_hook(hook(m, fn)) for m, fn in taps.items()]
     try:
         yield
     finally:
