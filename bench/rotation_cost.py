@@ -1,15 +1,20 @@
-"""What ``--hidden rotate`` costs inside the engine, at two teacher sizes (random Llama-shaped bf16).
+"""What ``--hidden rotate`` costs, at two teacher sizes (random Llama-shaped bf16).
 
-For each teacher: a plain shrink (hidden selected, uniform) and the same student with the
-hidden axis rotated, each a fresh process sampled by bench/memsample.py (RssAnon peak, wall).
-The rotated run's summary (``--json``) gives its engine time (``seconds``: plan, read, multiply,
-write) apart from the statistics (the observing forward and the two calibration forwards:
-``rotation.statistics_seconds``), the GFLOP/s of its products and ``torch.matmul`` alone on this
-machine at the same shapes. The target: the engine's time with rotation <= 2x the plain shrink's. Peak memory: the whole
-process's (memsample: the rotated run's is its calibration forward's) and the engine's own
-(the summary's, sampled while the engine runs, with what the process held before it).
+For each teacher: a plain shrink (hidden selected) and the same student with the hidden axis
+rotated, each a fresh process sampled by bench/memsample.py (RssAnon peak, wall). The target:
+the rotated run's whole wall time <= 2x the plain run's, counting everything (with
+``--method importance`` both score the teacher on the same calibration; the rotated run
+gathers its statistics on that forward). The rotated run's summary (``--json``) splits its
+time: scoring (importance's forward), statistics (the observing forward, what gathering the
+covariance and the gains' sample added, the eigendecomposition and the gains), engine (plan,
+read, multiply, write), and its products' GFLOP/s beside ``torch.matmul`` alone on the same
+shapes, measured in the same process right after the engine. Peak memory: the whole
+process's (memsample) and the engine's own (the summary's, with what the process held before).
 
-    python bench/rotation_cost.py [--workdir DIR] [--sizes small,1b] [--json rows.json]
+``--compare TREE`` runs the rotated shrink a second time from another checkout of slicer
+(e.g. ``git worktree add /tmp/main-tree main``), in the same run: before and after side by side.
+
+    python bench/rotation_cost.py [--workdir DIR] [--sizes small,1b] [--method importance] [--compare TREE] [--json rows.json]
 """
 from __future__ import annotations
 
@@ -54,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--method", default="uniform", choices=("uniform", "importance"),
                     help="how the other axes are chosen, in both runs (importance: scored on the same calibration)")
+    ap.add_argument("--compare", help="another slicer source tree: its rotated run too, labelled 'before'")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     work = Path(args.workdir)
@@ -64,15 +70,19 @@ def main(argv: list[str] | None = None) -> int:
         build_teacher(teacher, shape)
         write_config(teacher, shape)
         calib = calibration(work / "calib.safetensors", args.rows, args.seq_len, shape.vocab)
-        for mode in ("select", "rotate"):
+        modes = [("select", None), *([("rotate-before", args.compare)] if args.compare else []), ("rotate", None)]
+        for mode, tree in modes:
             out = work / f"out-{name}-{mode}"
             cmd = [sys.executable, "-m", "slicer", "shrink", str(teacher), str(out), *student_args(shape),
                    "--device", "cpu", "--overwrite", "--json", "--method", args.method]
-            if mode == "rotate" or args.method == "importance":
+            rotated = mode.startswith("rotate")
+            if rotated or args.method == "importance":
                 cmd += ["--calibration", str(calib), "--samples", str(args.rows), "--seq-len", str(args.seq_len)]
-            if mode == "rotate":
+            if rotated:
                 cmd += ["--hidden", "rotate"]
-            r = run(cmd, stdout=str(work / f"{name}-{mode}.json"))
+            env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())} if tree else None
+            # cwd: the workdir, so that `-m slicer` imports the tree asked for, not one in the current folder
+            r = run(cmd, stdout=str(work / f"{name}-{mode}.json"), env=env, cwd=str(work))
             if r.returncode != 0:
                 print(r.stderr_tail, file=sys.stderr)
                 return 1
@@ -84,20 +94,27 @@ def main(argv: list[str] | None = None) -> int:
                    "load_1min": os.getloadavg()[0]}
             rot = summary.get("rotation")
             if rot:
-                row.update(statistics_s=rot["statistics_seconds"], **rot["engine"])
+                row.update(statistics_s=rot["statistics_seconds"], scoring_s=rot.get("scoring_seconds"),
+                           statistics_split=rot.get("statistics_split"),
+                           calibration_forwards=rot.get("calibration_forwards", 2 + (args.method == "importance")),
+                           **rot["engine"])
                 row["anon_before_engine_mb"] = round(row.pop("anon_before_engine_bytes") / 1e6)
             rows.append(row)
             print(json.dumps(row), flush=True)
     for name in args.sizes.split(","):
-        plain, rotated = (next(r for r in rows if r["teacher"] == name and r["mode"] == m) for m in ("select", "rotate"))
-        print(f"{name}: engine {rotated['engine_s']:.2f} s rotated vs {plain['engine_s']:.2f} s selected "
-              f"({rotated['engine_s'] / plain['engine_s']:.2f}x; target <= 2x); statistics {rotated['statistics_s']:.1f} s "
-              f"apart; products {rotated['gflop_per_s']:.1f} GFLOP/s, torch.matmul alone "
-              f"{rotated['matmul_alone_gflop_per_s']:.1f}; peak RssAnon, whole process {plain['peak_anon_mb']} / "
-              f"{rotated['peak_anon_mb']} MB, engine {plain['engine_peak_mb']} / {rotated['engine_peak_mb']} MB "
-              f"({rotated['anon_before_engine_mb']} MB before the engine started); whole run without the statistics "
-              f"{rotated['wall_s'] - rotated['statistics_s']:.1f} s vs {plain['wall_s']:.1f} s "
-              f"({(rotated['wall_s'] - rotated['statistics_s']) / plain['wall_s']:.2f}x)")
+        plain = next(r for r in rows if r["teacher"] == name and r["mode"] == "select")
+        for rotated in (r for r in rows if r["teacher"] == name and r["mode"].startswith("rotate")):
+            print(f"{name} {rotated['mode']}: wall {rotated['wall_s']:.1f} s rotated vs {plain['wall_s']:.1f} s selected "
+                  f"({rotated['wall_s'] / plain['wall_s']:.2f}x counting everything; target <= 2x; CPU user "
+                  f"{rotated['user_s']:.0f} / {plain['user_s']:.0f} s: {rotated['user_s'] / plain['user_s']:.2f}x; "
+                  f"{rotated['calibration_forwards']} calibration forward(s) after the observing one); statistics "
+                  f"{rotated['statistics_s']:.1f} s; engine {rotated['engine_s']:.2f} s vs {plain['engine_s']:.2f} s; "
+                  f"products {rotated['gflop']:.0f} GFLOP at {rotated['gflop_per_s']:.1f} GFLOP/s, torch.matmul alone "
+                  f"{rotated['matmul_alone_gflop_per_s']} GFLOP/s (same shapes: "
+                  f"{'yes' if 'matmul_alone_seconds' in rotated else 'no, one 8 MB shape'}); peak RssAnon, whole "
+                  f"process {plain['peak_anon_mb']} / {rotated['peak_anon_mb']} MB, engine {plain['engine_peak_mb']} / "
+                  f"{rotated['engine_peak_mb']} MB ({rotated['anon_before_engine_mb']} MB before it); load "
+                  f"{plain['load_1min']:.1f} / {rotated['load_1min']:.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -198,6 +198,7 @@ def test_half_width_rotated_student_is_consistent_by_value(tmp_path, family):
 
     assert rec["sha256"] == hashlib.sha256(saved.contiguous().numpy().tobytes()).hexdigest()
     assert rec["student_hidden"] == k and rec["teacher_hidden"] == d and rec["calibration"]["sha256"]
+    assert rec["calibration_forwards"] == 1  # importance's scoring forward gathered the rotation's statistics
     t = {n: v.double() for n, v in student_tensors(tmp_path / "t").items()}  # the teacher's files (per-expert names)
     out = {n: v.double() for n, v in student_tensors(tmp_path / "s").items()}
     who: dict[str, list] = {}
@@ -463,10 +464,63 @@ def test_an_rmsnorm_as_wide_as_the_hidden_axis_that_is_not_the_residual_stream_i
     model.save_pretrained(tmp_path / "t")
     calib, _ = calibration(tmp_path / "calib.safetensors")
     api.shrink(tmp_path / "t", tmp_path / "s", config_set={"hidden_size": 64}, hidden="rotate", calibration=calib,
-               samples=24, seq_len=16, device="cpu")
+               samples=24, seq_len=16, device="cpu", method="importance")
     rec = json.loads((tmp_path / "s" / "slicer_manifest.json").read_text())["rotation"]
     assert rec["sites"] == 2 * config["num_hidden_layers"] + 1 and not any("q_a_layernorm" in s for s in rec["site_gains"])
+    # the scoring forward gathered over every observed norm, q_a_layernorm too: the statistics took a forward of their own
+    assert rec["calibration_forwards"] == 2
     ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want, got = model.eval()(ids).logits, load(tmp_path / "s")(ids).logits
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), float((got - want).abs().max())
+
+
+def test_the_scoring_forward_gathers_the_rotations_statistics_unchanged(tmp_path):
+    """One forward for both: the scores with the rotation's taps equal the scores without them, the
+    covariance gathered on the scoring forward equals the one of a forward of its own, and the
+    gains over a reservoir that holds every token equal those over every token (a second forward)."""
+    from slicer.io.checkpoint import Checkpoint
+    from slicer.importance.scoring import score_teacher
+    from slicer.rotation.observe import observe
+    from slicer.rotation.statistics import Gatherer, collect, collect_two_passes
+
+    model = teacher(tmp_path / "t", "llama")
+    calib, ids = calibration(tmp_path / "calib.safetensors")
+    ckpt = Checkpoint.open(tmp_path / "t", role="teacher")
+    sites = observe(ckpt, 64, calibration=calib).sites
+    assert len(sites) == 5
+    opts = dict(samples=24, seq_len=16, device="cpu")
+    plain = score_teacher(ckpt, calib, **opts).scores
+    gatherer = Gatherer(sites)
+    fused = score_teacher(ckpt, calib, **opts, taps=gatherer.taps()).scores
+    assert plain.vectors.keys() == fused.vectors.keys()
+    assert all(torch.equal(plain.vectors[a], fused.vectors[a]) for a in plain.vectors)
+    stats = gatherer.statistics(fused.metadata["calibration"], keep=32)
+    alone = collect(ckpt, sites, calibration=calib, keep=32, **opts)
+    assert torch.equal(stats.covariance, alone.covariance) and stats.tokens == alone.tokens == 24 * 16
+    # the covariance from its definition: plain transformers, every norm input scaled to unit rms
+    unit = [x / x.pow(2).mean(1, keepdim=True).sqrt() for x in norm_inputs(model, ids).values()]
+    want = sum(x.T @ x for x in unit)
+    assert torch.allclose(stats.covariance, want, rtol=1e-6, atol=1e-8)
+    two = collect_two_passes(ckpt, sites, calibration=calib, keep=32, **opts)
+    assert stats.sampled == two.sampled == 384 and stats.gains == alone.gains == two.gains  # 384 <= 512: every token
+    assert len(set(stats.gains.values())) == len(sites)
+
+
+def test_the_gains_reservoir_holds_a_uniform_sample_of_each_sites_rows():
+    """A reservoir smaller than the rows seen holds exactly its budget of distinct rows, the same tokens at
+    every site, drawn over all calls (not the first rows), whatever the calls' sizes."""
+    from slicer.rotation.statistics import Gatherer
+
+    rows = torch.arange(4000, dtype=torch.float32)[:, None] * torch.ones(1, 4)  # row i holds i
+    g = Gatherer(["a", "b"], sample=100)
+    for part in rows.split(700):
+        g("a", part)
+    for part in rows.split(333):
+        g("b", part[None])  # [1, tokens, d], as a model hands a norm its input
+    held = {s: sorted(int(v) for v in g.held(s)[:, 0]) for s in ("a", "b")}
+    assert len(set(held["a"])) == 100 and held["a"] == held["b"]
+    assert sum(v >= 2000 for v in held["a"]) > 30  # the later rows get their share
+    small = Gatherer(["a"], sample=10_000)
+    small("a", rows[:50])
+    assert torch.equal(small.held("a"), rows[:50])

@@ -126,7 +126,7 @@ def format_summary(s) -> str:
         alone = e.get("matmul_alone_gflop_per_s")
         text += (f"\nhidden axis rotated {rot['teacher_hidden']} -> {rot['student_hidden']}: {e['gflop']:.1f} GFLOP of "
                  f"torch.matmul in {e['matmul_seconds']:.2f} s ({e['gflop_per_s']:.1f} GFLOP/s; torch.matmul alone on "
-                 f"this machine: {alone if alone is not None else '?'} GFLOP/s); statistics "
+                 f"the same shapes: {alone if alone is not None else '?'} GFLOP/s); statistics "
                  f"{rot['statistics_seconds']:.1f} s before the engine (not in the time above)")
     fix = getattr(s, "corrections", None)
     if fix:  # --correct: the refit after the engine

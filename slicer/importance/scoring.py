@@ -10,8 +10,10 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +71,8 @@ CRITERIA = ("activation", "taylor")
 
 def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | None = None, *, samples: int = 32,
                   seq_len: int = 128, device: str = "auto", hidden_from: str = "residual",
-                  criterion: str = "taylor", taylor: str | None = None) -> ScoreRun:
+                  criterion: str = "taylor", taylor: str | None = None,
+                  taps: Mapping[str, Callable[[torch.Tensor], None]] | None = None) -> ScoreRun:
     """Scores of every axis of ``teacher`` (one module's weights in memory at a time).
 
     ``criterion="taylor"`` (the default): every axis but experts and layers by first-order
@@ -85,7 +88,11 @@ def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | No
     of per-token norms; ``weighted``: Wanda's |W| ||x|| summed over every linear that reads
     them, query heads by the L2 norm of their output over all tokens; ``inputs``: the (normed)
     inputs of the linear layers that read the hidden axis, as Minitron. The metadata's
-    ``criterion``, ``taylor`` and ``statistic`` describe the one that ran."""
+    ``criterion``, ``taylor`` and ``statistic`` describe the one that ran.
+
+    ``taps``: module path -> a callable given that module's input on the same forward (the
+    rotation's statistics ride along: one pass of the teacher for both); the scores do not
+    depend on them."""
     from ..hf.bindings.view import ModelView
     from .forward import CheckpointWeights, empty_model, import_accelerate, pick_device, stream
 
@@ -118,13 +125,14 @@ def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | No
         attach_grads(model, grads)
     try:
         stream(model, weights, dev)
-        if grads is None:
-            run_forward(model, batch.inputs, dev, ckpt)
-        else:
-            from .taylor import run_backward
+        with tapping(model, taps or {}, ckpt, once=grads is not None):  # a backward's recompute must not tap again
+            if grads is None:
+                run_forward(model, batch.inputs, dev, ckpt)
+            else:
+                from .taylor import run_backward
 
-            runner, kwargs = forward_runner(model, batch.inputs, dev)
-            sums = run_backward(model, runner, kwargs, ckpt, grads, sums)
+                runner, kwargs = forward_runner(model, batch.inputs, dev)
+                sums = run_backward(model, runner, kwargs, ckpt, grads, sums)
     finally:
         weights.close()
     probed = len(sites.linears) + len(sites.experts) + len(sites.layers)
@@ -145,6 +153,33 @@ def score_teacher(teacher: str | Path | Checkpoint, calibration: str | Path | No
     seconds = time.perf_counter() - start
     log.debug("scored %d axes in %.1f s on %s", len(vectors), seconds, dev)
     return ScoreRun(Scores(vectors, metadata, f"scores of {ckpt.path}"), seconds, batch.tokens, str(dev))
+
+
+@contextlib.contextmanager
+def tapping(model, taps: Mapping[str, Callable[[torch.Tensor], None]], ckpt: Checkpoint, once: bool = False):
+    """Within the block, each tapped module's first input goes to its callable (forward pre-hooks);
+    ``once``: its first call only (a backward's recompute runs the module again on the same input)."""
+    modules = dict(model.named_modules())
+    missing = [m for m in taps if m not in modules]
+    if missing:
+        raise SlicerError(f"{ckpt.path}: the model has no module {missing[0]} (is this a "
+                          f"{model.config.model_type} checkpoint?)")
+    done: set[str] = set()
+
+    def hook(name, fn):
+        def pre(module, args):
+            if once and name in done:
+                return
+            done.add(name)
+            fn(args[0])
+        return pre
+
+    handles = [modules[m].register_forward_pre_hook(hook(m, fn)) for m, fn in taps.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def forward_runner(model, inputs: dict, device: torch.device):

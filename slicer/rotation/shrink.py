@@ -5,7 +5,8 @@ components of the teacher's residual stream, its other axes selected as asked.
    over the residual stream), which modules read each, and the teacher's gains.
 2. Calibration statistics from the streamed forward (``statistics``): the covariance of the
    residual stream at every norm site, the rotation ``Q`` (its eigenvectors), and per norm
-   site the student's gain.
+   site the student's gain. With importance scored on the fly (no ``scores`` file), the
+   scoring forward gathers them too: the teacher runs once, after the short observing one.
 3. The ordinary plan (the other axes selected by ``method``: importance uses the teacher's own
    scores), and the engine writes it, multiplying every dimension bound to the hidden axis by
    ``Q[:, :k]`` as it streams (slicer.run.rotate; ``roles`` says what each tensor gets), norm
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..io.checkpoint import Checkpoint, is_url
+from ..io.format import DTYPES
 from ..errors import SlicerError
 from ..corrections.refit import check_request
 from ..corrections.refit import correct as correct_student
@@ -31,8 +33,8 @@ from ..plan.request import Request
 from .family import check_offered
 from .observe import observe
 from .roles import hidden_axis, ops, residual_sites
-from .statistics import WEIGHTINGS, collect
-from .transform import matrix_sha256, rotation
+from .statistics import WEIGHTINGS, Gatherer, collect
+from .transform import matrix_sha256
 
 log = logging.getLogger("slicer")
 ROTATION_NAME = "rotation.safetensors"
@@ -93,37 +95,59 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
         if seen.text_config:
             student_set[f"{seen.text_config}tie_word_embeddings"] = False
     ranks = method == "importance" or shrink_options.get("layer_selection") == "importance"
+    which = ()  # refused in one line before the teacher runs, if the corrections cannot do it
+    if correct:
+        asked = Request.of(config_set=student_set, student_config=student_config, template=template, method=method,
+                           scores=scores, device=device, **shrink_options)
+        which = check_request(ckpt.path, asked.replace(correct=correct, correct_alpha=correct_alpha))
+    gatherer, scoring_s = None, 0.0
+    if ranks and scores is None:  # one forward scores the teacher and gathers the rotation's statistics
+        gatherer = Gatherer(seen.sites, weighting)
+        scores, scoring_s = job.score_on_the_fly(ckpt, calibration, samples, seq_len, device, taps=gatherer.taps())
     request = Request.of(config_set=student_set, student_config=student_config, template=template, method=method,
-                         scores=scores, calibration=calibration if ranks else None, samples=samples, seq_len=seq_len,
-                         device=device, **shrink_options)
-    which = check_request(ckpt.path, request.replace(correct=correct, correct_alpha=correct_alpha)) if correct else ()
+                         scores=scores, calibration=calibration if ranks and gatherer is None else None,
+                         samples=samples, seq_len=seq_len, device=device, **shrink_options)
     ckpt, student, options = job.describe_student(ckpt.path, request)
     seen.keep_sites(residual_sites(job.plan_student(ckpt, student, options), seen))
-    start = time.perf_counter()  # the statistics: the observing forward and the two below (importance's scores apart)
-    stats = collect(ckpt, seen.sites, calibration=calibration, samples=samples, seq_len=seq_len, device=device,
-                    weighting=weighting, keep=k, gains=gains)
+    start = time.perf_counter()  # the statistics: the observing forward, and what gathering them added
+    fused = gatherer is not None and gatherer.sites == seen.sites
+    if fused:
+        stats = gatherer.statistics(scores.metadata.get("calibration", {}), keep=k, gains=gains)
+    else:  # no scores on the fly, or a site the plan does not bind to the hidden axis: a forward of its own
+        stats = collect(ckpt, seen.sites, calibration=calibration, samples=samples, seq_len=seq_len, device=device,
+                        weighting=weighting, keep=k, gains=gains)
     warn_underdetermined(stats.tokens, d, "--hidden rotate (per norm site)")
-    q, variances = rotation(stats.covariance)
+    q, variances = stats.rotation()
     kept = float(variances[:k].clamp(min=0).sum() / variances.clamp(min=0).sum())
-    statistics_s = observed_s + time.perf_counter() - start
+    gathered_s = gatherer.seconds if fused else 0.0  # the hooks' share of the scoring forward
+    statistics_s = observed_s + time.perf_counter() - start + gathered_s
     record = {"hidden": "rotate", "teacher_hidden": d, "student_hidden": k, "weighting": weighting,
               "calibration": stats.calibration, "tokens_per_site": stats.tokens, "sites": len(seen.sites),
               "variance_kept": round(kept, 6), "sha256": matrix_sha256(q), "matrix": "float64 [d, d], row-major",
-              "gains": gains,
+              "gains": gains, "gain_tokens_per_site": stats.sampled,
               "site_gains": {s: round(g, 6) if isinstance(g, float) else [round(x, 6) for x in g.tolist()]
                              for s, g in stats.gains.items()}, "head_untied": seen.tied,
-              "statistics_seconds": round(statistics_s, 3),
+              "statistics_seconds": round(statistics_s, 3), "scoring_seconds": round(scoring_s, 3),
+              "statistics_split": {"observe": round(observed_s, 3), "gather": round(gathered_s, 3),
+                                   "forward_and_finish": round(statistics_s - observed_s - gathered_s, 3)},
+              "calibration_forwards": 1 if fused else 1 + (gatherer is not None),  # besides the observing one
               "note": "every dimension bound to the hidden axis is the teacher's multiplied by the first "
                       "student_hidden columns of the rotation (norm gains folded into their readers), not a "
                       "sub-tensor; the hidden axis' index set is not used"}
     if save_rotation:
         record["saved"] = ROTATION_NAME
 
+    rotation_of = []  # the engine's Rotation, for matmul_alone on its own products afterwards
+
     def rotate(plan):
         table, records = ops(plan, seen, stats.gains, str(ckpt.path))
         record["axis"] = hidden_axis(plan, seen)
         record["tensors"] = records
-        return Rotation(q[:, :k], table), record
+        # products in float64 where a rotated tensor is written in float32 or wider (its own precision, not
+        # float32's rounding again: SmolLM2's full-width logits within allclose 1e-4), else float32 (bf16's 8 bits)
+        wide = any(DTYPES[j.dtype].itemsize >= 4 and DTYPES[j.dtype].floating for j in plan.jobs if j.name in table)
+        rotation_of.append(Rotation(q[:, :k], table, compute=torch.float64 if wide else None))
+        return rotation_of[0], record
 
     import gc
 
@@ -145,7 +169,7 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
         summary.corrections = correct_student(ckpt.path, out, which, hidden_map=q[:, :k], alpha=correct_alpha,
                                               calibration=calibration, samples=samples, seq_len=seq_len, device=device)
     if summary.rotation is not None:
-        summary.rotation["engine"]["matmul_alone_gflop_per_s"] = matmul_alone(d, k, summary.device)
+        summary.rotation["engine"].update(matmul_alone(rotation_of[0], summary.device))
         summary.rotation["engine"]["anon_before_engine_bytes"] = before
     log.info("hidden axis rotated: %d -> %d principal components of the residual stream (%.2f%% of its variance on "
              "%d calibration tokens x %d norm sites); statistics %.1f s; rotation sha256 %s",

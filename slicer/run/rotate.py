@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -46,6 +47,7 @@ class Rotation:
     flops: float = 0.0
     matmul_seconds: float = 0.0
     seconds: float = 0.0  # every rotated job, reading included
+    shapes: Counter = field(default_factory=Counter)  # (rows, d, k, side) -> products of that shape (matmul_alone)
     _on: dict = field(default_factory=dict)
 
     @property
@@ -63,6 +65,22 @@ class Rotation:
         key = str(device)
         if key not in self._on:
             self._on[key] = self.qk.to(device=device, dtype=self.compute or torch.float32).contiguous()
+        return self._on[key]
+
+    def scaled(self, op: "Op", device):
+        """``diag(op.scale) @ Qk``: a reader's folded norm gain, for the slabs of one tensor in a row."""
+        held = self._on.get("scaled")
+        if held is None or held[0] is not op:
+            q = self.matrix(device)
+            held = (op, op.scale.to(device=device, dtype=q.dtype)[:, None] * q)
+            self._on["scaled"] = held
+        return held[1]
+
+    def transposed(self, device):
+        """``Qk^T`` [k, d], contiguous (a writer's product from the left), moved there once."""
+        key = f"{device}:T"
+        if key not in self._on:
+            self._on[key] = self.matrix(device).T.contiguous()
         return self._on[key]
 
     def stats(self) -> dict:
@@ -104,26 +122,38 @@ def slabs(job: TensorJob, op: Op, budget: int):
 
 def apply(rotation: Rotation, op: Op, x, device, out_dtype):
     """One slab's student values: ``x`` (teacher values, other axes gathered) times ``Qk`` on
-    every hidden-bound dimension, cast to the output dtype, on the host."""
+    every hidden-bound dimension, cast to the output dtype, on the host.
+
+    Each product runs on contiguous operands with a contiguous result, as ``torch.matmul`` alone
+    does: the last dimension as ``x @ Qk``, the first (a writer ``[d, n]``) as ``Qk^T @ x``, any
+    other moved last (and back) around the product."""
     import torch
 
     compute = rotation.compute or torch.float32
-    q = rotation.matrix(device)
     y = x.to(device=device, dtype=compute)
     for dim in op.dims:
         last = dim == y.dim() - 1
-        if not last:
-            y = torch.movedim(y, dim, -1)
-        if op.scale is not None and last:
-            y = y * op.scale.to(device=device, dtype=compute)
+        if dim == 0 and not last:
+            side, operand = "left", y.reshape(y.shape[0], -1).contiguous()
+        else:
+            side, operand = "right", (y if last else torch.movedim(y, dim, -1)).contiguous()
+        rows = operand.numel() // rotation.d
         start = time.perf_counter()
-        y = torch.matmul(y, q)
-        if y.is_cuda:
-            torch.cuda.synchronize(y.device)
+        if side == "left":
+            out = torch.matmul(rotation.transposed(device), operand)
+        elif last and op.scale is not None:  # (x * g) @ Qk == x @ (g[:, None] * Qk): the gain on d x k, not rows x d
+            out = torch.matmul(operand, rotation.scaled(op, device))
+        else:
+            out = torch.matmul(operand, rotation.matrix(device))
+        if out.is_cuda:
+            torch.cuda.synchronize(out.device)
         rotation.matmul_seconds += time.perf_counter() - start
-        rotation.flops += 2.0 * (y.numel() // max(rotation.k, 1)) * rotation.d * rotation.k
-        if not last:
-            y = torch.movedim(y, -1, dim)
+        rotation.flops += 2.0 * rows * rotation.d * rotation.k
+        rotation.shapes[(rows, rotation.d, rotation.k, side)] += 1
+        if side == "left":
+            y = out.reshape(rotation.k, *y.shape[1:])
+        else:
+            y = out if last else torch.movedim(out, -1, dim)
     return y.to(dtype=out_dtype).contiguous().cpu()
 
 
@@ -133,22 +163,35 @@ def fill(op: Op, shape, out_dtype):
     return torch.as_tensor(op.value, dtype=torch.float64).expand(tuple(shape)).to(out_dtype).contiguous()
 
 
-def matmul_alone(d: int, k: int, device: str = "cpu", seconds: float = 0.5) -> float:
-    """GFLOP/s of ``torch.matmul`` alone on this machine, at the engine's shapes ([rows, d] @ [d, k],
-    float32), for the summary to stand beside the engine's own figure."""
+def matmul_alone(rotation: Rotation, device: str = "cpu", seconds: float = 2.0) -> dict:
+    """``torch.matmul`` alone on this machine on the engine's own products: every shape it
+    multiplied (rows x d by d x k, from the right or the left), timed on random operands of the
+    same layout with nothing else running in this process, weighted as the engine ran them.
+    Returns GFLOP/s of that mix, and the seconds it predicts for the engine's products
+    (``seconds`` bounds the time spent measuring, split over the shapes)."""
     import torch
 
-    rows = max(64, (8 << 20) // (4 * d))  # an 8 MB slab, as the engine's are a few MB
-    a = torch.randn(rows, d, device=device)
-    b = torch.randn(d, k, device=device)
-    torch.matmul(a, b)
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.matmul(a, b)
-        n += 1
-    if a.is_cuda:
-        torch.cuda.synchronize()
-    return round(2.0 * rows * d * k * n / 1e9 / (time.perf_counter() - start), 2)
+    compute = rotation.compute or torch.float32
+    if not rotation.shapes:
+        return {"matmul_alone_gflop_per_s": None, "matmul_alone_seconds": 0.0}
+    each = seconds / len(rotation.shapes)
+    predicted = 0.0
+    for (rows, d, k, side), count in rotation.shapes.items():
+        a = torch.randn(rows, d, device=device, dtype=compute) if side == "right" else \
+            torch.randn(d, rows, device=device, dtype=compute)
+        b = torch.randn(d, k, device=device, dtype=compute)
+        bt = b.T.contiguous()
+        product = (lambda: torch.matmul(a, b)) if side == "right" else (lambda: torch.matmul(bt, a))
+        product()
+        n, start = 0, time.perf_counter()
+        while n < 2 or (time.perf_counter() - start < each and n < count):
+            product()
+            n += 1
+        if a.is_cuda:
+            torch.cuda.synchronize()
+        predicted += count * (time.perf_counter() - start) / n
+    return {"matmul_alone_gflop_per_s": round(rotation.flops / 1e9 / max(predicted, 1e-9), 2),
+            "matmul_alone_seconds": round(predicted, 3), "shapes": len(rotation.shapes)}
 
 
 def out_dtype(job: TensorJob):
