@@ -143,7 +143,9 @@ def main() -> None:
                 continue
             t = time.perf_counter()
             folder = work / f"{tag}-rotate-{weighting}-{args.gains}"
-            s = shrink_rotated(teacher, folder, config_set=edits, method="importance", scores=scores, device="cpu",
+            # scores=None: scored on the fly as `slicer shrink --hidden rotate` does (the rotation's criterion,
+            # slicer.rotation.shrink.ROTATED_CRITERION, on the same forward as the rotation's statistics)
+            s = shrink_rotated(teacher, folder, config_set=edits, method="importance", scores=None, device="cpu",
                                weighting=weighting, gains=args.gains, overwrite=True, attention="heads",
                                save_rotation=bool(args.correct), **calib)
             label = f"rotate ({weighting}{', vector gains' if args.gains == 'vector' else ''}) + importance"

@@ -118,14 +118,16 @@ def _ranking(ckpt: Checkpoint, method: str, layer_selection: str, scores, calibr
     return score_on_the_fly(ckpt, calibration, samples, seq_len, device)[0]
 
 
-def score_on_the_fly(ckpt: Checkpoint, calibration, samples: int, seq_len: int, device: str, taps=None):
-    """(scores, seconds) of the teacher on ``calibration``; ``taps`` ride along on the same forward
-    (``score_teacher``'s: a rotation's statistics)."""
+def score_on_the_fly(ckpt: Checkpoint, calibration, samples: int, seq_len: int, device: str, taps=None,
+                     criterion: str = "taylor"):
+    """(scores, seconds) of the teacher on ``calibration`` by ``criterion`` (``score_teacher``'s);
+    ``taps`` ride along on the same forward (a rotation's statistics)."""
     from .importance.scoring import score_teacher
 
     if calibration is None:
         log.info("scoring the teacher on slicer's default calibration text (pass --scores or --calibration to choose)")
-    run = score_teacher(ckpt, calibration, samples=samples, seq_len=seq_len, device=device, taps=taps)
+    run = score_teacher(ckpt, calibration, samples=samples, seq_len=seq_len, device=device, taps=taps,
+                        criterion=criterion)
     layer_lists = len(run.scores.layers())
     log.info("scored %d axes and %d layer list(s) on %d calibration tokens in %.1f s (%s)",
              len(run.scores.vectors) - layer_lists, layer_lists, run.tokens, run.seconds, run.device)

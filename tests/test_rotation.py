@@ -199,6 +199,7 @@ def test_half_width_rotated_student_is_consistent_by_value(tmp_path, family):
     assert rec["sha256"] == hashlib.sha256(saved.contiguous().numpy().tobytes()).hexdigest()
     assert rec["student_hidden"] == k and rec["teacher_hidden"] == d and rec["calibration"]["sha256"]
     assert rec["calibration_forwards"] == 1  # importance's scoring forward gathered the rotation's statistics
+    assert manifest["scores"]["criterion"] == "activation"  # scored on the fly for a rotated student: ROTATED_CRITERION
     t = {n: v.double() for n, v in student_tensors(tmp_path / "t").items()}  # the teacher's files (per-expert names)
     out = {n: v.double() for n, v in student_tensors(tmp_path / "s").items()}
     who: dict[str, list] = {}

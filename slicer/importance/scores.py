@@ -79,8 +79,9 @@ class Scores(Ranking):
         out = {"source": self.source, "sha256": self.sha256}
         if "calibration" in self.metadata:
             out["calibration"] = self.metadata["calibration"]
-        if "statistic" in self.metadata:
-            out["statistic"] = self.metadata["statistic"]
+        for key in ("criterion", "taylor", "statistic"):  # criterion/taylor: absent from files written before them
+            if key in self.metadata:
+                out[key] = self.metadata[key]
         return out
 
     def check_teacher(self, ckpt: Checkpoint) -> None:
