@@ -24,7 +24,6 @@ column of ones.
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
@@ -37,6 +36,7 @@ import torch
 
 from ..errors import SlicerError
 from ..io.checkpoint import Checkpoint
+from ..importance.scores import sha256_file
 from ..io.writer import MANIFEST_NAME
 from ..selection import manifest_indices
 from .options import CORRECTIONS, DEFAULT_ALPHA
@@ -515,16 +515,8 @@ def _rewrite(out: Path, manifest: dict, staging: Path) -> list[str]:
         del tensors
         os.replace(tmp, path)
         shard["size"] = path.stat().st_size
-        shard["sha256"] = _sha256(path)
+        shard["sha256"] = sha256_file(path)
     return sorted(where)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_manifest(out: Path, manifest: dict) -> None:
