@@ -213,3 +213,18 @@ def test_a_remote_teacher_is_refused_with_one_line(tmp_path, capsys):
     code = main(["shrink", str(tmp_path / "t"), str(tmp_path / "s"), "--set", "hidden_size=32", "--correct", "lm_head"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "tied to its embedding" in err[0] and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("hidden", ["select", "rotate"])
+def test_a_bf16_students_refitted_tensors_stay_bf16_and_verify(tmp_path, hidden):
+    """The refit runs in float32/float64; what it writes back is in the dtype the student was written in
+    (a bf16 teacher's student is bf16): the manifest's dtypes hold and verify passes."""
+    teacher(tmp_path / "t32", "llama").to(torch.bfloat16).save_pretrained(tmp_path / "t")
+    calib, _ = calibration(tmp_path / "calib.safetensors")
+    api.shrink(tmp_path / "t", tmp_path / "s", config_set=CUT, method="importance", attention="heads", hidden=hidden,
+               calibration=calib, samples=24, seq_len=16, device="cpu", correct="writers,lm_head")
+    manifest = json.loads((tmp_path / "s" / "slicer_manifest.json").read_text())
+    refitted = set(manifest["corrections"]["tensors"])
+    got = load_file(str(tmp_path / "s" / "model.safetensors"))
+    assert refitted and {got[n].dtype for n in got} == {torch.bfloat16}
+    assert verify(tmp_path / "s").ok

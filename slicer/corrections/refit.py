@@ -507,9 +507,9 @@ def _rewrite(out: Path, manifest: dict, staging: Path) -> list[str]:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        for name in names:
+        for name in names:  # in the dtype the student was written in (the refit runs in float32 / float64)
             with safe_open(str(where[name]), "pt") as f:
-                tensors[name] = f.get_tensor(name)
+                tensors[name] = f.get_tensor(name).to(tensors[name].dtype)
         tmp = path.with_name(path.name + ".corrected.tmp")
         save_file(tensors, str(tmp), metadata=meta)
         del tensors
