@@ -228,3 +228,4 @@ def test_a_bf16_students_refitted_tensors_stay_bf16_and_verify(tmp_path, hidden)
     got = load_file(str(tmp_path / "s" / "model.safetensors"))
     assert refitted and {got[n].dtype for n in got} == {torch.bfloat16}
     assert verify(tmp_path / "s").ok
+

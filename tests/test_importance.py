@@ -475,3 +475,18 @@ def test_layer_importance_keeps_the_top_layers_of_each_kind_in_order():
     assert [mapper.teacher_name(n) for n in student] == [f"model.layers.{i}.w" for i in (2, 1, 4, 5)]
     plain = LayerMapper(teacher, student, "importance", layer_scores={"model.layers": scores})
     assert [plain.teacher_name(n) for n in student] == [f"model.layers.{i}.w" for i in (1, 2, 4, 5)]
+
+
+def test_importance_asked_to_shrink_head_dim_says_what_to_do(tmp_path, capsys):
+    """Scores rank whole heads, never the dimensions inside one: a student whose head_dim shrinks is refused in
+    one line that names the way out."""
+    from test_rotation import calibration, teacher
+
+    teacher(tmp_path / "t", "llama")
+    calib, _ = calibration(tmp_path / "calib.safetensors")
+    capsys.readouterr()  # the teacher's own saving output
+    code = main(["shrink", str(tmp_path / "t"), str(tmp_path / "s"), "--set", "head_dim=4", "--method", "importance",
+                 "--calibration", str(calib), "--samples", "24", "--seq-len", "16", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and ("(8 -> 4 head-dim" in err[0] or "(4 -> 2 rotary-pairs" in err[0]), err
+    assert "keep the teacher's head_dim" in err[0] and not (tmp_path / "s").exists()

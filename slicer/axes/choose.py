@@ -116,7 +116,11 @@ class Ranking:
     def top(self, ax: Axis) -> list[int]:
         values = self.scores.get(ax.name)
         if values is None:
-            raise SlicerError(f"{self.source}: no scores for axis {ax.name!r} ({ax.kind}, {ax.t} members)")
+            hint = ""
+            if ax.kind in ("rotary-pairs", "head-dim"):  # scoring ranks whole heads, never the dimensions inside one
+                hint = (f"; the student shrinks each head's dimensions ({ax.t} -> {ax.s} {ax.kind}), which importance "
+                        "does not rank: keep the teacher's head_dim (--set head_dim=...) or choose --method uniform")
+            raise SlicerError(f"{self.source}: no scores for axis {ax.name!r} ({ax.kind}, {ax.t} members){hint}")
         if len(values) != ax.t:
             raise SlicerError(f"{self.source}: axis {ax.name!r} has {len(values)} scores, the teacher {ax.t} members")
         order = sorted(range(ax.t), key=lambda i: (-float(values[i]), i))  # ties: the lower index, deterministic
