@@ -129,8 +129,8 @@ def score_on_the_fly(ckpt: Checkpoint, calibration, samples: int, seq_len: int, 
     run = score_teacher(ckpt, calibration, samples=samples, seq_len=seq_len, device=device, taps=taps,
                         criterion=criterion)
     layer_lists = len(run.scores.layers())
-    log.info("scored %d axes and %d layer list(s) on %d calibration tokens in %.1f s (%s)",
-             len(run.scores.vectors) - layer_lists, layer_lists, run.tokens, run.seconds, run.device)
+    log.info("scored %d axes and %d layer list(s) by %s on %d calibration tokens in %.1f s (%s)",
+             len(run.scores.vectors) - layer_lists, layer_lists, criterion, run.tokens, run.seconds, run.device)
     return run.scores, run.seconds
 
 
