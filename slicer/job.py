@@ -153,13 +153,17 @@ def _plan(teacher: Checkpoint, student: StudentSpec, options: Options) -> Plan:
 
 
 def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, device="auto", backend="auto",
-        overwrite=False, resume=False, progress=False, chunk_bytes=DEFAULT_CHUNK_BYTES, rotate=None) -> Summary:
+        overwrite=False, resume=False, progress=False, chunk_bytes=DEFAULT_CHUNK_BYTES, rotate=None,
+        beside=None) -> Summary:
     """Shared by every route to a student spec (template, config). ``rotate(plan)``, where the
     hidden axis is rotated (slicer.rotation), returns the engine's Rotation and the manifest's
-    record of it (part of the fingerprint --resume compares)."""
+    record of it (part of the fingerprint --resume compares). ``beside`` maps a file name to a
+    function that writes that file at the path it is given: written into staging after the
+    shards and moved into OUT with them, so it is the run's own (recorded in the manifest with
+    its sha256; a later --overwrite replaces it) and never half-written (rotation.safetensors)."""
     from .run.backends import choose
     from .run.engine import Engine
-    from .io.writer import OutputDir, fingerprint
+    from .io.writer import OutputDir, fingerprint, sha256_file
 
     start = time.perf_counter()
     check_chunk_bytes(chunk_bytes)
@@ -171,7 +175,8 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
     rotation, rotation_record = rotate(the_plan) if rotate is not None else (None, None)
     engine = Engine(chosen.gather, chunk_bytes=chunk_bytes, device=chosen.device, arrays=chosen.arrays,
                     rotation=rotation)
-    record, extra = output_files(the_plan, student)
+    beside = dict(beside or {})
+    record, extra = output_files(the_plan, student, beside=list(beside))
     if rotation_record is not None:
         record["rotation"] = rotation_record
     bar = None
@@ -189,7 +194,10 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
                 writing = False
                 for shard in record["shards"]:
                     shard["sha256"] = output.done[shard["name"]]["sha256"]
-                output.finish([s.filename for s in the_plan.shards], extra, record)
+                for name, write in beside.items():  # streamed to disk, not held as bytes (d x d float64)
+                    write(output.staging / name)
+                    output.record(name, dict(zip(("sha256", "size"), sha256_file(output.staging / name))))
+                output.finish([*(s.filename for s in the_plan.shards), *beside], extra, record)
     except KeyboardInterrupt:
         if writing and output.done:  # completed shards are progress: keep them for --resume
             raise Interrupted(output.keep_for_resume(len(the_plan.shards))) from None
@@ -211,9 +219,10 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
     return summary
 
 
-def output_files(the_plan: Plan, student: StudentSpec) -> tuple[dict, dict[str, bytes]]:
+def output_files(the_plan: Plan, student: StudentSpec, beside=()) -> tuple[dict, dict[str, bytes]]:
     """The manifest record (shard hashes still to fill in) and the small files OUT gets
-    beside the shards (config, tokenizer files, index)."""
+    beside the shards (config, tokenizer files, index); ``beside``: the names of files the run
+    writes itself besides those (``run``'s ``beside``)."""
     from .io.writer import INDEX_NAME, MANIFEST_NAME, index_json
 
     record = manifest.build(the_plan)
@@ -221,7 +230,7 @@ def output_files(the_plan: Plan, student: StudentSpec) -> tuple[dict, dict[str, 
     if the_plan.is_sharded:
         shards = [(s.filename, [j.name for j in s.jobs]) for s in the_plan.shards]
         extra[INDEX_NAME] = index_json(shards, sum(j.nbytes for j in the_plan.jobs))
-    record["files"] = [*(s.filename for s in the_plan.shards), *extra, MANIFEST_NAME]  # what --overwrite may replace later
+    record["files"] = [*(s.filename for s in the_plan.shards), *beside, *extra, MANIFEST_NAME]  # what --overwrite may replace later
     return record, extra
 
 

@@ -322,6 +322,33 @@ def test_rotation_composes_with_layer_selection(tmp_path):
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), float((got - want).abs().max())
 
 
+def test_the_saved_rotation_is_the_runs_own_file_and_overwrite_replaces_it_silently(tmp_path, caplog):
+    """rotation.safetensors moves into OUT with the student (never there without its manifest), the
+    manifest records its size and sha256 and lists it, so an --overwrite rerun replaces it as its own
+    instead of warning that it keeps weights slicer did not write."""
+    import hashlib
+    import logging
+
+    teacher(tmp_path / "t", "llama")
+    calib, _ = calibration(tmp_path / "calib.safetensors")
+    kw = dict(config_set={"hidden_size": 32}, hidden="rotate", calibration=calib, samples=24, seq_len=16,
+              device="cpu", save_rotation=True)
+    api.shrink(tmp_path / "t", tmp_path / "s", **kw)
+    path = tmp_path / "s" / "rotation.safetensors"
+    record = json.loads((tmp_path / "s" / "slicer_manifest.json").read_text())
+    assert "rotation.safetensors" in record["files"]
+    assert record["written"]["rotation.safetensors"] == {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                                         "size": path.stat().st_size}
+    assert load_file(str(path))["rotation"].shape == (64, 64)
+    with caplog.at_level(logging.WARNING, logger="slicer"):
+        api.shrink(tmp_path / "t", tmp_path / "s", overwrite=True, **{**kw, "config_set": {"hidden_size": 48}})
+    assert not [r for r in caplog.records if "did not write" in r.getMessage()], caplog.text
+    again = json.loads((tmp_path / "s" / "slicer_manifest.json").read_text())
+    assert again["written"]["rotation.safetensors"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.name.endswith(".safetensors")) == \
+        ["model.safetensors", "rotation.safetensors"]
+
+
 def test_an_interrupted_rotated_shrink_resumes_to_the_same_student(tmp_path, monkeypatch):
     import hashlib
     import os

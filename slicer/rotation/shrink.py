@@ -162,14 +162,15 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
     gc.collect()
     give_back_memory()  # the calibration forwards' heap, before the engine's peak is sampled
     before = anon_bytes()
-    summary = job.run(ckpt, out, student, options, device=request.device, backend=request.backend,
-                      overwrite=request.overwrite, resume=request.resume, progress=request.progress,
-                      chunk_bytes=request.chunk_bytes, rotate=rotate)
-    if save_rotation:
+    beside = {}
+    if save_rotation:  # written with the student, recorded in its manifest (a later --overwrite replaces it)
         from safetensors.torch import save_file
 
-        save_file({"rotation": q.contiguous(), "variances": variances.contiguous()}, str(Path(out) / ROTATION_NAME),
-                  metadata={"format": "pt", "sha256": record["sha256"]})
+        beside[ROTATION_NAME] = lambda path: save_file({"rotation": q.contiguous(), "variances": variances.contiguous()},
+                                                       str(path), metadata={"format": "pt", "sha256": record["sha256"]})
+    summary = job.run(ckpt, out, student, options, device=request.device, backend=request.backend,
+                      overwrite=request.overwrite, resume=request.resume, progress=request.progress,
+                      chunk_bytes=request.chunk_bytes, rotate=rotate, beside=beside)
     if which:  # the refits, fed the rotated student's own inputs (slicer.corrections)
         summary.corrections = correct_student(ckpt.path, out, which, hidden_map=q[:, :k], alpha=correct_alpha,
                                               calibration=calibration, samples=samples, seq_len=seq_len, device=device)
