@@ -23,10 +23,14 @@ of issue 18's targets as a line "target: ... (met / NOT met)", with the load and
 part took (e2e ~3.5 min, gap ~6 min at --repeats 3 on the shared 2-vCPU VM at load ~12). The machine is shared and has 2 cores: the server, the client and (for
 download) the local shrink compete for them, as they would not across a real network.
 
+  cpu   Where a request's time goes: the e2e teacher at the first --bandwidths, fetched by the
+        default and by fixed gaps; CPU seconds of the slicer process and of the server process
+        per way, and the requests and bytes each made (the client's CPU per extra request).
+
   requests  Llama-3.1-405B's shapes (sparse files) shrunk to Llama-3.1-8B's: the requests and
         bytes a remote run would fetch, per gap (arithmetic on the plan; nothing is served).
 
-    python bench/remote.py [--workdir DIR] [--which e2e,gap,requests] [--bandwidths 100,1000] [--repeats 3] [--json FILE]
+    python bench/remote.py [--workdir DIR] [--which e2e,gap,cpu,requests] [--bandwidths 100,1000] [--repeats 3] [--json FILE]
     python bench/remote.py serve ROOT [--bandwidth MB/s] [--latency MS]   # the server alone (prints its URL)
 """
 from __future__ import annotations
@@ -316,6 +320,54 @@ def run_gap(workdir: Path, bandwidths: list[float], latencies: list[float], repe
     return rows
 
 
+CPU_WAYS = {"default": [], "--max-overfetch 0.1": ["--max-overfetch", "0.1"], "--coalesce-gap 4096": ["--coalesce-gap", "4096"],
+            "--coalesce-gap 65536": ["--coalesce-gap", "65536"]}
+
+
+def run_cpu(workdir: Path, bandwidth: float, log) -> list[dict]:
+    """CPU seconds of the client (the slicer child, getrusage) and of the server (psutil) per way."""
+    import resource
+
+    import psutil
+
+    served, _, template = e2e_teacher(workdir, log)
+    server = Server(served, bandwidth)
+    proc = psutil.Process(server.proc.pid)
+    cpu = lambda t: t.user + t.system  # noqa: E731
+    rows = []
+    try:
+        for way, extra in CPU_WAYS.items():
+            out = workdir / "out-cpu"
+            shutil.rmtree(out, ignore_errors=True)
+            server.stats()
+            s0, c0 = cpu(proc.cpu_times()), resource.getrusage(resource.RUSAGE_CHILDREN)
+            res = _slicer([server.url + "/teacher/", str(out), "--template", str(template), *extra])
+            s1, c1 = cpu(proc.cpu_times()), resource.getrusage(resource.RUSAGE_CHILDREN)
+            rows.append({"way": way, "bandwidth_mb_s": bandwidth, "seconds": res["seconds"],
+                         "client_cpu_s": (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime),
+                         "server_cpu_s": s1 - s0, "server_bytes": server.stats()["bytes_sent"],
+                         "bytes_read": res["summary"]["bytes_read"],
+                         "requests": (res["summary"].get("network") or {}).get("requests"), "load": os.getloadavg()[0]})
+            log(f"  cpu {way}: {rows[-1]['seconds']:.2f} s")
+    finally:
+        server.close()
+    return rows
+
+
+def format_cpu(rows: list[dict]) -> str:
+    lines = ["| way | requests | fetched / bytes_to_read | wall s | client CPU s | server CPU s | load |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['way']} | {r['requests']:,} | {r['server_bytes'] / r['bytes_read']:.3f} | {r['seconds']:.2f} | "
+                     f"{r['client_cpu_s']:.2f} | {r['server_cpu_s']:.2f} | {r['load']:.1f} |")
+    few, many = min(rows, key=lambda r: r["requests"]), max(rows, key=lambda r: r["requests"])
+    if many["requests"] > few["requests"]:
+        extra = many["requests"] - few["requests"]
+        lines.append(f"per extra request: client {1e6 * (many['client_cpu_s'] - few['client_cpu_s']) / extra:.0f} us of CPU, "
+                     f"server {1e6 * (many['server_cpu_s'] - few['server_cpu_s']) / extra:.0f} us")
+    return "\n".join(lines)
+
+
 def run_requests(workdir: Path, gaps: list[int], log) -> list[dict]:
     """Llama-3.1-405B's shapes shrunk to Llama-3.1-8B's: how many requests and bytes, per gap.
 
@@ -474,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
         result["e2e"] = run_e2e(a.workdir, bws, a.repeats, log)
         print(format_e2e(result["e2e"]))
         print(f"e2e took {time.perf_counter() - t0:.0f} s, load average {os.getloadavg()[0]:.1f} at its end")
+    if "cpu" in a.which:
+        result["cpu"] = run_cpu(a.workdir, bws[0], log)
+        print(format_cpu(result["cpu"]))
     if "requests" in a.which:
         result["requests"] = run_requests(a.workdir, [0, 64 << 10, 256 << 10, 1 << 20], log)
         print(format_requests(result["requests"]))
