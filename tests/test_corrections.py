@@ -213,6 +213,12 @@ def test_a_remote_teacher_is_refused_with_one_line(tmp_path, capsys):
     code = main(["shrink", str(tmp_path / "t"), str(tmp_path / "s"), "--set", "hidden_size=32", "--correct", "lm_head"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "tied to its embedding" in err[0] and not (tmp_path / "s").exists()
+    for alpha in ("-1", "nan", "inf"):  # a ridge needs a finite strength >= 0: refused before anything is written
+        code = main(["shrink", str(tmp_path / "t"), str(tmp_path / "s"), "--set", "hidden_size=32", "--correct",
+                     "writers", "--correct-alpha", alpha])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "expected a finite number >= 0" in err[0] and alpha in err[0], err
+        assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("hidden", ["select", "rotate"])

@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -72,8 +73,9 @@ def check_request(teacher, request) -> tuple[str, ...]:
     if request.resume:
         raise SlicerError("--correct with --resume: a refitted student's shards are not the plan's; rerun without "
                           "--resume")
-    if not request.correct_alpha >= 0:
-        raise SlicerError(f"--correct-alpha {request.correct_alpha}: must be >= 0")
+    alpha = request.correct_alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+        raise SlicerError(f"--correct-alpha {alpha!r}: expected a finite number >= 0 (the default is {DEFAULT_ALPHA:g})")
     ckpt = Checkpoint.open(teacher, role="teacher")
     config = ckpt.config_path()
     if config is None:
