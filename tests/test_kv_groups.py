@@ -159,6 +159,12 @@ def _top(values, candidates, s):
     return sorted(sorted(candidates, key=lambda i: (-float(values[i]), i))[:s])
 
 
+def _members(entry):
+    """An index set of the manifest: explicit, or start and step."""
+    return entry["indices"] if "indices" in entry else list(range(entry["start"], entry["start"] + entry["step"] * entry["s"],
+                                                                   entry["step"]))
+
+
 def _load(folder):
     from safetensors.torch import load_file
 
@@ -211,9 +217,27 @@ def test_a_teacher_whose_dropped_heads_add_nothing_gives_the_student_its_logits(
     manifest = json.loads((out / "slicer_manifest.json").read_text())
     for i in range(2):
         key = manifest["axes"][f"model.layers.{i}.self_attn:q-heads"]["index"]
-        assert manifest["index_sets"][key]["indices"] == live[i]
+        assert _members(manifest["index_sets"][key]) == live[i]
     ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = transformers.AutoModelForCausalLM.from_pretrained(str(teacher)).eval()(ids).logits
         got = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()(ids).logits
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_rotated_student_keeps_the_query_heads_of_each_kv_head_too(tmp_path, calibration):
+    """--hidden rotate + importance: the scoring forward's scores choose the query heads per kv head,
+    and verify checks every tensor against the rotated teacher with those heads."""
+    teacher = _teacher(tmp_path / "t", "llama")
+    out = tmp_path / "out"
+    slicer.shrink(str(teacher), str(out), config_set=dict(hidden_size=24, num_attention_heads=4, num_key_value_heads=2),
+                  hidden="rotate", method="importance", calibration=str(calibration), samples=2, seq_len=12,
+                  device="cpu", save_rotation=True)
+    manifest = json.loads((out / "slicer_manifest.json").read_text())
+    for i in range(2):
+        a = f"model.layers.{i}.self_attn"
+        heads = _members(manifest["index_sets"][manifest["axes"][a + ":q-heads"]["index"]])
+        kv = _members(manifest["index_sets"][manifest["axes"][a + ":kv-heads"]["index"]])
+        assert [h // 4 for h in heads] == [k for k in kv for _ in range(2)]
+        assert manifest["tensors"][a + ".q_proj.weight"]["index"][0].startswith(f"[importance:{a}:q-heads:12->4 ")
+    assert main(["verify", str(out), "--teacher", str(teacher)]) == 0

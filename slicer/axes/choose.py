@@ -96,12 +96,13 @@ class Chooser:
         if ax.name in self.owned:
             return self.owned[ax.name]
         outer, inner = nest(ax)
-        O, I = table[outer], table[inner]
+        I = table[inner]
         found = None
-        shared = inner in self.leaf_keys or any(other.name != ax.name and other.parts is not None and inner in table.leaves(other.parts)
-                     for other in table.axes.values())
+        shared = inner in self.leaf_keys or any(
+            other.name != ax.name and other.parts is not None and inner in table.leaves(other.parts)
+            for other in table.axes.values())
         if I.s < I.t and not shared and self.ranking.has(ax):
-            kept = self.leaf(O).indices()
+            kept = self.dim(table, ((outer,),)).indices()
             members = self.ranking.top_per(ax, [[o * I.t + j for j in range(I.t)] for o in kept], I.s)
             problem = nested_problem(table, ax, members, kept)
             if problem:
