@@ -133,11 +133,11 @@ def _teacher(folder, family, seed=0, live=None):
     return folder
 
 
-def _scores(teacher, out, calibration, **override):
+def _scores(teacher, out, calibration, criterion="taylor", **override):
     from slicer.importance.scores import Scores, save
     from slicer.importance.scoring import score_teacher
 
-    run = score_teacher(teacher, calibration, criterion="activation", device="cpu")
+    run = score_teacher(teacher, calibration, criterion=criterion, device="cpu")
     vectors = dict(run.scores.vectors)
     for k, v in override.items():
         if v is None:
@@ -172,13 +172,15 @@ def _load(folder):
 
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))
-@pytest.mark.parametrize("per_kv", [True, False])
-def test_the_student_keeps_each_kept_kv_heads_own_query_heads(tmp_path, calibration, family, per_kv):
+@pytest.mark.parametrize("per_kv, criterion", [(True, "taylor"), (False, "taylor"), (False, "activation")])
+def test_the_student_keeps_each_kept_kv_heads_own_query_heads(tmp_path, calibration, family, per_kv, criterion):
+    """Taylor scores with query-head scores: per kv head; without them (an old file) or by the activation
+    criterion (a head's output norm, measured worse per kv head): one group per block."""
     teacher = _teacher(tmp_path / "t", family)
     A = "model.layers.{}.self_attn"
-    crafted = {f"{A.format(i)}:q-heads": Q if per_kv else None for i in range(2)}
+    crafted = {f"{A.format(i)}:q-heads": Q if criterion == "activation" or per_kv else None for i in range(2)}
     crafted |= {f"{A.format(i)}:kv-heads": KV for i in range(2)} | {f"{A.format(i)}:group": GROUP for i in range(2)}
-    scores, vectors = _scores(teacher, tmp_path / "s.safetensors", calibration, **crafted)
+    scores, vectors = _scores(teacher, tmp_path / "s.safetensors", calibration, criterion, **crafted)
     out = tmp_path / "out"
     slicer.shrink(str(teacher), str(out), config_set=dict(hidden_size=24, num_attention_heads=4, num_key_value_heads=2),
                   method="importance", scores=str(scores))
@@ -226,18 +228,35 @@ def test_a_teacher_whose_dropped_heads_add_nothing_gives_the_student_its_logits(
 
 
 def test_a_rotated_student_keeps_the_query_heads_of_each_kv_head_too(tmp_path, calibration):
-    """--hidden rotate + importance: the scoring forward's scores choose the query heads per kv head,
-    and verify checks every tensor against the rotated teacher with those heads."""
+    """--hidden rotate + importance with a Taylor scores file: the query heads per kv head, and verify checks
+    every tensor against the rotated teacher with those heads. Scored on the fly (the activation criterion
+    of a rotated student): one group per block."""
+    from slicer.rotation.shrink import shrink_rotated
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
     teacher = _teacher(tmp_path / "t", "llama")
-    out = tmp_path / "out"
-    slicer.shrink(str(teacher), str(out), config_set=dict(hidden_size=24, num_attention_heads=4, num_key_value_heads=2),
-                  hidden="rotate", method="importance", calibration=str(calibration), samples=2, seq_len=12,
-                  device="cpu", save_rotation=True)
-    manifest = json.loads((out / "slicer_manifest.json").read_text())
-    for i in range(2):
-        a = f"model.layers.{i}.self_attn"
-        heads = _members(manifest["index_sets"][manifest["axes"][a + ":q-heads"]["index"]])
-        kv = _members(manifest["index_sets"][manifest["axes"][a + ":kv-heads"]["index"]])
-        assert [h // 4 for h in heads] == [k for k in kv for _ in range(2)]
-        assert manifest["tensors"][a + ".q_proj.weight"]["index"][0].startswith(f"[importance:{a}:q-heads:12->4 ")
-    assert main(["verify", str(out), "--teacher", str(teacher)]) == 0
+    words = Tokenizer(models.WordLevel({"[UNK]": 0, "the": 1, "a": 2, "of": 3}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]").save_pretrained(teacher)
+    scores = tmp_path / "s.safetensors"
+    assert main(["score", str(teacher), "--calibration", str(calibration), "-o", str(scores), "--quiet"]) == 0
+    for how in ("file", "on the fly"):
+        out = tmp_path / how
+        # with a scores file the rotation reads slicer's default text (a scores file and --calibration are refused
+        # together), through the teacher's tokenizer
+        given = {"scores": str(scores)} if how == "file" else {"calibration": str(calibration)}
+        shrink_rotated(teacher, out, config_set=dict(hidden_size=24, num_attention_heads=4, num_key_value_heads=2),
+                       method="importance", samples=2, seq_len=12, device="cpu", save_rotation=True, **given)
+        manifest = json.loads((out / "slicer_manifest.json").read_text())
+        for i in range(2):
+            a = f"model.layers.{i}.self_attn"
+            rows = manifest["tensors"][a + ".q_proj.weight"]["index"][0]
+            if how == "on the fly":
+                assert "index" not in manifest["axes"][a + ":q-heads"] and f"importance:{a}:group:4->2" in rows
+                continue
+            heads = _members(manifest["index_sets"][manifest["axes"][a + ":q-heads"]["index"]])
+            kv = _members(manifest["index_sets"][manifest["axes"][a + ":kv-heads"]["index"]])
+            assert [h // 4 for h in heads] == [k for k in kv for _ in range(2)]
+            assert rows.startswith(f"[importance:{a}:q-heads:12->4 ")
+        assert main(["verify", str(out), "--teacher", str(teacher)]) == 0
