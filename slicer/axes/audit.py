@@ -4,13 +4,15 @@ The manifest records every axis instance (its sizes, its parts if derived, the k
 index set if a leaf), the layout every tensor dimension is bound to, and the index set each
 dimension actually used. Recomposing each layout from the axes' own index sets must give
 the recorded index set, and every numbered component (``experts.N``) must keep the members
-of its axis: then a kept neuron, head or expert is kept in every tensor that touches it.
+of its axis: then a kept neuron, head or expert is kept in every tensor that touches it. A
+nested axis with an index set of its own (query heads chosen per kv head) must keep, run by
+run, members of its outer axis's kept members, in order (``layout.nested_problem``).
 A manifest that lies cannot make this allocate more than the tensors it describes: sizes
 are checked before any index list is built.
 """
 from __future__ import annotations
 
-from .layout import Axis, AxisTable, compose, parse_layout
+from .layout import Axis, AxisTable, axis, compose, nest, nested_problem, parse_layout
 
 
 def audit(manifest: dict, indices_of, tensors=None) -> tuple[list[str], int]:
@@ -32,7 +34,8 @@ def audit(manifest: dict, indices_of, tensors=None) -> tuple[list[str], int]:
                 parts = parse_layout(entry["parts"]) if "parts" in entry else None
                 if parts is not None and any(isinstance(f, str) and f not in table for seg in parts for f in seg):
                     continue
-                table.add(Axis(name, str(entry["kind"]), int(entry["t"]), int(entry["s"]), parts))
+                table.add(Axis(name, str(entry["kind"]), int(entry["t"]), int(entry["s"]), parts,
+                               entry.get("nested") is True))
             except Exception as e:  # noqa: BLE001 - any malformed entry is one problem line
                 problems.append(f"axis {name!r}: malformed entry ({e})")
             del pending[name]
@@ -52,6 +55,24 @@ def audit(manifest: dict, indices_of, tensors=None) -> tuple[list[str], int]:
             leaves[ax.name] = members
         return leaves[ax.name]
 
+    owned: dict[str, list[int] | None] = {}
+
+    def own(ax: Axis) -> list[int] | None:
+        """A nested axis's own index set (None: composed from its parts), checked against its outer axis once."""
+        if ax.name not in owned:
+            key = axes[ax.name].get("index")
+            if key is None:
+                owned[ax.name] = None
+                return None
+            members = indices_of(key, ax.s)
+            if members is None or len(members) != ax.s:
+                raise _Unknown(f"axis {ax.name!r} has no index set of {ax.s} members")
+            problem = nested_problem(table, ax, members, compose(table, axis(nest(ax)[0]), leaf, own))
+            if problem:
+                problems.append(problem + " (an inconsistent student)")
+            owned[ax.name] = members
+        return owned[ax.name]
+
     checked = 0
     for tensor, rec in manifest.get("tensors", {}).items():
         layouts = rec.get("axes")
@@ -65,7 +86,7 @@ def audit(manifest: dict, indices_of, tensors=None) -> tuple[list[str], int]:
                     problems.append(f"tensor {tensor!r} dimension {d}: bound to {text} ({t} -> {s}) but it is "
                                     f"{rec['teacher_shape'][d]} -> {rec['shape'][d]}")
                     continue
-                want = compose(table, layout, leaf)
+                want = compose(table, layout, leaf, own)
                 got = indices_of(rec["index"][d], s)
             except _Unknown as e:
                 problems.append(f"tensor {tensor!r} dimension {d}: {e}")
@@ -82,7 +103,7 @@ def audit(manifest: dict, indices_of, tensors=None) -> tuple[list[str], int]:
             problems.append(f"component {prefix!r}: no axis recorded")
             continue
         try:
-            members = compose(table, ((entry["axis"],),), leaf)  # derived axes too (per-head norms: q heads)
+            members = compose(table, ((entry["axis"],),), leaf, own)  # derived axes too (per-head norms: q heads)
         except _Unknown as e:
             problems.append(f"component {prefix!r}: {e}")
             continue

@@ -11,6 +11,12 @@ reference's per-(t, s) rule, so a flat checkpoint gets the very keys and indices
 did), the tensor and dimension for the inconsistent ablation, the axis itself for a ranking.
 A composed set's key is its layout written with leaf keys, so all layers that share a
 structure share one entry.
+
+A nested axis (``layout.Axis.nested``: the query heads of a GQA block, ``kv-heads * group``) is
+composed from its parts, the same group members in every kv head, unless a ranking scores the
+axis itself: then each kept outer member keeps its own top ``inner.s`` inner members, one index
+set for the axis (``own``), used by every dimension bound to it. Formulas (uniform,
+consecutive, random) always compose, so their students stay those of the reference.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from collections.abc import Mapping, Sequence
 
 from ..errors import SlicerError
 from ..selection import IndexSet, consecutive_indices, method as method_named
-from .layout import Axis, AxisTable, Layout, compose
+from .layout import Axis, AxisTable, Layout, compose, nest, nested_problem
 
 # Axes whose members are not interchangeable: a student keeps the first ones, whatever the
 # method (position 7 of the student must be position 7 of the teacher).
@@ -36,7 +42,9 @@ class Chooser:
         self.seed = seed
         self.ranking = ranking
         self.sets: dict[str, IndexSet] = {}  # every index set handed out, by key (the manifest's "index_sets")
-        self.leaf_keys: dict[str, str] = {}  # leaf axis name -> its index set's key (consistent methods)
+        self.leaf_keys: dict[str, str] = {}  # leaf axis name -> its index set's key (consistent methods); nested
+        # axes with an index set of their own too
+        self.owned: dict[str, IndexSet | None] = {}  # nested axis -> its own index set, None: composed
 
     @property
     def consistent(self) -> bool:
@@ -76,6 +84,35 @@ class Chooser:
         salt = f"{self.seed}/{t}/{s}" if self.rule.consistent else f"{self.seed}/{where}/{t}/{s}"
         return self.rule.members(t, s, salt)
 
+    def own(self, table: AxisTable, ax: Axis) -> IndexSet | None:
+        """The index set a nested axis holds of its own, or None: composed from its parts.
+
+        Only a ranking that scores the axis itself chooses per outer member (a scores file written
+        before such scores: composed, the same inner members under every outer member); only when
+        the inner axis shrinks and no other axis is made of it (Falcon's fused rows bind the group
+        per kv head beside its key and value: one group for all)."""
+        if not ax.nested or not (self.rule.ranked and self.consistent):
+            return None
+        if ax.name in self.owned:
+            return self.owned[ax.name]
+        outer, inner = nest(ax)
+        I = table[inner]
+        found = None
+        shared = inner in self.leaf_keys or any(
+            other.name != ax.name and other.parts is not None and inner in table.leaves(other.parts)
+            for other in table.axes.values())
+        if I.s < I.t and not shared and self.ranking.has(ax):
+            kept = self.dim(table, ((outer,),)).indices()
+            members = self.ranking.top_per(ax, [[o * I.t + j for j in range(I.t)] for o in kept], I.s)
+            problem = nested_problem(table, ax, members, kept)
+            if problem:
+                raise SlicerError(f"internal error: {problem}")
+            key = self._leaf_key(ax, "")
+            found = self.sets[key] = IndexSet.from_list(key, ax.t, members)
+            self.leaf_keys[ax.name] = key
+        self.owned[ax.name] = found
+        return found
+
     # ------------------------------------------------------------------ dimensions
 
     def dim(self, table: AxisTable, layout: Layout, where: str = "") -> IndexSet:
@@ -84,15 +121,39 @@ class Chooser:
             ax = table[layout[0][0]]
             if ax.parts is None:
                 return self.leaf(ax, where)
+            mine = self.own(table, ax)
+            if mine is not None:
+                return mine
         key = "[" + self._signature(table, layout, where) + "]"
         if self.consistent:  # recorded for every leaf, also when the composed set is already known
-            for name in table.leaves(layout):
+            for name in self._leaves(table, layout):
                 self.leaf(table[name], where)
         found = self.sets.get(key)
         if found is None:
-            indices = compose(table, layout, lambda ax: self.leaf(ax, where).indices())
+            indices = compose(table, layout, lambda ax: self.leaf(ax, where).indices(),
+                              lambda ax: None if (s := self.own(table, ax)) is None else s.indices())
             found = self.sets[key] = IndexSet.from_list(key, table.size(layout, "t"), indices)
         return found
+
+    def _leaves(self, table: AxisTable, layout: Layout) -> list[str]:
+        """The leaves ``layout`` is composed from: a nested axis with its own set gives only its outer
+        axis. A leaf that is the inner axis of such a set may not be bound elsewhere (it has no one set)."""
+        out: list[str] = []
+        for seg in layout:
+            for f in seg:
+                if isinstance(f, int):
+                    continue
+                ax = table[f]
+                if ax.parts is None:
+                    if any(s is not None and nest(table[n])[1] == f for n, s in self.owned.items()):
+                        raise SlicerError(f"internal error: axis {f} is chosen per outer member in one dimension "
+                                          "and bound alone in another")
+                    out.append(f)
+                elif self.own(table, ax) is not None:
+                    out += self._leaves(table, ((nest(ax)[0],),))
+                else:
+                    out += self._leaves(table, ax.parts)
+        return out
 
     def _signature(self, table: AxisTable, layout: Layout, where: str) -> str:
         def factor(f) -> str:
@@ -100,7 +161,8 @@ class Chooser:
                 return str(f)
             ax = table[f]
             if ax.parts is not None:
-                return "(" + self._signature(table, ax.parts, where) + ")"
+                mine = self.own(table, ax)
+                return mine.key if mine is not None else "(" + self._signature(table, ax.parts, where) + ")"
             return self._leaf_key(ax, where)
 
         return " | ".join(" * ".join(factor(f) for f in seg) for seg in layout)
@@ -113,7 +175,25 @@ class Ranking:
         self.scores = scores
         self.source = source
 
+    def has(self, ax: Axis) -> bool:
+        """Whether the axis itself is scored (a nested axis: its members chosen per outer member)."""
+        return ax.name in self.scores
+
     def top(self, ax: Axis) -> list[int]:
+        values = self._values(ax)
+        order = sorted(range(ax.t), key=lambda i: (-float(values[i]), i))  # ties: the lower index, deterministic
+        return sorted(order[:ax.s])
+
+    def top_per(self, ax: Axis, blocks: Sequence[Sequence[int]], s: int) -> list[int]:
+        """The top ``s`` members of each block of candidates, each block's in order, blocks in order."""
+        values = self._values(ax)
+        out: list[int] = []
+        for block in blocks:
+            order = sorted(block, key=lambda i: (-float(values[i]), i))
+            out += sorted(order[:s])
+        return out
+
+    def _values(self, ax: Axis) -> Sequence[float]:
         values = self.scores.get(ax.name)
         if values is None:
             hint = ""
@@ -123,5 +203,4 @@ class Ranking:
             raise SlicerError(f"{self.source}: no scores for axis {ax.name!r} ({ax.kind}, {ax.t} members){hint}")
         if len(values) != ax.t:
             raise SlicerError(f"{self.source}: axis {ax.name!r} has {len(values)} scores, the teacher {ax.t} members")
-        order = sorted(range(ax.t), key=lambda i: (-float(values[i]), i))  # ties: the lower index, deterministic
-        return sorted(order[:ax.s])
+        return values

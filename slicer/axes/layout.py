@@ -14,6 +14,13 @@ block are kv-heads * group, so whole kv groups are kept by construction). Every 
 gets exactly one index set; the index set of a dimension is composed from them, so two
 dimensions bound to the same axis can never disagree. That is the consistency the paper
 asks for, held by construction instead of by the luck of equal sizes.
+
+A derived axis may be *nested*: ``outer * inner`` where the inner members may differ from one
+outer member to the next (the query heads of each kv head). It is composed from its parts
+(the same inner members under every outer member) unless it holds an index set of its own
+(``choose.Chooser.own``: a ranking that scores the axis itself); then run k of ``inner.s``
+members all come from the k-th kept outer member, in the outer axis's order
+(``nested_problem`` checks it), and every dimension bound to the axis uses that one set.
 """
 from __future__ import annotations
 
@@ -37,11 +44,14 @@ class Axis:
     t: int
     s: int
     parts: Layout | None = None  # derived axes only: the members are this layout of other axes
+    nested: bool = False  # derived ``outer * inner`` whose inner members may be chosen per outer member
 
     def describe(self) -> dict:
         out: dict = {"kind": self.kind, "t": self.t, "s": self.s}
         if self.parts is not None:
             out["parts"] = format_layout(self.parts)
+        if self.nested:
+            out["nested"] = True
         return out
 
 
@@ -85,6 +95,9 @@ class AxisTable:
     def add(self, ax: Axis) -> str:
         known = self.axes.get(ax.name)
         if known is None:
+            if ax.nested and (ax.parts is None or len(ax.parts) != 1 or len(ax.parts[0]) != 2
+                              or not all(isinstance(f, str) for f in ax.parts[0])):
+                raise SlicerError(f"internal error: nested axis {ax.name} must be derived from two axes, outer * inner")
             if ax.parts is not None:
                 for side in ("t", "s"):
                     got = self.size(ax.parts, side)
@@ -107,7 +120,7 @@ class AxisTable:
             raise SlicerError(f"internal error: axis {name} is already derived")
         del self.axes[name]
         try:
-            self.add(Axis(ax.name, ax.kind, ax.t, ax.s, parts))
+            self.add(Axis(ax.name, ax.kind, ax.t, ax.s, parts, ax.nested))
         except SlicerError:
             self.axes[name] = ax
             raise
@@ -141,11 +154,19 @@ class AxisTable:
         return out
 
 
-def compose(table: AxisTable, layout: Layout, leaf: Callable[[Axis], Sequence[int]]) -> list[int]:
+def nest(ax: Axis) -> tuple[str, str]:
+    """(outer, inner): the two axes a nested axis is made of."""
+    outer, inner = ax.parts[0]
+    return outer, inner
+
+
+def compose(table: AxisTable, layout: Layout, leaf: Callable[[Axis], Sequence[int]],
+            own: Callable[[Axis], Sequence[int] | None] | None = None) -> list[int]:
     """The teacher indices a dimension keeps: ``leaf(axis)`` for every leaf axis, combined.
 
     A segment's members are a row-major product: member (i, j) of ``a * b`` is teacher index
     ``i * b.t + j``; segments follow one another, each offset by the teacher sizes before it.
+    ``own(axis)``, asked for nested axes: their own index set, or None to compose their parts.
     """
     out: list[int] = []
     offset = 0
@@ -157,8 +178,25 @@ def compose(table: AxisTable, layout: Layout, leaf: Callable[[Axis], Sequence[in
             else:
                 ax = table[f]
                 size = ax.t
-                members = compose(table, ax.parts, leaf) if ax.parts is not None else leaf(ax)
+                members = own(ax) if own is not None and ax.nested else None
+                if members is None:
+                    members = compose(table, ax.parts, leaf, own) if ax.parts is not None else leaf(ax)
             idx = [i * size + m for i in idx for m in members]
         out += [offset + i for i in idx]
         offset += math.prod(f if isinstance(f, int) else table[f].t for f in seg)
     return out
+
+
+def nested_problem(table: AxisTable, ax: Axis, members: Sequence[int], outer: Sequence[int]) -> str | None:
+    """Why ``members`` cannot be the own index set of the nested axis ``ax`` whose outer axis keeps
+    ``outer``, or None: run k of ``inner.s`` members must be increasing members of outer member
+    ``outer[k]`` (so student member j belongs to student outer member j // inner.s)."""
+    inner = table[nest(ax)[1]]
+    if len(members) != len(outer) * inner.s:
+        return f"axis {ax.name}: {len(members)} members, not {len(outer)} x {inner.s}"
+    for k, o in enumerate(outer):
+        run = list(members[k * inner.s:(k + 1) * inner.s])
+        if any(m // inner.t != o for m in run) or run != sorted(set(run)):
+            return (f"axis {ax.name}: members {run} are not {inner.s} of the {inner.kind} of its kept "
+                    f"{table[nest(ax)[0]].kind} member {o}, in order")
+    return None

@@ -152,12 +152,12 @@ def _layout(obj):
 
 
 def _axis_json(ax: Axis) -> list:
-    return [ax.name, ax.kind, ax.t, ax.s, _plain(ax.parts)]
+    return [ax.name, ax.kind, ax.t, ax.s, _plain(ax.parts), ax.nested]
 
 
 def _axis(obj) -> Axis:
-    name, kind, t, s, parts = obj
-    return Axis(name, kind, t, s, _layout(parts))
+    name, kind, t, s, parts, nested = obj
+    return Axis(name, kind, t, s, _layout(parts), bool(nested))
 
 
 # ------------------------------------------------------------------ record and replay

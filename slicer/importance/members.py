@@ -9,8 +9,9 @@ maps (a head's elements give the head's output norm).
 Importance ranks leaf axes only (those are what a student keeps); a derived axis's scores
 are handed down to the leaves its members are made of, by summing: a kv head's score is the
 sum of the scores of its query heads, a group member's score the sum over *all* teacher kv
-heads of that member's query head (the group axis is chosen once for the whole block, before
-and independently of which kv heads are kept, so every kv head has a say).
+heads of that member's query head (read only when the query heads are not ranked themselves: a
+scores file without ``…:q-heads``; the derived scores are kept in the output, and ``q-heads``,
+a nested axis, is then chosen per kept kv head: ``slicer.axes.choose``).
 """
 from __future__ import annotations
 

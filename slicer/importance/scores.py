@@ -69,6 +69,17 @@ class Scores(Ranking):
                               "config.json beside the teacher and the template")
         return super().top(ax)
 
+    def has(self, ax: Axis) -> bool:
+        """Whether ``ax`` is ranked by its own scores. A nested axis (query heads, chosen per kv head)
+        is not by slicer's activation scores (``criterion`` "activation", or a slicer file from before
+        criteria: ``statistic`` alone): a head's output norm chose worse query heads per kv head than
+        summed over the block (bench/RESULTS.md, 2026-12-07), so their group stays one per block.
+        Taylor scores and imported files (no ``statistic``) choose per kv head."""
+        criterion = self.metadata.get("criterion", "activation" if "statistic" in self.metadata else None)
+        if ax.nested and criterion == "activation":
+            return False
+        return super().has(ax)
+
     def layers(self) -> dict[str, list[float]]:
         """Layer list -> one score per teacher layer (for --layer-selection importance)."""
         suffix = ":" + LAYERS

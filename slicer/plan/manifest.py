@@ -54,14 +54,15 @@ def build(plan: Plan) -> dict:
 
 
 def _axes(plan: Plan) -> dict:
-    """Every axis instance: kind, sizes, and its index set's key (leaves) or its parts (derived).
+    """Every axis instance: kind, sizes, and its index set's key (leaves) or its parts (derived;
+    a nested one with an index set of its own: its key too).
 
     A leaf of the inconsistent ablation has no one index set (each dimension draws its own):
     its ``index`` is null."""
     out = {}
     for name, ax in sorted(plan.axes.axes.items()):
         entry = ax.describe()
-        if ax.parts is None:
+        if ax.parts is None or name in plan.leaf_keys:
             entry["index"] = plan.leaf_keys.get(name)
         out[name] = entry
     return out

@@ -3,7 +3,9 @@ projection, and the per-head parameters (q/k norms, sinks), bound to whole heads
 
 Axes of one attention block ``B`` (teacher path):
 - ``B:kv-heads`` and ``B:group`` (query heads per kv head) are leaves chosen by the method;
-  ``B:q-heads`` is derived, ``kv-heads * group``, so a kept kv head keeps its own queries;
+  ``B:q-heads`` is derived, ``kv-heads * group``, so a kept kv head keeps its own queries, and
+  nested: under importance with per-query-head scores each kept kv head keeps its own best
+  ``group`` query heads (``slicer.axes.choose``), else the same group members in every kv head;
 - ``B:head-dim`` is whole when the head size is kept; when it shrinks it is a leaf, or for
   rotary models derived from ``B:rotary-pairs`` so each pair stays together: ``2 * pairs``
   for pairs (i, i + r/2), ``pairs * 2`` for interleaved pairs (2i, 2i + 1), followed by
@@ -152,7 +154,9 @@ class HeadAxes:
     @property
     def q(self) -> str:
         group = self.b.add(self._name("group"), "group", self.T.group, self.S.group)
-        return self.b.add(self._name("q-heads"), "q-heads", self.T.heads, self.S.heads, product(self.kv, group))
+        # nested: under a ranking that scores the query heads, each kept kv head keeps its own best ones
+        return self.b.add(self._name("q-heads"), "q-heads", self.T.heads, self.S.heads, product(self.kv, group),
+                          nested=True)
 
     @property
     def dim(self) -> str:

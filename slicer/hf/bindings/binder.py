@@ -148,8 +148,8 @@ class ModelBinder(Binder):
     def table(self) -> AxisTable:
         return self._table
 
-    def add(self, name: str, kind: str, t: int, s: int, parts: Layout | None = None) -> str:
-        return self.table.add(Axis(name, kind, t, s, parts))
+    def add(self, name: str, kind: str, t: int, s: int, parts: Layout | None = None, nested: bool = False) -> str:
+        return self.table.add(Axis(name, kind, t, s, parts, nested))
 
     def hidden(self, ref: TensorRef, d: int) -> Layout:
         """Dimension ``d`` of ``ref`` is its (sub-)model's hidden axis (its stage's channels in a hierarchical model)."""
