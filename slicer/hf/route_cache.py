@@ -31,7 +31,7 @@ from ..axes import Axis, AxisTable, Binder
 
 log = logging.getLogger("slicer")
 
-FORMAT = 1
+FORMAT = 2  # 2: an axis records whether it is nested (query heads chosen per kv head)
 CACHE_ENV = "SLICER_CACHE"
 _PACKAGE = Path(__file__).resolve().parents[1]  # slicer/: every module of the package is in the key
 
