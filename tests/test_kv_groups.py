@@ -233,22 +233,18 @@ def test_a_rotated_student_keeps_the_query_heads_of_each_kv_head_too(tmp_path, c
     of a rotated student): one group per block."""
     from slicer.rotation.shrink import shrink_rotated
 
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
     teacher = _teacher(tmp_path / "t", "llama")
-    words = Tokenizer(models.WordLevel({"[UNK]": 0, "the": 1, "a": 2, "of": 3}, unk_token="[UNK]"))
-    words.pre_tokenizer = pre_tokenizers.Whitespace()
-    transformers.PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]").save_pretrained(teacher)
     scores = tmp_path / "s.safetensors"
     assert main(["score", str(teacher), "--calibration", str(calibration), "-o", str(scores), "--quiet"]) == 0
     for how in ("file", "on the fly"):
         out = tmp_path / how
-        # with a scores file the rotation reads slicer's default text (a scores file and --calibration are refused
-        # together), through the teacher's tokenizer
-        given = {"scores": str(scores)} if how == "file" else {"calibration": str(calibration)}
+        # a scores file and --calibration together: the file ranks, the calibration feeds the rotation
+        given = {"scores": str(scores)} if how == "file" else {}
         shrink_rotated(teacher, out, config_set=dict(hidden_size=24, num_attention_heads=4, num_key_value_heads=2),
-                       method="importance", samples=2, seq_len=12, device="cpu", save_rotation=True, **given)
+                       method="importance", calibration=str(calibration), samples=2, seq_len=12, device="cpu",
+                       save_rotation=True, **given)
         manifest = json.loads((out / "slicer_manifest.json").read_text())
+        assert manifest["rotation"]["calibration"]["source"] == str(calibration)
         for i in range(2):
             a = f"model.layers.{i}.self_attn"
             rows = manifest["tensors"][a + ".q_proj.weight"]["index"][0]

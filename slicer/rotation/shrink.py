@@ -110,7 +110,9 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
         scores, scoring_s = job.score_on_the_fly(ckpt, calibration, samples, seq_len, device, taps=gatherer.taps(),
                                                  criterion=ROTATED_CRITERION)
     request = Request.of(config_set=student_set, student_config=student_config, template=template, method=method,
-                         scores=scores, calibration=calibration if ranks and gatherer is None else None,
+                         # --calibration feeds the rotation's statistics (and the on-the-fly scores above), never
+                         # a second scoring: with a scores file it is not the conflict a plain shrink refuses
+                         scores=scores, calibration=None,
                          samples=samples, seq_len=seq_len, device=device, **shrink_options)
     ckpt, student, options = job.describe_student(ckpt.path, request)
     seen.keep_sites(residual_sites(job.plan_student(ckpt, student, options), seen))
