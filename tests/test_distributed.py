@@ -349,14 +349,22 @@ def test_submitit_local_executor_runs_the_same_path(remote_root, tmp_path):
     assert json.loads((out / "slicer_manifest.json").read_text())["shards"] == remote_root["manifest"]["shards"]
 
 
+@pytest.fixture
+def quick_verdicts(monkeypatch):
+    """submitit waits up to 15 s (``Job._results_timeout_s``) for the result file of a job that ended
+    without one, for a shared file system's latency; a killed local element never writes one, so
+    each death cost the suite 15 s. Here the folder is local: 1 s is plenty."""
+    submitit = pytest.importorskip("submitit")
+    monkeypatch.setattr(submitit.core.core.Job, "_results_timeout_s", 1)
+
+
 def test_a_slurm_element_killed_mid_shard_is_resubmitted_and_other_shards_are_not_fetched_again(
-        remote_root, server, tmp_path):
-    pytest.importorskip("submitit")
+        remote_root, server, tmp_path, quick_verdicts):
     _killed_worker_is_retried(remote_root, server, tmp_path, "slurm", {"cluster": "local", "timeout_min": 10})
 
 
-def test_a_slurm_element_that_keeps_dying_stops_the_run_after_its_retries(remote_root, server, tmp_path):
-    pytest.importorskip("submitit")
+def test_a_slurm_element_that_keeps_dying_stops_the_run_after_its_retries(remote_root, server, tmp_path,
+                                                                          quick_verdicts):
     _kill_at_first_row(server, once=False)  # every element dies at its first row
     out = tmp_path / "out"
     with pytest.raises(SlicerError, match=r"after 1 retry; its log: .*--resume"):
