@@ -481,3 +481,48 @@ def test_template_with_config_gets_the_teachers_quantization_config_when_blocks_
     assert blocks["quantization_config"] == json.loads((teacher / "config.json").read_text())["quantization_config"]
     assert "model.layers.0.mlp.up_proj.weight_scale_inv" in load_file(tmp_path / "blocks" / "model.safetensors")
     assert "quantization_config" not in json.loads((tmp_path / "bf16" / "config.json").read_text())
+
+
+# --------------------------------------------------------------------------- the streamed forward (slicer score)
+
+@pytest.mark.parametrize("criterion", ["activation", "taylor"])
+def test_scores_of_an_fp8_teacher_are_those_of_the_teacher_dequantized(tmp_path, criterion):
+    """The streamed forward reads FP8 weights times their block scales: the scores equal those of the
+    same teacher dequantized here (transformers' semantics) and saved as a plain float checkpoint."""
+    from safetensors.torch import load_file as load_scores
+
+    from slicer.cli import main
+
+    fp8_teacher(tmp_path / "t", static=True)  # activation scales: not applied, the dequantized teacher is measured
+    state = load_file(tmp_path / "t" / "model.safetensors")
+    plain = {n: (dequantized(w, state[n + "_scale_inv"]) if n + "_scale_inv" in state else w)
+             for n, w in state.items() if n.endswith("weight")}
+    (tmp_path / "f").mkdir()
+    save_file(plain, tmp_path / "f" / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    del config["quantization_config"]
+    (tmp_path / "f" / "config.json").write_text(json.dumps(config))
+    ids = torch.randint(0, 96, (4, 12), generator=torch.Generator().manual_seed(0))
+    save_file({"input_ids": ids}, tmp_path / "ids.safetensors")
+    got = {}
+    for which in ("t", "f"):
+        out = tmp_path / f"{which}.scores.safetensors"
+        assert main(["score", str(tmp_path / which), "--calibration", str(tmp_path / "ids.safetensors"), "-o", str(out),
+                     "--criterion", criterion, "--quiet"]) == 0
+        got[which] = load_scores(str(out))
+    assert sorted(got["t"]) == sorted(got["f"]) and len(got["t"]) > 3
+    for name, want in got["f"].items():
+        assert torch.allclose(got["t"][name], want, rtol=1e-5, atol=1e-6), name
+
+
+def test_scoring_an_mxfp4_teacher_is_refused_with_one_line(tmp_path, capsys):
+    from slicer.cli import main
+
+    (tmp_path / "t").mkdir()
+    mxfp4_teacher(tmp_path / "t")
+    save_file({"input_ids": torch.zeros(2, 8, dtype=torch.int64)}, tmp_path / "ids.safetensors")
+    capsys.readouterr()
+    rc = main(["score", str(tmp_path / "t"), "--calibration", str(tmp_path / "ids.safetensors"), "-o",
+               str(tmp_path / "s.safetensors"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "quantized (mxfp4)" in err[0], err

@@ -9,6 +9,13 @@ tensors read from the teacher's safetensors through the slicer's own reader; che
 names that are not the model's own (legacy renamings, per-expert tensors packed into one)
 go through transformers' own conversion mapping, the one ``from_pretrained`` applies.
 
+An FP8 teacher (``quant_method: fp8``) runs dequantized: the model is built from its config
+without the ``quantization_config`` (plain float Linear layers), and a weight stored as FP8 beside
+a ``*_scale_inv`` is read times its block scales by the engine's own dequantizing arithmetic
+(slicer.run.dequant: transformers', bit for bit); a static scheme's ``activation_scale`` is not
+applied. The teacher measured is the dequantized one, as ``--quantized dequantize`` writes it.
+MXFP4 (packed experts) is refused.
+
 So memory is the weights of one module (the largest: an embedding table or a layer's packed
 experts) plus the activations of the calibration batch, which are carried from layer to
 layer by the model's own forward: no per-architecture forward code.
@@ -27,6 +34,7 @@ from ..io.checkpoint import Checkpoint
 from ..errors import SlicerError
 from ..io.reader import TeacherReader
 from ..io.format import DTYPES
+from ..plan.quantized import FP8_DTYPES, scale_name, teacher_scheme
 
 log = logging.getLogger("slicer")
 INSTALL_HINT = "pip install 'weight-slicer[hf]'"
@@ -49,10 +57,15 @@ def empty_model(config_path: Path, dtype: torch.dtype = torch.float32):
     from ..hf import common as hf
 
     transformers = hf.import_transformers()
-    config_dict = hf.read_json(config_path)
-    if config_dict.get("quantization_config"):
-        raise SlicerError(f"{config_path}: the teacher is quantized ({config_dict['quantization_config'].get('quant_method', '?')}); "
-                          "scoring reads floating weights only")
+    config_dict = dict(hf.read_json(config_path))
+    quantization = config_dict.pop("quantization_config", None)
+    if quantization:
+        method = quantization.get("quant_method", "?") if isinstance(quantization, dict) else "?"
+        if method != "fp8":
+            raise SlicerError(f"{config_path}: the teacher is quantized ({method}); the streamed forward reads floating "
+                              "and FP8 weights only (FP8 dequantized); dequantize the teacher first")
+        # FP8: plain float Linear layers, fed the dequantized weights (CheckpointWeights); a static
+        # scheme's activation scales are not applied: the teacher measured is the dequantized one
     cls = hf.config_class(transformers, config_dict, config_path)
     config = hf.build_config(cls, config_dict, str(config_path))
     arch = hf.architecture(transformers, config_dict, str(config_path))
@@ -87,6 +100,8 @@ class CheckpointWeights(Mapping):
         self.model = model
         self.dtype = dtype
         self.reader = TeacherReader()
+        # FP8 weights are read dequantized (their ``*_scale_inv`` siblings are not model parameters)
+        self.scheme = teacher_scheme(ckpt)
         self.sources: dict[str, list[tuple[str, str | None]]] = {}  # model key -> [(checkpoint name, pattern)]
         self._converters: dict[str, object] = {}
         self._cache: dict[str, torch.Tensor] = {}  # a one-to-many conversion's other outputs, until asked for
@@ -152,6 +167,9 @@ class CheckpointWeights(Mapping):
 
     def _read(self, name: str) -> torch.Tensor:
         info = self.ckpt.tensors[name]
+        scale = self.ckpt.tensors.get(scale_name(name))
+        if scale is not None and info.dtype in FP8_DTYPES:
+            return self._dequantized(info, scale)
         dt = DTYPES[info.dtype]
         if dt.torch_dtype is None:
             raise SlicerError(f"{info.path}: tensor {name!r} has dtype {info.dtype}, which this torch cannot read")
@@ -162,6 +180,25 @@ class CheckpointWeights(Mapping):
         if dt.floating and t.dtype != self.dtype:
             t = t.to(self.dtype)  # a private copy; fp32 tensors stay views of the (file-backed) map
         return t
+
+    def _dequantized(self, info, scale) -> torch.Tensor:
+        """An FP8 weight times its block scales, whole: the engine's dequantizing gather (slicer.run.dequant,
+        transformers' arithmetic) over every index."""
+        from ..io.format import BITS_DTYPE
+        from ..run.dequant import fp8
+
+        if self.scheme is None or self.scheme.method != "fp8":
+            raise SlicerError(f"{info.path}: tensor {info.name!r} has block scales but the teacher's config.json declares "
+                              "no fp8 quantization_config, so their block size is unknown")
+
+        def read(tensor, first: int, count: int) -> torch.Tensor:
+            return self.reader.span(tensor, first, count, BITS_DTYPE[tensor.itemsize])
+
+        index = [torch.arange(n, dtype=torch.int64) for n in info.shape]
+        try:
+            return fp8(read, info, scale, self.scheme.block, index, self.dtype)
+        except (RuntimeError, ValueError) as e:
+            raise SlicerError(f"{info.path}: dequantizing tensor {info.name!r} failed: {e}") from e
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.sources)
