@@ -64,14 +64,14 @@ def check_quantized(config: dict, where: str, options: dict) -> None:
     FP8: the calibration forward reads the weights dequantized (slicer.importance.forward) and the
     student is written dequantized (``--quantized dequantize``, implied): a rotated weight mixes every
     block of its hidden dimension, so no FP8 bits or block scales survive it; the float type is the
-    user's (--dtype), as for any dequantized student. MXFP4: the streamed forward does not unpack it."""
+    user's (--dtype), as for any dequantized student. MXFP4: the streamed forward reads it, but gpt-oss,
+    its family, is not offered (refused by family before this), and no offered family is tested with it."""
     quantization = (config.get("quantization_config") or {}).get("quant_method")
     if not quantization:
         return
     if quantization != "fp8":
-        raise SlicerError(f"{where}: --hidden rotate is not offered for {quantization} teachers: the calibration "
-                          "forward that measures the rotation reads floating and FP8 weights only; dequantize the "
-                          "teacher first")
+        raise SlicerError(f"{where}: --hidden rotate is not offered for {quantization} teachers (tested with FP8 "
+                          "block-scaled teachers only); dequantize the teacher first")
     if options.get("quantized") == "blocks":
         raise SlicerError(f"{where}: --hidden rotate writes an FP8 teacher dequantized (a rotated weight mixes every "
                           "block of its hidden dimension); --quantized blocks cannot keep its blocks: use --quantized "
