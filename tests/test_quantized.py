@@ -481,3 +481,69 @@ def test_template_with_config_gets_the_teachers_quantization_config_when_blocks_
     assert blocks["quantization_config"] == json.loads((teacher / "config.json").read_text())["quantization_config"]
     assert "model.layers.0.mlp.up_proj.weight_scale_inv" in load_file(tmp_path / "blocks" / "model.safetensors")
     assert "quantization_config" not in json.loads((tmp_path / "bf16" / "config.json").read_text())
+
+
+# --------------------------------------------------------------------------- the streamed forward (slicer score)
+
+def _dequantized_checkpoint(teacher, out):
+    """The teacher dequantized here (FP8: value x its block's scale_inv; MXFP4: transformers' own
+    ``convert_moe_packed_tensors``), saved as a plain float32 checkpoint with no quantization_config."""
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    state = load_file(teacher / "model.safetensors")
+    plain = {}
+    for name, w in state.items():
+        if name.endswith("_blocks"):
+            base = name[: -len("_blocks")]
+            plain[base] = convert_moe_packed_tensors(w, state[base + "_scales"], dtype=torch.float32)
+        elif name + "_scale_inv" in state:
+            plain[name] = dequantized(w, state[name + "_scale_inv"])
+        elif not name.endswith(("_scales", "_scale_inv", "activation_scale")):
+            plain[name] = w
+    out.mkdir()
+    save_file(plain, out / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((teacher / "config.json").read_text())
+    del config["quantization_config"]
+    (out / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("criterion", ["activation", "taylor"])
+@pytest.mark.parametrize("kind", ["fp8", "mxfp4"])
+def test_scores_of_a_quantized_teacher_are_those_of_the_teacher_dequantized(tmp_path, kind, criterion):
+    """The streamed forward (slicer score) reads FP8 weights times their block scales and MXFP4 experts
+    unpacked: the scores equal, bit for bit, those of the same teacher dequantized here and saved in float32."""
+    from slicer.cli import main
+
+    (tmp_path / "t").mkdir()
+    if kind == "fp8":
+        fp8_teacher(tmp_path / "t", static=True)  # activation scales: not applied, the dequantized teacher is measured
+    else:
+        mxfp4_teacher(tmp_path / "t")
+    _dequantized_checkpoint(tmp_path / "t", tmp_path / "f")
+    ids = torch.randint(0, 96, (4, 12), generator=torch.Generator().manual_seed(0))
+    save_file({"input_ids": ids}, tmp_path / "ids.safetensors")
+    got = {}
+    for which in ("t", "f"):
+        out = tmp_path / f"{which}.scores.safetensors"
+        assert main(["score", str(tmp_path / which), "--calibration", str(tmp_path / "ids.safetensors"), "-o", str(out),
+                     "--criterion", criterion, "--quiet"]) == 0
+        got[which] = load_file(out)
+    assert sorted(got["t"]) == sorted(got["f"]) and len(got["t"]) > 3
+    for name, want in got["f"].items():
+        assert torch.equal(got["t"][name], want), name
+
+
+def test_scoring_a_teacher_of_another_quantization_is_refused_with_one_line(tmp_path, capsys):
+    from slicer.cli import main
+
+    fp8_teacher(tmp_path / "t")
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes"}
+    (tmp_path / "t" / "config.json").write_text(json.dumps(config))
+    save_file({"input_ids": torch.zeros(2, 8, dtype=torch.int64)}, tmp_path / "ids.safetensors")
+    capsys.readouterr()
+    rc = main(["score", str(tmp_path / "t"), "--calibration", str(tmp_path / "ids.safetensors"), "-o",
+               str(tmp_path / "s.safetensors"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "bitsandbytes" in err[0], err
+    assert not (tmp_path / "s.safetensors").exists()

@@ -9,6 +9,15 @@ tensors read from the teacher's safetensors through the slicer's own reader; che
 names that are not the model's own (legacy renamings, per-expert tensors packed into one)
 go through transformers' own conversion mapping, the one ``from_pretrained`` applies.
 
+An FP8 teacher (``quant_method: fp8``) runs dequantized: the model is built from its config
+without the ``quantization_config`` (plain float Linear layers), and a weight stored as FP8 beside
+a ``*_scale_inv`` is read times its block scales by the engine's own dequantizing arithmetic
+(slicer.run.dequant: transformers', bit for bit); a static scheme's ``activation_scale`` is not
+applied. An MXFP4 teacher (gpt-oss) runs likewise: each packed ``X_blocks`` / ``X_scales`` pair is
+read as the model's float ``X``, unpacked by the same code as the gather (transformers'
+``convert_moe_packed_tensors``, bit for bit). The teacher measured is the dequantized one, as a
+float ``--dtype`` writes it.
+
 So memory is the weights of one module (the largest: an embedding table or a layer's packed
 experts) plus the activations of the calibration batch, which are carried from layer to
 layer by the model's own forward: no per-architecture forward code.
@@ -26,9 +35,11 @@ import torch
 from ..io.checkpoint import Checkpoint
 from ..errors import SlicerError
 from ..io.reader import TeacherReader
-from ..io.format import DTYPES
+from ..io.format import DTYPES, TensorInfo
+from ..plan.quantized import FP8_DTYPES, logical_tensor, scale_name, teacher_scheme
 
 log = logging.getLogger("slicer")
+MX_BLOCKS, MX_SCALES = "_blocks", "_scales"  # gpt-oss's packed experts: X_blocks, X_scales (slicer.plan.quantized)
 INSTALL_HINT = "pip install 'weight-slicer[hf]'"
 
 
@@ -49,10 +60,15 @@ def empty_model(config_path: Path, dtype: torch.dtype = torch.float32):
     from ..hf import common as hf
 
     transformers = hf.import_transformers()
-    config_dict = hf.read_json(config_path)
-    if config_dict.get("quantization_config"):
-        raise SlicerError(f"{config_path}: the teacher is quantized ({config_dict['quantization_config'].get('quant_method', '?')}); "
-                          "scoring reads floating weights only")
+    config_dict = dict(hf.read_json(config_path))
+    quantization = config_dict.pop("quantization_config", None)
+    if quantization:
+        method = quantization.get("quant_method", "?") if isinstance(quantization, dict) else "?"
+        if method not in ("fp8", "mxfp4"):
+            raise SlicerError(f"{config_path}: the teacher is quantized ({method}); the streamed forward reads floating, "
+                              "FP8 and MXFP4 weights only (dequantized); dequantize the teacher first")
+        # plain float Linear layers and experts, fed the dequantized weights (CheckpointWeights); a static
+        # FP8 scheme's activation scales are not applied: the teacher measured is the dequantized one
     cls = hf.config_class(transformers, config_dict, config_path)
     config = hf.build_config(cls, config_dict, str(config_path))
     arch = hf.architecture(transformers, config_dict, str(config_path))
@@ -87,6 +103,9 @@ class CheckpointWeights(Mapping):
         self.model = model
         self.dtype = dtype
         self.reader = TeacherReader()
+        # FP8 weights are read dequantized (their ``*_scale_inv`` siblings are not model parameters)
+        self.scheme = teacher_scheme(ckpt)
+        self.packed: dict[str, tuple[TensorInfo, TensorInfo]] = {}  # MXFP4: model key -> (X_blocks, X_scales)
         self.sources: dict[str, list[tuple[str, str | None]]] = {}  # model key -> [(checkpoint name, pattern)]
         self._converters: dict[str, object] = {}
         self._cache: dict[str, torch.Tensor] = {}  # a one-to-many conversion's other outputs, until asked for
@@ -107,6 +126,12 @@ class CheckpointWeights(Mapping):
         meta = self.model.state_dict()
         prefix = getattr(self.model, "base_model_prefix", None)
         for name in sorted(self.ckpt.tensors, key=dot_natural_key):
+            base = name[: -len(MX_BLOCKS)] if name.endswith(MX_BLOCKS) else None
+            if base in meta and base + MX_SCALES in self.ckpt.tensors:  # packed experts, dequantized when read
+                self.packed[base] = (self.ckpt.tensors[name], self.ckpt.tensors[base + MX_SCALES])
+                # the source is the dequantized tensor as the plan names it (slicer.plan.quantized.logical_tensor)
+                self.sources.setdefault(base, []).append((base, None))
+                continue
             if name in meta:
                 key, pattern = name, None
             else:
@@ -134,6 +159,8 @@ class CheckpointWeights(Mapping):
             raise KeyError(key)
         if key in self._cache:
             return self._cache.pop(key)
+        if key in self.packed:
+            return self._unpacked(*self.packed[key])
         (first, pattern) = sources[0]
         if pattern is None:
             return self._read(first)
@@ -152,6 +179,9 @@ class CheckpointWeights(Mapping):
 
     def _read(self, name: str) -> torch.Tensor:
         info = self.ckpt.tensors[name]
+        scale = self.ckpt.tensors.get(scale_name(name))
+        if scale is not None and info.dtype in FP8_DTYPES:
+            return self._dequantized(info, scale)
         dt = DTYPES[info.dtype]
         if dt.torch_dtype is None:
             raise SlicerError(f"{info.path}: tensor {name!r} has dtype {info.dtype}, which this torch cannot read")
@@ -162,6 +192,38 @@ class CheckpointWeights(Mapping):
         if dt.floating and t.dtype != self.dtype:
             t = t.to(self.dtype)  # a private copy; fp32 tensors stay views of the (file-backed) map
         return t
+
+    def _dequantized(self, info, scale) -> torch.Tensor:
+        """An FP8 weight times its block scales, whole: the engine's dequantizing gather (slicer.run.dequant,
+        transformers' arithmetic) over every index."""
+        from ..run.dequant import fp8
+
+        if self.scheme is None or self.scheme.method != "fp8":
+            raise SlicerError(f"{info.path}: tensor {info.name!r} has block scales but the teacher's config.json declares "
+                              "no fp8 quantization_config, so their block size is unknown")
+        index = [torch.arange(n, dtype=torch.int64) for n in info.shape]
+        try:
+            return fp8(self._bits, info, scale, self.scheme.block, index, self.dtype)
+        except (RuntimeError, ValueError) as e:
+            raise SlicerError(f"{info.path}: dequantizing tensor {info.name!r} failed: {e}") from e
+
+    def _bits(self, tensor, first: int, count: int) -> torch.Tensor:
+        """slicer.run.dequant's ``read``: a span of a stored tensor as same-width integers."""
+        from ..io.format import BITS_DTYPE
+
+        return self.reader.span(tensor, first, count, BITS_DTYPE[tensor.itemsize])
+
+    def _unpacked(self, blocks, scales) -> torch.Tensor:
+        """MXFP4 packed experts as the model's parameter [E, G*32, R], whole: the engine's dequantizing
+        gather (slicer.run.dequant, transformers' ``convert_moe_packed_tensors``) over every index."""
+        from ..run.dequant import mxfp4
+
+        logical = logical_tensor(blocks, scales)
+        index = [torch.arange(n, dtype=torch.int64) for n in logical.shape]
+        try:
+            return mxfp4(self._bits, blocks, scales, index, self.dtype).contiguous()  # the layout a float teacher loads
+        except (RuntimeError, ValueError) as e:
+            raise SlicerError(f"{blocks.path}: dequantizing tensor {blocks.name!r} failed: {e}") from e
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.sources)

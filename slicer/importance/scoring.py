@@ -58,11 +58,15 @@ def identity_plan(ckpt: Checkpoint):
     """The plan of the teacher's own config: every axis bound, nothing shrunk."""
     from ..hf.route import from_config
     from ..plan.build import Options, build_plan
+    from ..plan.quantized import teacher_scheme
 
     if ckpt.config_path() is None:
         raise SlicerError(f"{ckpt.path}: scoring needs the teacher's config.json beside its weights")
     spec = from_config(ckpt, None, {}, attention="heads")
-    options = Options(attention="heads")
+    scheme = teacher_scheme(ckpt)
+    # MXFP4: the plan's experts are the dequantized tensors the streamed forward loads (not the packed
+    # blocks a --dtype keep plan copies), so that Taylor finds them
+    options = Options(attention="heads", dtype="fp32" if scheme is not None and scheme.method == "mxfp4" else "keep")
     return build_plan(ckpt, spec.tensors, options, spec.make_binder(options), origin=spec.origin)
 
 

@@ -31,6 +31,7 @@ from ..errors import SlicerError
 from ..corrections.refit import check_request
 from ..corrections.refit import correct as correct_student
 from ..importance.calibration import warn_underdetermined
+from ..plan.quantized import FLOAT_HINT
 from ..plan.request import Request
 from .family import check_offered
 from .observe import observe
@@ -57,6 +58,29 @@ def student_hidden(config_set: dict | None, student_config, template) -> int | N
     return None
 
 
+def check_quantized(config: dict, where: str, options: dict) -> None:
+    """A quantized teacher is rotated dequantized, or refused in one line.
+
+    FP8: the calibration forward reads the weights dequantized (slicer.importance.forward) and the
+    student is written dequantized (``--quantized dequantize``, implied): a rotated weight mixes every
+    block of its hidden dimension, so no FP8 bits or block scales survive it; the float type is the
+    user's (--dtype), as for any dequantized student. MXFP4: the streamed forward reads it, but gpt-oss,
+    its family, is not offered (refused by family before this), and no offered family is tested with it."""
+    quantization = (config.get("quantization_config") or {}).get("quant_method")
+    if not quantization:
+        return
+    if quantization != "fp8":
+        raise SlicerError(f"{where}: --hidden rotate is not offered for {quantization} teachers (tested with FP8 "
+                          "block-scaled teachers only); dequantize the teacher first")
+    if options.get("quantized") == "blocks":
+        raise SlicerError(f"{where}: --hidden rotate writes an FP8 teacher dequantized (a rotated weight mixes every "
+                          "block of its hidden dimension); --quantized blocks cannot keep its blocks: use --quantized "
+                          f"dequantize with {FLOAT_HINT}")
+    if options.get("dtype", Request.dtype) == "keep":
+        raise SlicerError(f"{where}: --hidden rotate writes an FP8 teacher dequantized (a rotated weight mixes every "
+                          f"block of its hidden dimension): add {FLOAT_HINT}")
+
+
 def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | None = None, student_config=None,
                    template=None, method: str = Request.method, scores=None, calibration=None,
                    samples: int = Request.samples, seq_len: int = Request.seq_len, device: str = Request.device,
@@ -78,11 +102,7 @@ def shrink_rotated(teacher: str | Path, out: str | Path, *, config_set: dict | N
         raise SlicerError(f"{ckpt.path}: --hidden rotate needs the teacher's config.json beside its weights")
     config = json.loads(ckpt.config_path().read_text())
     check_offered(config, str(ckpt.path))
-    quantization = (config.get("quantization_config") or {}).get("quant_method")
-    if quantization:
-        raise SlicerError(f"{ckpt.path}: --hidden rotate is not offered for quantized teachers ({quantization}): the "
-                          "calibration forward that measures the rotation reads floating weights only; dequantize the "
-                          "teacher first")
+    check_quantized(config, str(ckpt.path), shrink_options)
     text = config.get("text_config") or config
     d = int(text["hidden_size"])
     k = student_hidden(config_set, student_config, template)
