@@ -55,8 +55,8 @@ class HttpSource(Source):
     def stat(self, name: str) -> RemoteFile | None:
         url = join(self.url, name)
 
-        def send(where: str, credentials: bool) -> _Response:
-            return _Response(self._pool, self._request("HEAD", where, {}, credentials=credentials))
+        def send(where: str, credentials: bool) -> PoolResponse:
+            return PoolResponse(self._pool, self._request("HEAD", where, {}, credentials=credentials))
 
         try:  # a redirect is followed here once, and the range requests go where it led (one resolve per file)
             resp = self.locations.open(name, url, send)
@@ -82,11 +82,11 @@ class HttpSource(Source):
         while start < end:
             headers = {"Range": f"bytes={start}-{end - 1}"}
 
-            def send(url: str, credentials: bool) -> _Response:
+            def send(url: str, credentials: bool) -> PoolResponse:
                 h = dict(headers)
                 if strong and credentials:
                     h["If-Match"] = file.etag
-                resp = _Response(self._pool, self._request("GET", url, h, credentials=credentials))
+                resp = PoolResponse(self._pool, self._request("GET", url, h, credentials=credentials))
                 resp.redirected = url != file.url
                 return resp
 
@@ -101,11 +101,8 @@ class HttpSource(Source):
                 # A redirected URL's ETag is the CDN's: the Content-Range's size is what is checked there.
                 got_end = check_range_response(file, start, end, r.status, r.headers,
                                                etag_checked=strong or resp.redirected)
-                try:
-                    for block in r.stream(STREAM_BYTES):
-                        write(block)
-                except HttpError as e:  # dropped, truncated, timed out
-                    raise Transient(f"the response broke off: {e}") from e
+                for block in resp.blocks():
+                    write(block)
                 start = got_end
             finally:
                 resp.close()  # back to the pool if read to the end, else closed
@@ -130,8 +127,8 @@ class HttpSource(Source):
         self._pool.close()
 
 
-class _Response:
-    """An http11 response as ``Locations.open`` sees it."""
+class PoolResponse:
+    """An http11 response as ``Locations.open`` sees it (also the Hub's CDN answers, hub_source)."""
 
     def __init__(self, pool: Pool, r):
         self.r = r
@@ -140,5 +137,12 @@ class _Response:
         self.redirected = False
         self._pool = pool
 
+    def blocks(self):
+        """The body in blocks; a response that breaks off is a transient fault (the fetcher retries it)."""
+        try:
+            yield from self.r.stream(STREAM_BYTES)
+        except HttpError as e:  # dropped, truncated, timed out
+            raise Transient(f"the response broke off: {e}") from e
+
     def close(self) -> None:
-        self._pool.release(self.r)
+        self._pool.release(self.r)  # back to the pool if read to the end, else closed

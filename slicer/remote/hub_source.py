@@ -24,12 +24,12 @@ from urllib.parse import unquote, urlsplit
 
 from ..errors import SlicerError
 from .http11 import HttpError, Pool, Untrusted
+from .http_source import STREAM_BYTES, PoolResponse
 from .locations import Locations, RedirectError
 from .ratelimit import rate_limited
 from .source import Changed, RemoteFile, Source, Transient, Write, check_range_response, status_error
 
 INSTALL_HINT = "pip install 'weight-slicer[remote]' (or huggingface_hub)"
-STREAM_BYTES = 1 << 20
 
 
 def parse_hf_url(url: str) -> tuple[str, str | None, str]:
@@ -238,26 +238,11 @@ class _HubAnswer:
         self.r.close()
 
 
-class _PoolAnswer:
+class _PoolAnswer(PoolResponse):
     """An http11 response (the CDN's) as ``Locations.open`` and ``read`` see it."""
-
-    def __init__(self, pool: Pool, r):
-        self.r = r
-        self.status = r.status
-        self.headers = r.headers
-        self._pool = pool
 
     def raise_for_status(self, hf_raise_for_status) -> None:
         pass  # a CDN's answer has none of the Hub's error codes: ``status_error`` says it
-
-    def blocks(self):
-        try:
-            yield from self.r.stream(STREAM_BYTES)
-        except HttpError as e:  # dropped, truncated, timed out
-            raise Transient(f"the response broke off: {e}") from e
-
-    def close(self) -> None:
-        self._pool.release(self.r)  # back to the pool if read to the end, else closed
 
 
 _Answer = _HubAnswer | _PoolAnswer
