@@ -198,6 +198,10 @@ def test_the_cli_refits_records_and_says_so(tmp_path, capsys):
     record = json.loads((tmp_path / "s" / "slicer_manifest.json").read_text())["corrections"]
     assert record["which"] == ["writers", "lm_head"] and record["alpha"] == 0.1 and record["peak_anon_bytes"] > 0
     assert main(["verify", str(tmp_path / "s")]) == 0  # the shards' new sha256 are the manifest's
+    from slicer.io.writer import proven_files  # and a later --overwrite knows them as slicer's own
+
+    manifest = json.loads((tmp_path / "s" / "slicer_manifest.json").read_text())
+    assert {s["name"] for s in manifest["shards"]} <= proven_files(tmp_path / "s", manifest)
 
 
 def test_a_remote_teacher_is_refused_with_one_line(tmp_path, capsys):

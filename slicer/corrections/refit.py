@@ -37,8 +37,7 @@ import torch
 
 from ..errors import SlicerError
 from ..io.checkpoint import Checkpoint
-from ..importance.scores import sha256_file
-from ..io.writer import MANIFEST_NAME
+from ..io.writer import MANIFEST_NAME, sha256_file
 from ..selection import manifest_indices
 from .options import CORRECTIONS, DEFAULT_ALPHA
 
@@ -516,8 +515,9 @@ def _rewrite(out: Path, manifest: dict, staging: Path) -> list[str]:
         save_file(tensors, str(tmp), metadata=meta)
         del tensors
         os.replace(tmp, path)
-        shard["size"] = path.stat().st_size
-        shard["sha256"] = sha256_file(path)
+        shard["sha256"], shard["size"] = sha256_file(path)
+        if shard["name"] in manifest.get("written", {}):  # what a later --overwrite proves the file by
+            manifest["written"][shard["name"]] = {"sha256": shard["sha256"], "size": shard["size"]}
     return sorted(where)
 
 
