@@ -27,6 +27,7 @@ import torch
 
 from ..axes import Axis, Ranking
 from ..io.checkpoint import Checkpoint
+from ..io.writer import sha256_file as file_digest
 from ..errors import SlicerError
 
 FORMAT = "slicer-scores/1"
@@ -144,11 +145,8 @@ def save(path: str | Path, scores: Scores) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """The scores file's sha256 (the manifest's ``scores`` record names it)."""
+    return file_digest(path)[0]
 
 
 def load(path: str | Path, ckpt: Checkpoint | None = None) -> Scores:
