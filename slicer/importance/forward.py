@@ -35,7 +35,7 @@ import torch
 from ..io.checkpoint import Checkpoint
 from ..errors import SlicerError
 from ..io.reader import TeacherReader
-from ..io.format import DTYPES, TensorInfo
+from ..io.format import BITS_DTYPE, DTYPES, TensorInfo
 from ..plan.quantized import FP8_DTYPES, logical_tensor, scale_name, teacher_scheme
 
 log = logging.getLogger("slicer")
@@ -209,8 +209,6 @@ class CheckpointWeights(Mapping):
 
     def _bits(self, tensor, first: int, count: int) -> torch.Tensor:
         """slicer.run.dequant's ``read``: a span of a stored tensor as same-width integers."""
-        from ..io.format import BITS_DTYPE
-
         return self.reader.span(tensor, first, count, BITS_DTYPE[tensor.itemsize])
 
     def _unpacked(self, blocks, scales) -> torch.Tensor:
