@@ -198,6 +198,11 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
                     write(output.staging / name)
                     output.record(name, dict(zip(("sha256", "size"), sha256_file(output.staging / name))))
                 output.finish([*(s.filename for s in the_plan.shards), *beside], extra, record)
+            if resumed:
+                log.info("resumed: kept %d completed shard(s): %s", len(resumed), ", ".join(sorted(resumed)))
+            # still inside the try: a Ctrl-C from here on says that OUT holds the complete new student
+            summary = _summary(out, the_plan, chosen, bytes_read=bytes_read, seconds=time.perf_counter() - start,
+                               peak=memory.peak, replaced=list(output.replace), resumed=sorted(resumed))
     except KeyboardInterrupt:
         if writing and output.done:  # completed shards are progress: keep them for --resume
             raise Interrupted(output.keep_for_resume(len(the_plan.shards))) from None
@@ -209,10 +214,6 @@ def run(teacher: Checkpoint, out, student: StudentSpec, options: Options, *, dev
     finally:
         if bar:
             bar.close()
-    if resumed:
-        log.info("resumed: kept %d completed shard(s): %s", len(resumed), ", ".join(sorted(resumed)))
-    summary = _summary(out, the_plan, chosen, bytes_read=bytes_read, seconds=time.perf_counter() - start,
-                       peak=memory.peak, replaced=list(output.replace), resumed=sorted(resumed))
     if rotation is not None:
         summary.rotation = {**rotation_record, "engine": rotation.stats()}
     log.debug("wrote %s", summary)

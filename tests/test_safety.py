@@ -944,3 +944,22 @@ def test_ctrl_c_while_python_m_slicer_starts_is_one_line(e, tmp_path):
             # earliest signal. From __main__ on it is one line.
             continue
         assert "Traceback" not in err and p.returncode in (0, 130), (p.returncode, err)
+
+
+@pytest.mark.parametrize("where", ["job summary", "printed summary"])
+def test_ctrl_c_once_the_student_is_in_place_says_it_is_complete(e, tmp_path, monkeypatch, capsys, where):
+    """A Ctrl-C after the swap (while the summary is built or printed) is not 'nothing was written':
+    OUT holds the complete new student, and the one line says so."""
+    from slicer.cli import app
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    if where == "job summary":
+        monkeypatch.setattr(job, "_summary", interrupt)
+    else:
+        monkeypatch.setattr(app, "_print_summary", interrupt)
+    out = tmp_path / "out"
+    assert cli.main(_args(e, e.teacher, out, "--quiet")) == 130
+    assert capsys.readouterr().err.strip() == f"slicer: interrupted; {out} holds the complete new student"
+    assert _tree(out) == _new_student(e)

@@ -477,6 +477,8 @@ def cmd_shrink(args) -> int:
     except _StdoutFailed as e:
         e.note = f" (the student in {args.out} is complete)"
         raise
+    except KeyboardInterrupt:  # the student is written: not the generic "nothing was written"
+        raise Interrupted(f"{args.out} holds the complete new student") from None
     return 0
 
 
